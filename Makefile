@@ -1,0 +1,27 @@
+# make demo | make test: set everything up on a fresh Debian 12, then run.
+PYTHON ?= python3
+VENV   := .venv
+STAMP  := $(VENV)/.installed
+GUEST  := guest/build/guest.bin
+
+.PHONY: setup demo test bench clean
+setup: $(STAMP) $(GUEST)
+
+$(STAMP): setup.cfg setup.py pyproject.toml libxc_shim/*.py libxc_shim/src/*.c libxc_shim/src/*.h
+	./scripts/install-deps
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+$(GUEST): guest/workload.c guest/guest.ld guest/Makefile
+	$(MAKE) -C guest
+
+demo: setup
+	$(VENV)/bin/xenclone demo
+
+test: setup
+	$(VENV)/bin/python -m twisted.trial $(TRIAL_ARGS) tests
+
+clean:
+	rm -rf $(VENV) guest/build build xenclone/*.so

@@ -1,0 +1,125 @@
+"""cffi (API mode) builder for xenclone._linux: the KVM micro-VM, userfaultfd
+pager and page helpers in libxc_shim/src/*.c.
+
+setup.py:   cffi_modules=["libxc_shim/linux_build.py:ffibuilder"]
+in place:   python libxc_shim/linux_build.py   (writes xenclone/_linux*.so)
+
+Calls release the GIL (cffi's default), which the pager and KVM_RUN rely on.
+"""
+import os
+import shutil
+import sys
+
+import cffi
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SRC = os.path.join(HERE, "src")
+SOURCES = ["kvm_vm.c", "uffd_pager.c", "pages.c"]
+
+
+def _path(p):
+    """Relative to the cwd when under it (what setuptools prefers), else absolute."""
+    rel = os.path.relpath(p)
+    return p if rel.startswith("..") else rel
+
+
+CDEF = """
+/* kvm_vm.h */
+#define XC_EXIT_IO_OUT ...
+#define XC_EXIT_IO_IN ...
+#define XC_EXIT_HLT ...
+#define XC_EXIT_KICKED ...
+#define XC_EXIT_ERROR ...
+struct xc_vm { int vm_fd, vcpu_fd; void *run; uint32_t run_size; uint64_t mem_addr, mem_size; };
+struct xc_exit { uint32_t kind, reason, port, size, value, suberror; int64_t t_ns; };
+int xc_kvm_open(void);
+int xc_install_kick_handler(void);
+int64_t xc_map_memfd(int fd, uint64_t size, int private_);
+int xc_unmap(uint64_t addr, uint64_t size);
+int xc_vm_create(int kvm_fd, uint64_t mem_addr, uint64_t mem_size, struct xc_vm *vm);
+void xc_vm_destroy(struct xc_vm *vm);
+int xc_vm_set_boot_state(struct xc_vm *vm, uint32_t rip, uint32_t rsp, uint32_t eax);
+uint32_t xc_vm_state_size(void);
+int xc_vm_get_state(struct xc_vm *vm, void *buf, uint32_t len);
+int xc_vm_set_state(struct xc_vm *vm, const void *buf, uint32_t len);
+int xc_vm_run(struct xc_vm *vm, struct xc_exit *e);
+void xc_vm_set_in(struct xc_vm *vm, uint32_t value);
+void xc_vm_request_exit(struct xc_vm *vm);
+
+/* uffd_pager.h */
+#define XC_PAGE_ABSENT ...
+#define XC_PAGE_PRESENT ...
+#define XC_PAGE_HOLD ...
+#define XC_SERVED ...
+#define XC_HOLD ...
+#define XC_NOCREDIT ...
+#define XC_FETCH ...
+#define XC_ERROR ...
+#define XC_CONTINUE ...
+#define XC_ZEROPAGE ...
+#define XC_WAKE ...
+#define XC_WAKE_DATA ...
+#define UFFD_FEATURE_MISSING_SHMEM ...
+#define UFFD_FEATURE_MINOR_SHMEM ...
+#define UFFDIO_REGISTER_MODE_MISSING ...
+#define UFFDIO_REGISTER_MODE_MINOR ...
+struct xc_region {
+    int uffd;
+    uint64_t base;
+    uint64_t npages;
+    uint8_t *state;
+    const uint8_t *zero;
+    uint64_t faults, minor_fills, zero_fills, dup_wakes;
+    uint64_t bad_faults;
+};
+struct xc_fault { uint32_t region; uint32_t kind; uint64_t pfn; };
+int xc_uffd_open(uint64_t features, uint64_t *got_features);
+int xc_uffd_register(int uffd, uint64_t addr, uint64_t len, uint64_t mode);
+int xc_epoll_add(int epfd, int fd, uint32_t region_index);
+int xc_pager_serve(int epfd, struct xc_region **regions, uint32_t nregions, int wake_fd,
+                   int64_t *credits, struct xc_fault *out, uint32_t max_out, int timeout_ms);
+int xc_resolve(struct xc_region *r, uint64_t pfn, uint64_t npages, int how);
+int xc_copy_page(struct xc_region *r, uint64_t pfn, const void *src);
+
+/* pages.h */
+uint32_t xc_mix(uint32_t seed, uint32_t pfn, uint32_t w);
+void xc_fill_dataset(void *mem, uint64_t mem_npages, uint32_t data_first_pfn,
+                     uint32_t data_npages, uint32_t seed, uint32_t zero_every);
+uint64_t xc_copy_nonzero(const void *src, void *dst_or_null, uint64_t npages, uint8_t *zero_out);
+void xc_page_sums(const void *mem, uint64_t npages, uint64_t *out);
+int xc_pagemap_open(void);
+int64_t xc_drop_clean(int pagemap_fd, uint64_t base, const uint64_t *pfns, uint64_t n,
+                      uint8_t *dropped);
+"""
+
+def make_ffibuilder(path=_path):
+    ffi = cffi.FFI()
+    ffi.cdef(CDEF)
+    ffi.set_source(
+        "xenclone._linux",
+        '#include "kvm_vm.h"\n#include "uffd_pager.h"\n#include "pages.h"\n'
+        "#include <linux/userfaultfd.h>\n",
+        sources=[path(os.path.join(SRC, s)) for s in SOURCES],
+        include_dirs=[path(SRC)],
+        depends=[path(os.path.join(SRC, h)) for h in ("kvm_vm.h", "uffd_pager.h", "pages.h")],
+        extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
+    )
+    return ffi
+
+
+ffibuilder = make_ffibuilder()
+
+
+def build_inplace():
+    """Compile into <root>/build/cffi and copy the extension into <root>/xenclone/."""
+    tmpdir = os.path.join(ROOT, "build", "cffi")
+    # compile() runs the compiler from tmpdir, so the sources must be absolute.
+    built = make_ffibuilder(os.path.abspath).compile(tmpdir=tmpdir, verbose=False)
+    dest = os.path.join(ROOT, "xenclone", os.path.basename(built))
+    shutil.copy2(built, dest)
+    return dest
+
+
+if __name__ == "__main__":
+    print(build_inplace(), file=sys.stderr)

@@ -1,0 +1,225 @@
+"""cffi (API mode) build of ``xenclone._xen`` against the installed Xen headers.
+
+The real headers decide every layout: structs are declared with ``...;`` and
+only the fields the Xen backend reads.  Built only where Debian's
+``libxen-dev`` (or a Xen tools install) provides ``xenctrl.h``; setup.py asks
+``modules()`` so non-Xen hosts simply skip it.
+
+    python libxc_shim/xen_build.py      # compile in place into xenclone/
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+
+from cffi import FFI
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# setuptools runs from the project root and wants relative paths; compile()
+# changes directory, so the script form needs absolute ones.
+PREFIX = ROOT if __name__ == "__main__" else ""
+HEADER_DIRS = ("/usr/include", "/usr/local/include")
+
+CDEF = r"""
+typedef uint64_t xen_pfn_t;
+typedef uint16_t domid_t;
+typedef uint32_t evtchn_port_t;
+typedef ... xentoollog_logger;
+typedef ... xc_interface;
+typedef ... xenforeignmemory_handle;
+typedef ... xengnttab_handle;
+typedef ... xengntshr_handle;
+typedef ... xenevtchn_handle;
+
+/* xentoollog levels, for xen_shim_logger */
+typedef enum { XTL_NONE, XTL_DEBUG, XTL_VERBOSE, XTL_DETAIL,
+               XTL_PROGRESS, XTL_INFO, XTL_NOTICE, XTL_WARN, XTL_ERROR,
+               XTL_CRITICAL, XTL_NUM_LEVELS } xentoollog_level;
+
+/* ---- xenctrl ---- */
+enum xc_error_code { XC_ERROR_NONE, ... };
+typedef struct { enum xc_error_code code; char message[...]; ...; } xc_error;
+
+#define XENVER_version ...
+#define XENVER_extraversion ...
+#define XEN_EXTRAVERSION_LEN ...
+
+#define XEN_DOMINF_dying ...
+#define XEN_DOMINF_hvm_guest ...
+#define XEN_DOMINF_shutdown ...
+#define XEN_DOMINF_paused ...
+#define XEN_DOMINF_blocked ...
+#define XEN_DOMINF_running ...
+#define XEN_DOMINF_hap ...
+#define XEN_DOMINF_shutdownmask ...
+#define XEN_DOMINF_shutdownshift ...
+typedef struct {
+    domid_t domain;
+    uint32_t flags;
+    uint64_t tot_pages, max_pages, outstanding_pages, shr_pages, paged_pages;
+    uint64_t cpu_time;
+    uint32_t nr_online_vcpus, max_vcpu_id;
+    ...;
+} xc_domaininfo_t;
+
+#define XEN_SYSCTL_PHYSCAP_hvm ...
+#define XEN_SYSCTL_PHYSCAP_pv ...
+#define XEN_SYSCTL_PHYSCAP_hap ...
+#define XEN_SYSCTL_PHYSCAP_shadow ...
+typedef struct {
+    uint32_t nr_cpus, cpu_khz, capabilities;
+    uint64_t total_pages, free_pages, scrub_pages, outstanding_pages;
+    ...;
+} xc_physinfo_t;
+
+xc_interface *xc_interface_open(xentoollog_logger *logger,
+                                xentoollog_logger *dombuild_logger,
+                                unsigned open_flags);
+int xc_interface_close(xc_interface *xch);
+void xc_clear_last_error(xc_interface *xch);
+const xc_error *xc_get_last_error(xc_interface *handle);
+const char *xc_strerror(xc_interface *xch, int errcode);
+int xc_version(xc_interface *xch, int cmd, void *arg);
+int xc_physinfo(xc_interface *xch, xc_physinfo_t *info);
+
+int xc_domain_getinfolist(xc_interface *xch, uint32_t first_domain,
+                          unsigned int max_domains, xc_domaininfo_t *info);
+int xc_domain_pause(xc_interface *xch, uint32_t domid);
+int xc_domain_unpause(xc_interface *xch, uint32_t domid);
+int xc_domain_destroy(xc_interface *xch, uint32_t domid);
+int xc_domain_hvm_getcontext(xc_interface *xch, uint32_t domid,
+                             uint8_t *ctxt_buf, uint32_t size);
+int xc_domain_hvm_setcontext(xc_interface *xch, uint32_t domid,
+                             uint8_t *hvm_ctxt, uint32_t size);
+int xc_domain_maximum_gpfn(xc_interface *xch, uint32_t domid,
+                           xen_pfn_t *gpfns);
+int xc_domain_populate_physmap_exact(xc_interface *xch, uint32_t domid,
+                                     unsigned long nr_extents,
+                                     unsigned int extent_order,
+                                     unsigned int mem_flags,
+                                     xen_pfn_t *extent_start);
+int xc_domain_decrease_reservation_exact(xc_interface *xch, uint32_t domid,
+                                         unsigned long nr_extents,
+                                         unsigned int extent_order,
+                                         xen_pfn_t *extent_start);
+
+int xc_mem_paging_enable(xc_interface *xch, uint32_t domain_id,
+                         uint32_t *port);
+int xc_mem_paging_disable(xc_interface *xch, uint32_t domain_id);
+int xc_mem_paging_nominate(xc_interface *xch, uint32_t domain_id,
+                           uint64_t gfn);
+int xc_mem_paging_evict(xc_interface *xch, uint32_t domain_id, uint64_t gfn);
+int xc_mem_paging_prep(xc_interface *xch, uint32_t domain_id, uint64_t gfn);
+int xc_mem_paging_load(xc_interface *xch, uint32_t domain_id,
+                       uint64_t gfn, void *buffer);
+void *xc_vm_event_enable(xc_interface *xch, uint32_t domain_id, int param,
+                         uint32_t *port);
+
+/* ---- vm_event ring ---- */
+#define HVM_PARAM_PAGING_RING_PFN ...
+#define HVM_PARAM_MONITOR_RING_PFN ...
+#define HVM_PARAM_SHARING_RING_PFN ...
+#define VM_EVENT_INTERFACE_VERSION ...
+#define VM_EVENT_FLAG_VCPU_PAUSED ...
+#define VM_EVENT_REASON_MEM_PAGING ...
+#define MEM_PAGING_DROP_PAGE ...
+#define MEM_PAGING_EVICT_FAIL ...
+struct vm_event_paging { uint64_t gfn; uint32_t p2mt; uint32_t flags; };
+typedef union { struct vm_event_paging mem_paging; ...; } xen_shim_vm_event_u;
+typedef struct {
+    uint32_t version, flags, reason, vcpu_id;
+    uint16_t altp2m_idx;
+    xen_shim_vm_event_u u;
+    ...;
+} vm_event_request_t;
+typedef vm_event_request_t vm_event_response_t;
+typedef struct { ...; } vm_event_back_ring_t;
+
+/* ---- xenforeignmemory ---- */
+xenforeignmemory_handle *xenforeignmemory_open(xentoollog_logger *logger,
+                                               unsigned open_flags);
+int xenforeignmemory_close(xenforeignmemory_handle *fmem);
+void *xenforeignmemory_map(xenforeignmemory_handle *fmem, uint32_t dom,
+                           int prot, size_t pages, const xen_pfn_t arr[],
+                           int err[]);
+int xenforeignmemory_unmap(xenforeignmemory_handle *fmem, void *addr,
+                           size_t pages);
+
+/* ---- xengnttab / xengntshr ---- */
+xengnttab_handle *xengnttab_open(xentoollog_logger *logger,
+                                 unsigned open_flags);
+int xengnttab_close(xengnttab_handle *xgt);
+void *xengnttab_map_grant_ref(xengnttab_handle *xgt, uint32_t domid,
+                              uint32_t ref, int prot);
+void *xengnttab_map_grant_refs(xengnttab_handle *xgt, uint32_t count,
+                               uint32_t *domids, uint32_t *refs, int prot);
+int xengnttab_unmap(xengnttab_handle *xgt, void *start_address,
+                    uint32_t count);
+xengntshr_handle *xengntshr_open(xentoollog_logger *logger,
+                                 unsigned open_flags);
+int xengntshr_close(xengntshr_handle *xgs);
+void *xengntshr_share_pages(xengntshr_handle *xgs, uint32_t domid,
+                            int count, uint32_t *refs, int writable);
+int xengntshr_unshare(xengntshr_handle *xgs, void *start_address,
+                      uint32_t count);
+
+/* ---- xenevtchn ---- */
+xenevtchn_handle *xenevtchn_open(xentoollog_logger *logger,
+                                 unsigned int flags);
+int xenevtchn_close(xenevtchn_handle *xce);
+int xenevtchn_fd(xenevtchn_handle *xce);
+int xenevtchn_bind_interdomain(xenevtchn_handle *xce, uint32_t domid,
+                               evtchn_port_t remote_port);
+int xenevtchn_pending(xenevtchn_handle *xce);
+int xenevtchn_unmask(xenevtchn_handle *xce, evtchn_port_t port);
+int xenevtchn_notify(xenevtchn_handle *xce, evtchn_port_t port);
+int xenevtchn_unbind(xenevtchn_handle *xce, evtchn_port_t port);
+
+/* ---- xen_shim.c ---- */
+xentoollog_logger *xen_shim_logger(int min_level);
+void xen_shim_ring_init(vm_event_back_ring_t *ring, void *page);
+int xen_shim_ring_take(vm_event_back_ring_t *ring, vm_event_request_t *out,
+                       int max);
+int xen_shim_ring_put(vm_event_back_ring_t *ring,
+                      const vm_event_response_t *rsp, int n);
+void xen_shim_paging_response(const vm_event_request_t *req,
+                              vm_event_response_t *rsp);
+int xen_shim_ring_unmap(void *page);
+"""
+
+
+def available():
+    """True when the Xen tools headers needed to build are installed."""
+    return any(os.path.exists(os.path.join(d, "xenctrl.h"))
+               for d in HEADER_DIRS)
+
+
+def modules():
+    """The ``cffi_modules`` entry for setup.py, or nothing on non-Xen hosts."""
+    return ["libxc_shim/xen_build.py:ffibuilder"] if available() else []
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "xenclone._xen",
+    '#include "xen_shim.h"',
+    sources=[os.path.join(PREFIX, "libxc_shim", "src", "xen_shim.c")],
+    include_dirs=[os.path.join(PREFIX, "libxc_shim", "src")],
+    libraries=["xenctrl", "xenforeignmemory", "xengnttab", "xenevtchn",
+               "xentoollog"],
+    extra_compile_args=["-O2", "-Wall"],
+)
+
+if __name__ == "__main__":
+    if not available():
+        sys.exit("xenctrl.h not found (apt-get install libxen-dev): "
+                 "xenclone._xen not built")
+    with tempfile.TemporaryDirectory() as tmp:   # keep objects out of the tree
+        built = ffibuilder.compile(tmpdir=tmp)
+        dest = os.path.join(ROOT, "xenclone", os.path.basename(built))
+        # Replace, never overwrite in place: a running process may have the
+        # old library mapped.
+        shutil.copy(built, dest + ".new")
+        os.replace(dest + ".new", dest)

@@ -1,0 +1,72 @@
+"""The embedded backend, daemon side: drives the VMM host over its socket."""
+
+import base64
+
+from zope.interface import implementer
+
+from xenclone.backends.kvm.microvm import host_features
+from xenclone.backends.kvm.uffd_source import KvmRegion
+from xenclone.image import Capture
+from xenclone.interfaces import IBackend
+
+
+@implementer(IBackend)
+class KvmBackend:
+    name = "kvm"
+
+    def __init__(self, link):
+        self.link = link          # a connected wire.FrameProtocol to the VMM host
+        self._zero_maps = {}      # (image, generation) -> cffi buffer shared by clones
+
+    def capabilities(self):
+        return dict(host_features(), backend="kvm", lazy_fill=True, sharing="memfd+minor-faults",
+                    eviction=["drop-clean"])
+
+    def create_master(self, spec):
+        return self.link.request("create_master", domid=spec.domid, name=spec.name,
+                                 npages=spec.npages, params=spec.params)
+
+    def capture(self, domid):
+        def capture(msg):
+            return Capture(arch=msg["arch"], vcpu_state=base64.b64decode(msg["vcpu_state"]),
+                           mem_fd=msg.fds[0], npages=msg["npages"])
+
+        return self.link.request("capture", domid=domid).addCallback(capture)
+
+    def _zero_map(self, image):
+        key = (image.image_id, image.generation)
+        if key not in self._zero_maps:
+            self._zero_maps[key] = KvmRegion.zero_buffer(image.zero)
+        return self._zero_maps[key]
+
+    def forget_image(self, image):
+        self._zero_maps.pop((image.image_id, image.generation), None)
+
+    def launch(self, image, clone):
+        zero = self._zero_map(image)
+        d = self.link.request(
+            "launch", fds=[image.mem_fd], domid=clone.domid, name=clone.name,
+            arch=image.arch, npages=image.npages,
+            vcpu_state=base64.b64encode(image.vcpu_state).decode(),
+            clone_id=clone.clone_id, input=clone.input, paused=clone.paused)
+        return d.addCallback(lambda msg: KvmRegion(clone.domid, msg.fds[0], msg["base"],
+                                                   msg["npages"], zero))
+
+    def pause(self, domid):
+        return self.link.request("pause", domid=domid)
+
+    def unpause(self, domid):
+        return self.link.request("unpause", domid=domid)
+
+    def destroy(self, domid):
+        return self.link.request("destroy", domid=domid)
+
+    def drop_clean(self, domid, pfns, blocked=False):
+        d = self.link.request("drop_clean", domid=domid, pfns=list(pfns), blocked=blocked)
+        return d.addCallback(lambda msg: msg["dropped"])
+
+    def ping(self):
+        return self.link.request("ping").addCallback(lambda msg: msg.fields)
+
+    def domains(self):
+        return self.link.request("list").addCallback(lambda msg: msg["domains"])

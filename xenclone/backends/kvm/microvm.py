@@ -1,0 +1,182 @@
+"""A KVM micro-VM over the C shim: one vCPU, guest RAM = one memfd mapping.
+
+A master maps its memfd MAP_SHARED; a clone maps the image memfd MAP_PRIVATE
+and registers it with userfaultfd (MISSING|MINOR), so every first touch is a
+fault the pager serves and every write stays private (copy-on-write).
+
+Rule: no Python thread may read or write uffd-registered guest memory while
+holding the GIL (a fault would wait for a pager that needs the GIL). Only
+shim calls, which release the GIL, touch clone RAM.
+
+KVM fds work only in the process that created the VM; the uffd may be sent
+to another process (socket.send_fds) and served there.
+"""
+import collections
+import os
+import signal
+
+from xenclone._linux import ffi, lib
+from xenclone import workload
+
+PAGE_SIZE = 4096
+CLONE_UFFD_FEATURES = lib.UFFD_FEATURE_MISSING_SHMEM | lib.UFFD_FEATURE_MINOR_SHMEM
+STATE_SIZE = lib.xc_vm_state_size()
+
+Exit = collections.namedtuple("Exit", "kind port value t_ns reason suberror")
+Exit.__new__.__defaults__ = (0, 0)
+
+_EXIT_KINDS = {
+    lib.XC_EXIT_IO_OUT: "io_out",
+    lib.XC_EXIT_HLT: "hlt",
+    lib.XC_EXIT_KICKED: "kicked",
+    lib.XC_EXIT_ERROR: "error",
+}
+
+_kvm_fd = None
+
+
+def _check(rc, what):
+    if rc < 0:
+        raise OSError(-rc, "%s: %s" % (what, os.strerror(-rc)))
+    return rc
+
+
+def kvm_fd():
+    """The process-wide /dev/kvm fd; also installs the SIGUSR1 kick handler."""
+    global _kvm_fd
+    if _kvm_fd is None:
+        _kvm_fd = _check(lib.xc_kvm_open(), "open /dev/kvm")
+        _check(lib.xc_install_kick_handler(), "sigaction(SIGUSR1)")
+    return _kvm_fd
+
+
+def host_features():
+    """What this host offers: KVM, and userfaultfd with its feature bits."""
+    out = {"kvm": False, "uffd": False, "uffd_features": 0,
+           "minor_shmem": False, "missing_shmem": False}
+    if os.path.exists("/dev/kvm"):
+        try:
+            kvm_fd()
+            out["kvm"] = True
+        except OSError as e:
+            out["kvm_error"] = str(e)
+    got = ffi.new("uint64_t *")
+    fd = lib.xc_uffd_open(0, got)
+    if fd < 0:
+        out["uffd_error"] = os.strerror(-fd)
+    else:
+        os.close(fd)
+        out["uffd"] = True
+        out["uffd_features"] = got[0]
+        out["minor_shmem"] = bool(got[0] & lib.UFFD_FEATURE_MINOR_SHMEM)
+        out["missing_shmem"] = bool(got[0] & lib.UFFD_FEATURE_MISSING_SHMEM)
+    return out
+
+
+class MicroVM:
+    """Guest RAM = memfd `mem_fd` (npages pages) at guest physical 0."""
+
+    def __init__(self, mem_fd, npages, private):
+        self.npages = npages
+        self.size = npages * PAGE_SIZE
+        self.private = private
+        self.uffd = None
+        self.in_t_ns = {}   # port -> t_ns of its latest IN exit (0x11: "first instruction")
+        self._vm = None
+        self._exit = ffi.new("struct xc_exit *")
+        self._pagemap_fd = None
+        self.addr = _check(lib.xc_map_memfd(mem_fd, self.size, int(private)), "mmap guest RAM")
+        try:
+            vm = ffi.new("struct xc_vm *")
+            _check(lib.xc_vm_create(kvm_fd(), self.addr, self.size, vm), "create VM")
+            self._vm = vm
+        except BaseException:
+            lib.xc_unmap(self.addr, self.size)
+            raise
+
+    def register_uffd(self, features=CLONE_UFFD_FEATURES):
+        """A uffd over all of guest RAM (MISSING|MINOR); closed by close()."""
+        assert self.private and self.uffd is None
+        fd = _check(lib.xc_uffd_open(features, ffi.NULL), "userfaultfd")
+        try:
+            _check(lib.xc_uffd_register(
+                fd, self.addr, self.size,
+                lib.UFFDIO_REGISTER_MODE_MISSING | lib.UFFDIO_REGISTER_MODE_MINOR),
+                "UFFDIO_REGISTER")
+        except BaseException:
+            os.close(fd)
+            raise
+        self.uffd = fd
+        return fd
+
+    def setup_master(self, params, guest_bin):
+        """Write params page, code and data set; point the vCPU at the code."""
+        assert not self.private
+        if len(guest_bin) > workload.CODE_MAX:
+            raise ValueError("guest code is %d bytes > %d" % (len(guest_bin), workload.CODE_MAX))
+        if params.memory_pages != self.npages:
+            raise ValueError("params are for %d pages, VM has %d" % (params.memory_pages, self.npages))
+        ram = ffi.cast("char *", self.addr)
+        ffi.memmove(ram + workload.PARAMS_ADDR, params.pack(), workload.PARAMS_STRUCT.size)
+        ffi.memmove(ram + workload.CODE_ADDR, guest_bin, len(guest_bin))
+        lib.xc_fill_dataset(ram, self.npages, params.data_first_pfn, params.data_npages,
+                            params.seed, params.zero_every)
+        _check(lib.xc_vm_set_boot_state(self._vm, workload.CODE_ADDR, workload.STACK_TOP,
+                                        0x2BADB002), "set boot state")
+
+    def state(self):
+        buf = ffi.new("char[]", STATE_SIZE)
+        _check(lib.xc_vm_get_state(self._vm, buf, STATE_SIZE), "get vCPU state")
+        return ffi.buffer(buf)[:]
+
+    def set_state(self, blob):
+        _check(lib.xc_vm_set_state(self._vm, blob, len(blob)), "set vCPU state")
+
+    def run_until_exit(self, in_values):
+        """Run until an OUT, HLT, kick or error; IN exits are answered with
+        in_values(port) and their times recorded in self.in_t_ns."""
+        e = self._exit
+        while True:
+            kind = _check(lib.xc_vm_run(self._vm, e), "KVM_RUN")
+            if kind != lib.XC_EXIT_IO_IN:
+                return Exit(_EXIT_KINDS[kind], e.port, e.value, e.t_ns, e.reason, e.suberror)
+            self.in_t_ns[e.port] = e.t_ns
+            lib.xc_vm_set_in(self._vm, in_values(e.port) & 0xFFFFFFFF)
+
+    def kick(self, thread_id):
+        """Make the vCPU thread's run_until_exit return 'kicked' (now, or at
+        its next run if it is not inside KVM_RUN)."""
+        lib.xc_vm_request_exit(self._vm)
+        signal.pthread_kill(thread_id, signal.SIGUSR1)
+
+    def drop_clean(self, pfns):
+        """MADV_DONTNEED the pages that still map the shared image page; the
+        vCPU must not be running. Returns the pfns dropped (the pager must
+        mark them absent: the next touch faults again)."""
+        pfns = list(pfns)
+        if not pfns:
+            return []
+        if self._pagemap_fd is None:
+            self._pagemap_fd = _check(lib.xc_pagemap_open(), "open pagemap")
+        arr = ffi.new("uint64_t[]", pfns)
+        dropped = ffi.new("uint8_t[]", len(pfns))
+        _check(lib.xc_drop_clean(self._pagemap_fd, self.addr, arr, len(pfns), dropped),
+               "drop_clean")
+        return [p for p, d in zip(pfns, dropped) if d]
+
+    def page_sums(self, first_pfn=0, npages=None):
+        """64-bit sum per page (C, GIL released: safe on clone RAM)."""
+        npages = self.npages - first_pfn if npages is None else npages
+        out = ffi.new("uint64_t[]", npages)
+        lib.xc_page_sums(ffi.cast("char *", self.addr) + first_pfn * PAGE_SIZE, npages, out)
+        return list(out)
+
+    def close(self):
+        if self._vm is not None:
+            lib.xc_vm_destroy(self._vm)
+            self._vm = None
+            lib.xc_unmap(self.addr, self.size)
+        for fd in (self.uffd, self._pagemap_fd):
+            if fd is not None:
+                os.close(fd)
+        self.uffd = self._pagemap_fd = None

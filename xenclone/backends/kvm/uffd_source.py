@@ -1,0 +1,190 @@
+"""The KVM fault source: every clone's userfaultfd, served by C.
+
+One thread runs ``xc_pager_serve`` (the GIL released) over an epoll set of
+all clones' userfaultfds.  It fills pages while it holds credits and hands
+the rest, with a record of what it filled, to the pager in the reactor.
+The reactor changes regions and credits only with the serve loop stopped:
+it kicks the loop out through an eventfd and takes the lock.
+"""
+
+import os
+import select
+import threading
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from xenclone._linux import ffi, lib
+from xenclone.interfaces import IFaultRegion, IFaultSource
+
+MAX_OUT = 4096
+
+
+@implementer(IFaultRegion)
+class KvmRegion:
+    """A clone's guest RAM inside the VMM host, reached through its uffd."""
+
+    def __init__(self, domid, uffd, base, npages, zero):
+        self.domid = domid
+        self.npages = npages
+        self._uffd = uffd
+        self._state = ffi.new("uint8_t[]", npages)
+        self._zero = zero            # cffi buffer shared by the image's clones
+        self.c_region = ffi.new("struct xc_region *")
+        self.c_region.uffd = uffd
+        self.c_region.base = base
+        self.c_region.npages = npages
+        self.c_region.state = self._state
+        self.c_region.zero = zero
+
+    @staticmethod
+    def zero_buffer(zero_map):
+        """The image's zero map in C memory, shared by its clones' regions."""
+        return ffi.new("uint8_t[]", bytes(zero_map))
+
+    def fileno(self):
+        return self._uffd
+
+    def counters(self):
+        r = self.c_region
+        return {"faults": r.faults, "minor_fills": r.minor_fills,
+                "zero_fills": r.zero_fills, "dup_wakes": r.dup_wakes}
+
+    def _resolve(self, pfn, how):
+        rc = lib.xc_resolve(self.c_region, pfn, 1, how)
+        if rc == 0:
+            self._state[pfn] = lib.XC_PAGE_PRESENT
+        return rc
+
+    def load_zero(self, pfn):
+        rc = self._resolve(pfn, lib.XC_ZEROPAGE)
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc))
+
+    def load_shared(self, pfn):
+        rc = self._resolve(pfn, lib.XC_CONTINUE)
+        if rc == -2:   # ENOENT: this host's cache does not hold the page
+            return False
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc))
+        return True
+
+    def load_copy(self, pfn, data):
+        rc = lib.xc_copy_page(self.c_region, pfn, ffi.from_buffer(data))
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc))
+        self._state[pfn] = lib.XC_PAGE_PRESENT
+
+    def forget(self, pfns):
+        for pfn in pfns:
+            self._state[pfn] = lib.XC_PAGE_ABSENT
+
+    def remember(self, pfns):
+        for pfn in pfns:
+            self._state[pfn] = lib.XC_PAGE_PRESENT
+
+    def close(self):
+        os.close(self._uffd)
+
+
+@implementer(IFaultSource)
+class UffdFaultSource:
+    log = Logger()
+
+    def __init__(self, reactor, max_regions=4096):
+        self.reactor = reactor
+        self._epoll = select.epoll()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._check(lib.xc_epoll_add(self._epoll.fileno(), self._wake, lib.XC_WAKE_DATA))
+        self._regions = ffi.new("struct xc_region *[]", max_regions)
+        self._slots = [None] * max_regions    # slot -> KvmRegion
+        self._by_domid = {}
+        self._nregions = 0
+        self._credits = ffi.new("int64_t *")
+        self._out = ffi.new("struct xc_fault[]", MAX_OUT)
+        self._cond = threading.Condition()
+        self._holders = 0
+        self._stopping = False
+        self._thread = None
+        self._deliver = None
+
+    @staticmethod
+    def _check(rc):
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc))
+        return rc
+
+    def start(self, deliver):
+        self._deliver = deliver
+        self._thread = threading.Thread(target=self._serve, name="uffd-pager", daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while True:
+            with self._cond:
+                while self._holders and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                n = lib.xc_pager_serve(self._epoll.fileno(), self._regions, self._nregions,
+                                       self._wake, self._credits, self._out, MAX_OUT, 100)
+                records = [(self._slots[f.region].domid, f.kind, f.pfn)
+                           for f in self._out[0:max(n, 0)]]
+            if n < 0:
+                self.log.error("pager serve loop: {err}", err=os.strerror(-n))
+                continue
+            if records:
+                self.reactor.callFromThread(self._deliver, records)
+
+    def _locked(self, fn):
+        """Run ``fn`` with the serve loop out of C."""
+        self._holders += 1
+        os.eventfd_write(self._wake, 1)
+        with self._cond:
+            try:
+                return fn()
+            finally:
+                self._holders -= 1
+                self._cond.notify_all()
+
+    def add(self, region):
+        def add():
+            slot = self._slots.index(None)
+            self._slots[slot] = region
+            self._regions[slot] = region.c_region
+            self._nregions = max(self._nregions, slot + 1)
+            self._by_domid[region.domid] = slot
+            self._check(lib.xc_epoll_add(self._epoll.fileno(), region.fileno(), slot))
+
+        self._locked(add)
+
+    def remove(self, domid):
+        def remove():
+            slot = self._by_domid.pop(domid, None)
+            if slot is None:
+                return None
+            region = self._slots[slot]
+            self._epoll.unregister(region.fileno())
+            self._slots[slot] = None
+            self._regions[slot] = ffi.NULL
+            while self._nregions and self._slots[self._nregions - 1] is None:
+                self._nregions -= 1
+            return region
+
+        region = self._locked(remove)
+        if region is not None:
+            region.close()
+
+    def set_credits(self, count):
+        def grant():
+            self._credits[0] = count
+
+        self._locked(grant)
+
+    def stop(self):
+        self._stopping = True
+        os.eventfd_write(self._wake, 1)
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()

@@ -1,0 +1,307 @@
+"""The VMM host: the process that owns the KVM micro-VMs.
+
+KVM VM and vCPU fds work only in the process that created them, so the
+micro-VMs live here, apart from the daemon and its pager: a pager or daemon
+crash leaves every clone in place, its faults waiting in its userfaultfd.
+One Python process hosts many VMs (a thread per vCPU, the GIL released in
+KVM_RUN), so a clone costs a VM and a thread, not an interpreter.
+
+The daemon drives it over a Unix socket with ``wire`` frames: master memory
+and clone userfaultfds cross as SCM_RIGHTS file descriptors.
+"""
+
+import argparse
+import base64
+import os
+import sys
+import threading
+
+import attr
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from xenclone import workload
+from xenclone.backends.kvm.microvm import MicroVM
+from xenclone.interfaces import DomainState
+from xenclone.wire import FrameProtocol, Reply, WireError
+
+ARCH = "kvm-x86-32"
+GUEST_KERNEL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "guest", "build", "guest.bin")
+
+
+@attr.s(eq=False)
+class Domain:
+    domid = attr.ib()
+    name = attr.ib()
+    role = attr.ib()              # "master" or "clone"
+    vm = attr.ib()
+    npages = attr.ib()
+    inputs = attr.ib(factory=dict)
+    mem_fd = attr.ib(default=-1)  # master only: its RAM
+    state = attr.ib(default=DomainState.PAUSED)
+    result = attr.ib(default=None)
+    t_first_ns = attr.ib(default=None)
+    error = attr.ib(default=None)
+    thread = attr.ib(default=None)
+    want = attr.ib(default="run")  # what the vCPU thread should do: run, park, stop
+    wake = attr.ib(factory=threading.Event)
+    waiters = attr.ib(factory=list)   # Deferreds fired when the vCPU parks
+
+    def info(self):
+        return {"domid": self.domid, "name": self.name, "role": self.role,
+                "state": self.state, "npages": self.npages, "result": self.result,
+                "t_first_ns": self.t_first_ns, "error": self.error}
+
+
+class VmmHost:
+    """The handler of the VMM host's socket: one op per method."""
+
+    log = Logger()
+
+    def __init__(self, reactor, guest_kernel):
+        self.reactor = reactor
+        self.guest_kernel = guest_kernel
+        self.domains = {}
+        self.link = None          # the daemon's connection, for events
+
+    # -- the vCPU threads
+
+    def _start(self, dom):
+        dom.want = "run"
+        dom.thread = threading.Thread(target=self._vcpu_loop, args=(dom,),
+                                      name="vcpu-%d" % dom.domid, daemon=True)
+        dom.thread.start()
+
+    def _vcpu_loop(self, dom):
+        call = self.reactor.callFromThread
+        call(self._set_state, dom, DomainState.RUNNING)
+        while True:
+            if dom.want == "stop":
+                break
+            if dom.want == "park":
+                call(self._parked, dom)
+                dom.wake.wait()
+                dom.wake.clear()
+                continue
+            ex = dom.vm.run_until_exit(lambda port: self._io_in(dom, port))
+            if ex.kind == "io_out":
+                self._io_out(dom, ex)
+            elif ex.kind == "hlt":
+                done = DomainState.READY if dom.role == "master" else DomainState.DONE
+                dom.want = "park"
+                call(self._set_state, dom, done)
+            elif ex.kind == "error":
+                dom.error = "vCPU stopped: %s" % (ex.value,)
+                call(self._set_state, dom, DomainState.CRASHED)
+                dom.want = "park"
+        dom.vm.close()
+        call(self._closed, dom)
+
+    def _io_in(self, dom, port):
+        return dom.inputs.get(port, 0)
+
+    def _io_out(self, dom, ex):
+        if dom.t_first_ns is None:
+            # The clone's first exit after resume: its first instruction.
+            dom.t_first_ns = dom.vm.in_t_ns.get(workload.PORT_CLONE_ID)
+        if ex.port == workload.PORT_RESULT:
+            dom.result = ex.value
+
+    def _parked(self, dom):
+        if dom.state == DomainState.RUNNING:
+            self._set_state(dom, DomainState.PAUSED)
+        waiters, dom.waiters = dom.waiters, []
+        for d in waiters:
+            d.callback(dom)
+
+    def _closed(self, dom):
+        self.domains.pop(dom.domid, None)
+        if dom.mem_fd >= 0:
+            os.close(dom.mem_fd)
+        waiters, dom.waiters = dom.waiters, []
+        for d in waiters:
+            d.callback(dom)
+        self._event("state", domid=dom.domid, state=DomainState.DESTROYED)
+
+    def _set_state(self, dom, state):
+        dom.state = state
+        self._event("state", **dom.info())
+
+    def _event(self, kind, **fields):
+        if self.link is not None and self.link.transport is not None:
+            self.link.send_event(kind, **fields)
+
+    def _park(self, dom):
+        """Deferred that fires once the vCPU thread is parked."""
+        if dom.thread is None or not dom.thread.is_alive() or (
+                dom.want == "park" and dom.state != DomainState.RUNNING):
+            return defer.succeed(dom)
+        d = defer.Deferred()
+        dom.waiters.append(d)
+        dom.want = "park"
+        dom.vm.kick(dom.thread.ident)
+        return d
+
+    def _resume(self, dom):
+        if dom.thread is None:
+            self._start(dom)
+        else:
+            dom.want = "run"
+            dom.wake.set()
+            self._set_state(dom, DomainState.RUNNING)
+
+    def _get(self, msg):
+        dom = self.domains.get(msg.get("domid"))
+        if dom is None:
+            raise WireError("no-domain", "no domain %r on this VMM host" % (msg.get("domid"),))
+        return dom
+
+    # -- ops
+
+    def op_ping(self, msg):
+        return {"pid": os.getpid(), "domains": len(self.domains)}
+
+    def op_list(self, msg):
+        return {"domains": [d.info() for d in self.domains.values()]}
+
+    def op_create_master(self, msg):
+        domid, name = msg["domid"], msg["name"]
+        if domid in self.domains:
+            raise WireError("exists", "domain %d exists" % domid)
+        params = workload.Params(**msg["params"])
+        npages = msg["npages"]
+        with open(self.guest_kernel, "rb") as f:
+            kernel = f.read()
+        mem_fd = os.memfd_create("xenclone-master-%s" % name, os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(mem_fd, npages * 4096)
+            vm = MicroVM(mem_fd, npages, private=False)
+            vm.setup_master(params, kernel)
+        except Exception:
+            os.close(mem_fd)
+            raise
+        dom = Domain(domid, name, "master", vm, npages, mem_fd=mem_fd)
+        self.domains[domid] = dom
+        d = defer.Deferred()
+        dom.waiters.append(d)
+        self._start(dom)
+        return d.addCallback(lambda dom: dom.info())
+
+    def op_capture(self, msg):
+        dom = self._get(msg)
+        if dom.role != "master":
+            raise WireError("not-master", "domain %d is a clone; bless its image instead" % dom.domid)
+        if dom.state not in (DomainState.READY, DomainState.PAUSED, DomainState.RUNNING):
+            raise WireError("not-running", "domain %d is %s and cannot be blessed" % (dom.domid, dom.state))
+
+        def capture(dom):
+            state = base64.b64encode(dom.vm.state()).decode()
+            return Reply({"arch": ARCH, "vcpu_state": state, "npages": dom.npages},
+                         fds=[dom.mem_fd])
+
+        return self._park(dom).addCallback(capture)
+
+    def op_launch(self, msg):
+        domid = msg["domid"]
+        if len(msg.fds) != 1:
+            for fd in msg.fds:
+                os.close(fd)
+            raise WireError("malformed", "launch needs the image memory fd")
+        image_fd = msg.fds[0]
+        try:
+            if domid in self.domains:
+                raise WireError("exists", "domain %d exists" % domid)
+            if msg["arch"] != ARCH:
+                raise WireError("wrong-arch", "image is %s, this host runs %s" % (msg["arch"], ARCH))
+            vm = MicroVM(image_fd, msg["npages"], private=True)
+        finally:
+            os.close(image_fd)   # the private mapping keeps the image alive
+        try:
+            uffd = vm.register_uffd()
+            vm.set_state(base64.b64decode(msg["vcpu_state"]))
+        except Exception:
+            vm.close()
+            raise
+        # vm keeps its own uffd open, so the clone outlives the pager's copy.
+        dom = Domain(domid, msg["name"], "clone", vm, msg["npages"],
+                     inputs={workload.PORT_CLONE_ID: msg["clone_id"],
+                             workload.PORT_INPUT: msg["input"]})
+        self.domains[domid] = dom
+        if not msg.get("paused"):
+            self._start(dom)
+        return Reply({"base": vm.addr, "npages": dom.npages}, fds=[uffd])
+
+    def op_pause(self, msg):
+        return self._park(self._get(msg)).addCallback(lambda dom: dom.info())
+
+    def op_unpause(self, msg):
+        dom = self._get(msg)
+        if dom.state in (DomainState.DONE, DomainState.CRASHED):
+            raise WireError("not-runnable", "domain %d is %s" % (dom.domid, dom.state))
+        self._resume(dom)
+        return dom.info()
+
+    def op_destroy(self, msg):
+        dom = self._get(msg)
+        d = defer.Deferred()
+        dom.waiters.append(d)
+        dom.want = "stop"
+        if dom.thread is None:
+            dom.vm.close()
+            self._closed(dom)
+        else:
+            dom.wake.set()
+            dom.vm.kick(dom.thread.ident)
+        return d.addCallback(lambda _: {"domid": dom.domid})
+
+    def op_drop_clean(self, msg):
+        dom = self._get(msg)
+        pfns = msg["pfns"]
+        if not all(isinstance(p, int) and 0 <= p < dom.npages for p in pfns):
+            raise WireError("out-of-range", "page numbers must be within 0..%d" % (dom.npages - 1))
+        if msg.get("blocked"):
+            # The pager holds this clone's one vCPU in an unanswered fault:
+            # it cannot write a page, and a kick may not reach it.
+            return {"dropped": dom.vm.drop_clean(pfns)}
+        was_running = dom.state == DomainState.RUNNING
+
+        def drop(dom):
+            # The vCPU is parked: nothing can write a page between the
+            # kernel's answer (written or not) and the drop.
+            dropped = dom.vm.drop_clean(pfns)
+            if was_running and dom.want == "park":
+                self._resume(dom)
+            return {"dropped": dropped}
+
+        return self._park(dom).addCallback(drop)
+
+
+class _Factory(Factory):
+    def __init__(self, host):
+        self.host = host
+
+    def buildProtocol(self, addr):
+        proto = FrameProtocol(handler=self.host)
+        self.host.link = proto   # the newest daemon connection gets events
+        return proto
+
+
+def main(argv=None):
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    parser = argparse.ArgumentParser(prog="xenclone-vmmhost")
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--guest-kernel", default=GUEST_KERNEL)
+    args = parser.parse_args(argv)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    if os.path.exists(args.socket):
+        os.unlink(args.socket)
+    host = VmmHost(reactor, args.guest_kernel)
+    reactor.listenUNIX(args.socket, _Factory(host), mode=0o600)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()

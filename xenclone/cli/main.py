@@ -1,0 +1,242 @@
+"""``xenclone``: an xl-style command for the daemon.
+
+    xenclone [--config FILE] <command> [options] <Domain|Image>
+
+Exit codes: 0 done, 1 the operation failed, 2 bad usage or config,
+3 the daemon cannot be reached.
+"""
+
+import argparse
+import json
+import sys
+
+from twisted.internet import defer, task
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+
+from xenclone.config import ConfigError, load_daemon_config, load_domain_config
+from xenclone.wire import FrameProtocol, WireError
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+class CliError(Exception):
+    def __init__(self, message, code=EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+@defer.inlineCallbacks
+def connect(reactor, socket_path):
+    try:
+        proto = yield connectProtocol(UNIXClientEndpoint(reactor, socket_path, timeout=5),
+                                      FrameProtocol())
+    except Exception as e:
+        raise CliError("cannot reach the xenclone daemon at %s (%s); start it with "
+                       "'twistd -n xenclone' or 'systemctl start xenclone'"
+                       % (socket_path, e.__class__.__name__), EXIT_UNREACHABLE)
+    return proto
+
+
+def _fields(msg):
+    return {k: v for k, v in msg.fields.items() if k not in ("id", "ok")}
+
+
+# -- output
+
+def _table(rows, columns):
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c)
+              for c in columns]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def _print(args, result, text):
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(text(result))
+
+
+def _kv(result):
+    return "\n".join("%-16s %s" % (k, v) for k, v in sorted(result.items()))
+
+
+# -- commands: each returns (op, fields, formatter)
+
+def cmd_create(args):
+    try:
+        cfg = load_domain_config(args.config_file)
+    except (ConfigError, OSError) as e:
+        raise CliError(str(e), EXIT_USAGE)
+    return "create", {"config": cfg}, lambda r: "created %s (domid %d)" % (r["name"], r["domid"])
+
+
+def cmd_bless(args):
+    return ("bless", {"domain": args.domain, "name": args.name, "resume": args.resume},
+            lambda r: "image %s generation %s: %d pages, %d stored" % (
+                r["image_id"], r["generation"], r["npages"], r["nonzero_pages"]))
+
+
+def cmd_launch(args):
+    return ("launch", {"image": args.image, "count": args.n, "paused": args.paused},
+            lambda r: "\n".join("%d %s" % (c["domid"], c["name"]) for c in r["clones"]))
+
+
+def cmd_list(args):
+    return "list", {}, lambda r: _table(r["domains"], ["name", "domid", "role", "image", "state",
+                                                       "memory_mib"])
+
+
+def cmd_images(args):
+    return "images", {}, lambda r: _table(r["images"], ["image_id", "generation", "npages",
+                                                        "nonzero_pages", "clones"])
+
+
+def cmd_info(args):
+    return "info", {"domain": args.domain}, _kv
+
+
+def cmd_host(args):
+    return "host", {}, lambda r: json.dumps(r, indent=2, sort_keys=True)
+
+
+def cmd_wait(args):
+    return "wait", {"domain": args.domain, "timeout": args.timeout}, _kv
+
+
+def cmd_page(args):
+    return ("page", {"image": args.image, "pfn": args.pfn, "count": args.n},
+            lambda r: "%s page %d (+%d): sha256 %s%s" % (r["image"], r["pfn"], r["count"] - 1,
+                                                        r["sha256"], " (zero)" if r["zero"] else ""))
+
+
+def _domain_cmd(op):
+    return lambda args: (op, {"domain": args.domain}, lambda r: "%s %s" % (op, r["name"]))
+
+
+def cmd_discard(args):
+    return ("discard", {"image": args.image, "force": args.force},
+            lambda r: "discarded %s" % r["image"])
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="xenclone", description="Clone running virtual machines.")
+    p.add_argument("--config", "-c", help="daemon config (xl.cfg syntax)")
+    sub = p.add_subparsers(dest="command", metavar="<command>")
+
+    def add(name, func, help, json_out=False):
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        if json_out:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    add("create", cmd_create, "start a master domain from a config file").add_argument(
+        "config_file", metavar="CONFIG")
+    sp = add("bless", cmd_bless, "turn a domain into an immutable image", True)
+    sp.add_argument("domain", metavar="Domain")
+    sp.add_argument("--name", help="image name (default: the domain's)")
+    sp.add_argument("--resume", action="store_true", help="let the master run on")
+    sp = add("launch", cmd_launch, "start clones of an image and print their ids", True)
+    sp.add_argument("image", metavar="Image")
+    sp.add_argument("-n", type=int, default=1, help="how many clones")
+    sp.add_argument("--paused", action="store_true")
+    add("list", cmd_list, "list domains with role, image and state", True)
+    add("images", cmd_images, "list images", True)
+    add("info", cmd_info, "show a domain's state and page figures", True).add_argument(
+        "domain", metavar="Domain")
+    add("host", cmd_host, "show the backend's capabilities and the host ledger", True)
+    sp = add("wait", cmd_wait, "wait until a domain stops running", True)
+    sp.add_argument("domain", metavar="Domain")
+    sp.add_argument("--timeout", type=int, default=60)
+    for op, text in (("pause", "stop a domain's vCPUs"), ("unpause", "let a domain run"),
+                     ("destroy", "destroy a domain and free its memory")):
+        add(op, _domain_cmd(op), text, True).add_argument("domain", metavar="Domain")
+    sp = add("page", cmd_page, "digest of image pages, read from the memory server", True)
+    sp.add_argument("image", metavar="Image")
+    sp.add_argument("pfn", type=int)
+    sp.add_argument("-n", type=int, default=1, help="how many pages (1-256)")
+    sp = add("discard", cmd_discard, "delete an image (refused while clones live)", True)
+    sp.add_argument("image", metavar="Image")
+    sp.add_argument("--force", action="store_true", help="destroy its clones first")
+    sp = sub.add_parser("demo", help="bless a master, launch clones, check every answer")
+    sp.add_argument("--clones", type=int, default=16)
+    sp.add_argument("--memory-mib", type=int, default=256)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=None, scenario="demo")
+    sp = sub.add_parser("selftest", help="run acceptance scenarios on this host")
+    sp.add_argument("names", nargs="*", metavar="NAME")
+    sp.add_argument("--list", action="store_true", help="list the scenarios")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=None, scenario="selftest")
+    sp = sub.add_parser("help", help="show help for a command")
+    sp.add_argument("topic", nargs="?")
+    sp.set_defaults(func=None, scenario="help")
+    return p, sub
+
+
+@defer.inlineCallbacks
+def _run_command(reactor, args, settings):
+    op, fields, fmt = args.func(args)
+    proto = yield connect(reactor, settings["control_socket"])
+    try:
+        msg = yield proto.request(op, **fields)
+    except WireError as e:
+        raise CliError("%s: %s" % (args.command, e))
+    finally:
+        proto.transport.loseConnection()
+    _print(args, _fields(msg), fmt)
+
+
+def main(argv=None):
+    parser, sub = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    if args.command == "help":
+        target = sub.choices.get(args.topic) if args.topic else None
+        (target or parser).print_help()
+        return 0 if (target or not args.topic) else EXIT_USAGE
+    try:
+        settings = load_daemon_config(args.config)
+    except (ConfigError, OSError) as e:
+        print("xenclone: %s" % e, file=sys.stderr)
+        return EXIT_USAGE
+    if args.func is None:
+        from xenclone.cli.scenarios import run_scenario
+        body = lambda reactor: run_scenario(reactor, args, settings)
+    else:
+        body = lambda reactor: _run_command(reactor, args, settings)
+    return _react(body)
+
+
+def _react(body):
+    code = []
+
+    def run(reactor):
+        d = defer.maybeDeferred(body, reactor)
+
+        def done(result):
+            code.append(result if isinstance(result, int) else 0)
+
+        def failed(f):
+            if f.check(CliError):
+                print("xenclone: %s" % f.value, file=sys.stderr)
+                code.append(f.value.code)
+            else:
+                print("xenclone: internal error: %s" % f.getErrorMessage(), file=sys.stderr)
+                code.append(EXIT_FAILED)
+
+        return d.addCallbacks(done, failed)
+
+    try:
+        task.react(run)
+    except SystemExit:
+        pass
+    return code[0] if code else EXIT_FAILED
+
+
+def entry():
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""``xenclone demo`` and ``xenclone selftest``: whole jobs on this host.
+
+They talk to the running daemon; where none runs, they start a private one
+(the same service tree, in this process, with its helpers in a temporary
+directory) and take it down afterwards.
+"""
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+
+from twisted.internet import defer, task
+
+from xenclone import hostmem, workload
+from xenclone.cli.main import EXIT_FAILED, CliError, connect
+from xenclone.wire import WireError
+
+
+class Session:
+    """A control connection, to the running daemon or a private one."""
+
+    def __init__(self, reactor, settings):
+        self.reactor = reactor
+        self.settings = settings
+        self.proto = None
+        self.service = None
+        self.tmp = None
+
+    @defer.inlineCallbacks
+    def open(self):
+        try:
+            self.proto = yield connect(self.reactor, self.settings["control_socket"])
+            return self
+        except CliError:
+            pass
+        from xenclone.service import make_service
+        self.tmp = tempfile.mkdtemp(prefix="xenclone-")
+        run, state = os.path.join(self.tmp, "run"), os.path.join(self.tmp, "state")
+        self.settings = dict(self.settings, run_dir=run, state_dir=state,
+                             memserver_dir=os.path.join(state, "images"),
+                             control_socket=os.path.join(run, "control.sock"))
+        self.service = make_service(self.settings, self.reactor)
+        self.service.startService()
+        yield self.service.getServiceNamed("core").ready
+        self.proto = yield connect(self.reactor, self.settings["control_socket"])
+        return self
+
+    def call(self, op, **fields):
+        return self.proto.request(op, **fields).addCallback(
+            lambda msg: {k: v for k, v in msg.fields.items() if k not in ("id", "ok")})
+
+    @defer.inlineCallbacks
+    def close(self):
+        if self.service is not None:
+            pids = yield self.call("pids")
+            yield self.call("destroy_all")
+        self.proto.transport.loseConnection()
+        if self.service is not None:
+            yield self.service.stopService()
+            for name in ("vmmhost", "memserver"):
+                try:
+                    os.kill(pids[name], 15)
+                except (KeyError, ProcessLookupError):
+                    pass
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class PeakSampler:
+    """Samples host memory from the kernel while a job runs."""
+
+    def __init__(self, reactor, pids, interval=0.02):
+        self.pids = pids
+        self.peak = 0
+        self._loop = task.LoopingCall(self.sample)
+        self._loop.clock = reactor
+        self._loop.start(interval)
+
+    def sample(self):
+        self.peak = max(self.peak, hostmem.host_bytes(self.pids))
+
+    def stop(self):
+        self.sample()
+        self._loop.stop()
+
+
+def _pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+@defer.inlineCallbacks
+def launch_job(s, clones, memory_mib, name="demo"):
+    """create → bless → launch → check; returns the figures."""
+    master = "%s-master" % name
+    yield s.call("create", config={"name": master, "memory": memory_mib})
+    blessed = yield s.call("bless", domain=master, name=name)
+    pids = yield s.call("pids")
+    base = hostmem.host_bytes(list(pids.values()))
+    sampler = PeakSampler(s.reactor, list(pids.values()))
+    launched = yield s.call("launch", image=name, count=clones)
+    infos = []
+    for c in launched["clones"]:
+        infos.append((yield s.call("wait", domain=c["domid"], timeout=600)))
+    sampler.stop()
+    wrong = [i["name"] for i in infos if i["result"] != i["expected"]]
+    launch_ms = [i["launch_ms"] for i in infos if i["launch_ms"] is not None]
+    npages = blessed["npages"]
+    result = {
+        "results_ok": not wrong and len(infos) == clones,
+        "wrong": wrong,
+        "clones": clones,
+        "memory_mib": memory_mib,
+        "launch_ms_p50": round(statistics.median(launch_ms), 3) if launch_ms else None,
+        "launch_ms_p99": round(_pct(launch_ms, 0.99), 3) if launch_ms else None,
+        "pages_nominal": npages * clones,
+        "pages_faulted": sum(i["faults"] for i in infos),
+        "host_peak_mib": round(sampler.peak / 2**20, 1),
+        "host_base_mib": round(base / 2**20, 1),
+        "eager_mib": memory_mib * clones,
+        "image_stored_pages": blessed["nonzero_pages"],
+        "domids": [c["domid"] for c in launched["clones"]],
+        "image": name,
+    }
+    return result
+
+
+def _demo_text(r):
+    return "\n".join([
+        "xenclone demo: %d clones of a %d MiB master" % (r["clones"], r["memory_mib"]),
+        "  answers            %s" % ("all right" if r["results_ok"] else "WRONG: %s" % r["wrong"]),
+        "  launch latency     p50 %s ms, p99 %s ms" % (r["launch_ms_p50"], r["launch_ms_p99"]),
+        "  pages faulted      %d of %d nominal (%.1f%%)" % (
+            r["pages_faulted"], r["pages_nominal"], 100.0 * r["pages_faulted"] / r["pages_nominal"]),
+        "  host memory peak   %.1f MiB, eager copies would need %d MiB (%.1f%%)" % (
+            r["host_peak_mib"], r["eager_mib"], 100.0 * r["host_peak_mib"] / r["eager_mib"]),
+    ])
+
+
+@defer.inlineCallbacks
+def scenario_launch(s):
+    """8 clones: answers right, isolated, lazy; destroy frees their pages."""
+    r = yield launch_job(s, 8, 64, name="selftest-launch")
+    checks = {"answers_right": r["results_ok"],
+              "lazy": r["pages_faulted"] < r["pages_nominal"]}
+    # The image is unchanged by the clones' writes: read back a page each wrote.
+    img = yield s.call("image_check", image=r["image"])
+    checks["image_unchanged"] = img["unchanged"]
+    pids = yield s.call("pids")
+    before = hostmem.pss_bytes(pids["vmmhost"])
+    for domid in r["domids"]:
+        yield s.call("destroy", domain=domid)
+    after = hostmem.pss_bytes(pids["vmmhost"])
+    r["vmmhost_pss_before_destroy_kib"] = before // 1024
+    r["vmmhost_pss_after_destroy_kib"] = after // 1024
+    checks["destroy_frees"] = after < before
+    yield s.call("discard", image=r["image"], force=True)
+    yield s.call("destroy", domain="%s-master" % r["image"])
+    return checks, r
+
+
+SCENARIOS = {"launch": (scenario_launch, scenario_launch.__doc__)}
+
+
+@defer.inlineCallbacks
+def run_scenario(reactor, args, settings):
+    if args.scenario == "selftest" and args.list:
+        for name, (_, doc) in sorted(SCENARIOS.items()):
+            print("%-12s %s" % (name, doc.strip().splitlines()[0]))
+        return 0
+    names = getattr(args, "names", None) or sorted(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if args.scenario == "selftest" and unknown:
+        raise CliError("unknown scenario(s): %s; see 'xenclone selftest --list'" % ", ".join(unknown), 2)
+    if args.scenario == "demo" and not (1 <= args.clones <= 256 and 16 <= args.memory_mib <= 65536):
+        raise CliError("demo: --clones must be 1..256 and --memory-mib 16..65536", 2)
+    s = yield Session(reactor, settings).open()
+    try:
+        if args.scenario == "demo":
+            r = yield launch_job(s, args.clones, args.memory_mib)
+            yield s.call("discard", image=r["image"], force=True)
+            yield s.call("destroy", domain="demo-master")
+            print(json.dumps(r, indent=2, sort_keys=True) if args.json else _demo_text(r))
+            return 0 if r["results_ok"] else EXIT_FAILED
+        report, ok = {}, True
+        for name in names:
+            try:
+                checks, figures = yield SCENARIOS[name][0](s)
+            except WireError as e:
+                checks, figures = {"completed": False}, {"error": str(e)}
+            passed = all(checks.values())
+            ok = ok and passed
+            report[name] = {"passed": passed, "checks": checks, "figures": figures}
+            if not args.json:
+                print("%-12s %s  %s" % (name, "PASS" if passed else "FAIL",
+                                        " ".join("%s=%s" % kv for kv in sorted(checks.items()))))
+        if args.json:
+            print(json.dumps(report, indent=2, sort_keys=True))
+        return 0 if ok else EXIT_FAILED
+    finally:
+        yield s.close()

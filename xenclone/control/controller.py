@@ -1,0 +1,361 @@
+"""The daemon's control API: what ``xenclone <command>`` asks for.
+
+Backend-neutral: it drives an ``IBackend``, an ``IMemoryServer`` and the
+``Pager``.  Every op checks its input and fails with a ``WireError`` whose
+text is meant for the operator.
+"""
+
+import dataclasses
+import hashlib
+import os
+import time
+
+import attr
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from xenclone import workload
+from xenclone.image import check_name
+from xenclone.interfaces import PAGE_SIZE, DomainState
+from xenclone.wire import WireError
+
+MIN_MEMORY_MIB = 4
+MAX_MEMORY_MIB = 64 * 1024
+MAX_LAUNCH = 256
+LIVE = (DomainState.RUNNING, DomainState.PAUSED, DomainState.READY, DomainState.DONE,
+        DomainState.WAITING_FOR_MEMSERVER, DomainState.PAUSED_BY_TIMEOUT)
+
+
+@attr.s(frozen=True)
+class MasterSpec:
+    domid = attr.ib()
+    name = attr.ib()
+    npages = attr.ib()
+    params = attr.ib()
+
+
+@attr.s(frozen=True)
+class CloneSpec:
+    domid = attr.ib()
+    name = attr.ib()
+    clone_id = attr.ib()
+    input = attr.ib()
+    paused = attr.ib(default=False)
+
+
+@attr.s(eq=False)
+class Domain:
+    domid = attr.ib()
+    name = attr.ib()
+    role = attr.ib()
+    memory_mib = attr.ib()
+    image = attr.ib(default=None)
+    clone_id = attr.ib(default=None)
+    input = attr.ib(default=None)
+    state = attr.ib(default=DomainState.PAUSED)
+    result = attr.ib(default=None)
+    params = attr.ib(default=None)
+    t0_ns = attr.ib(default=None)
+    launch_ms = attr.ib(default=None)
+    waiters = attr.ib(factory=list)
+
+    def summary(self):
+        return {"domid": self.domid, "name": self.name, "role": self.role,
+                "image": self.image, "state": self.state, "memory_mib": self.memory_mib}
+
+
+def _int(msg, key, lo, hi, default=None):
+    value = msg.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise WireError("bad-argument", "%s must be an integer from %d to %d" % (key, lo, hi))
+    return value
+
+
+class Controller:
+    log = Logger()
+
+    def __init__(self, backend, memserver, pager):
+        self.backend = backend
+        self.memserver = memserver
+        self.pager = pager
+        self.domains = {}
+        self._images = {}         # image id -> OpenImage (this host's mapping)
+        self._next_domid = 1
+        self._next_clone_id = {}
+
+    # -- helpers
+
+    def _domain(self, ref):
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            dom = self.domains.get(int(ref))
+        else:
+            dom = next((d for d in self.domains.values() if d.name == ref), None)
+        if dom is None:
+            raise WireError("no-domain", "unknown domain %r" % (ref,))
+        return dom
+
+    def _allocate(self):
+        domid = self._next_domid
+        self._next_domid += 1
+        return domid
+
+    def _set_state(self, dom, state):
+        dom.state = state
+        if state not in (DomainState.RUNNING,):
+            waiters, dom.waiters = dom.waiters, []
+            for d in waiters:
+                d.callback(dom)
+
+    def on_backend_event(self, msg):
+        """State reports from the backend (vCPU exits, halts, crashes)."""
+        dom = self.domains.get(msg.get("domid"))
+        if dom is None or msg["event"] != "state":
+            return
+        if msg.get("result") is not None:
+            dom.result = msg["result"]
+        if msg.get("t_first_ns") and dom.t0_ns and dom.launch_ms is None:
+            dom.launch_ms = (msg["t_first_ns"] - dom.t0_ns) / 1e6
+        if msg["state"] == DomainState.DESTROYED:
+            self._forget(dom)
+        else:
+            self._set_state(dom, msg["state"])
+
+    def _forget(self, dom):
+        self.domains.pop(dom.domid, None)
+        self.pager.detach(dom.domid)
+        self._set_state(dom, DomainState.DESTROYED)
+
+    def _image(self, image_id):
+        if image_id in self._images:
+            return defer.succeed(self._images[image_id])
+        d = self.memserver.open(image_id)
+
+        def keep(image):
+            self._images[image_id] = image
+            return image
+
+        return d.addCallback(keep)
+
+    # -- ops
+
+    def op_pids(self, msg):
+        """The processes whose memory the kernel should be asked about."""
+        d = defer.gatherResults([self.backend.ping(), self.memserver.ping()], consumeErrors=True)
+        return d.addCallback(lambda r: {"daemon": os.getpid(), "vmmhost": r[0]["pid"],
+                                        "memserver": r[1]["pid"]})
+
+    def op_destroy_all(self, msg):
+        doms = sorted(self.domains.values(), key=lambda d: d.role != "clone")
+        d = defer.succeed(None)
+        for dom in doms:
+            d.addCallback(lambda _, domid=dom.domid: self.op_destroy({"domain": domid}))
+        return d.addCallback(lambda _: {"destroyed": [dom.domid for dom in doms]})
+
+    @defer.inlineCallbacks
+    def op_image_check(self, msg):
+        """Read back, from the memory server, every page the image's clones
+        wrote: each must still hold the image's own data."""
+        image_id = msg.get("image")
+        bad = []
+        checked = 0
+        for dom in list(self.domains.values()):
+            if dom.image != image_id or not dom.params:
+                continue
+            params = workload.Params(**dom.params)
+            for pfn in sorted(workload.pages_written(params, dom.clone_id, dom.input)):
+                data = yield self.memserver.fetch(image_id, pfn, 1)
+                checked += 1
+                if data != workload.image_page(params, pfn):
+                    bad.append(pfn)
+        return {"unchanged": not bad and checked > 0, "checked_pages": checked, "changed_pages": bad}
+
+    def op_page(self, msg):
+        """Digest of image pages, read through the memory server."""
+        image_id = msg.get("image")
+        pfn = _int(msg, "pfn", 0, 2**40)
+        count = _int(msg, "count", 1, 256, default=1)
+
+        def digest(data):
+            return {"image": image_id, "pfn": pfn, "count": count,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "zero": not any(data)}
+
+        return self.memserver.fetch(image_id, pfn, count).addCallback(digest)
+
+    def op_host(self, msg):
+        return {"backend": self.backend.name, "capabilities": self.backend.capabilities(),
+                "ledger": self.pager.ledger.host_stats(), "stalled": self.pager.stalled}
+
+    def op_create(self, msg):
+        cfg = msg.get("config")
+        if not isinstance(cfg, dict):
+            raise WireError("bad-config", "create needs a parsed domain config")
+        try:
+            name = check_name(cfg.get("name"), "domain name")
+        except ValueError as e:
+            raise WireError("bad-config", str(e))
+        if any(d.name == name for d in self.domains.values()):
+            raise WireError("exists", "a domain named %r exists" % name)
+        memory = _int(cfg, "memory", MIN_MEMORY_MIB, MAX_MEMORY_MIB)
+        try:
+            params = workload.Params.for_memory(
+                memory, read_percent=cfg.get("read_percent", 10),
+                write_pages=cfg.get("write_pages", 8), zero_every=cfg.get("zero_every", 16),
+                seed=cfg.get("seed", 1))
+        except (TypeError, ValueError) as e:
+            raise WireError("bad-config", "workload: %s" % e)
+        dom = Domain(self._allocate(), name, "master", memory, params=dataclasses.asdict(params))
+        self.domains[dom.domid] = dom
+        spec = MasterSpec(dom.domid, name, memory * 1024 * 1024 // PAGE_SIZE, dom.params)
+
+        def failed(f):
+            self.domains.pop(dom.domid, None)
+            return f
+
+        d = self.backend.create_master(spec)
+        d.addCallbacks(lambda info: (self._set_state(dom, info["state"]), dom.summary())[1], failed)
+        return d
+
+    def op_bless(self, msg):
+        dom = self._domain(msg.get("domain"))
+        if dom.role != "master":
+            raise WireError("not-master", "%s is a clone: launch more from its image instead" % dom.name)
+        if dom.state not in (DomainState.READY, DomainState.RUNNING, DomainState.PAUSED):
+            raise WireError("not-running", "%s is %s and cannot be blessed" % (dom.name, dom.state))
+        try:
+            name = check_name(msg.get("name") or dom.name, "image name")
+        except ValueError as e:
+            raise WireError("bad-argument", str(e))
+
+        @defer.inlineCallbacks
+        def bless():
+            capture = yield self.backend.capture(dom.domid)
+            meta = {"master": dom.name, "memory_mib": dom.memory_mib, "params": dom.params}
+            try:
+                info = yield self.memserver.put(name, attr.evolve(capture, meta=meta))
+            finally:
+                os.close(capture.mem_fd)
+            self._set_state(dom, DomainState.PAUSED)
+            if msg.get("resume"):
+                yield self.backend.unpause(dom.domid)
+            return info
+
+        return bless()
+
+    def op_launch(self, msg):
+        image_id = msg.get("image")
+        count = _int(msg, "count", 1, MAX_LAUNCH, default=1)
+        paused = bool(msg.get("paused"))
+
+        @defer.inlineCallbacks
+        def launch():
+            image = yield self._image(image_id)
+            launched = []
+            for _ in range(count):
+                launched.append((yield self._launch_one(image, paused)))
+            return {"clones": launched}
+
+        return launch()
+
+    @defer.inlineCallbacks
+    def _launch_one(self, image, paused):
+        t0 = time.monotonic_ns()
+        clone_id = self._next_clone_id.get(image.image_id, 0) + 1
+        self._next_clone_id[image.image_id] = clone_id
+        domid = self._allocate()
+        name = "%s.%d" % (image.image_id, clone_id)
+        dom = Domain(domid, name, "clone", image.meta.get("memory_mib"), image=image.image_id,
+                     clone_id=clone_id, input=domid, params=image.meta.get("params"),
+                     state=DomainState.PAUSED if paused else DomainState.RUNNING, t0_ns=t0)
+        self.domains[domid] = dom
+        try:
+            region = yield self.backend.launch(image, CloneSpec(domid, name, clone_id, domid, paused))
+        except Exception:
+            self.domains.pop(domid, None)
+            raise
+        self.pager.attach(region, image)
+        return {"domid": domid, "name": name, "clone_id": clone_id}
+
+    def op_list(self, msg):
+        return {"domains": [d.summary() for d in sorted(self.domains.values(), key=lambda d: d.domid)]}
+
+    def op_images(self, msg):
+        def annotate(images):
+            for info in images:
+                info["clones"] = sum(1 for d in self.domains.values() if d.image == info["image_id"])
+            return {"images": images}
+
+        return self.memserver.images().addCallback(annotate)
+
+    def op_info(self, msg):
+        dom = self._domain(msg.get("domain"))
+        info = dict(dom.summary(), clone_id=dom.clone_id, input=dom.input, result=dom.result,
+                    launch_ms=dom.launch_ms)
+        stats = self.pager.stats(dom.domid) or {}
+        info.update(nominal_pages=stats.get("nominal_pages", (dom.memory_mib or 0) * 256),
+                    resident_pages=stats.get("resident_pages", 0),
+                    faults=stats.get("faults", 0),
+                    fetched_pages=stats.get("faults", 0) - stats.get("evicted_pages", 0)
+                    if stats else 0,
+                    evicted_pages=stats.get("evicted_pages", 0),
+                    private_pages=stats.get("private_pages", 0))
+        if dom.role == "clone" and dom.params:
+            info["expected"] = workload.expected_result(workload.Params(**dom.params),
+                                                        dom.clone_id, dom.input)
+        return info
+
+    def op_wait(self, msg):
+        """Fires when the domain leaves the running state (or timeout)."""
+        dom = self._domain(msg.get("domain"))
+        timeout = _int(msg, "timeout", 1, 3600, default=60)
+        if dom.state != DomainState.RUNNING:
+            return self.op_info({"domain": dom.domid})
+        from twisted.internet import reactor as default_reactor
+        d = defer.Deferred()
+        dom.waiters.append(d)
+        d.addTimeout(timeout, getattr(self, "reactor", default_reactor))
+        d.addCallback(lambda dom: self.op_info({"domain": dom.domid}))
+        return d
+
+    def _simple(self, call, msg):
+        dom = self._domain(msg.get("domain"))
+        return call(dom.domid).addCallback(lambda _: dom.summary())
+
+    def op_pause(self, msg):
+        dom = self._domain(msg.get("domain"))
+        return self.backend.pause(dom.domid).addCallback(
+            lambda info: (self._set_state(dom, DomainState.PAUSED), dom.summary())[1])
+
+    def op_unpause(self, msg):
+        dom = self._domain(msg.get("domain"))
+        if dom.state not in (DomainState.PAUSED, DomainState.READY, DomainState.PAUSED_BY_TIMEOUT):
+            raise WireError("not-paused", "%s is %s" % (dom.name, dom.state))
+        return self.backend.unpause(dom.domid).addCallback(
+            lambda info: (self._set_state(dom, info["state"]), dom.summary())[1])
+
+    def op_destroy(self, msg):
+        dom = self._domain(msg.get("domain"))
+        self.pager.detach(dom.domid)
+        d = self.backend.destroy(dom.domid)
+        d.addCallback(lambda _: (self._forget(dom), {"domid": dom.domid, "name": dom.name})[1])
+        return d
+
+    def op_discard(self, msg):
+        image_id = msg.get("image")
+        clones = [d for d in self.domains.values() if d.image == image_id]
+        if clones and not msg.get("force"):
+            raise WireError("busy", "image %r has %d live clones; destroy them or use --force"
+                            % (image_id, len(clones)))
+
+        @defer.inlineCallbacks
+        def discard():
+            for dom in clones:
+                yield self.op_destroy({"domain": dom.domid})
+            yield self.memserver.discard(image_id)
+            image = self._images.pop(image_id, None)
+            if image is not None:
+                self.backend.forget_image(image)
+                os.close(image.mem_fd)
+            return {"image": image_id, "destroyed": [d.domid for d in clones]}
+
+        return discard()

@@ -1,0 +1,75 @@
+"""Helper processes that outlive the daemon.
+
+The memory server and the VMM host hold what must survive a daemon crash
+(images, micro-VMs and their userfaultfds), so they are not the daemon's
+children: it connects to a running one, or starts one in its own session.
+"""
+
+import os
+import subprocess
+import sys
+
+from twisted.internet import defer, task
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.logger import Logger
+
+from xenclone.wire import FrameProtocol, WireError
+
+log = Logger()
+
+
+class HelperProcess:
+    def __init__(self, reactor, name, module, args, socket_path, log_path):
+        self.reactor = reactor
+        self.name = name
+        self.argv = [sys.executable, "-m", module, "--socket", socket_path] + list(args)
+        self.socket_path = socket_path
+        self.log_path = log_path
+
+    def _connect(self, proto):
+        endpoint = UNIXClientEndpoint(self.reactor, self.socket_path, timeout=5)
+        return connectProtocol(endpoint, proto)
+
+    def _spawn(self):
+        log.info("starting {name}: {argv}", name=self.name, argv=" ".join(self.argv))
+        with open(self.log_path, "ab") as out:
+            # setsid --fork: the helper is nobody's child and keeps running
+            # whatever happens to the daemon.
+            subprocess.run(["setsid", "--fork"] + self.argv, stdin=subprocess.DEVNULL,
+                           stdout=out, stderr=out, check=True, cwd="/")
+
+    @defer.inlineCallbacks
+    def connect(self, make_protocol, timeout=30.0):
+        """Connect to the running helper, starting it first if need be."""
+        try:
+            proto = yield self._connect(make_protocol())
+            return proto
+        except Exception:
+            pass
+        self._spawn()
+        waited = 0.0
+        delay = 0.02
+        while True:
+            try:
+                proto = yield self._connect(make_protocol())
+                log.info("{name} is up after {s:.2f}s", name=self.name, s=waited)
+                return proto
+            except Exception:
+                if waited >= timeout:
+                    raise WireError("helper-down", "%s did not start within %.0fs; see %s"
+                                    % (self.name, timeout, self.log_path))
+            yield task.deferLater(self.reactor, delay, lambda: None)
+            waited += delay
+            delay = min(delay * 2, 0.5)
+
+
+def stop_helper(pid_msg):
+    """Signal a helper (by the pid it reported) to exit."""
+    try:
+        os.kill(pid_msg["pid"], 15)
+    except ProcessLookupError:
+        pass
+
+
+def frame_protocol(**kw):
+    return lambda: FrameProtocol(**kw)

@@ -1,0 +1,55 @@
+"""Images: what a bless captures and what a launch opens.  Immutable."""
+
+import os
+import re
+
+import attr
+
+from xenclone.interfaces import PAGE_SIZE
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_name(name, what="name"):
+    """Names of images and domains: short, safe in paths and XenStore."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValueError("bad %s %r: use 1-64 of A-Z a-z 0-9 _ . - (not first)" % (what, name))
+    return name
+
+
+@attr.s(frozen=True)
+class Capture:
+    """A paused domain's state, handed from a backend to the memory server.
+
+    ``mem_fd`` is a memfd holding guest RAM (page ``p`` at offset
+    ``p * 4096``); the receiver must not keep it beyond the copy.
+    """
+
+    arch = attr.ib()          # e.g. "kvm-x86-32": which backend can restore it
+    vcpu_state = attr.ib()    # opaque bytes, backend-specific
+    mem_fd = attr.ib()
+    npages = attr.ib()
+    meta = attr.ib(factory=dict)   # master name, config, workload params
+
+
+@attr.s(frozen=True)
+class OpenImage:
+    """An image opened through the local fast path.
+
+    ``mem_fd`` is the memory server's memfd of the image: zero pages are
+    holes in it, every other page is resident while the image is cached.
+    ``zero`` has one byte per page, 1 where the image page is all zero.
+    """
+
+    image_id = attr.ib()
+    generation = attr.ib()
+    arch = attr.ib()
+    vcpu_state = attr.ib()
+    npages = attr.ib()
+    mem_fd = attr.ib()
+    zero = attr.ib()
+    meta = attr.ib(factory=dict)
+
+    def store_page(self, pfn, data):
+        """Put a fetched page back into this host's cache of the image."""
+        os.pwrite(self.mem_fd, data, pfn * PAGE_SIZE)

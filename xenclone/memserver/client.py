@@ -1,0 +1,142 @@
+"""Clients of the memory server.
+
+``MemoryServerClient`` speaks to the local Unix socket (every operation,
+memfd passing); ``RemotePageSource`` reads pages over TCP/TLS.  Both
+connect on first use and again after the link drops, so a pager survives
+a memory-server restart: requests in flight fail with ``ConnectionLost``.
+"""
+
+import base64
+
+from twisted.internet import defer, ssl
+from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from zope.interface import implementer
+
+from xenclone.image import OpenImage
+from xenclone.interfaces import IMemoryServer
+from xenclone.wire import ConnectionLost, FrameProtocol, WireError
+
+_REPLY_KEYS = ("id", "ok", "nfds")
+
+
+def _fields(msg):
+    return {k: v for k, v in msg.fields.items() if k not in _REPLY_KEYS}
+
+
+class _Link:
+    """A lazily (re)connected ``FrameProtocol`` shared by all requests."""
+
+    def __init__(self, reactor, endpoint):
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self._proto = None
+        self._waiters = []
+
+    def _ready(self, proto):
+        """Hook run once per new connection before requests go out."""
+        return proto
+
+    def _link(self):
+        if self._proto is not None:
+            return defer.succeed(self._proto)
+        d = defer.Deferred()
+        self._waiters.append(d)
+        if len(self._waiters) == 1:
+            proto = FrameProtocol(on_close=self._closed)
+            connectProtocol(self.endpoint, proto).addCallback(self._ready).addCallbacks(
+                self._connected, self._failed)
+        return d
+
+    def _connected(self, proto):
+        self._proto = proto
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(proto)
+
+    def _failed(self, failure):
+        waiters, self._waiters = self._waiters, []
+        err = failure.value if isinstance(failure.value, WireError) else \
+            ConnectionLost("cannot reach the memory server: %s" % failure.getErrorMessage())
+        for d in waiters:
+            d.errback(err)
+
+    def _closed(self, reason):
+        self._proto = None
+
+    def request(self, op, fds=(), **fields):
+        """Deferred[Message]; fails with ``WireError`` or ``ConnectionLost``."""
+        return self._link().addCallback(lambda p: p.request(op, fds=fds, **fields))
+
+    def close(self):
+        if self._proto is not None:
+            self._proto.transport.loseConnection()
+
+
+@implementer(IMemoryServer)
+class MemoryServerClient(_Link):
+    """The local memory server, over its Unix socket."""
+
+    def put(self, name, capture):
+        d = self.request("put", fds=[capture.mem_fd], name=name, arch=capture.arch,
+                         npages=capture.npages, meta=capture.meta,
+                         vcpu_state=base64.b64encode(capture.vcpu_state).decode())
+        return d.addCallback(_fields)
+
+    def open(self, image_id):
+        return self.request("open", image=image_id).addCallback(self._opened)
+
+    @staticmethod
+    def _opened(msg):
+        if len(msg.fds) != 1:
+            raise ConnectionLost("open reply carried %d fds, not 1" % len(msg.fds))
+        return OpenImage(image_id=msg["image_id"], generation=msg["generation"],
+                         arch=msg["arch"], vcpu_state=base64.b64decode(msg["vcpu_state"]),
+                         npages=msg["npages"], mem_fd=msg.fds[0], zero=msg.payload,
+                         meta=msg["meta"])
+
+    def fetch(self, image_id, pfn, count):
+        d = self.request("fetch", image=image_id, pfn=pfn, count=count)
+        return d.addCallback(lambda m: m.payload)
+
+    def discard(self, image_id):
+        return self.request("discard", image=image_id).addCallback(lambda m: None)
+
+    def images(self):
+        return self.request("images").addCallback(lambda m: m["images"])
+
+    def info(self, image_id):
+        return self.request("info", image=image_id).addCallback(_fields)
+
+    def ping(self):
+        return self.request("ping").addCallback(_fields)
+
+
+class RemotePageSource(_Link):
+    """Pages of a remote memory server, over TLS with an access token.
+
+    ``ca_cert`` is the PEM (bytes) of the CA that signed the server's
+    certificate; ``server_name`` is the name or address the certificate
+    must carry (default ``host``).
+    """
+
+    def __init__(self, reactor, host, port, token, ca_cert, server_name=None):
+        trust = ssl.Certificate.loadPEM(ca_cert)
+        options = ssl.optionsForClientTLS(server_name or host, trustRoot=trust)
+        super().__init__(reactor, SSL4ClientEndpoint(reactor, host, port, options))
+        self.token = token
+
+    def _ready(self, proto):
+        def refused(failure):
+            proto.transport.loseConnection()
+            return failure
+        return proto.request("hello", token=self.token).addCallbacks(lambda m: proto, refused)
+
+    def fetch(self, image_id, pfn, count):
+        d = self.request("fetch", image=image_id, pfn=pfn, count=count)
+        return d.addCallback(lambda m: m.payload)
+
+    def images(self):
+        return self.request("images").addCallback(lambda m: m["images"])
+
+    def info(self, image_id):
+        return self.request("info", image=image_id).addCallback(_fields)

@@ -1,0 +1,271 @@
+"""The memory server process.
+
+    python -m xenclone.memserver.server --dir DIR --socket PATH
+        [--tcp HOST:PORT --token-file F --cert F --key F]
+
+The Unix socket (mode 0600) is the local fast path: ``open`` passes the
+image's memfd, so clones fault without a round trip.  The TCP port speaks
+the same frames over TLS for pagers on other hosts; a connection must say
+``hello`` with the access token first and may then only read pages.
+"""
+
+import argparse
+import base64
+import binascii
+import hmac
+import os
+import sys
+
+from twisted.internet import defer, ssl, threads
+from twisted.internet.endpoints import SSL4ServerEndpoint, UNIXServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from xenclone.image import Capture
+from xenclone.memserver.store import ImageStore
+from xenclone.wire import FrameProtocol, Reply, WireError
+
+log = Logger(namespace="xenclone.memserver")
+
+FD_GRACE = 10.0         # a discarded memfd may still sit in a queued open reply
+HELLO_TIMEOUT = 10.0
+READY = "memory server ready"
+
+
+def _field(msg, name, kind):
+    value = msg.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise WireError("bad-request", "field %r missing or not %s" % (name, kind.__name__))
+    return value
+
+
+def _fetch(store, msg):
+    return Reply(payload=store.fetch(_field(msg, "image", str), msg.get("pfn"), msg.get("count")))
+
+
+class LocalHandler:
+    """Every operation, for the trusted local socket."""
+
+    def __init__(self, reactor, store):
+        self.reactor = reactor
+        self.store = store
+
+    def op_ping(self, msg):
+        return {"pid": os.getpid()}
+
+    def op_images(self, msg):
+        return {"images": self.store.images()}
+
+    def op_info(self, msg):
+        return self.store.info(_field(msg, "image", str))
+
+    def op_fetch(self, msg):
+        return _fetch(self.store, msg)
+
+    def op_open(self, msg):
+        image = _field(msg, "image", str)
+        fields = dict(self.store.info(image),
+                      vcpu_state=base64.b64encode(self.store.vcpu_state(image)).decode())
+        # The store's own fd: it stays open while queued (see FD_GRACE).
+        return Reply(fields, self.store.zero_map(image), [self.store.memfd(image)])
+
+    @defer.inlineCallbacks
+    def op_put(self, msg):
+        try:
+            if len(msg.fds) != 1:
+                raise WireError("bad-request", "put passes exactly one memfd")
+            try:
+                vcpu = base64.b64decode(_field(msg, "vcpu_state", str), validate=True)
+            except binascii.Error:
+                raise WireError("bad-request", "vcpu_state is not base64")
+            capture = Capture(arch=_field(msg, "arch", str), vcpu_state=vcpu,
+                              mem_fd=msg.fds[0], npages=_field(msg, "npages", int),
+                              meta=msg.get("meta") or {})
+            name = _field(msg, "name", str)
+            # A big image takes seconds to copy: keep the reactor serving.
+            info = yield threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(), self.store.put, name, capture)
+        finally:
+            for fd in msg.fds:
+                os.close(fd)
+        log.info("blessed {image_id} generation {generation}: {npages} pages, "
+                 "{nonzero_pages} non-zero", image_id=info["image_id"],
+                 generation=info["generation"], npages=info["npages"],
+                 nonzero_pages=info["nonzero_pages"])
+        return info
+
+    def op_discard(self, msg):
+        image = _field(msg, "image", str)
+        self.store.discard(image, close=lambda fd: self.reactor.callLater(FD_GRACE, os.close, fd))
+        log.info("discarded {image_id}", image_id=image)
+        return {}
+
+
+class RemoteHandler:
+    """One TCP connection: ``hello`` with the token, then read-only ops."""
+
+    def __init__(self, reactor, store, token):
+        self.reactor = reactor
+        self.store = store
+        self.token = token
+        self.proto = None
+        self.authed = False
+        self.timer = None
+
+    def attach(self, proto):
+        self.proto = proto
+        self.timer = self.reactor.callLater(HELLO_TIMEOUT, self._drop, "no hello in time")
+        proto.on_close = lambda reason: self.timer.active() and self.timer.cancel()
+
+    def _drop(self, why):
+        log.warn("dropping {peer}: {why}", peer=str(self.proto.transport.getPeer()), why=why)
+        self.proto.transport.loseConnection()
+
+    def _refuse(self, code, text):
+        # Close after the error reply has been queued.
+        self.reactor.callLater(0, self._drop, text)
+        if self.timer.active():
+            self.timer.cancel()
+        raise WireError(code, text)
+
+    def _check(self):
+        if not self.authed:
+            self._refuse("unauthenticated", "say hello with the access token first")
+
+    def op_hello(self, msg):
+        token = msg.get("token")
+        if self.authed:
+            return {}
+        if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.token):
+            self._refuse("bad-token", "access token refused")
+        self.authed = True
+        self.timer.cancel()
+        return {}
+
+    def op_fetch(self, msg):
+        self._check()
+        return _fetch(self.store, msg)
+
+    def op_images(self, msg):
+        self._check()
+        return {"images": self.store.images()}
+
+    def op_info(self, msg):
+        self._check()
+        return self.store.info(_field(msg, "image", str))
+
+
+class _LocalFactory(Factory):
+    noisy = False
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    def buildProtocol(self, addr):
+        return FrameProtocol(self.handler)
+
+
+class _RemoteFactory(Factory):
+    noisy = False
+
+    def __init__(self, reactor, store, token):
+        self.reactor, self.store, self.token = reactor, store, token
+
+    def buildProtocol(self, addr):
+        handler = RemoteHandler(self.reactor, self.store, self.token)
+        proto = FrameProtocol(handler)
+        proto.connected_d.addCallback(handler.attach)
+        return proto
+
+
+def tls_options(cert_path, key_path):
+    with open(cert_path, "rb") as c, open(key_path, "rb") as k:
+        pc = ssl.PrivateCertificate.loadPEM(c.read() + k.read())
+    return ssl.CertificateOptions(privateKey=pc.privateKey.original, certificate=pc.original,
+                                  raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+
+
+@defer.inlineCallbacks
+def serve(reactor, store, socket_path, tcp=None, token=None, tls=None):
+    """Listen on the Unix socket and, if ``tcp`` is (host, port), on TLS."""
+    ports = [(yield UNIXServerEndpoint(reactor, socket_path, mode=0o600, wantPID=True)
+              .listen(_LocalFactory(LocalHandler(reactor, store))))]
+    if tcp is not None:
+        host, port = tcp
+        ports.append((yield SSL4ServerEndpoint(reactor, port, tls, interface=host)
+                      .listen(_RemoteFactory(reactor, store, token))))
+    return ports
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="python -m xenclone.memserver.server",
+                                description="Serve blessed images' pages.")
+    p.add_argument("--dir", required=True, help="image store directory")
+    p.add_argument("--socket", required=True, help="local Unix socket path")
+    p.add_argument("--tcp", metavar="HOST:PORT", help="also serve pages over TLS")
+    p.add_argument("--token-file", help="access token for TCP clients")
+    p.add_argument("--cert", help="TLS certificate (PEM); made with a CA beside it if absent")
+    p.add_argument("--key", help="TLS private key (PEM)")
+    a = p.parse_args(argv)
+    a.tcp_addr = None
+    if a.tcp:
+        host, _, port = a.tcp.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            p.error("--tcp wants HOST:PORT, got %r" % a.tcp)
+        if not (a.token_file and a.cert and a.key):
+            p.error("--tcp needs --token-file, --cert and --key")
+        try:
+            with open(a.token_file, "rb") as f:
+                a.token = f.read().strip()
+        except OSError as e:
+            p.error("cannot read token file: %s" % e.strerror)
+        if len(a.token) < 16:
+            p.error("the token in %s is shorter than 16 bytes" % a.token_file)
+        a.tcp_addr = (host.strip("[]"), int(port))
+    elif a.token_file or a.cert or a.key:
+        p.error("--token-file, --cert and --key only go with --tcp")
+    return a
+
+
+def main(argv=None):
+    args = _parse(argv)
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+
+    tls = None
+    try:
+        store = ImageStore(args.dir)
+        if args.tcp_addr:
+            if not os.path.exists(args.cert) and not os.path.exists(args.key):
+                from xenclone.memserver.tls import write_server_files
+                ca = os.path.join(os.path.dirname(os.path.abspath(args.cert)), "ca.pem")
+                write_server_files(args.cert, args.key, ca, [args.tcp_addr[0], "localhost"])
+                log.info("made a TLS certificate; clients must trust {ca}", ca=ca)
+            tls = tls_options(args.cert, args.key)
+    except Exception as e:
+        print("memory server: cannot start: %s" % (e,), file=sys.stderr)
+        return 1
+
+    for name, why in store.load_all():
+        log.error("image {image_id} not loaded: {why}", image_id=name, why=why)
+    log.info("loaded {count} images from {dir}", count=len(store.images()), dir=args.dir)
+    status = []
+
+    def ready(ports):
+        log.info(READY + " on {where}", where=", ".join(str(p.getHost()) for p in ports))
+
+    def failed(f):
+        log.critical("cannot listen: {why}", why=f.getErrorMessage())
+        status.append(1)
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: serve(reactor, store, args.socket, args.tcp_addr,
+                                          getattr(args, "token", None), tls)
+                            .addCallbacks(ready, failed))
+    reactor.run()
+    return status[0] if status else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

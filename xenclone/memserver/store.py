@@ -1,0 +1,314 @@
+"""The image store: blessed images on disk, cached in RAM as memfds.
+
+Layout, one directory per image::
+
+    <dir>/<image_id>/meta.json   identity, geometry, vCPU state (base64)
+    <dir>/<image_id>/memory      sparse: zero pages are holes
+    <dir>/<image_id>/zero        one byte per page, 1 where the page is zero
+
+An image is written into a temporary directory and renamed into place, so
+a crash leaves either the whole image or nothing.  Plain synchronous code:
+the server runs ``put`` in a thread, so the table is guarded by a lock.
+"""
+
+import base64
+import fcntl
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from xenclone.image import OpenImage, check_name
+from xenclone.interfaces import PAGE_SIZE
+from xenclone.wire import WireError
+
+FORMAT = 1
+MAX_FETCH = 256
+MAX_PAGES = 1 << 26                 # 256 GiB of guest RAM
+CHUNK = 512 * PAGE_SIZE             # 2 MiB: big reads, one memcmp per chunk
+_ZERO_CHUNK = bytes(CHUNK)
+_ZERO_PAGE = bytes(PAGE_SIZE)
+_TMP = ".tmp-"                      # names never start with ".": no clash
+_TRASH = ".trash-"
+
+
+def _nonzero_runs(src_fd, npages):
+    """Yield (first_pfn, bytes) for every run of non-zero pages in ``src_fd``."""
+    for base in range(0, npages, CHUNK // PAGE_SIZE):
+        n = min(CHUNK // PAGE_SIZE, npages - base)
+        data = os.pread(src_fd, n * PAGE_SIZE, base * PAGE_SIZE)
+        if len(data) != n * PAGE_SIZE:
+            raise WireError("bad-request", "guest memory ends before page %d" % (base + n))
+        if data == _ZERO_CHUNK[:len(data)]:
+            continue
+        if _ZERO_PAGE not in data:
+            yield base, data                # common case: nothing to split
+            continue
+        start = None
+        for i in range(n + 1):
+            zero = i == n or data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] == _ZERO_PAGE
+            if not zero and start is None:
+                start = i
+            elif zero and start is not None:
+                yield base + start, data[start * PAGE_SIZE:i * PAGE_SIZE]
+                start = None
+
+
+def _write_all(fd, data, offset):
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _fill(src_fd, npages, dst_fd, zero=None):
+    """Copy the non-zero pages; clear their entries in ``zero`` if given."""
+    for pfn, data in _nonzero_runs(src_fd, npages):
+        _write_all(dst_fd, data, pfn * PAGE_SIZE)
+        if zero is not None:
+            zero[pfn:pfn + len(data) // PAGE_SIZE] = bytes(len(data) // PAGE_SIZE)
+
+
+def _new_memfd(name, npages):
+    fd = os.memfd_create("xenclone-" + name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, npages * PAGE_SIZE)
+    return fd
+
+
+def _seal(fd):
+    # Clones map the memfd MAP_PRIVATE: nobody may resize it under them.
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Image:
+    def __init__(self, meta, vcpu_state, memfd, zero):
+        self.meta = meta
+        self.vcpu_state = vcpu_state
+        self.memfd = memfd
+        self.zero = zero
+
+    def info(self):
+        return {k: v for k, v in self.meta.items() if k != "vcpu_state"}
+
+
+class ImageStore:
+    """Blessed images, keyed by image id (the name given at bless)."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._images = {}
+        self._reserved = set()
+        self._lock = threading.Lock()
+
+    # -- lookup
+
+    def _get(self, image_id):
+        img = self._images.get(image_id) if isinstance(image_id, str) else None
+        if img is None:
+            raise WireError("unknown-image", "no image %r on this memory server" % (image_id,))
+        return img
+
+    def info(self, image_id):
+        return self._get(image_id).info()
+
+    def images(self):
+        return [img.info() for _, img in sorted(self._images.items())]
+
+    def memfd(self, image_id):
+        """The store's own memfd; it stays open until the image is discarded."""
+        return self._get(image_id).memfd
+
+    def zero_map(self, image_id):
+        return bytes(self._get(image_id).zero)
+
+    def vcpu_state(self, image_id):
+        return self._get(image_id).vcpu_state
+
+    def open(self, image_id):
+        img = self._get(image_id)
+        m = img.meta
+        return OpenImage(image_id=m["image_id"], generation=m["generation"], arch=m["arch"],
+                         vcpu_state=img.vcpu_state, npages=m["npages"],
+                         mem_fd=os.dup(img.memfd), zero=bytes(img.zero), meta=m["meta"])
+
+    def fetch(self, image_id, pfn, count):
+        img = self._get(image_id)
+        npages = img.meta["npages"]
+        for v in (pfn, count):
+            if type(v) is not int:
+                raise WireError("out-of-range", "pfn and count must be integers, got %r" % (v,))
+        if not 1 <= count <= MAX_FETCH:
+            raise WireError("out-of-range", "count %d not in 1..%d" % (count, MAX_FETCH))
+        if pfn < 0 or pfn + count > npages:
+            raise WireError("out-of-range", "pages %d..%d outside image %r of %d pages"
+                            % (pfn, pfn + count - 1, image_id, npages))
+        return os.pread(img.memfd, count * PAGE_SIZE, pfn * PAGE_SIZE)
+
+    # -- bless
+
+    def put(self, name, capture):
+        """Copy ``capture`` (an ``image.Capture``) into a new image; its info."""
+        try:
+            check_name(name, "image name")
+        except ValueError as e:
+            raise WireError("bad-name", str(e))
+        npages = capture.npages
+        if type(npages) is not int or not 0 < npages <= MAX_PAGES:
+            raise WireError("bad-request", "npages must be an integer in 1..%d" % MAX_PAGES)
+        if not isinstance(capture.vcpu_state, bytes) or not isinstance(capture.meta, dict):
+            raise WireError("bad-request", "vcpu_state must be bytes and meta a dict")
+        try:
+            json.dumps(capture.meta)
+        except (TypeError, ValueError) as e:
+            raise WireError("bad-request", "meta is not plain JSON: %s" % (e,))
+        if os.fstat(capture.mem_fd).st_size < npages * PAGE_SIZE:
+            raise WireError("bad-request", "guest memory is smaller than %d pages" % npages)
+        with self._lock:
+            if name in self._images or name in self._reserved:
+                raise WireError("exists", "an image named %r already exists" % (name,))
+            self._reserved.add(name)
+        try:
+            img = self._bless(name, capture)
+            with self._lock:
+                self._images[name] = img
+            return img.info()
+        finally:
+            with self._lock:
+                self._reserved.discard(name)
+
+    def _bless(self, name, capture):
+        npages = capture.npages
+        tmp = os.path.join(self.dir, _TMP + name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.mkdir(tmp, 0o700)
+        memfd = _new_memfd(name, npages)
+        try:
+            zero = bytearray(b"\x01") * npages
+            disk = os.open(os.path.join(tmp, "memory"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.ftruncate(disk, npages * PAGE_SIZE)
+                # RAM and disk copies run side by side (the I/O drops the GIL):
+                # a bless then costs about the slower of the two, not the sum.
+                with ThreadPoolExecutor(1) as pool:
+                    to_disk = pool.submit(_fill, capture.mem_fd, npages, disk)
+                    _fill(capture.mem_fd, npages, memfd, zero)
+                    to_disk.result()
+                os.fsync(disk)
+            finally:
+                os.close(disk)
+            _seal(memfd)
+            meta = {
+                "image_id": name,
+                "generation": uuid.uuid4().hex[:12],
+                "arch": capture.arch,
+                "npages": npages,
+                "nonzero_pages": npages - zero.count(1),
+                "created": time.time(),
+                "meta": capture.meta,
+                "format": FORMAT,
+                "vcpu_state": base64.b64encode(capture.vcpu_state).decode(),
+            }
+            for fname, blob in (("zero", bytes(zero)), ("meta.json", json.dumps(meta).encode())):
+                fd = os.open(os.path.join(tmp, fname), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    _write_all(fd, blob, 0)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            _fsync_dir(tmp)
+            os.rename(tmp, os.path.join(self.dir, name))
+            _fsync_dir(self.dir)
+        except BaseException:
+            os.close(memfd)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return _Image(meta, capture.vcpu_state, memfd, zero)
+
+    # -- start and discard
+
+    def load_all(self):
+        """Re-open every image on disk into RAM; (name, reason) of any that failed."""
+        failed = []
+        for name in sorted(os.listdir(self.dir)):
+            path = os.path.join(self.dir, name)
+            if name.startswith((_TMP, _TRASH)):     # an interrupted bless or discard
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            if name in self._images or not os.path.isdir(path):
+                continue
+            try:
+                img = self._load(path)
+            except (OSError, ValueError, KeyError) as e:
+                failed.append((name, str(e)))
+                continue
+            with self._lock:
+                self._images[name] = img
+        return failed
+
+    def _load(self, path):
+        with open(os.path.join(path, "meta.json"), "rb") as f:
+            meta = json.load(f)
+        if meta.get("format") != FORMAT:
+            raise ValueError("unknown memory format %r" % (meta.get("format"),))
+        npages = meta["npages"]
+        with open(os.path.join(path, "zero"), "rb") as f:
+            zero = bytearray(f.read())
+        if len(zero) != npages:
+            raise ValueError("zero map has %d entries for %d pages" % (len(zero), npages))
+        memfd = _new_memfd(meta["image_id"], npages)
+        try:
+            disk = os.open(os.path.join(path, "memory"), os.O_RDONLY)
+            try:
+                pfn = 0
+                while pfn < npages:
+                    if zero[pfn]:
+                        pfn = zero.find(0, pfn)
+                        pfn = npages if pfn < 0 else pfn
+                        continue
+                    end = zero.find(1, pfn, pfn + CHUNK // PAGE_SIZE)
+                    end = min(npages, pfn + CHUNK // PAGE_SIZE) if end < 0 else end
+                    data = os.pread(disk, (end - pfn) * PAGE_SIZE, pfn * PAGE_SIZE)
+                    if len(data) != (end - pfn) * PAGE_SIZE:
+                        raise ValueError("memory file is truncated at page %d" % pfn)
+                    _write_all(memfd, data, pfn * PAGE_SIZE)
+                    pfn = end
+            finally:
+                os.close(disk)
+            _seal(memfd)
+            return _Image(meta, base64.b64decode(meta["vcpu_state"]), memfd, zero)
+        except BaseException:
+            os.close(memfd)
+            raise
+
+    def discard(self, image_id, close=os.close):
+        """Forget the image and delete it from disk.
+
+        ``close`` receives the memfd: the server delays it, because a reply
+        passing that fd may still be queued on some connection.
+        """
+        with self._lock:
+            img = self._get(image_id)
+            del self._images[image_id]
+        trash = os.path.join(self.dir, _TRASH + image_id)
+        os.rename(os.path.join(self.dir, image_id), trash)
+        _fsync_dir(self.dir)
+        shutil.rmtree(trash, ignore_errors=True)
+        close(img.memfd)
+
+    def close(self):
+        with self._lock:
+            images, self._images = self._images, {}
+        for img in images.values():
+            os.close(img.memfd)

@@ -1,0 +1,1 @@
+"""Eviction policies: tiny, mechanism-free, as xenpaging's policy.h."""

@@ -1,0 +1,153 @@
+"""The daemon's service tree, built by factory functions.
+
+    xenclone (MultiService)
+      helpers   memory server and VMM host: connected, started if absent
+      pager     the fault source thread and the pipeline
+      control   the control socket (mode 0600, or 0660 for a group)
+
+The reactor is passed in, never imported here.
+"""
+
+import grp
+import os
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from xenclone.control.controller import Controller
+from xenclone.helpers import HelperProcess
+from xenclone.ledger import Ledger
+from xenclone.memserver.client import MemoryServerClient
+from xenclone.pager import Pager
+from xenclone.policy.clock import ClockPolicy
+from xenclone.wire import FrameProtocol
+
+log = Logger()
+
+
+def host_budget_pages(settings):
+    """The configured budget, or 80% of what the kernel says is available."""
+    mib = settings["host_memory_mib"]
+    if not mib:
+        with open("/proc/meminfo") as f:
+            avail_kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        mib = avail_kib * 8 // 10 // 1024
+    return mib * 256
+
+
+class _ControlFactory(Factory):
+    def __init__(self, controller):
+        self.controller = controller
+
+    def buildProtocol(self, addr):
+        return FrameProtocol(handler=self.controller)
+
+
+class ControlService(Service):
+    """Listens on the control socket once the core is up."""
+
+    def __init__(self, reactor, path, group):
+        self.reactor = reactor
+        self.path = path
+        self.group = group
+        self.port = None
+
+    def listen(self, controller):
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+        mode = 0o660 if self.group else 0o600
+        self.port = self.reactor.listenUNIX(self.path, _ControlFactory(controller), mode=mode)
+        if self.group:
+            os.chown(self.path, 0, grp.getgrnam(self.group).gr_gid)
+        log.info("control socket {path} ready", path=self.path)
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            return self.port.stopListening()
+
+
+class CoreService(Service):
+    """Connects the helpers, then builds backend, ledger, pager, controller."""
+
+    def __init__(self, reactor, settings, control):
+        self.reactor = reactor
+        self.settings = settings
+        self.control = control
+        self.controller = None
+        self.source = None
+        self.links = []
+        self.ready = defer.Deferred()
+
+    def startService(self):
+        super().startService()
+        d = self._boot()
+        d.addCallbacks(self.ready.callback, self._failed)
+
+    def _failed(self, failure):
+        log.failure("xenclone could not start", failure)
+        self.ready.errback(failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    @defer.inlineCallbacks
+    def _boot(self):
+        s = self.settings
+        run = s["run_dir"]
+        os.makedirs(run, mode=0o700, exist_ok=True)
+        os.makedirs(s["memserver_dir"], mode=0o700, exist_ok=True)
+        ms_socket = os.path.join(run, "memserver.sock")
+        memserver = HelperProcess(self.reactor, "memory server", "xenclone.memserver.server",
+                                  ["--dir", s["memserver_dir"]], ms_socket,
+                                  os.path.join(run, "memserver.log"))
+        yield memserver.connect(FrameProtocol)
+        client = MemoryServerClient(self.reactor, UNIXClientEndpoint(self.reactor, ms_socket))
+        self.links.append(client)
+        backend = yield self._backend(run)
+        ledger = Ledger(host_budget_pages(s), ClockPolicy(), s["credit_batch"])
+        self.source = self._fault_source()
+        pager = Pager(ledger, self.source, backend, client)
+        self.controller = Controller(backend, client, pager)
+        self.controller.reactor = self.reactor
+        self.control.listen(self.controller)
+        log.info("xenclone ready: backend {backend}, budget {pages} pages",
+                 backend=backend.name, pages=ledger.budget_pages)
+        return self.controller
+
+    @defer.inlineCallbacks
+    def _backend(self, run):
+        from xenclone.backends.kvm.backend import KvmBackend
+
+        vmm = HelperProcess(self.reactor, "VMM host", "xenclone.backends.kvm.vmmhost", [],
+                            os.path.join(run, "vmmhost.sock"), os.path.join(run, "vmmhost.log"))
+        link = yield vmm.connect(
+            lambda: FrameProtocol(on_event=lambda msg: self.controller and
+                                  self.controller.on_backend_event(msg)))
+        self.links.append(link.transport)
+        return KvmBackend(link)
+
+    def _fault_source(self):
+        from xenclone.backends.kvm.uffd_source import UffdFaultSource
+        return UffdFaultSource(self.reactor)
+
+    def stopService(self):
+        super().stopService()
+        if self.source is not None:
+            self.source.stop()
+        # The helpers keep running: they hold what must outlive the daemon.
+        for link in self.links:
+            link.loseConnection() if hasattr(link, "loseConnection") else link.close()
+
+
+def make_service(settings, reactor):
+    top = MultiService()
+    top.setName("xenclone")
+    control = ControlService(reactor, settings["control_socket"], settings["control_group"])
+    core = CoreService(reactor, settings, control)
+    core.setName("core")
+    core.setServiceParent(top)
+    control.setServiceParent(top)
+    return top

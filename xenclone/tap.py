@@ -1,0 +1,22 @@
+"""``twistd xenclone``: options and the service maker."""
+
+from twisted.python import usage
+
+from xenclone.config import ConfigError, load_daemon_config
+
+
+class Options(usage.Options):
+    optParameters = [["config", "c", None, "xenclone.conf (xl.cfg syntax); default: built-in defaults"]]
+
+    def postOptions(self):
+        try:
+            self["settings"] = load_daemon_config(self["config"])
+        except (ConfigError, OSError) as e:
+            raise usage.UsageError(str(e))
+
+
+def makeService(options):
+    from twisted.internet import reactor
+
+    from xenclone.service import make_service
+    return make_service(options["settings"], reactor)
