@@ -126,7 +126,7 @@ class CoreService(Service):
         link = yield vmm.connect(
             lambda: FrameProtocol(on_event=lambda msg: self.controller and
                                   self.controller.on_backend_event(msg)))
-        self.links.append(link.transport)
+        self.links.append(link)
         return KvmBackend(link)
 
     def _fault_source(self):
@@ -138,8 +138,7 @@ class CoreService(Service):
         if self.source is not None:
             self.source.stop()
         # The helpers keep running: they hold what must outlive the daemon.
-        for link in self.links:
-            link.loseConnection() if hasattr(link, "loseConnection") else link.close()
+        return defer.gatherResults([link.close() for link in self.links])
 
 
 def make_service(settings, reactor):

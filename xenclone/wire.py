@@ -95,11 +95,18 @@ class FrameProtocol(Protocol):
         self._next_id = 1
         self._pending = {}
         self.connected_d = defer.Deferred()
+        self.closed_d = defer.Deferred()
 
     # -- transport side
 
     def connectionMade(self):
         self.connected_d.callback(self)
+
+    def close(self):
+        """Drop the link; Deferred fires once it is down."""
+        if self.connected:
+            self.transport.loseConnection()
+        return self.closed_d
 
     def fileDescriptorReceived(self, fd):
         if len(self._fds) >= MAX_FDS:
@@ -149,6 +156,7 @@ class FrameProtocol(Protocol):
         if self.on_close is not None:
             on_close, self.on_close = self.on_close, None
             on_close(reason)
+        self.closed_d.callback(None)
 
     def _fatal(self, code, message):
         self.log.warn("closing link: {code}: {message}", code=code, message=message)

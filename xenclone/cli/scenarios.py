@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 
 from twisted.internet import defer, task
@@ -53,9 +54,15 @@ class Session:
 
     @defer.inlineCallbacks
     def close(self):
+        """Take a private daemon down with its helpers; whatever failed
+        before must not hide behind a failure here."""
+        pids = {}
         if self.service is not None:
-            pids = yield self.call("pids")
-            yield self.call("destroy_all")
+            try:
+                pids = yield self.call("pids")
+                yield self.call("destroy_all")
+            except WireError as e:
+                print("xenclone: cleanup: %s" % e, file=sys.stderr)
         self.proto.transport.loseConnection()
         if self.service is not None:
             yield self.service.stopService()
@@ -64,7 +71,10 @@ class Session:
                     os.kill(pids[name], 15)
                 except (KeyError, ProcessLookupError):
                     pass
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            if os.environ.get("XENCLONE_KEEP_TMP"):
+                print("xenclone: private daemon files kept in %s" % self.tmp, file=sys.stderr)
+            else:
+                shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class PeakSampler:

@@ -68,8 +68,10 @@ class _Link:
         return self._link().addCallback(lambda p: p.request(op, fds=fds, **fields))
 
     def close(self):
-        if self._proto is not None:
-            self._proto.transport.loseConnection()
+        """Deferred that fires once the link is down."""
+        if self._proto is None:
+            return defer.succeed(None)
+        return self._proto.close()
 
 
 @implementer(IMemoryServer)
