@@ -2,10 +2,11 @@
 pager and page helpers in libxc_shim/src/*.c.
 
 setup.py:   cffi_modules=["libxc_shim/linux_build.py:ffibuilder"]
-in place:   python libxc_shim/linux_build.py   (writes xenclone/_linux*.so)
+in place:   python libxc_shim/linux_build.py   (writes xenclone/_linux.abi3.so)
 
 Calls release the GIL (cffi's default), which the pager and KVM_RUN rely on.
 """
+import glob
 import os
 import shutil
 import sys
@@ -112,11 +113,15 @@ ffibuilder = make_ffibuilder()
 
 
 def build_inplace():
-    """Compile into <root>/build/cffi and copy the extension into <root>/xenclone/."""
+    """Compile in <root>/build/cffi and install as xenclone/_linux.abi3.so, the
+    name `setup.py build_ext --inplace` uses (cffi modules are limited-API), so
+    neither build shadows the other."""
     tmpdir = os.path.join(ROOT, "build", "cffi")
     # compile() runs the compiler from tmpdir, so the sources must be absolute.
     built = make_ffibuilder(os.path.abspath).compile(tmpdir=tmpdir, verbose=False)
-    dest = os.path.join(ROOT, "xenclone", os.path.basename(built))
+    for stale in glob.glob(os.path.join(ROOT, "xenclone", "_linux.*.so")):
+        os.unlink(stale)
+    dest = os.path.join(ROOT, "xenclone", "_linux.abi3.so")
     shutil.copy2(built, dest)
     return dest
 

@@ -3,10 +3,13 @@
 The interface tests run the same cases against these and the KVM backend.
 """
 
+import os
+
 from twisted.internet import defer
 from zope.interface import implementer
 
-from xenclone.image import OpenImage
+from xenclone.image import Capture, OpenImage
+from xenclone.wire import WireError
 from xenclone.interfaces import IBackend, IFaultRegion, IFaultSource, IMemoryServer
 
 
@@ -44,6 +47,9 @@ class FakeRegion:
     def remember(self, pfns):
         self.present.update(pfns)
 
+    def close(self):
+        self.closed = True
+
 
 @implementer(IFaultSource)
 class FakeSource:
@@ -74,33 +80,51 @@ class FakeBackend:
     name = "fake"
 
     def __init__(self):
+        self.domains = {}      # domid -> state
         self.written = {}      # domid -> pages the guest wrote (never droppable)
         self.drops = []
         self.pending_drops = []
         self.hold_drops = False
 
+    def _known(self, domid):
+        if domid not in self.domains:
+            raise WireError("no-domain", "no domain %r" % (domid,))
+
     def capabilities(self):
         return {"backend": "fake"}
 
     def create_master(self, spec):
-        return defer.succeed({"state": "ready"})
+        self.domains[spec.domid] = "ready"
+        return defer.succeed({"domid": spec.domid, "state": "ready"})
 
     def capture(self, domid):
-        return defer.fail(NotImplementedError("the fake has no memory"))
+        self._known(domid)
+        self.domains[domid] = "paused"
+        fd = os.memfd_create("fake-master")
+        return defer.succeed(Capture("fake", b"regs", fd, 0))
 
     def launch(self, image, clone):
+        self.domains[clone.domid] = "paused" if clone.paused else "running"
         return defer.succeed(FakeRegion(clone.domid, image.npages))
 
     def pause(self, domid):
-        return defer.succeed({"state": "paused"})
+        return defer.maybeDeferred(self._set, domid, "paused")
 
     def unpause(self, domid):
-        return defer.succeed({"state": "running"})
+        return defer.maybeDeferred(self._set, domid, "running")
+
+    def _set(self, domid, state):
+        self._known(domid)
+        self.domains[domid] = state
+        return {"domid": domid, "state": state}
 
     def destroy(self, domid):
-        return defer.succeed({})
+        return defer.maybeDeferred(self._known, domid).addCallback(
+            lambda _: self.domains.pop(domid))
 
     def drop_clean(self, domid, pfns, blocked=False):
+        if domid not in self.domains:
+            return defer.fail(WireError("no-domain", "no domain %r" % (domid,)))
         self.drops.append((domid, list(pfns), blocked))
         dropped = [p for p in pfns if p not in self.written.get(domid, ())]
         if self.hold_drops:

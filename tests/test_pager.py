@@ -18,6 +18,7 @@ class PagerTests(unittest.TestCase):
     def setUp(self):
         self.source = FakeSource()
         self.backend = FakeBackend()
+        self.backend.domains.update({1: "running", 2: "running"})
         self.memserver = FakeMemoryServer()
         self.ledger = Ledger(10, ClockPolicy(protect=0), credit_batch=4)
         self.pager = Pager(self.ledger, self.source, self.backend, self.memserver)

@@ -101,6 +101,9 @@ class IFaultRegion(Interface):
     def remember(pfns):
         """These pages stayed after all."""
 
+    def close():
+        """The pager is done with this clone: release its fault handle."""
+
 
 class IMemoryServer(Interface):
     """Holds immutable images and serves their pages."""

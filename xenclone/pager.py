@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from xenclone.interfaces import FaultKind
+from xenclone.wire import WireError
 
 
 class Pager:
@@ -62,6 +63,8 @@ class Pager:
                 continue
             if kind == FaultKind.SERVED:
                 served[domid].append(pfn)
+                # A retried fault the fast path served: it no longer waits.
+                self._pending.pop((domid, pfn), None)
             elif kind in (FaultKind.NOCREDIT, FaultKind.ERROR):
                 self._pending[(domid, pfn)] = None
             elif kind == FaultKind.FETCH:
@@ -149,6 +152,9 @@ class Pager:
 
         def failed(f):
             region.remember(pfns)
-            self.log.failure("clone {domid}: eviction failed", f, domid=domid)
+            if f.check(WireError) and f.value.code in ("busy", "no-domain"):
+                self.log.debug("clone {domid}: not evicted now: {why}", domid=domid, why=f.value)
+            else:
+                self.log.failure("clone {domid}: eviction failed", f, domid=domid)
 
         return d.addCallbacks(account, failed)

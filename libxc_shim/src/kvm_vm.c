@@ -216,5 +216,6 @@ void xc_vm_set_in(struct xc_vm *vm, uint32_t value)
 
 void xc_vm_request_exit(struct xc_vm *vm)
 {
-    __atomic_store_n(&((struct kvm_run *)vm->run)->immediate_exit, 1, __ATOMIC_SEQ_CST);
+    if (vm->run)
+        __atomic_store_n(&((struct kvm_run *)vm->run)->immediate_exit, 1, __ATOMIC_SEQ_CST);
 }

@@ -94,22 +94,22 @@ static int fill(struct xc_region *r, uint64_t pfn, uint64_t npages, int how)
                 err = errno;
             mapped = err ? z.zeropage : (int64_t)len;
         }
-        uint64_t n = mapped > 0 ? (uint64_t)mapped / PAGE : 0;
+        uint64_t n = mapped > 0 ? (uint64_t)mapped / PAGE : 0, skip = 0;
         if (err == EEXIST) {
-            n++;
-            wake(r, pfn + done + n - 1, 1);
+            skip = 1;
+            wake(r, pfn + done + n, 1);
         } else if (err == EINTR || (err == EAGAIN && (n || ++again < MAX_EAGAIN))) {
             /* partial progress (EAGAIN) or interrupted: retry the rest */
         } else if (err) {
             return -err;
         }
-        for (uint64_t i = 0; i < n; i++)
+        for (uint64_t i = 0; i < n + skip; i++)
             r->state[pfn + done + i] = XC_PAGE_PRESENT;
         if (how == XC_CONTINUE)
             r->minor_fills += n;
         else
             r->zero_fills += n;
-        done += n;
+        done += n + skip;
     }
     return 0;
 }

@@ -38,6 +38,13 @@ struct xc_fault { uint32_t region; uint32_t kind; uint64_t pfn; };
 int xc_uffd_open(uint64_t features, uint64_t *got_features);
 int xc_uffd_register(int uffd, uint64_t addr, uint64_t len, uint64_t mode);
 int xc_epoll_add(int epfd, int fd, uint32_t region_index);
+/* Serve faults of all regions registered in epfd (xc_epoll_add, data = index
+ * into regions; wake_fd with XC_WAKE_DATA). Returns the number of records
+ * in out (0 on timeout or wake) or -errno. Faults that need Python (HOLD,
+ * NOCREDIT, FETCH, ERROR) stay unresolved until xc_resolve/xc_copy_page;
+ * several threads faulting one such page give several records.
+ * Contract: `regions` must not change during a call (wake it, then pass a
+ * new array), and a uffd goes into epfd only once the array holds its region. */
 int xc_pager_serve(int epfd, struct xc_region **regions, uint32_t nregions, int wake_fd,
                    int64_t *credits, struct xc_fault *out, uint32_t max_out, int timeout_ms);
 int xc_resolve(struct xc_region *r, uint64_t pfn, uint64_t npages, int how);

@@ -114,7 +114,8 @@ def launch_job(s, clones, memory_mib, name="demo"):
     for c in launched["clones"]:
         infos.append((yield s.call("wait", domain=c["domid"], timeout=600)))
     sampler.stop()
-    wrong = [i["name"] for i in infos if i["result"] != i["expected"]]
+    wrong = ["%s: %s (expected %s, %s)" % (i["name"], i["result"], i["expected"], i["state"])
+             for i in infos if i["result"] != i["expected"]]
     launch_ms = [i["launch_ms"] for i in infos if i["launch_ms"] is not None]
     npages = blessed["npages"]
     result = {

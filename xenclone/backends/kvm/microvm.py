@@ -14,6 +14,7 @@ to another process (socket.send_fds) and served there.
 import collections
 import os
 import signal
+import threading
 
 from xenclone._linux import ffi, lib
 from xenclone import workload
@@ -85,6 +86,7 @@ class MicroVM:
         self._vm = None
         self._exit = ffi.new("struct xc_exit *")
         self._pagemap_fd = None
+        self._closing = threading.Lock()   # a kick never races the VM's teardown
         self.addr = _check(lib.xc_map_memfd(mem_fd, self.size, int(private)), "mmap guest RAM")
         try:
             vm = ffi.new("struct xc_vm *")
@@ -145,9 +147,15 @@ class MicroVM:
 
     def kick(self, thread_id):
         """Make the vCPU thread's run_until_exit return 'kicked' (now, or at
-        its next run if it is not inside KVM_RUN)."""
-        lib.xc_vm_request_exit(self._vm)
-        signal.pthread_kill(thread_id, signal.SIGUSR1)
+        its next run if it is not inside KVM_RUN). A vCPU waiting for a uffd
+        fault sees the kick only once the fault is served (kvm-pvm)."""
+        with self._closing:
+            if self._vm is None:
+                return
+            lib.xc_vm_request_exit(self._vm)
+            # Under the lock the vCPU thread has not reached close(), so
+            # it is alive and thread_id is still its own.
+            signal.pthread_kill(thread_id, signal.SIGUSR1)
 
     def drop_clean(self, pfns):
         """MADV_DONTNEED the pages that still map the shared image page; the
@@ -171,10 +179,18 @@ class MicroVM:
         lib.xc_page_sums(ffi.cast("char *", self.addr) + first_pfn * PAGE_SIZE, npages, out)
         return list(out)
 
+    def release_uffd(self):
+        """Close this process's copy of the uffd: once the pager's copy is
+        gone too, faults waiting on it complete as ordinary faults."""
+        if self.uffd is not None:
+            os.close(self.uffd)
+            self.uffd = None
+
     def close(self):
-        if self._vm is not None:
-            lib.xc_vm_destroy(self._vm)
-            self._vm = None
+        with self._closing:
+            vm, self._vm = self._vm, None
+        if vm is not None:
+            lib.xc_vm_destroy(vm)
             lib.xc_unmap(self.addr, self.size)
         for fd in (self.uffd, self._pagemap_fd):
             if fd is not None:

@@ -101,6 +101,8 @@ class UffdFaultSource:
         self._by_domid = {}
         self._nregions = 0
         self._credits = ffi.new("int64_t *")
+        self._undelivered = 0     # pages served in C that the pager has not seen
+        self._count = threading.Lock()
         self._out = ffi.new("struct xc_fault[]", MAX_OUT)
         self._cond = threading.Condition()
         self._holders = 0
@@ -130,11 +132,19 @@ class UffdFaultSource:
                                        self._wake, self._credits, self._out, MAX_OUT, 100)
                 records = [(self._slots[f.region].domid, f.kind, f.pfn)
                            for f in self._out[0:max(n, 0)]]
+                served = sum(1 for r in records if r[1] == lib.XC_SERVED)
+                with self._count:
+                    self._undelivered += served
             if n < 0:
                 self.log.error("pager serve loop: {err}", err=os.strerror(-n))
                 continue
             if records:
-                self.reactor.callFromThread(self._deliver, records)
+                self.reactor.callFromThread(self._delivered, records, served)
+
+    def _delivered(self, records, served):
+        with self._count:
+            self._undelivered -= served
+        self._deliver(records)
 
     def _locked(self, fn):
         """Run ``fn`` with the serve loop out of C."""
@@ -177,7 +187,9 @@ class UffdFaultSource:
 
     def set_credits(self, count):
         def grant():
-            self._credits[0] = count
+            # The ledger has not yet seen pages still on their way to it.
+            with self._count:
+                self._credits[0] = max(0, count - self._undelivered)
 
         self._locked(grant)
 

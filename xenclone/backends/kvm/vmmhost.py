@@ -27,6 +27,8 @@ from xenclone.interfaces import DomainState
 from xenclone.wire import FrameProtocol, Reply, WireError
 
 ARCH = "kvm-x86-32"
+PARK_TIMEOUT = 0.1      # a running vCPU leaves KVM_RUN in microseconds
+MASTER_TIMEOUT = 30.0
 GUEST_KERNEL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "guest", "build", "guest.bin")
 
 
@@ -40,13 +42,15 @@ class Domain:
     inputs = attr.ib(factory=dict)
     mem_fd = attr.ib(default=-1)  # master only: its RAM
     state = attr.ib(default=DomainState.PAUSED)
+    parked = attr.ib(default=False)
+    brief_stop = attr.ib(default=False)
     result = attr.ib(default=None)
     t_first_ns = attr.ib(default=None)
     error = attr.ib(default=None)
     thread = attr.ib(default=None)
-    want = attr.ib(default="run")  # what the vCPU thread should do: run, park, stop
-    wake = attr.ib(factory=threading.Event)
-    waiters = attr.ib(factory=list)   # Deferreds fired when the vCPU parks
+    want = attr.ib(default="run")
+    cond = attr.ib(factory=threading.Condition)
+    waiters = attr.ib(factory=list)   # Deferreds fired when the vCPU parks or ends
 
     def info(self):
         return {"domid": self.domid, "name": self.name, "role": self.role,
@@ -66,6 +70,10 @@ class VmmHost:
         self.link = None          # the daemon's connection, for events
 
     # -- the vCPU threads
+    #
+    # ``want`` says what the vCPU thread should do (run, park, stop); it
+    # changes under ``cond``.  A vCPU blocked in a page fault that nobody
+    # serves cannot be kicked out of KVM_RUN here, so waits are bounded.
 
     def _start(self, dom):
         dom.want = "run"
@@ -77,24 +85,29 @@ class VmmHost:
         call = self.reactor.callFromThread
         call(self._set_state, dom, DomainState.RUNNING)
         while True:
-            if dom.want == "stop":
-                break
-            if dom.want == "park":
-                call(self._parked, dom)
-                dom.wake.wait()
-                dom.wake.clear()
-                continue
+            with dom.cond:
+                if dom.want == "stop":
+                    break
+                if dom.want == "park":
+                    dom.parked = True
+                    call(self._parked, dom)
+                    while dom.want == "park":
+                        dom.cond.wait()
+                    dom.parked = False
+                    continue
             ex = dom.vm.run_until_exit(lambda port: self._io_in(dom, port))
             if ex.kind == "io_out":
                 self._io_out(dom, ex)
-            elif ex.kind == "hlt":
-                done = DomainState.READY if dom.role == "master" else DomainState.DONE
-                dom.want = "park"
-                call(self._set_state, dom, done)
-            elif ex.kind == "error":
-                dom.error = "vCPU stopped: %s" % (ex.value,)
-                call(self._set_state, dom, DomainState.CRASHED)
-                dom.want = "park"
+            elif ex.kind in ("hlt", "error"):
+                if ex.kind == "hlt":
+                    state = DomainState.READY if dom.role == "master" else DomainState.DONE
+                else:
+                    dom.error = "vCPU stopped: exit reason %s" % (ex.reason,)
+                    state = DomainState.CRASHED
+                with dom.cond:
+                    if dom.want == "run":
+                        dom.want = "park"
+                call(self._set_state, dom, state)
         dom.vm.close()
         call(self._closed, dom)
 
@@ -109,11 +122,11 @@ class VmmHost:
             dom.result = ex.value
 
     def _parked(self, dom):
-        if dom.state == DomainState.RUNNING:
+        if dom.state == DomainState.RUNNING and not dom.brief_stop:
             self._set_state(dom, DomainState.PAUSED)
         waiters, dom.waiters = dom.waiters, []
         for d in waiters:
-            d.callback(dom)
+            d.callback(True)
 
     def _closed(self, dom):
         self.domains.pop(dom.domid, None)
@@ -121,7 +134,7 @@ class VmmHost:
             os.close(dom.mem_fd)
         waiters, dom.waiters = dom.waiters, []
         for d in waiters:
-            d.callback(dom)
+            d.callback(True)
         self._event("state", domid=dom.domid, state=DomainState.DESTROYED)
 
     def _set_state(self, dom, state):
@@ -132,24 +145,43 @@ class VmmHost:
         if self.link is not None and self.link.transport is not None:
             self.link.send_event(kind, **fields)
 
-    def _park(self, dom):
-        """Deferred that fires once the vCPU thread is parked."""
-        if dom.thread is None or not dom.thread.is_alive() or (
-                dom.want == "park" and dom.state != DomainState.RUNNING):
-            return defer.succeed(dom)
+    def _wait(self, dom, timeout=PARK_TIMEOUT):
+        """Deferred[bool]: the vCPU thread parked or ended (False: it did not
+        within ``timeout``, so it sits in an unserved page fault)."""
         d = defer.Deferred()
         dom.waiters.append(d)
-        dom.want = "park"
+
+        def expire():
+            if not d.called:
+                dom.waiters.remove(d)
+                d.callback(False)
+
+        self.reactor.callLater(timeout, expire)
+        return d
+
+    def _park(self, dom, brief=False):
+        """Stop the vCPU; ``brief`` stops (for an eviction) are not a
+        change of state that anyone outside this process sees."""
+        dom.brief_stop = brief
+        if dom.thread is None or not dom.thread.is_alive() or dom.parked:
+            return defer.succeed(True)
+        with dom.cond:
+            if dom.want == "run":
+                dom.want = "park"
+        d = self._wait(dom)
         dom.vm.kick(dom.thread.ident)
         return d
 
     def _resume(self, dom):
         if dom.thread is None:
             self._start(dom)
-        else:
+            return
+        with dom.cond:
             dom.want = "run"
-            dom.wake.set()
+            dom.cond.notify()
+        if not dom.brief_stop:
             self._set_state(dom, DomainState.RUNNING)
+        dom.brief_stop = False
 
     def _get(self, msg):
         dom = self.domains.get(msg.get("domid"))
@@ -183,10 +215,16 @@ class VmmHost:
             raise
         dom = Domain(domid, name, "master", vm, npages, mem_fd=mem_fd)
         self.domains[domid] = dom
-        d = defer.Deferred()
-        dom.waiters.append(d)
+        d = self._wait(dom, timeout=MASTER_TIMEOUT)
         self._start(dom)
-        return d.addCallback(lambda dom: dom.info())
+
+        def ready(parked):
+            if not parked or dom.state != DomainState.READY:
+                raise WireError("not-ready", "master %s did not reach its bless point (%s)"
+                                % (name, dom.error or dom.state))
+            return dom.info()
+
+        return d.addCallback(ready)
 
     def op_capture(self, msg):
         dom = self._get(msg)
@@ -195,7 +233,9 @@ class VmmHost:
         if dom.state not in (DomainState.READY, DomainState.PAUSED, DomainState.RUNNING):
             raise WireError("not-running", "domain %d is %s and cannot be blessed" % (dom.domid, dom.state))
 
-        def capture(dom):
+        def capture(parked):
+            if not parked:
+                raise WireError("busy", "domain %d does not stop; try again" % dom.domid)
             state = base64.b64encode(dom.vm.state()).decode()
             return Reply({"arch": ARCH, "vcpu_state": state, "npages": dom.npages},
                          fds=[dom.mem_fd])
@@ -233,7 +273,16 @@ class VmmHost:
         return Reply({"base": vm.addr, "npages": dom.npages}, fds=[uffd])
 
     def op_pause(self, msg):
-        return self._park(self._get(msg)).addCallback(lambda dom: dom.info())
+        dom = self._get(msg)
+
+        def paused(parked):
+            # Not parked: the vCPU waits in a page fault and will park as
+            # soon as the fault is served, before it runs guest code again.
+            if not parked and dom.state == DomainState.RUNNING:
+                self._set_state(dom, DomainState.PAUSED)
+            return dict(dom.info(), blocked_in_fault=not parked)
+
+        return self._park(dom).addCallback(paused)
 
     def op_unpause(self, msg):
         dom = self._get(msg)
@@ -244,16 +293,32 @@ class VmmHost:
 
     def op_destroy(self, msg):
         dom = self._get(msg)
-        d = defer.Deferred()
-        dom.waiters.append(d)
-        dom.want = "stop"
-        if dom.thread is None:
+        if dom.thread is None or not dom.thread.is_alive():
             dom.vm.close()
             self._closed(dom)
-        else:
-            dom.wake.set()
-            dom.vm.kick(dom.thread.ident)
-        return d.addCallback(lambda _: {"domid": dom.domid})
+            return {"domid": dom.domid}
+        with dom.cond:
+            dom.want = "stop"
+            dom.cond.notify()
+        d = self._wait(dom)
+        dom.vm.kick(dom.thread.ident)
+
+        def stopped(ended):
+            if ended:
+                return {"domid": dom.domid}
+            # Blocked in a fault nobody serves: releasing the userfaultfd
+            # lets the fault complete, and the thread then sees the kick.
+            dom.vm.release_uffd()
+
+            def released(ended):
+                if not ended:
+                    raise WireError("busy", "domain %d waits in a page fault whose handler "
+                                    "still holds its userfaultfd" % dom.domid)
+                return {"domid": dom.domid, "forced": True}
+
+            return self._wait(dom).addCallback(released)
+
+        return d.addCallback(stopped)
 
     def op_drop_clean(self, msg):
         dom = self._get(msg)
@@ -266,15 +331,20 @@ class VmmHost:
             return {"dropped": dom.vm.drop_clean(pfns)}
         was_running = dom.state == DomainState.RUNNING
 
-        def drop(dom):
+        def drop(parked):
+            if not parked:
+                # It may be mid-write: drop nothing, the pager asks again.
+                if was_running:
+                    self._resume(dom)
+                raise WireError("busy", "domain %d did not stop for eviction" % dom.domid)
             # The vCPU is parked: nothing can write a page between the
             # kernel's answer (written or not) and the drop.
             dropped = dom.vm.drop_clean(pfns)
-            if was_running and dom.want == "park":
+            if was_running:
                 self._resume(dom)
             return {"dropped": dropped}
 
-        return self._park(dom).addCallback(drop)
+        return self._park(dom, brief=True).addCallback(drop)
 
 
 class _Factory(Factory):

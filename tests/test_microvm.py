@@ -1,0 +1,269 @@
+"""MicroVM against the real kernel: master → image → clones served by the
+C pager fast path from a real userfaultfd."""
+import os
+import select
+import subprocess
+import threading
+import time
+
+from twisted.trial import unittest
+
+from xenclone import workload
+
+if os.path.exists("/dev/kvm"):
+    from xenclone._linux import ffi, lib
+    from xenclone.backends.kvm.microvm import MicroVM, host_features
+
+GUEST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "guest")
+GUEST_BIN = os.path.join(GUEST_DIR, "build", "guest.bin")
+MEMORY_MIB = 16
+
+
+def require_kvm():
+    if not os.path.exists("/dev/kvm"):
+        raise unittest.SkipTest("/dev/kvm absent")
+    if not os.path.exists(GUEST_BIN):
+        subprocess.run(["make", "-s", "-C", GUEST_DIR], check=True)
+
+
+class Image:
+    """A blessed master: its vCPU state, and its non-zero pages copied into a
+    fresh memfd (zero pages stay holes, so clones MISSING-fault on them)."""
+
+    def __init__(self, params):
+        self.params = params
+        npages = params.memory_pages
+        master_fd = os.memfd_create("master")
+        os.ftruncate(master_fd, params.memory_bytes)
+        master = MicroVM(master_fd, npages, private=False)
+        try:
+            with open(GUEST_BIN, "rb") as f:
+                master.setup_master(params, f.read())
+            self.ready = master.run_until_exit(lambda port: 0)
+            self.bless = master.run_until_exit(lambda port: 0)
+            self.state = master.state()
+            self.fd = os.memfd_create("image")
+            os.ftruncate(self.fd, params.memory_bytes)
+            image = lib.xc_map_memfd(self.fd, params.memory_bytes, 0)
+            self.zero = ffi.new("uint8_t[]", npages)
+            self.nonzero = lib.xc_copy_nonzero(ffi.cast("void *", master.addr),
+                                               ffi.cast("void *", image), npages, self.zero)
+            self.sums = master.page_sums()
+            lib.xc_unmap(image, params.memory_bytes)
+        finally:
+            master.close()
+            os.close(master_fd)
+
+    def close(self):
+        os.close(self.fd)
+
+
+class Pager:
+    """xc_pager_serve in a thread over one or more regions; records what it saw."""
+
+    def __init__(self, credits=1 << 40, max_out=256):
+        self.epoll = select.epoll()
+        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        lib.xc_epoll_add(self.epoll.fileno(), self.wake_fd, lib.XC_WAKE_DATA)
+        self.regions = []
+        self.region_array = ffi.new("struct xc_region *[]", 1)
+        self.credits = ffi.new("int64_t *", credits)
+        self.out = ffi.new("struct xc_fault[]", max_out)
+        self.max_out = max_out
+        self.records = []
+        self._stop = False
+        self._thread = None
+
+    def add(self, uffd, base, npages, zero):
+        r = ffi.new("struct xc_region *", dict(uffd=uffd, base=base, npages=npages, zero=zero))
+        r.state = state = ffi.new("uint8_t[]", npages)
+        self.regions.append((r, state))
+        self.region_array = ffi.new("struct xc_region *[]", [r for r, _ in self.regions])
+        self.check(lib.xc_epoll_add(self.epoll.fileno(), uffd, len(self.regions) - 1))
+        if self._thread:        # a running serve call must see the new array
+            os.eventfd_write(self.wake_fd, 1)
+        return r
+
+    @staticmethod
+    def check(rc):
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc))
+        return rc
+
+    def serve_once(self, timeout_ms):
+        n = self.check(lib.xc_pager_serve(
+            self.epoll.fileno(), self.region_array, len(self.regions), self.wake_fd,
+            self.credits, self.out, self.max_out, timeout_ms))
+        got = [(self.out[i].region, self.out[i].kind, self.out[i].pfn) for i in range(n)]
+        self.records.extend(got)
+        return got
+
+    def start(self):
+        def loop():
+            while not self._stop:
+                self.serve_once(1000)
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop = True
+        os.eventfd_write(self.wake_fd, 1)
+        if self._thread:
+            self._thread.join()
+
+    def close(self):
+        self.epoll.close()
+        os.close(self.wake_fd)
+
+
+def launch_clone(image):
+    clone = MicroVM(image.fd, image.params.memory_pages, private=True)
+    uffd = clone.register_uffd()
+    clone.set_state(image.state)
+    return clone, uffd
+
+
+def run_clone(clone, clone_id, input):
+    """Run a clone to DONE; returns (result, first-instruction t_ns)."""
+    values = {workload.PORT_CLONE_ID: clone_id, workload.PORT_INPUT: input}
+    result = clone.run_until_exit(values.__getitem__)
+    assert (result.kind, result.port) == ("io_out", workload.PORT_RESULT), result
+    done = clone.run_until_exit(values.__getitem__)
+    assert (done.kind, done.port, done.value) == ("io_out", workload.PORT_DONE, 0), done
+    return result.value, clone.in_t_ns[workload.PORT_CLONE_ID]
+
+
+class ImageTestCase(unittest.TestCase):
+    params = workload.Params.for_memory(MEMORY_MIB)
+
+    def setUp(self):
+        require_kvm()
+        self.image = Image(self.params)
+        self.addCleanup(self.image.close)
+        self.pager = Pager()
+        self.addCleanup(self.pager.close)
+
+    def clone(self):
+        clone, uffd = launch_clone(self.image)
+        self.addCleanup(clone.close)
+        region = self.pager.add(uffd, clone.addr, clone.npages, self.image.zero)
+        return clone, region
+
+
+class MasterTests(ImageTestCase):
+    def test_master_ready_then_hlt(self):
+        self.assertEqual(self.image.ready[:3], ("io_out", workload.PORT_READY, 1))
+        self.assertEqual(self.image.bless.kind, "hlt")
+        self.assertEqual(len(self.image.state), lib.xc_vm_state_size())
+
+    def test_image_has_data_and_zero_pages(self):
+        p = self.params
+        zero = [self.image.zero[i] for i in range(p.memory_pages)]
+        for pfn in (p.data_first_pfn, p.data_first_pfn + 16, workload.PARAMS_PFN + 1):
+            self.assertEqual(zero[pfn], 1, pfn)
+        for pfn in (workload.PARAMS_PFN, p.data_first_pfn + 1, p.memory_pages - 1):
+            self.assertEqual(zero[pfn], 0, pfn)
+        self.assertEqual(self.image.nonzero, p.memory_pages - sum(zero))
+
+    def test_bad_state_blob_rejected(self):
+        vm, _ = launch_clone(self.image)
+        self.addCleanup(vm.close)
+        self.assertRaises(OSError, vm.set_state, b"\0" * len(self.image.state))
+
+
+class CloneTests(ImageTestCase):
+    def test_clones_answer_expected_results(self):
+        self.pager.start()
+        self.addCleanup(self.pager.stop)
+        p = self.params
+        answers = set()
+        for clone_id, input in [(1, 0), (2, 0), (3, 12345), (0xFFFFFFFF, 7)]:
+            clone, region = self.clone()
+            result, _ = run_clone(clone, clone_id, input)
+            self.assertEqual(result, workload.expected_result(p, clone_id, input))
+            answers.add(result)
+            touched = workload.pages_touched(p, clone_id, input)
+            self.assertLessEqual(region.minor_fills + region.zero_fills, len(touched))
+            self.assertLess(region.faults, p.memory_pages // 4)
+            self.assertGreater(region.zero_fills, 0)
+            self.assertGreater(region.minor_fills, 0)
+            self.assertEqual(region.bad_faults, 0)
+        self.assertEqual(len(answers), 4)
+        kinds = {kind for _, kind, _ in self.pager.records}
+        self.assertEqual(kinds, {lib.XC_SERVED})
+
+    def test_clone_writes_stay_private(self):
+        self.pager.start()
+        self.addCleanup(self.pager.stop)
+        clone, _ = self.clone()
+        run_clone(clone, 9, 9)
+        image = MicroVM(self.image.fd, self.params.memory_pages, private=False)
+        self.addCleanup(image.close)
+        self.assertEqual(image.page_sums(), self.image.sums)
+        self.assertNotEqual(clone.page_sums(), self.image.sums)
+
+    def test_kick_before_run_is_sticky(self):
+        """A kick that lands outside KVM_RUN makes the next run return at once."""
+        clone, _ = self.clone()
+        clone.kick(threading.get_ident())
+        self.assertEqual(clone.run_until_exit(lambda port: 0).kind, "kicked")
+        self.pager.start()
+        self.addCleanup(self.pager.stop)
+        result, _ = run_clone(clone, 5, 6)
+        self.assertEqual(result, workload.expected_result(self.params, 5, 6))
+
+    def test_kick_a_clone_blocked_on_a_fault(self):
+        """The kick takes effect at the latest when the fault is served (on
+        kvm-pvm a vCPU waiting for a uffd fault is not interruptible), and
+        the clone then runs on to the right answer."""
+        clone, _ = self.clone()
+        exits = []
+        values = {workload.PORT_CLONE_ID: 5, workload.PORT_INPUT: 6}
+        t = threading.Thread(target=lambda: exits.append(clone.run_until_exit(values.get)))
+        t.start()
+        time.sleep(0.1)
+        clone.kick(t.ident)
+        self.pager.start()
+        self.addCleanup(self.pager.stop)
+        t.join(10)
+        self.assertFalse(t.is_alive())
+        self.assertEqual(exits[0].kind, "kicked")
+        result, _ = run_clone(clone, 5, 6)
+        self.assertEqual(result, workload.expected_result(self.params, 5, 6))
+
+    def test_drop_clean_keeps_written_pages(self):
+        self.pager.start()
+        self.addCleanup(self.pager.stop)
+        clone, region = self.clone()
+        run_clone(clone, 4, 4)
+        self.pager.stop()     # from here on, touching an unfilled page would hang
+        present = [i for i in range(clone.npages) if region.state[i] == lib.XC_PAGE_PRESENT]
+        before = {i: clone.page_sums(i, 1)[0] for i in present}
+        written = [i for i in present if before[i] != self.image.sums[i]]
+        clean = [i for i in present if i not in written and self.image.zero[i] == 0]
+        self.assertTrue(written)
+        self.assertTrue(clean)
+        dropped = clone.drop_clean(written + clean)
+        self.assertEqual(sorted(dropped), sorted(clean))
+        self.assertEqual(self._present(clone, clean), [False] * len(clean))
+        self.assertEqual(self._present(clone, written), [True] * len(written))
+        self.assertEqual([clone.page_sums(i, 1)[0] for i in written],
+                         [before[i] for i in written])
+
+    @staticmethod
+    def _present(vm, pfns):
+        with open("/proc/self/pagemap", "rb") as f:
+            out = []
+            for pfn in pfns:
+                f.seek((vm.addr // 4096 + pfn) * 8)
+                out.append(bool(int.from_bytes(f.read(8), "little") >> 63))
+            return out
+
+
+class HostFeaturesTests(unittest.TestCase):
+    def test_features(self):
+        require_kvm()
+        f = host_features()
+        self.assertTrue(f["kvm"])
+        self.assertTrue(f["minor_shmem"])
+        self.assertTrue(f["missing_shmem"])
