@@ -10,6 +10,7 @@ The reactor is passed in, never imported here.
 
 import grp
 import os
+import secrets
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
@@ -36,6 +37,24 @@ def host_budget_pages(settings):
             avail_kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
         mib = avail_kib * 8 // 10 // 1024
     return mib * 256
+
+
+def remote_args(settings):
+    """The memory server's TLS listener, if configured; its token and
+    certificate are made on first start and kept under state_dir."""
+    if not settings["memserver_tcp"]:
+        return []
+    token = settings["memserver_token_file"]
+    if not os.path.exists(token):
+        os.makedirs(os.path.dirname(token), mode=0o700, exist_ok=True)
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    tls_dir = os.path.join(settings["state_dir"], "tls")
+    os.makedirs(tls_dir, mode=0o700, exist_ok=True)
+    return ["--tcp", settings["memserver_tcp"], "--token-file", token,
+            "--cert", os.path.join(tls_dir, "memserver.pem"),
+            "--key", os.path.join(tls_dir, "memserver.key")]
 
 
 class _ControlFactory(Factory):
@@ -101,7 +120,7 @@ class CoreService(Service):
         os.makedirs(s["memserver_dir"], mode=0o700, exist_ok=True)
         ms_socket = os.path.join(run, "memserver.sock")
         memserver = HelperProcess(self.reactor, "memory server", "xenclone.memserver.server",
-                                  ["--dir", s["memserver_dir"]], ms_socket,
+                                  ["--dir", s["memserver_dir"]] + remote_args(s), ms_socket,
                                   os.path.join(run, "memserver.log"))
         yield memserver.connect(FrameProtocol)
         client = MemoryServerClient(self.reactor, UNIXClientEndpoint(self.reactor, ms_socket))

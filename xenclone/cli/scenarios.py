@@ -63,7 +63,7 @@ class Session:
                 yield self.call("destroy_all")
             except WireError as e:
                 print("xenclone: cleanup: %s" % e, file=sys.stderr)
-        self.proto.transport.loseConnection()
+        yield self.proto.close()
         if self.service is not None:
             yield self.service.stopService()
             for name in ("vmmhost", "memserver"):
