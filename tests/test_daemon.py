@@ -48,6 +48,9 @@ class DaemonTests(unittest.TestCase):
         check = yield self.s.call("image_check", image="t8")
         self.assertTrue(check["unchanged"], check)
         self.assertEqual(check["checked_pages"], 8 * 8)
+        iso = yield self.s.call("isolation_check", image="t8")
+        self.assertTrue(iso["isolated"], iso)
+        self.assertGreaterEqual(iso["checked_pages"], 8 * 7 * 8 - 64)
         pids = yield self.s.call("pids")
         before = hostmem.pss_bytes(pids["vmmhost"])
         for domid in r["domids"]:

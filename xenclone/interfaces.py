@@ -65,6 +65,9 @@ class IBackend(Interface):
     def destroy(domid):
         """Deferred: the domain and its private memory are gone."""
 
+    def page_sums(domid, pfns):
+        """Deferred[list]: the 64-bit word sum of each guest page."""
+
     def drop_clean(domid, pfns, blocked=False):
         """Unmap unwritten pages; Deferred[list of pfns really dropped].
 

@@ -134,6 +134,11 @@ def pages_written(params, clone_id, input):
     return {first + (((x >> 4) + k * 97) & M32) % n for k in range(params.write_pages)}
 
 
+def page_sum(data):
+    """The 64-bit word sum of a page, as xc_page_sums computes it."""
+    return sum(struct.unpack("<512Q", data)) & 0xFFFFFFFFFFFFFFFF
+
+
 def image_page(params, p):
     """The 4 KiB the image holds at page ``p``, for data pages."""
     return struct.pack("<1024I", *(params.image_word(p, w) for w in range(1024)))

@@ -151,13 +151,15 @@ def _demo_text(r):
 
 @defer.inlineCallbacks
 def scenario_launch(s):
-    """8 clones: answers right, isolated, lazy; destroy frees their pages."""
+    """8 clones: answers right, isolated, image unchanged, lazy; destroy frees pages."""
     r = yield launch_job(s, 8, 64, name="selftest-launch")
     checks = {"answers_right": r["results_ok"],
               "lazy": r["pages_faulted"] < r["pages_nominal"]}
     # The image is unchanged by the clones' writes: read back a page each wrote.
     img = yield s.call("image_check", image=r["image"])
     checks["image_unchanged"] = img["unchanged"]
+    iso = yield s.call("isolation_check", image=r["image"])
+    checks["clones_isolated"] = iso["isolated"]
     pids = yield s.call("pids")
     before = hostmem.pss_bytes(pids["vmmhost"])
     for domid in r["domids"]:

@@ -169,6 +169,28 @@ class Controller:
                     bad.append(pfn)
         return {"unchanged": not bad and checked > 0, "checked_pages": checked, "changed_pages": bad}
 
+    @defer.inlineCallbacks
+    def op_isolation_check(self, msg):
+        """Each clone of the image must still see the image's data in every
+        page that another clone wrote (and it did not)."""
+        image_id = msg.get("image")
+        clones = [d for d in self.domains.values() if d.image == image_id and d.params]
+        written = {}
+        for dom in clones:
+            params = workload.Params(**dom.params)
+            written[dom.domid] = workload.pages_written(params, dom.clone_id, dom.input)
+        leaks, checked = [], 0
+        for dom in clones:
+            params = workload.Params(**dom.params)
+            others = sorted(set().union(*(w for d, w in written.items() if d != dom.domid))
+                            - written[dom.domid])
+            sums = yield self.backend.page_sums(dom.domid, others)
+            for pfn, got in zip(others, sums):
+                checked += 1
+                if got != workload.page_sum(workload.image_page(params, pfn)):
+                    leaks.append([dom.name, pfn])
+        return {"isolated": not leaks and checked > 0, "checked_pages": checked, "leaks": leaks}
+
     def op_page(self, msg):
         """Digest of image pages, read through the memory server."""
         image_id = msg.get("image")

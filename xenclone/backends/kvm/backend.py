@@ -61,6 +61,10 @@ class KvmBackend:
     def destroy(self, domid):
         return self.link.request("destroy", domid=domid)
 
+    def page_sums(self, domid, pfns):
+        d = self.link.request("page_sums", domid=domid, pfns=list(pfns))
+        return d.addCallback(lambda msg: msg["sums"])
+
     def drop_clean(self, domid, pfns, blocked=False):
         d = self.link.request("drop_clean", domid=domid, pfns=list(pfns), blocked=blocked)
         return d.addCallback(lambda msg: msg["dropped"])
