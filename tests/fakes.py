@@ -19,6 +19,7 @@ class FakeRegion:
         self.domid = domid
         self.npages = npages
         self.c_region = None
+        self.prefilled = []
         self.loaded = {}       # pfn -> "zero" | "shared" | bytes
         self.cache = cache     # the host's copy of the image (FakeImageData)
         self.present = set()

@@ -109,3 +109,10 @@ class PagerTests(unittest.TestCase):
     def test_faults_of_unknown_clones_are_ignored(self):
         self.source.deliver([(99, S, 1)])
         self.assertEqual(self.ledger.host_stats()["used_pages"], 0)
+
+    def test_pages_prefilled_at_launch_are_accounted(self):
+        r3 = FakeRegion(3, 64, self.image)
+        r3.prefilled = [1, 15]
+        self.pager.attach(r3, self.image)
+        self.assertEqual(self.ledger.clone_stats(3)["resident_pages"], 2)
+        self.assertEqual(r3.present, {1, 15})

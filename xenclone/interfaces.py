@@ -83,6 +83,7 @@ class IFaultRegion(Interface):
     domid = Attribute("domain id")
     npages = Attribute("nominal pages")
     c_region = Attribute("the C fast path's region struct (cffi)")
+    prefilled = Attribute("pages the backend mapped at launch, before the pager")
 
     def fileno():
         """The pollable handle (userfaultfd, or the event channel)."""

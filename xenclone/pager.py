@@ -38,6 +38,8 @@ class Pager:
     def attach(self, region, image):
         self.ledger.add_clone(region.domid, image.image_id, region.npages)
         self._clones[region.domid] = (region, image)
+        region.remember(region.prefilled)
+        self.ledger.loaded(region.domid, region.prefilled)
         self.source.add(region)
         self._grant()
 

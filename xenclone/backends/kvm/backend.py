@@ -49,8 +49,12 @@ class KvmBackend:
             arch=image.arch, npages=image.npages,
             vcpu_state=base64.b64encode(image.vcpu_state).decode(),
             clone_id=clone.clone_id, input=clone.input, paused=clone.paused)
-        return d.addCallback(lambda msg: KvmRegion(clone.domid, msg.fds[0], msg["base"],
-                                                   msg["npages"], zero))
+        def region(msg):
+            r = KvmRegion(clone.domid, msg.fds[0], msg["base"], msg["npages"], zero)
+            r.prefilled = msg.get("prefilled", [])
+            return r
+
+        return d.addCallback(region)
 
     def pause(self, domid):
         return self.link.request("pause", domid=domid)

@@ -14,6 +14,7 @@ to another process (socket.send_fds) and served there.
 import collections
 import os
 import signal
+import struct
 import threading
 
 from xenclone._linux import ffi, lib
@@ -24,6 +25,18 @@ CLONE_UFFD_FEATURES = lib.UFFD_FEATURE_MISSING_SHMEM | lib.UFFD_FEATURE_MINOR_SH
 STATE_SIZE = lib.xc_vm_state_size()
 
 Exit = collections.namedtuple("Exit", "kind port value t_ns reason suberror")
+
+# struct xc_state (kvm_vm.c): magic, size, then struct kvm_regs, whose
+# 16 general registers (rsp is the 7th) are followed by rip.
+_RSP_OFF, _RIP_OFF = 8 + 6 * 8, 8 + 16 * 8
+
+
+def entry_pfns(blob):
+    """The pages a restored vCPU touches first: its code page and its stack
+    page (the guest runs flat, without paging, so addresses are physical)."""
+    rsp, = struct.unpack_from("<Q", blob, _RSP_OFF)
+    rip, = struct.unpack_from("<Q", blob, _RIP_OFF)
+    return sorted({rip >> 12, (rsp - 1) >> 12 if rsp else 0})
 Exit.__new__.__defaults__ = (0, 0)
 
 _EXIT_KINDS = {
@@ -178,6 +191,21 @@ class MicroVM:
         out = ffi.new("uint64_t[]", npages)
         lib.xc_page_sums(ffi.cast("char *", self.addr) + first_pfn * PAGE_SIZE, npages, out)
         return list(out)
+
+    def prefill(self, pfns):
+        """Map image pages before the vCPU first runs, so its first
+        instructions need no round trip to the pager.  Returns the pfns
+        mapped (holes get the zero page)."""
+        state = ffi.new("uint8_t[]", self.npages)
+        region = ffi.new("struct xc_region *", {"uffd": self.uffd, "base": self.addr,
+                                                "npages": self.npages, "state": state})
+        done = []
+        for pfn in pfns:
+            if 0 <= pfn < self.npages and (
+                    lib.xc_resolve(region, pfn, 1, lib.XC_CONTINUE) == 0
+                    or lib.xc_resolve(region, pfn, 1, lib.XC_ZEROPAGE) == 0):
+                done.append(pfn)
+        return done
 
     def release_uffd(self):
         """Close this process's copy of the uffd: once the pager's copy is

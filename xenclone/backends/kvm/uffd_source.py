@@ -30,6 +30,7 @@ class KvmRegion:
         self._uffd = uffd
         self._state = ffi.new("uint8_t[]", npages)
         self._zero = zero            # cffi buffer shared by the image's clones
+        self.prefilled = []          # pages mapped at launch, before the pager
         self.c_region = ffi.new("struct xc_region *")
         self.c_region.uffd = uffd
         self.c_region.base = base

@@ -22,7 +22,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from xenclone import workload
-from xenclone.backends.kvm.microvm import MicroVM
+from xenclone.backends.kvm.microvm import MicroVM, entry_pfns
 from xenclone.interfaces import DomainState
 from xenclone.wire import FrameProtocol, Reply, WireError
 
@@ -257,9 +257,11 @@ class VmmHost:
             vm = MicroVM(image_fd, msg["npages"], private=True)
         finally:
             os.close(image_fd)   # the private mapping keeps the image alive
+        state = base64.b64decode(msg["vcpu_state"])
         try:
             uffd = vm.register_uffd()
-            vm.set_state(base64.b64decode(msg["vcpu_state"]))
+            vm.set_state(state)
+            prefilled = vm.prefill(entry_pfns(state))
         except Exception:
             vm.close()
             raise
@@ -270,7 +272,8 @@ class VmmHost:
         self.domains[domid] = dom
         if not msg.get("paused"):
             self._start(dom)
-        return Reply({"base": vm.addr, "npages": dom.npages}, fds=[uffd])
+        return Reply({"base": vm.addr, "npages": dom.npages, "prefilled": prefilled},
+                     fds=[uffd])
 
     def op_pause(self, msg):
         dom = self._get(msg)
