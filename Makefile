@@ -5,13 +5,15 @@ STAMP  := $(VENV)/.installed
 GUEST  := guest/build/guest.bin
 
 .PHONY: setup demo test bench clean
+
+include Makefile.rig
 setup: $(STAMP) $(GUEST)
 
 $(STAMP): setup.cfg setup.py pyproject.toml libxc_shim/*.py libxc_shim/src/*.c libxc_shim/src/*.h
 	./scripts/install-deps
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(VENV)/bin/pip install -q -e '.[test,plot]' --config-settings editable_mode=compat
 	touch $@
 
 $(GUEST): guest/workload.c guest/guest.ld guest/Makefile
