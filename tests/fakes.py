@@ -4,13 +4,20 @@ The interface tests run the same cases against these and the KVM backend.
 """
 
 import os
+import zlib
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from xenclone.image import Capture, OpenImage
 from xenclone.wire import WireError
-from xenclone.interfaces import IBackend, IFaultRegion, IFaultSource, IMemoryServer
+from xenclone.interfaces import (IBackend, IFaultRegion, IFaultSource, IMemoryServer, FaultKind,
+                                 PageState)
+
+
+def page_data(domid, pfn):
+    """What the fake says a clone's private page holds."""
+    return bytes([(domid * 7 + pfn) % 251]) * 4096
 
 
 @implementer(IFaultRegion)
@@ -20,33 +27,52 @@ class FakeRegion:
         self.npages = npages
         self.c_region = None
         self.prefilled = []
+        self.state = bytearray(npages)
         self.loaded = {}       # pfn -> "zero" | "shared" | bytes
+        self.woken = []
         self.cache = cache     # the host's copy of the image (FakeImageData)
-        self.present = set()
+        self.closed = False
 
     def fileno(self):
         return -1
 
     def load_zero(self, pfn):
         self.loaded[pfn] = "zero"
-        self.present.add(pfn)
+        self.state[pfn] = PageState.ZERO
 
     def load_shared(self, pfn):
         if self.cache is not None and pfn in self.cache.missing:
             return False
         self.loaded[pfn] = "shared"
-        self.present.add(pfn)
+        self.state[pfn] = PageState.SHARED
         return True
+
+    def unprotect(self, pfn):
+        self.loaded[pfn] = "written"
+        self.state[pfn] = PageState.PRIVATE
 
     def load_copy(self, pfn, data):
         self.loaded[pfn] = bytes(data)
-        self.present.add(pfn)
+        self.state[pfn] = PageState.PRIVATE
 
-    def forget(self, pfns):
-        self.present.difference_update(pfns)
+    def hold(self, pfns):
+        before = [self.state[pfn] for pfn in pfns]
+        for pfn in pfns:
+            self.state[pfn] = PageState.HOLD
+        return before
 
-    def remember(self, pfns):
-        self.present.update(pfns)
+    def release(self, pfns):
+        for pfn in pfns:
+            self.state[pfn] = PageState.ABSENT
+        self.woken.extend(pfns)
+
+    def remember(self, pfns, state):
+        for pfn in pfns:
+            self.state[pfn] = state
+        self.woken.extend(pfns)
+
+    def states(self):
+        return bytes(self.state)
 
     def close(self):
         self.closed = True
@@ -55,13 +81,24 @@ class FakeRegion:
 @implementer(IFaultSource)
 class FakeSource:
     def __init__(self):
-        self.deliver = None
+        self._deliver = None
         self.regions = {}
         self.credits = 0
+        self.clone_credits = {}
         self.stopped = False
 
     def start(self, deliver):
-        self.deliver = deliver
+        self._deliver = deliver
+
+    def deliver(self, records):
+        """As the C fast path does: the page state first, then the record."""
+        states = {FaultKind.SERVED: PageState.SHARED, FaultKind.ZERO: PageState.ZERO,
+                  FaultKind.WRITTEN: PageState.PRIVATE}
+        for domid, kind, pfn in records:
+            region = self.regions.get(domid)
+            if region is not None and kind in states:
+                region.state[pfn] = states[kind]
+        self._deliver(records)
 
     def add(self, region):
         self.regions[region.domid] = region
@@ -69,8 +106,12 @@ class FakeSource:
     def remove(self, domid):
         self.regions.pop(domid, None)
 
-    def set_credits(self, count):
-        self.credits = count
+    def exclusively(self, fn):
+        return fn()
+
+    def set_credits(self, host, clones):
+        self.credits = host
+        self.clone_credits = dict(clones)
 
     def stop(self):
         self.stopped = True
@@ -82,8 +123,11 @@ class FakeBackend:
 
     def __init__(self):
         self.domains = {}      # domid -> state
+        self.regions = {}      # domid -> FakeRegion of launched clones
         self.written = {}      # domid -> pages the guest wrote (never droppable)
         self.drops = []
+        self.pageouts = []
+        self.pageout_error = None
         self.pending_drops = []
         self.hold_drops = False
 
@@ -106,7 +150,9 @@ class FakeBackend:
 
     def launch(self, image, clone):
         self.domains[clone.domid] = "paused" if clone.paused else "running"
-        return defer.succeed(FakeRegion(clone.domid, image.npages))
+        region = FakeRegion(clone.domid, image.npages)
+        self.regions[clone.domid] = region
+        return defer.succeed(region)
 
     def pause(self, domid):
         return defer.maybeDeferred(self._set, domid, "paused")
@@ -126,10 +172,40 @@ class FakeBackend:
     def page_sums(self, domid, pfns):
         return defer.maybeDeferred(self._known, domid).addCallback(lambda _: [0] * len(pfns))
 
-    def drop_clean(self, domid, pfns, blocked=False):
+    def page_out(self, domid, pfns, slots, store_path, sync):
         if domid not in self.domains:
             return defer.fail(WireError("no-domain", "no domain %r" % (domid,)))
-        self.drops.append((domid, list(pfns), blocked))
+        region = self.regions.get(domid)
+        npages = region.npages if region is not None else 2**32
+        if (not os.path.isabs(store_path) or len(pfns) != len(slots)
+                or not all(0 <= p < npages for p in pfns)):
+            return defer.fail(WireError("bad-request", "bad page-out request"))
+        if region is not None and any(region.loaded.get(p) is None for p in pfns):
+            return defer.fail(WireError("not-held", "not held private pages: %s" % pfns))
+        if self.pageout_error:
+            return defer.fail(WireError("pageout-failed", self.pageout_error))
+        self.pageouts.append((domid, list(pfns)))
+        fd = os.open(store_path, os.O_RDWR | os.O_CREAT, 0o600)
+        crcs = []
+        for pfn, slot in zip(pfns, slots):
+            data = page_data(domid, pfn)
+            os.pwrite(fd, data, slot * 4096)
+            crcs.append(zlib.crc32(data))
+        os.close(fd)
+        return defer.succeed(crcs)
+
+    def scan(self, domid):
+        def count(_):
+            region = self.regions.get(domid)
+            npages = region.npages if region is not None else 0
+            return {"shared": 0, "private": 0, "zero": 0, "absent": npages}
+
+        return defer.maybeDeferred(self._known, domid).addCallback(count)
+
+    def drop_clean(self, domid, pfns):
+        if domid not in self.domains:
+            return defer.fail(WireError("no-domain", "no domain %r" % (domid,)))
+        self.drops.append((domid, list(pfns)))
         dropped = [p for p in pfns if p not in self.written.get(domid, ())]
         if self.hold_drops:
             d = defer.Deferred()
@@ -169,6 +245,7 @@ class FakeImageData:
             zero[p] = 1
         self.image = OpenImage("img", "gen1", "fake", b"", npages, -1, bytes(zero))
         self.stored = {}
+        self.dropped = []
         self.missing = set()   # pages this host's cache lacks
 
     def __getattr__(self, name):
@@ -177,3 +254,7 @@ class FakeImageData:
     def store_page(self, pfn, data):
         self.stored[pfn] = data
         self.missing.discard(pfn)
+
+    def drop_pages(self, pfns):
+        self.missing.update(pfns)
+        self.dropped.extend(pfns)

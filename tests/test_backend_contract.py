@@ -4,15 +4,16 @@ backend (a real VMM host process, real KVM, real userfaultfd)."""
 import os
 import shutil
 import tempfile
+import zlib
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from xenclone import workload
 from xenclone.control.controller import CloneSpec, MasterSpec
 from xenclone.image import OpenImage
-from xenclone.interfaces import IBackend, IFaultRegion
+from xenclone.interfaces import DomainState, FaultKind, IBackend, IFaultRegion, PageState
 from xenclone.wire import WireError
 
 from tests.fakes import FakeBackend
@@ -35,7 +36,7 @@ class BackendContract:
         cap = yield self.backend.capture(domid)
         self.addCleanup(os.close, cap.mem_fd)
         return OpenImage("img", "g1", cap.arch, cap.vcpu_state, NPAGES, cap.mem_fd,
-                         bytes(NPAGES))
+                         holes(cap.mem_fd, NPAGES))
 
     def test_provides_the_interface(self):
         verifyObject(IBackend, self.backend)
@@ -72,8 +73,40 @@ class BackendContract:
     def test_drop_clean_answers_a_subset(self):
         image = yield self._image()
         yield self.backend.launch(image, CloneSpec(2, "c", 1, 7, paused=True))
-        dropped = yield self.backend.drop_clean(2, [100, 101], blocked=False)
+        dropped = yield self.backend.drop_clean(2, [100, 101])
         self.assertTrue(set(dropped) <= {100, 101})
+        yield self.backend.destroy(2)
+
+    @defer.inlineCallbacks
+    def test_scan_counts_every_page(self):
+        image = yield self._image()
+        yield self.backend.launch(image, CloneSpec(2, "c", 1, 7, paused=True))
+        counts = yield self.backend.scan(2)
+        self.assertEqual(set(counts), {"shared", "private", "zero", "absent"})
+        self.assertEqual(sum(counts.values()), NPAGES)
+        self.assertEqual(counts["private"], 0)
+        yield self.backend.destroy(2)
+
+    @defer.inlineCallbacks
+    def test_page_out_checks_its_request(self):
+        image = yield self._image()
+        region = yield self.backend.launch(image, CloneSpec(2, "c", 1, 7, paused=True))
+        store = os.path.join(tempfile.gettempdir(), "xenclone-contract-%d.pages" % os.getpid())
+        self.addCleanup(lambda: os.path.exists(store) and os.unlink(store))
+        self.assertEqual((yield self.backend.page_out(2, [], [], store, False)), [])
+        for pfns, slots, path in [([1], [0], "relative.pages"), ([1, 2], [0], store),
+                                  ([NPAGES], [0], store)]:
+            with self.assertRaises(WireError) as cm:
+                yield self.backend.page_out(2, pfns, slots, path, False)
+            self.assertEqual(cm.exception.code, "bad-request")
+        region.hold([100])           # held, but never written: nothing to page out
+        with self.assertRaises(WireError) as cm:
+            yield self.backend.page_out(2, [100], [0], store, False)
+        self.assertEqual(cm.exception.code, "not-held")
+        with self.assertRaises(WireError) as cm:
+            yield self.backend.page_out(4242, [], [], store, False)
+        self.assertEqual(cm.exception.code, "no-domain")
+        region.close()
         yield self.backend.destroy(2)
 
     @defer.inlineCallbacks
@@ -82,6 +115,21 @@ class BackendContract:
             with self.assertRaises(WireError) as cm:
                 yield call(4242)
             self.assertEqual(cm.exception.code, "no-domain")
+
+
+def holes(fd, npages):
+    """The zero map of a memfd: 1 for each page that is a hole."""
+    zero = bytearray(b"\1" * npages)
+    off, end = 0, npages * 4096
+    while off < end:
+        try:
+            data = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError:           # ENXIO: only holes from here
+            break
+        hole = os.lseek(fd, data, os.SEEK_HOLE)
+        zero[data // 4096:(hole + 4095) // 4096] = bytes((hole + 4095) // 4096 - data // 4096)
+        off = hole
+    return bytes(zero)
 
 
 class FakeBackendContract(BackendContract, unittest.TestCase):
@@ -99,7 +147,7 @@ class KvmBackendContract(BackendContract, unittest.TestCase):
         from xenclone.backends.kvm.backend import KvmBackend
         from xenclone.helpers import HelperProcess
         from xenclone.wire import FrameProtocol
-        tmp = tempfile.mkdtemp(prefix="xenclone-contract-")
+        tmp = self.tmp = tempfile.mkdtemp(prefix="xenclone-contract-", dir="/var/tmp")
         if not os.environ.get("XENCLONE_KEEP_TMP"):
             self.addCleanup(shutil.rmtree, tmp, True)
         helper = HelperProcess(reactor, "VMM host", "xenclone.backends.kvm.vmmhost", [],
@@ -109,3 +157,48 @@ class KvmBackendContract(BackendContract, unittest.TestCase):
         self.addCleanup(lambda: os.kill(pid, 15))
         self.addCleanup(link.close)
         return KvmBackend(link)
+
+    @defer.inlineCallbacks
+    def test_run_page_out_and_back(self):
+        """A clone runs under the real fault source; its written pages are
+        held, paged out to a store and faulted back exactly."""
+        from xenclone.backends.kvm.uffd_source import UffdFaultSource
+        image = yield self._image()
+        region = yield self.backend.launch(image, CloneSpec(2, "c", 3, 4, paused=True))
+        self.addCleanup(self.backend.destroy, 2)
+        stored = {}           # pfn -> bytes to load back when it faults
+        kinds = set()
+
+        def deliver(records):
+            for _, kind, pfn in records:
+                kinds.add(kind)
+                if kind == FaultKind.HOLD and pfn in stored:
+                    region.load_copy(pfn, stored.pop(pfn))
+
+        source = UffdFaultSource(reactor)
+        source.start(deliver)
+        self.addCleanup(source.stop)
+        source.add(region)
+        source.set_credits(NPAGES, {2: NPAGES})
+        yield self.backend.unpause(2)
+        for _ in range(3000):
+            if [d for d in (yield self.backend.domains()) if d["domid"] == 2][0]["state"] \
+                    == DomainState.DONE:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        private = [i for i, s in enumerate(region.states()) if s == PageState.PRIVATE]
+        self.assertTrue(private)
+        self.assertLessEqual({FaultKind.SERVED, FaultKind.ZERO, FaultKind.WRITTEN}, kinds)
+        self.assertEqual((yield self.backend.scan(2))["private"], len(private))
+        sums = yield self.backend.page_sums(2, private)
+        self.assertEqual(set(region.hold(private)), {PageState.PRIVATE})
+        store = os.path.join(self.tmp, "c2.pages")
+        crcs = yield self.backend.page_out(2, private, list(range(len(private))), store, True)
+        self.assertEqual((yield self.backend.scan(2))["private"], 0)
+        with open(store, "rb") as f:
+            for pfn, crc in zip(private, crcs):
+                stored[pfn] = f.read(4096)
+                self.assertEqual(zlib.crc32(stored[pfn]), crc)
+        self.assertEqual((yield self.backend.page_sums(2, private)), sums)
+        self.assertEqual(stored, {})
+        self.assertEqual((yield self.backend.scan(2))["private"], len(private))

@@ -23,8 +23,11 @@ def _need_kvm():
         raise unittest.SkipTest("no /dev/kvm on this host")
 
 
-class DaemonTests(unittest.TestCase):
+class PrivateDaemon:
+    """A private daemon per test, with ``settings`` over the defaults."""
+
     timeout = 600
+    settings = {}
 
     @defer.inlineCallbacks
     def setUp(self):
@@ -32,11 +35,13 @@ class DaemonTests(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="xenclone-test-")
         self.addCleanup(shutil.rmtree, self.tmp, True)
         # No daemon listens here, so the session starts a private one.
-        settings = load_daemon_config(None)
+        settings = dict(load_daemon_config(None), **self.settings)
         settings["control_socket"] = os.path.join(self.tmp, "none.sock")
         self.s = yield Session(reactor, settings).open()
         self.addCleanup(self.s.close)
 
+
+class DaemonTests(PrivateDaemon, unittest.TestCase):
     @defer.inlineCallbacks
     def test_eight_clones_right_isolated_lazy_and_freed(self):
         r = yield launch_job(self.s, 8, 32, name="t8")
@@ -146,37 +151,3 @@ class DaemonTests(unittest.TestCase):
             self.assertEqual(code, want_code, (args, out, err))
             self.assertIn(want_text, err, args)
             self.assertNotIn(b"Traceback", err)
-
-
-class EvictionTests(unittest.TestCase):
-    """A host budget far below what the clones touch: the pager must evict
-    clean pages from any clone, and every answer must still be right."""
-
-    timeout = 600
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        _need_kvm()
-        self.tmp = tempfile.mkdtemp(prefix="xenclone-test-")
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-        settings = load_daemon_config(None)
-        settings.update(control_socket=os.path.join(self.tmp, "none.sock"),
-                        host_memory_mib=2, credit_batch=64)
-        self.s = yield Session(reactor, settings).open()
-        self.addCleanup(self.s.close)
-
-    @defer.inlineCallbacks
-    def test_clones_under_a_tight_budget_evict_and_answer_right(self):
-        r = yield launch_job(self.s, 4, 32, name="tight")
-        self.assertTrue(r["results_ok"], r["wrong"])
-        host = (yield self.s.call("host"))["ledger"]
-        self.assertEqual(host["budget_pages"], 512)
-        # The credit batch is the budget's only slack.
-        self.assertLessEqual(host["peak_pages"], 512 + 64)
-        evicted = 0
-        for domid in r["domids"]:
-            evicted += (yield self.s.call("info", domain=domid))["evicted_pages"]
-        self.assertGreater(evicted, 0)
-        self.assertGreater(r["pages_faulted"], 512)
-        check = yield self.s.call("image_check", image="tight")
-        self.assertTrue(check["unchanged"], check)

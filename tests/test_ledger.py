@@ -1,89 +1,197 @@
+"""The ledger and the policies, on plain Python: no backend, no kernel."""
+
 from twisted.trial import unittest
 
+from xenclone import ledger as L
 from xenclone.ledger import Ledger, LedgerError
 from xenclone.policy.clock import ClockPolicy
+from xenclone.policy.sharing import SharingPolicy
 
 
 class LedgerTests(unittest.TestCase):
     def setUp(self):
-        self.ledger = Ledger(100, ClockPolicy(protect=2), credit_batch=32)
-        self.ledger.add_clone(1, "img", 50)
-        self.ledger.add_clone(2, "img", 50)
+        self.ledger = Ledger(100, ClockPolicy(protect=0), credit_batch=32)
+        self.ledger.add_image("img", 64, cached=range(1, 41))   # 40 cached pages
+        self.ledger.add_clone(1, "img", 64)
+        self.ledger.add_clone(2, "img", 64)
 
-    def test_credits_bounded_by_batch_and_budget(self):
-        self.assertEqual(self.ledger.take_credits(), 32)
-        self.ledger.loaded(1, range(50))
-        self.ledger.loaded(2, range(40))
-        self.assertEqual(self.ledger.take_credits(), 10)
-        self.ledger.loaded(2, range(40, 50))
-        self.assertEqual(self.ledger.take_credits(), 0)
+    def test_cached_image_pages_count_once_however_many_clones_map_them(self):
+        self.ledger.mapped_shared(1, [1, 2, 3])
+        self.ledger.mapped_shared(2, [1, 2, 3])
+        stats = self.ledger.host_stats()
+        self.assertEqual((stats["allocated_pages"], stats["resident_pages"]), (40, 6))
 
-    def test_reloading_a_resident_page_costs_nothing(self):
-        self.ledger.loaded(1, [3, 3, 3])
-        self.assertEqual(self.ledger.host_stats()["used_pages"], 1)
-        self.assertEqual(self.ledger.clone_stats(1)["faults"], 3)
-
-    def test_victims_come_from_any_clone_oldest_first_never_private(self):
-        self.ledger.loaded(1, [1, 2])
-        self.ledger.loaded(2, [7, 8, 9])
-        self.ledger.written(1, [1])
-        victims = self.ledger.victims(10)
-        self.assertNotIn((1, 1), victims)
-        self.assertEqual(victims[0], (1, 2))
-        self.assertIn((2, 7), victims)
-
-    def test_private_page_can_never_be_evicted(self):
-        self.ledger.loaded(1, [5])
+    def test_a_write_allocates_a_private_page(self):
+        self.ledger.mapped_shared(1, [5])
         self.ledger.written(1, [5])
-        self.assertRaises(LedgerError, self.ledger.evicted, 1, [5])
-        self.assertEqual(self.ledger.clone_stats(1)["resident_pages"], 1)
+        self.assertEqual(self.ledger.allocated, 41)
+        s = self.ledger.clone_stats(1)
+        self.assertEqual((s["shared_pages"], s["private_pages"], s["resident_pages"]), (0, 1, 1))
+        self.assertEqual(self.ledger.images["img"].mappers, {})
 
-    def test_eviction_frees_budget(self):
-        self.ledger.loaded(1, range(50))
-        self.ledger.loaded(2, range(50))
-        self.ledger.evicted(2, [0, 1, 2])
-        self.assertEqual(self.ledger.take_credits(), 3)
-        self.assertEqual(self.ledger.clone_stats(2)["evicted_pages"], 3)
+    def test_zero_pages_cost_nothing(self):
+        self.ledger.mapped_zero(1, [50, 51])
+        self.assertEqual(self.ledger.allocated, 40)
+        self.assertEqual(self.ledger.clone_stats(1)["zero_pages"], 2)
+        self.assertEqual(self.ledger.clone_stats(1)["resident_pages"], 0)
 
-    def test_remove_clone_frees_its_pages(self):
-        self.ledger.loaded(1, range(30))
+    def test_credits_follow_host_room_and_clone_limit(self):
+        self.ledger.set_knobs(1, limit=10)
+        host, clones = self.ledger.take_credits()
+        self.assertEqual((host, clones[1], clones[2]), (32, 10, 32))
+        self.ledger.mapped_shared(1, range(1, 9))
+        self.assertEqual(self.ledger.take_credits()[1][1], 2)
+        self.ledger.written(2, range(0, 60))
+        self.assertEqual(self.ledger.take_credits()[0], 0)
+
+    def test_the_only_copy_of_a_written_page_is_never_dropped(self):
+        self.ledger.mapped_shared(1, [5])
+        self.ledger.written(1, [5])
+        self.assertRaises(LedgerError, self.ledger.dropped_clean, 1, [5])
+        self.assertEqual(self.ledger.kind(1, 5), L.PRIVATE)
+
+    def test_page_out_and_back(self):
+        self.ledger.written(1, [7, 8])
+        slots = [self.ledger.slot_for(1), self.ledger.slot_for(1)]
+        self.ledger.paged_out(1, [7, 8], slots, [111, 222])
+        self.assertEqual(self.ledger.allocated, 40)
+        self.assertEqual(self.ledger.clone_stats(1)["paged_out_pages"], 2)
+        self.assertEqual(self.ledger.slot(1, 8), (slots[1], 222))
+        self.ledger.paged_in(1, 8)
+        self.assertEqual(self.ledger.kind(1, 8), L.PRIVATE)
+        self.assertEqual(self.ledger.slot_for(1), slots[1])   # the freed slot is reused
+        self.assertRaises(LedgerError, self.ledger.paged_in, 1, 8)
+
+    def test_only_private_pages_can_be_paged_out(self):
+        self.ledger.mapped_shared(1, [3])
+        self.assertRaises(LedgerError, self.ledger.paged_out, 1, [3], [0], [0])
+
+    def test_cache_page_cannot_leave_while_a_clone_maps_it(self):
+        self.ledger.mapped_shared(1, [3])
+        self.assertRaises(LedgerError, self.ledger.uncached, "img", [3])
+        self.ledger.dropped_clean(1, [3], L.DROP_SHARED)
+        self.ledger.uncached("img", [3])
+        self.assertEqual(self.ledger.allocated, 39)
+        self.assertEqual(self.ledger.host_stats()["evictions"][L.DROP_SHARED], 1)
+
+    def test_clone_victims_clean_first_and_only_allowed_classes(self):
+        self.ledger.mapped_shared(1, [1, 2])
+        self.ledger.written(1, [3])
+        self.ledger.mapped_shared(2, [4])
+        self.assertEqual(self.ledger.clone_victims(1, 10), [(1, 1), (1, 2), (1, 3)])
+        self.ledger.set_knobs(1, classes=[L.DROP_CLEAN])
+        self.assertEqual(self.ledger.clone_victims(1, 10), [(1, 1), (1, 2)])
+
+    def test_host_victims_free_memory_only(self):
+        self.ledger.mapped_shared(1, [1])
+        self.ledger.mapped_shared(2, [1])
+        self.ledger.written(2, [9])
+        self.ledger.mapped_zero(1, [60])
+        victims = self.ledger.host_victims(10)
+        self.assertIn((2, 9), victims)
+        self.assertTrue({(1, 1), (2, 1)} & set(victims))
+        self.assertNotIn((1, 60), victims)
+        self.ledger.set_knobs(2, classes=[L.DROP_CLEAN])
+        # Clone 2 refuses drop-shared and page-out: its pages are safe.
+        self.assertEqual([v for v in self.ledger.host_victims(10) if v[0] == 2], [])
+
+    def test_unmapped_cache_pages_are_free_to_drop(self):
+        self.ledger.mapped_shared(1, range(1, 40))
+        self.assertEqual(self.ledger.unmapped_cache(5), [("img", 40)])
+
+    def test_pageout_failure_stops_page_out_for_the_clone(self):
+        self.ledger.written(1, [3])
+        self.ledger.pageout_failed(1, "ENOSPC")
+        self.assertEqual(self.ledger.clone_victims(1, 5), [])
+        self.assertEqual(self.ledger.clone_stats(1)["pageout_error"], "ENOSPC")
+
+    def test_knobs_are_checked(self):
+        self.assertRaises(LedgerError, self.ledger.set_knobs, 1, limit=65)
+        self.assertRaises(LedgerError, self.ledger.set_knobs, 1, classes=["drop-everything"])
+
+    def test_remove_clone_frees_its_private_pages_and_mappings(self):
+        self.ledger.mapped_shared(1, [1, 2])
+        self.ledger.written(1, [3])
         self.ledger.remove_clone(1)
-        self.assertEqual(self.ledger.host_stats()["used_pages"], 0)
-        self.assertEqual(self.ledger.victims(5), [])
+        self.assertEqual(self.ledger.allocated, 40)
+        self.assertEqual(self.ledger.images["img"].mappers, {})
+        self.assertRaises(LedgerError, self.ledger.remove_image, "img")
+        self.ledger.remove_clone(2)
+        self.ledger.remove_image("img")
+        self.assertEqual(self.ledger.allocated, 0)
+
+    def test_eviction_counters_survive_the_clone(self):
+        self.ledger.mapped_shared(1, [1, 2])
+        self.ledger.dropped_clean(1, [1, 2])
+        self.ledger.remove_clone(1)
+        self.assertEqual(self.ledger.host_stats()["evictions"][L.DROP_CLEAN], 2)
 
     def test_out_of_range_page_is_refused(self):
-        self.assertRaises(LedgerError, self.ledger.loaded, 1, [50])
+        self.assertRaises(LedgerError, self.ledger.mapped_shared, 1, [64])
 
     def test_journal_replay_rebuilds_state(self):
         records = []
         ledger = Ledger(100, ClockPolicy(), 32)
         ledger.set_journal(records.append)
+        ledger.add_image("img", 20, cached=[1, 2, 3])
         ledger.add_clone(3, "img", 20)
-        ledger.loaded(3, [1, 2, 3])
+        ledger.set_knobs(3, limit=10)
+        ledger.mapped_shared(3, [1, 2, 3])
+        ledger.mapped_zero(3, [9])
         ledger.written(3, [2])
-        ledger.evicted(3, [1])
+        ledger.paged_out(3, [2], [ledger.slot_for(3)], [99])
+        ledger.dropped_clean(3, [1])
         again = Ledger(100, ClockPolicy(), 32)
         again.replay(records)
         self.assertEqual(again.clone_stats(3), ledger.clone_stats(3))
         self.assertEqual(again.host_stats(), ledger.host_stats())
 
 
-class ClockPolicyTests(unittest.TestCase):
-    def test_recent_pages_are_spared_while_others_exist(self):
+class PolicyTests(unittest.TestCase):
+    def test_clock_spares_recent_pages_while_others_exist(self):
         policy = ClockPolicy(protect=2)
         for key in "abcd":
             policy.paged_in(key)
-        self.assertEqual(policy.choose(2, lambda k: True), ["a", "b"])
+        self.assertEqual(policy.choose(2, lambda k: 0), ["a", "b"])
 
-    def test_recent_pages_go_last_under_pressure(self):
+    def test_clock_takes_recent_pages_last_under_pressure(self):
         policy = ClockPolicy(protect=2)
         for key in "abc":
             policy.paged_in(key)
-        self.assertEqual(policy.choose(3, lambda k: True), ["a", "c", "b"])
+        self.assertEqual(policy.choose(3, lambda k: 0), ["a", "b", "c"])
 
-    def test_dropped_pages_are_not_chosen(self):
+    def test_clock_never_offers_a_page_twice(self):
+        policy = ClockPolicy(protect=4)
+        for key in "abab":
+            policy.paged_in(key)
+        self.assertEqual(policy.choose(5, lambda k: 0), ["a", "b"])
+
+    def test_clock_skips_unevictable_and_dropped(self):
         policy = ClockPolicy(protect=0)
-        policy.paged_in("a")
-        policy.paged_in("b")
+        for key in "abc":
+            policy.paged_in(key)
         policy.dropped("a")
-        self.assertEqual(policy.choose(5, lambda k: True), ["b"])
+        self.assertEqual(policy.choose(5, lambda k: None if k == "b" else 0), ["c"])
+
+    def test_sharing_policy_evicts_clean_then_shared_then_private(self):
+        policy = SharingPolicy(protect=0)
+        rank = {"p": 2, "s": 1, "c": 0, "q": 2}
+        for key in "pscq":
+            policy.paged_in(key)
+        self.assertEqual(policy.choose(4, rank.get), ["c", "s", "p", "q"])
+
+    def test_sharing_policy_spares_recent_pages_of_any_class(self):
+        policy = SharingPolicy(protect=1)
+        rank = {"p": 2, "c": 0}
+        for key in "pc":
+            policy.paged_in(key)
+        self.assertEqual(policy.choose(2, rank.get), ["p", "c"])
+
+
+class InterfaceTests(unittest.TestCase):
+    def test_ledger_and_policies_provide_their_interfaces(self):
+        from zope.interface.verify import verifyObject
+        from xenclone.interfaces import IEvictionPolicy, ILedger
+        verifyObject(ILedger, Ledger(10, ClockPolicy()))
+        verifyObject(IEvictionPolicy, ClockPolicy())
+        verifyObject(IEvictionPolicy, SharingPolicy())

@@ -59,7 +59,8 @@ class Image:
 
 
 class Pager:
-    """xc_pager_serve in a thread over one or more regions; records what it saw."""
+    """xc_pager_serve in a thread over one or more regions; records what it
+    saw. ``credits`` are the host's (copy on write), ``add`` takes a clone's."""
 
     def __init__(self, credits=1 << 40, max_out=256):
         self.epoll = select.epoll()
@@ -74,8 +75,9 @@ class Pager:
         self._stop = False
         self._thread = None
 
-    def add(self, uffd, base, npages, zero):
-        r = ffi.new("struct xc_region *", dict(uffd=uffd, base=base, npages=npages, zero=zero))
+    def add(self, uffd, base, npages, zero, credits=1 << 40):
+        r = ffi.new("struct xc_region *", dict(uffd=uffd, base=base, npages=npages, zero=zero,
+                                               credits=credits))
         r.state = state = ffi.new("uint8_t[]", npages)
         self.regions.append((r, state))
         self.region_array = ffi.new("struct xc_region *[]", [r for r, _ in self.regions])
@@ -190,7 +192,31 @@ class CloneTests(ImageTestCase):
             self.assertEqual(region.bad_faults, 0)
         self.assertEqual(len(answers), 4)
         kinds = {kind for _, kind, _ in self.pager.records}
-        self.assertEqual(kinds, {lib.XC_SERVED})
+        self.assertEqual(kinds, {lib.XC_SERVED, lib.XC_ZERO, lib.XC_WRITTEN})
+
+    def test_every_write_is_seen(self):
+        """The pages C saw written are exactly those the kernel shows private."""
+        self.pager.start()
+        self.addCleanup(self.pager.stop)
+        clone, region = self.clone()
+        run_clone(clone, 3, 4)
+        self.pager.stop()     # its last records are in
+        states = bytes(ffi.buffer(region.state, clone.npages))
+        kinds = clone.kinds()
+        private = [i for i, k in enumerate(kinds) if k & ~lib.XC_KIND_WP == lib.XC_PAGE_PRIVATE]
+        self.assertEqual(private, [i for i, s in enumerate(states) if s == lib.XC_PAGE_PRIVATE])
+        self.assertEqual(region.cow_fills, len(private))
+        self.assertEqual(region.wp_faults, len(private))
+        written = [(k, p) for _, k, p in self.pager.records if k == lib.XC_WRITTEN]
+        self.assertEqual(sorted(p for _, p in written), private)
+        for i, s in enumerate(states):    # everything else C mapped is protected
+            if s in (lib.XC_PAGE_SHARED, lib.XC_PAGE_ZERO):
+                self.assertEqual(kinds[i], s | lib.XC_KIND_WP, i)
+        counts = clone.scan()
+        self.assertEqual(counts, {"shared": states.count(lib.XC_PAGE_SHARED),
+                                  "private": len(private),
+                                  "zero": states.count(lib.XC_PAGE_ZERO),
+                                  "absent": states.count(lib.XC_PAGE_ABSENT)})
 
     def test_clone_writes_stay_private(self):
         self.pager.start()
@@ -237,10 +263,10 @@ class CloneTests(ImageTestCase):
         clone, region = self.clone()
         run_clone(clone, 4, 4)
         self.pager.stop()     # from here on, touching an unfilled page would hang
-        present = [i for i in range(clone.npages) if region.state[i] == lib.XC_PAGE_PRESENT]
-        before = {i: clone.page_sums(i, 1)[0] for i in present}
-        written = [i for i in present if before[i] != self.image.sums[i]]
-        clean = [i for i in present if i not in written and self.image.zero[i] == 0]
+        states = bytes(ffi.buffer(region.state, clone.npages))
+        written = [i for i, s in enumerate(states) if s == lib.XC_PAGE_PRIVATE]
+        clean = [i for i, s in enumerate(states) if s in (lib.XC_PAGE_SHARED, lib.XC_PAGE_ZERO)]
+        before = {i: clone.page_sums(i, 1)[0] for i in written}
         self.assertTrue(written)
         self.assertTrue(clean)
         dropped = clone.drop_clean(written + clean)
@@ -249,6 +275,28 @@ class CloneTests(ImageTestCase):
         self.assertEqual(self._present(clone, written), [True] * len(written))
         self.assertEqual([clone.page_sums(i, 1)[0] for i in written],
                          [before[i] for i in written])
+
+    def test_dropped_pages_fault_back_with_image_data(self):
+        """Held, dropped and released, clean pages fault again and read the
+        image's data; written pages keep the clone's."""
+        self.pager.start()
+        self.addCleanup(self.pager.stop)
+        clone, region = self.clone()
+        run_clone(clone, 6, 1)
+        states = bytes(ffi.buffer(region.state, clone.npages))
+        clean = [i for i, s in enumerate(states) if s == lib.XC_PAGE_SHARED]
+        written = [i for i, s in enumerate(states) if s == lib.XC_PAGE_PRIVATE]
+        before = clone.page_sums()
+        pfns = ffi.new("uint64_t[]", clean)
+        self.assertEqual(lib.xc_set_state(region, pfns, len(clean), lib.XC_PAGE_HOLD, ffi.NULL), 0)
+        self.assertEqual(sorted(clone.drop_clean(clean + written)), clean)
+        self.assertEqual(lib.xc_set_state(region, pfns, len(clean), lib.XC_PAGE_ABSENT, ffi.NULL), 0)
+        served = region.minor_fills
+        self.assertEqual(clone.page_sums(), before)
+        self.pager.stop()     # C counts a fill after the reader woke
+        self.assertEqual(region.minor_fills - served, len(clean))
+        self.assertEqual([clone.page_sums(i, 1)[0] for i in clean], [self.image.sums[i] for i in clean])
+        self.assertNotEqual([before[i] for i in written], [self.image.sums[i] for i in written])
 
     @staticmethod
     def _present(vm, pfns):
@@ -267,3 +315,4 @@ class HostFeaturesTests(unittest.TestCase):
         self.assertTrue(f["kvm"])
         self.assertTrue(f["minor_shmem"])
         self.assertTrue(f["missing_shmem"])
+        self.assertTrue(f["wp_shmem"])

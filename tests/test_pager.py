@@ -1,31 +1,50 @@
 """The pager pipeline over fakes: every step of the claim, no kernel."""
 
-from twisted.internet import defer
+import os
+import shutil
+import tempfile
+
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from xenclone.interfaces import IBackend, IFaultRegion, IFaultSource, IMemoryServer, FaultKind
+from xenclone import ledger as L
+from xenclone.interfaces import (IBackend, IFaultRegion, IFaultSource, IMemoryServer, FaultKind,
+                                 PageState)
 from xenclone.ledger import Ledger
 from xenclone.pager import Pager
-from xenclone.policy.clock import ClockPolicy
+from xenclone.policy.sharing import SharingPolicy
 
-from tests.fakes import FakeBackend, FakeImageData, FakeMemoryServer, FakeRegion, FakeSource
+from tests.fakes import (FakeBackend, FakeImageData, FakeMemoryServer, FakeRegion, FakeSource,
+                         page_data)
 
-S, N, F = FaultKind.SERVED, FaultKind.NOCREDIT, FaultKind.FETCH
+S, Z, W = FaultKind.SERVED, FaultKind.ZERO, FaultKind.WRITTEN
+N, NW, F, H = FaultKind.NOCREDIT, FaultKind.NOCREDIT_WRITE, FaultKind.FETCH, FaultKind.HOLD
 
 
 class PagerTests(unittest.TestCase):
     def setUp(self):
+        self.store = tempfile.mkdtemp(prefix="xenclone-store-")
+        self.addCleanup(shutil.rmtree, self.store, True)
+        self.clock = Clock()
         self.source = FakeSource()
         self.backend = FakeBackend()
         self.backend.domains.update({1: "running", 2: "running"})
         self.memserver = FakeMemoryServer()
-        self.ledger = Ledger(10, ClockPolicy(protect=0), credit_batch=4)
-        self.pager = Pager(self.ledger, self.source, self.backend, self.memserver)
+        # 64-page image: page 0 is zero, 63 pages cached; budget 80 host pages
         self.image = FakeImageData(64, zero_pages=[0])
+        self.ledger = Ledger(80, SharingPolicy(protect=0), credit_batch=4)
+        self.pager = Pager(self.clock, self.ledger, self.source, self.backend, self.memserver,
+                           self.store)
         self.r1, self.r2 = FakeRegion(1, 64, self.image), FakeRegion(2, 64, self.image)
         self.pager.attach(self.r1, self.image)
         self.pager.attach(self.r2, self.image)
+
+    def _cache_only(self, pfns):
+        """Shrink the host's image cache to ``pfns`` (the rest is on disk)."""
+        gone = [p for p in range(1, 64) if p not in pfns]
+        self.ledger.uncached("img", gone)
+        self.image.missing.update(gone)
 
     def test_fakes_implement_the_interfaces(self):
         verifyObject(IFaultSource, self.source)
@@ -34,85 +53,150 @@ class PagerTests(unittest.TestCase):
         verifyObject(IFaultRegion, self.r1)
 
     def test_credits_granted_at_attach(self):
-        self.assertEqual(self.source.credits, 4)
+        self.assertEqual((self.source.credits, self.source.clone_credits), (4, {1: 4, 2: 4}))
 
-    def test_served_pages_are_accounted(self):
-        self.source.deliver([(1, S, 3), (1, S, 4), (2, S, 3)])
-        self.assertEqual(self.ledger.clone_stats(1)["resident_pages"], 2)
-        self.assertEqual(self.ledger.host_stats()["used_pages"], 3)
+    def test_fast_path_records_are_accounted(self):
+        self.source.deliver([(1, S, 3), (1, Z, 0), (2, S, 3), (1, W, 3)])
+        self.assertEqual(self.ledger.kind(1, 3), L.PRIVATE)
+        self.assertEqual(self.ledger.kind(1, 0), L.ZERO)
+        self.assertEqual(self.ledger.host_stats()["allocated_pages"], 64)
 
-    def test_nocredit_fault_loads_when_room_exists(self):
-        self.source.deliver([(1, N, 5), (1, N, 0)])
-        self.assertEqual(self.r1.loaded, {5: "shared", 0: "zero"})
-        self.assertEqual(self.ledger.clone_stats(1)["resident_pages"], 2)
-
-    def test_no_room_evicts_from_any_clone_then_loads(self):
-        self.source.deliver([(2, S, p) for p in range(1, 11)])
-        self.assertEqual(self.ledger.take_credits(), 0)
+    def test_clone_at_its_limit_drops_its_own_clean_pages_then_maps(self):
+        self.ledger.set_knobs(1, limit=3)
+        self.source.deliver([(1, S, p) for p in (1, 2, 3)] + [(2, S, 9)])
         self.source.deliver([(1, N, 20)])
-        # victims came from clone 2 (the only resident pages), oldest first
-        domid, pfns, blocked = self.backend.drops[0]
-        self.assertEqual(domid, 2)
+        [(domid, pfns)] = self.backend.drops
+        self.assertEqual(domid, 1)
         self.assertIn(1, pfns)
-        self.assertFalse(blocked)
         self.assertEqual(self.r1.loaded, {20: "shared"})
-        self.assertNotIn(1, self.r2.present)
+        self.assertEqual(self.r1.state[1], PageState.ABSENT)      # released: it faults again
+        self.assertLessEqual(self.ledger.clone(1).resident, 3)
+        self.assertEqual(self.ledger.kind(2, 9), L.SHARED)        # the other clone untouched
 
-    def test_a_written_page_is_kept_and_marked_private(self):
-        self.source.deliver([(2, S, p) for p in range(1, 11)])
-        self.backend.written[2] = set(range(1, 11))
-        self.source.deliver([(1, N, 20)])
-        self.assertEqual(self.r1.loaded, {})
-        self.assertEqual(self.ledger.clone_stats(2)["private_pages"], 10)
-        self.assertEqual(self.ledger.clone_stats(2)["resident_pages"], 10)
-        self.assertTrue(self.pager.stalled)
+    def test_write_without_host_room_pages_out_a_private_page_first(self):
+        self._cache_only([8])
+        self.ledger.budget_pages = 4                # 1 cached + 3 private
+        self.ledger.set_knobs(2, classes=[L.PAGE_OUT])
+        self.source.deliver([(2, Z, 5), (2, W, 5), (2, Z, 6), (2, W, 6), (2, Z, 7), (2, W, 7)])
+        self.source.deliver([(1, S, 8), (1, NW, 8)])
+        self.assertEqual(self.backend.pageouts, [(2, [5, 6, 7])])
+        self.assertEqual(self.r1.loaded[8], "written")
+        self.assertEqual(self.ledger.clone_stats(2)["paged_out_pages"], 3)
+        self.assertEqual(self.r2.state[5], PageState.HOLD)        # its faults come to Python
 
-    def test_eviction_of_a_clone_blocked_in_a_fault_says_so(self):
-        self.source.deliver([(1, S, p) for p in range(1, 11)])
-        self.source.deliver([(1, N, 30)])
-        self.assertTrue(self.backend.drops[0][2])
+    def test_paged_out_page_comes_back_from_the_store_intact(self):
+        self._cache_only([8])
+        self.ledger.budget_pages = 3
+        self.ledger.set_knobs(2, classes=[L.PAGE_OUT])
+        self.source.deliver([(2, Z, 5), (2, W, 5), (2, Z, 6), (2, W, 6)])
+        self.source.deliver([(1, S, 8), (1, NW, 8)])
+        self.pager.detach(1)                                     # frees room for the page-in
+        self.source.deliver([(2, H, 5)])
+        self.assertEqual(self.r2.loaded[5], page_data(2, 5))
+        self.assertEqual(self.ledger.kind(2, 5), L.PRIVATE)
 
-    def test_no_fault_is_lost_while_eviction_is_in_flight(self):
-        self.backend.hold_drops = True
-        self.source.deliver([(2, S, p) for p in range(1, 11)])
-        self.source.deliver([(1, N, 20)])
-        self.source.deliver([(1, N, 21)])
-        self.assertEqual(len(self.backend.pending_drops), 1)
-        self.assertEqual(self.source.credits, 0)
-        d, dropped = self.backend.pending_drops.pop()
-        d.callback(dropped)
-        self.assertEqual(set(self.r1.loaded), {20, 21})
+    def test_corrupt_page_out_record_is_never_handed_to_the_guest(self):
+        self._cache_only([8])
+        self.ledger.budget_pages = 3
+        self.ledger.set_knobs(2, classes=[L.PAGE_OUT])
+        self.source.deliver([(2, Z, 5), (2, W, 5), (2, Z, 6), (2, W, 6)])
+        self.source.deliver([(1, S, 8), (1, NW, 8)])
+        self.pager.detach(1)
+        slot, _ = self.ledger.slot(2, 5)
+        with open(self.pager.store_path(2), "r+b") as f:
+            f.seek(slot * 4096 + 10)
+            f.write(b"\xff")
+        self.source.deliver([(2, H, 5)])
+        self.assertNotIn(5, self.r2.loaded)
+        self.assertIn("corrupt", self.ledger.clone_stats(2)["pageout_error"])
 
-    def test_page_missing_from_host_cache_is_fetched_then_loaded(self):
+    def test_failed_page_out_drops_nothing(self):
+        self._cache_only([8])
+        self.ledger.budget_pages = 3
+        self.ledger.set_knobs(2, classes=[L.PAGE_OUT])
+        self.backend.pageout_error = "No space left on device"
+        self.source.deliver([(2, Z, 5), (2, W, 5), (2, Z, 6), (2, W, 6)])
+        self.source.deliver([(1, S, 8), (1, NW, 8)])
+        self.assertEqual(self.ledger.kind(2, 5), L.PRIVATE)
+        self.assertEqual(self.r2.state[5], PageState.PRIVATE)
+        self.assertIn("No space", self.ledger.clone_stats(2)["pageout_error"])
+        self.clock.advance(0.01)      # a round that freed nothing retries shortly
+        self.assertIn("nothing to evict", self.pager.stalled)
+
+    def test_host_pressure_drops_a_shared_page_from_every_clone_and_the_cache(self):
+        self._cache_only([4, 9])
+        self.ledger.budget_pages = 2
+        self.ledger.set_knobs(1, classes=[L.DROP_SHARED])
+        self.ledger.set_knobs(2, classes=[L.DROP_SHARED])
+        self.source.deliver([(1, S, 4), (2, S, 4)])
+        self.source.deliver([(1, S, 9), (1, NW, 9)])
+        self.assertIn(4, self.image.dropped)
+        self.assertEqual(self.r1.state[4], PageState.ABSENT)
+        self.assertEqual(self.r2.state[4], PageState.ABSENT)
+        self.assertEqual(self.r1.loaded[9], "written")
+        self.assertEqual(self.ledger.host_stats()["evictions"][L.DROP_SHARED], 2)
+
+    def test_unmapped_cache_pages_go_first(self):
+        self.ledger.budget_pages = 63
+        self.source.deliver([(1, S, 9), (1, NW, 9)])
+        self.assertEqual(len(self.image.dropped), 4)       # one credit batch
+        self.assertEqual(self.backend.drops, [])
+        self.assertEqual(self.r1.loaded[9], "written")
+
+    def test_page_missing_from_host_cache_is_fetched_then_mapped(self):
         self.image.missing.add(9)
-        self.source.deliver([(1, N, 9)])
+        self.ledger.uncached("img", [9])
+        self.source.deliver([(1, F, 9)])
         self.assertEqual(self.memserver.fetches, [("img", 9, 1)])
         self.assertEqual(self.image.stored[9], bytes([9]) * 4096)
         self.assertEqual(self.r1.loaded, {9: "shared"})
 
-    def test_fetch_kind_from_fast_path(self):
-        self.source.deliver([(2, F, 7)])
-        self.assertEqual(self.memserver.fetches, [("img", 7, 1)])
-        self.assertEqual(self.r2.loaded, {7: "shared"})
-
-    def test_detach_forgets_pending_faults_and_pages(self):
-        self.source.deliver([(2, S, p) for p in range(1, 11)])
+    def test_no_fault_is_lost_while_eviction_is_in_flight(self):
+        self.ledger.set_knobs(1, limit=2)
         self.backend.hold_drops = True
+        self.source.deliver([(1, S, 1), (1, S, 2)])
         self.source.deliver([(1, N, 20)])
+        self.source.deliver([(1, N, 21)])
+        self.assertEqual(len(self.backend.pending_drops), 1)
+        self.assertEqual(self.source.clone_credits[1], 0)
+        d, dropped = self.backend.pending_drops.pop()
+        d.callback(dropped)
+        self.assertEqual({20, 21}, {p for p, how in self.r1.loaded.items()})
+
+    def test_evict_to_a_target(self):
+        self.source.deliver([(1, S, p) for p in range(1, 11)])
+        n = self.successResultOf(self.pager.evict_to(1, 4))
+        self.assertEqual(n, 6)
+        self.assertEqual(self.ledger.clone(1).resident, 4)
+
+    def test_hoard_fills_remaining_pages_up_to_the_target(self):
+        self.ledger.set_knobs(1, target=20)
+        d = self.pager.hoard(1, rate=100)
+        for _ in range(5):
+            self.clock.advance(0.1)
+        self.successResultOf(d)
+        self.assertEqual(self.ledger.clone(1).resident, 20)
+        self.assertEqual(self.r1.loaded[0], "zero")
+
+    def test_detach_forgets_waiting_faults_and_removes_the_store(self):
+        self.ledger.set_knobs(1, limit=1)
+        self.backend.hold_drops = True
+        self.source.deliver([(1, S, 1), (1, N, 20)])
         self.pager.detach(1)
         d, dropped = self.backend.pending_drops.pop()
         d.callback(dropped)
-        self.assertEqual(self.r1.loaded, {})
+        self.assertNotIn(20, self.r1.loaded)
         self.assertNotIn(1, self.source.regions)
         self.assertIsNone(self.pager.stats(1))
-
-    def test_faults_of_unknown_clones_are_ignored(self):
-        self.source.deliver([(99, S, 1)])
-        self.assertEqual(self.ledger.host_stats()["used_pages"], 0)
+        self.assertFalse(os.path.exists(self.pager.store_path(1)))
 
     def test_pages_prefilled_at_launch_are_accounted(self):
         r3 = FakeRegion(3, 64, self.image)
-        r3.prefilled = [1, 15]
+        r3.prefilled = [15]
         self.pager.attach(r3, self.image)
-        self.assertEqual(self.ledger.clone_stats(3)["resident_pages"], 2)
-        self.assertEqual(r3.present, {1, 15})
+        self.assertEqual(self.ledger.kind(3, 15), L.SHARED)
+        self.assertEqual(r3.state[15], PageState.SHARED)
+
+    def test_faults_of_unknown_clones_are_ignored(self):
+        self.source.deliver([(99, S, 1)])
+        self.assertEqual(self.ledger.host_stats()["resident_pages"], 0)

@@ -1,5 +1,6 @@
-"""xc_pager_serve / xc_resolve / xc_copy_page against a real userfaultfd:
-credits, holds, fetches, duplicate faults, and serving another process."""
+"""xc_pager_serve / xc_resolve / xc_copy_page / xc_set_state against a real
+userfaultfd: credits, writes (copy on write), holds, fetches, duplicate
+faults, and serving another process."""
 import os
 import socket
 import struct
@@ -10,9 +11,11 @@ from twisted.trial import unittest
 
 from xenclone import workload
 from tests.test_microvm import Image, Pager, launch_clone, require_kvm, run_clone
+from xenclone.interfaces import FaultKind, PageState
 
 if os.path.exists("/dev/kvm"):
     from xenclone._linux import ffi, lib
+    from xenclone.backends.kvm.microvm import CLONE_UFFD_FEATURES, CLONE_UFFD_MODES
 
 PAGE = 4096
 NPAGES = 64
@@ -20,7 +23,7 @@ NPAGES = 64
 
 class Mapping:
     """A private, uffd-registered mapping of a small image memfd (no VM):
-    pages 1.. hold a pattern, page 0 is a hole (all zero)."""
+    pages 1.. hold a pattern (seed 7), page 0 is a hole (all zero)."""
 
     def __init__(self):
         self.fd = os.memfd_create("image")
@@ -31,12 +34,10 @@ class Mapping:
         lib.xc_page_sums(ffi.cast("char *", shared) + PAGE, NPAGES - 1, self.sums + 1)
         lib.xc_unmap(shared, NPAGES * PAGE)
         self.addr = lib.xc_map_memfd(self.fd, NPAGES * PAGE, 1)
-        self.uffd = lib.xc_uffd_open(lib.UFFD_FEATURE_MISSING_SHMEM | lib.UFFD_FEATURE_MINOR_SHMEM,
-                                     ffi.NULL)
+        self.uffd = lib.xc_uffd_open(CLONE_UFFD_FEATURES, ffi.NULL)
         assert self.uffd >= 0 and self.addr > 0
-        assert lib.xc_uffd_register(
-            self.uffd, self.addr, NPAGES * PAGE,
-            lib.UFFDIO_REGISTER_MODE_MISSING | lib.UFFDIO_REGISTER_MODE_MINOR) == 0
+        assert lib.xc_uffd_register(self.uffd, self.addr, NPAGES * PAGE, CLONE_UFFD_MODES) == 0
+        self.pagemap = lib.xc_pagemap_open()
         self.zero = ffi.new("uint8_t[]", NPAGES)
         self.touchers = []
 
@@ -55,12 +56,56 @@ class Mapping:
         lib.xc_page_sums(ffi.cast("char *", self.addr) + pfn * PAGE, 1, out)
         box.append(out[0])
 
+    def read(self, pfn):
+        """The page's checksum, read from a thread (served meanwhile or not)."""
+        t = self.touch(pfn)
+        t.join(5)
+        return t.box
+
+    def write(self, pfn, seed):
+        """Overwrite one page with pattern ``seed`` from a thread (C, GIL
+        released); returns the thread; .sum is what the page then sums to."""
+        t = threading.Thread(target=lib.xc_fill_dataset, daemon=True,
+                             args=(ffi.cast("void *", self.addr), NPAGES, pfn, 1, seed, 0))
+        t.sum = pattern_sum(pfn, seed)
+        t.start()
+        self.touchers.append(t)
+        return t
+
+    def kind(self, pfn):
+        out = ffi.new("uint8_t[1]")
+        assert lib.xc_page_kinds(self.pagemap, self.addr + pfn * PAGE, 1, out) == 0
+        return out[0]
+
+    def image_sum(self, pfn):
+        """The image memfd's page, read through a fresh shared mapping."""
+        shared = lib.xc_map_memfd(self.fd, NPAGES * PAGE, 0)
+        out = ffi.new("uint64_t[1]")
+        lib.xc_page_sums(ffi.cast("char *", shared) + pfn * PAGE, 1, out)
+        lib.xc_unmap(shared, NPAGES * PAGE)
+        return out[0]
+
     def close(self):
         os.close(self.uffd)         # releases threads still waiting for a fault
+        os.close(self.pagemap)
         for t in self.touchers:
             t.join()
         lib.xc_unmap(self.addr, NPAGES * PAGE)
         os.close(self.fd)
+
+
+def pattern_sum(pfn, seed):
+    buf = ffi.new("char[]", (pfn + 1) * PAGE)
+    lib.xc_fill_dataset(buf, pfn + 1, pfn, 1, seed, 0)
+    out = ffi.new("uint64_t[1]")
+    lib.xc_page_sums(buf + pfn * PAGE, 1, out)
+    return out[0]
+
+
+def set_state(region, pfns, state):
+    prev = ffi.new("uint8_t[]", len(pfns))
+    assert lib.xc_set_state(region, pfns, len(pfns), state, prev) == 0
+    return list(prev)
 
 
 def serve_until(pager, predicate, timeout=5.0):
@@ -76,72 +121,188 @@ class PagerTests(unittest.TestCase):
         require_kvm()
         self.m = Mapping()
         self.addCleanup(self.m.close)
-        self.pager = Pager(credits=0)
+        self.pager = Pager(credits=0)         # host credits: none
         self.addCleanup(self.pager.close)
-        self.region = self.pager.add(self.m.uffd, self.m.addr, NPAGES, self.m.zero)
+        self.region = self.pager.add(self.m.uffd, self.m.addr, NPAGES, self.m.zero, credits=0)
 
     def assertServedWith(self, toucher, expected_sum):
         toucher.join(5)
         self.assertEqual(toucher.box, [expected_sum])
 
-    def test_no_credit_then_resolve(self):
+    def assertWritten(self, writer, pfn):
+        writer.join(5)
+        self.assertFalse(writer.is_alive())
+        self.assertEqual(self.m.read(pfn), [writer.sum])
+
+    def test_constants_match_the_interface(self):
+        for name in ("SERVED", "HOLD", "NOCREDIT", "FETCH", "ERROR", "ZERO", "WRITTEN",
+                     "NOCREDIT_WRITE"):
+            self.assertEqual(getattr(lib, "XC_" + name), getattr(FaultKind, name), name)
+        for name in ("ABSENT", "SHARED", "HOLD", "PRIVATE", "ZERO"):
+            self.assertEqual(getattr(lib, "XC_PAGE_" + name), getattr(PageState, name), name)
+
+    def test_no_clone_credit_then_resolve(self):
+        self.pager.credits[0] = 100          # host credits do not map pages
         t = self.m.touch(5)
         serve_until(self.pager, lambda: self.pager.records)
         self.assertEqual(self.pager.records, [(0, lib.XC_NOCREDIT, 5)])
         self.assertEqual(self.region.state[5], lib.XC_PAGE_ABSENT)
         self.assertTrue(t.is_alive())
-        self.pager.credits[0] = 10
         self.assertEqual(lib.xc_resolve(self.region, 5, 1, lib.XC_CONTINUE), 0)
         self.assertServedWith(t, self.m.sums[5])
-        self.assertEqual(self.region.state[5], lib.XC_PAGE_PRESENT)
+        self.assertEqual(self.region.state[5], lib.XC_PAGE_SHARED)
+        self.assertEqual(self.m.kind(5), lib.XC_PAGE_SHARED | lib.XC_KIND_WP)
         self.assertEqual(self.region.minor_fills, 1)
 
-    def test_credits_are_spent(self):
-        self.pager.credits[0] = 2
+    def test_clone_credits_are_spent(self):
+        self.region.credits = 2
         for pfn in (3, 4, 6):
             t = self.m.touch(pfn)
             serve_until(self.pager, lambda: len(self.pager.records) == [3, 4, 6].index(pfn) + 1)
         self.assertEqual([k for _, k, _ in self.pager.records],
                          [lib.XC_SERVED, lib.XC_SERVED, lib.XC_NOCREDIT])
-        self.assertEqual(self.pager.credits[0], 0)
+        self.assertEqual(self.region.credits, 0)
         lib.xc_resolve(self.region, 6, 1, lib.XC_CONTINUE)
         self.assertServedWith(t, self.m.sums[6])
 
-    def test_zero_page_served_by_zeropage(self):
-        self.pager.credits[0] = 1
+    def test_zero_page_costs_no_credit(self):
         self.m.zero[0] = 1
         t = self.m.touch(0)
         serve_until(self.pager, lambda: self.pager.records)
-        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 0)])
+        self.assertEqual(self.pager.records, [(0, lib.XC_ZERO, 0)])
         self.assertServedWith(t, 0)
         self.assertEqual((self.region.zero_fills, self.region.minor_fills), (1, 0))
+        self.assertEqual(self.region.state[0], lib.XC_PAGE_ZERO)
+        self.assertEqual(self.m.kind(0), lib.XC_PAGE_ZERO | lib.XC_KIND_WP)
+
+    def test_write_copies_the_image_page(self):
+        self.region.credits = 1
+        self.pager.credits[0] = 1
+        w = self.m.write(5, 99)
+        serve_until(self.pager, lambda: len(self.pager.records) == 2)
+        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 5), (0, lib.XC_WRITTEN, 5)])
+        self.assertWritten(w, 5)
+        self.assertEqual(self.region.state[5], lib.XC_PAGE_PRIVATE)
+        self.assertEqual(self.m.kind(5), lib.XC_PAGE_PRIVATE)      # anonymous, unprotected
+        self.assertEqual((self.pager.credits[0], self.region.wp_faults, self.region.cow_fills),
+                         (0, 1, 1))
+        self.assertEqual(self.m.image_sum(5), self.m.sums[5])      # the image is untouched
+
+    def test_write_to_zero_page(self):
+        self.m.zero[0] = 1
+        self.pager.credits[0] = 1
+        w = self.m.write(0, 98)
+        serve_until(self.pager, lambda: len(self.pager.records) == 2)
+        self.assertEqual(self.pager.records, [(0, lib.XC_ZERO, 0), (0, lib.XC_WRITTEN, 0)])
+        self.assertWritten(w, 0)
+        self.assertEqual(self.m.kind(0), lib.XC_PAGE_PRIVATE)
+        self.assertEqual(os.lseek(self.m.fd, 0, os.SEEK_DATA), PAGE)   # still a hole
+
+    def test_write_without_host_credit_waits(self):
+        self.region.credits = 1
+        w = self.m.write(7, 97)
+        serve_until(self.pager, lambda: len(self.pager.records) == 2)
+        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 7), (0, lib.XC_NOCREDIT_WRITE, 7)])
+        time.sleep(0.05)
+        self.assertTrue(w.is_alive())
+        self.assertEqual(self.region.state[7], lib.XC_PAGE_SHARED)
+        self.assertEqual(lib.xc_resolve(self.region, 7, 1, lib.XC_UNPROTECT), 0)
+        self.assertWritten(w, 7)
+        self.assertEqual((self.region.state[7], self.region.cow_fills), (lib.XC_PAGE_PRIVATE, 1))
+        self.assertEqual(self.m.image_sum(7), self.m.sums[7])
+
+    def test_held_write_waits_until_drop_and_release(self):
+        """A write to a held page waits; dropped and released, the page
+        faults again through the fast path, reads the image's data, and the
+        write then makes its private copy."""
+        self.assertEqual(lib.xc_resolve(self.region, 9, 1, lib.XC_CONTINUE), 0)
+        self.assertEqual(set_state(self.region, [9], lib.XC_PAGE_HOLD), [lib.XC_PAGE_SHARED])
+        self.region.credits = self.pager.credits[0] = 1
+        w = self.m.write(9, 96)
+        serve_until(self.pager, lambda: self.pager.records)
+        self.assertEqual(self.pager.records, [(0, lib.XC_HOLD, 9)])
+        dropped = ffi.new("uint8_t[1]")
+        self.assertEqual(lib.xc_drop_clean(self.m.pagemap, self.m.addr, [9], 1, dropped), 1)
+        self.assertEqual(self.m.kind(9), lib.XC_PAGE_ABSENT)
+        self.assertTrue(w.is_alive())
+        set_state(self.region, [9], lib.XC_PAGE_ABSENT)       # release: wakes the writer
+        serve_until(self.pager, lambda: len(self.pager.records) == 3)
+        self.assertEqual(self.pager.records[1:], [(0, lib.XC_SERVED, 9), (0, lib.XC_WRITTEN, 9)])
+        self.assertWritten(w, 9)
+
+    def test_dropped_page_reads_the_image_again(self):
+        self.region.credits = 1
+        self.pager.credits[0] = 1
+        self.assertEqual(lib.xc_resolve(self.region, 4, 1, lib.XC_CONTINUE), 0)
+        set_state(self.region, [4], lib.XC_PAGE_HOLD)
+        dropped = ffi.new("uint8_t[1]")
+        self.assertEqual(lib.xc_drop_clean(self.m.pagemap, self.m.addr, [4], 1, dropped), 1)
+        set_state(self.region, [4], lib.XC_PAGE_ABSENT)
+        t = self.m.touch(4)
+        serve_until(self.pager, lambda: self.pager.records)
+        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 4)])
+        self.assertServedWith(t, self.m.sums[4])
+
+    def test_hold_protects_a_private_page(self):
+        """Held, a private page cannot change (a write waits for Python);
+        remembered as private, the write goes through without a copy."""
+        page = ffi.new("uint64_t[]", [3] * (PAGE // 8))
+        self.assertEqual(lib.xc_copy_page(self.region, 11, page), 0)
+        self.assertEqual(self.m.kind(11), lib.XC_PAGE_PRIVATE)
+        self.assertEqual(set_state(self.region, [11], lib.XC_PAGE_HOLD), [lib.XC_PAGE_PRIVATE])
+        self.assertEqual(self.m.kind(11), lib.XC_PAGE_PRIVATE | lib.XC_KIND_WP)
+        self.pager.credits[0] = 5
+        w = self.m.write(11, 95)
+        serve_until(self.pager, lambda: self.pager.records)
+        self.assertEqual(self.pager.records, [(0, lib.XC_HOLD, 11)])
+        self.assertEqual(self.m.read(11), [3 * PAGE // 8])   # reads do not wait
+        self.assertEqual(set_state(self.region, [11], lib.XC_PAGE_PRIVATE), [lib.XC_PAGE_HOLD])
+        self.assertWritten(w, 11)
+        self.assertEqual((self.pager.credits[0], self.region.cow_fills), (5, 0))
+
+    def test_a_stale_protection_does_not_trap_a_writer(self):
+        """A WP fault on a page C has as private (protection left from a hold
+        whose state was reset) is unprotected, not just woken."""
+        page = ffi.new("uint64_t[]", [3] * (PAGE // 8))
+        self.assertEqual(lib.xc_copy_page(self.region, 13, page), 0)
+        set_state(self.region, [13], lib.XC_PAGE_HOLD)
+        self.region.state[13] = lib.XC_PAGE_PRIVATE
+        w = self.m.write(13, 94)
+        serve_until(self.pager, lambda: self.region.dup_wakes)
+        self.assertWritten(w, 13)
+        self.assertEqual(self.pager.records, [])
 
     def test_missing_nonzero_page_is_fetched_and_copied(self):
-        self.pager.credits[0] = 1
         t = self.m.touch(0)                   # a hole not marked zero: Python fetches
         serve_until(self.pager, lambda: self.pager.records)
         self.assertEqual(self.pager.records, [(0, lib.XC_FETCH, 0)])
         page = ffi.new("uint64_t[]", [7] * (PAGE // 8))
         self.assertEqual(lib.xc_copy_page(self.region, 0, page), 0)
         self.assertServedWith(t, 7 * PAGE // 8)
+        self.assertEqual(self.region.state[0], lib.XC_PAGE_PRIVATE)
         self.assertEqual(lib.xc_copy_page(self.region, 0, page), -17)  # EEXIST
 
+    def test_continue_on_a_hole_fails(self):
+        """What load_shared sees when this host's cache lacks the page."""
+        self.assertEqual(lib.xc_resolve(self.region, 0, 1, lib.XC_CONTINUE), -14)   # EFAULT
+        self.assertEqual(self.region.state[0], lib.XC_PAGE_ABSENT)
+
     def test_hold_is_left_to_python(self):
-        self.pager.credits[0] = 100
-        self.region.state[9] = lib.XC_PAGE_HOLD
+        self.region.credits = 100
+        set_state(self.region, [9], lib.XC_PAGE_HOLD)
         t = self.m.touch(9)
         serve_until(self.pager, lambda: self.pager.records)
         self.assertEqual(self.pager.records, [(0, lib.XC_HOLD, 9)])
-        self.assertEqual(self.pager.credits[0], 100)
+        self.assertEqual(self.region.credits, 100)
         page = ffi.new("uint64_t[]", [1] * (PAGE // 8))  # e.g. a paged-out private page
         self.assertEqual(lib.xc_copy_page(self.region, 9, page), 0)
         self.assertServedWith(t, PAGE // 8)
 
     def test_duplicate_fault_gets_wake(self):
-        """A fault on a page C believes present is only woken (here it faults
+        """A fault on a page C believes mapped is only woken (here it faults
         again and again, since it really is absent, until state is fixed)."""
-        self.pager.credits[0] = 100
-        self.region.state[12] = lib.XC_PAGE_PRESENT
+        self.region.credits = 100
+        self.region.state[12] = lib.XC_PAGE_SHARED
         t = self.m.touch(12)
         serve_until(self.pager, lambda: self.region.dup_wakes > 1)
         self.assertEqual(self.pager.records, [])
@@ -161,13 +322,11 @@ class PagerTests(unittest.TestCase):
         self.assertEqual(self.region.faults, 0)
 
     def test_out_full_leaves_faults_queued(self):
-        self.pager.credits[0] = 0
         self.pager.max_out = 1
         ts = [self.m.touch(pfn) for pfn in (30, 31, 32)]
         time.sleep(0.2)
         got = [self.pager.serve_once(100) for _ in range(3)]
         self.assertEqual(sorted(r[0][2] for r in got), [30, 31, 32])
-        self.pager.credits[0] = 3
         for pfn, t in zip((30, 31, 32), ts):
             lib.xc_resolve(self.region, pfn, 1, lib.XC_CONTINUE)
             self.assertServedWith(t, self.m.sums[pfn])

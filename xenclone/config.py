@@ -265,6 +265,13 @@ DAEMON = Table("xenclone daemon configuration", [
         '("" = root only)'),
     Key("host_memory_mib", 0, "host memory for clone pages, in MiB (0 = "
         "from MemAvailable at start)", minimum=0),
+    Key("eviction_policy", "sharing", "how victims are chosen: clock (oldest "
+        "first, recent faults spared) or sharing (clean pages first, private "
+        "pages last)", choices=("clock", "sharing")),
+    Key("pageout_sync", 0, "1 = fsync the page-out store before a dirty "
+        "page is dropped", minimum=0, maximum=1),
+    Key("hoard_rate", 5000, "default background fill rate, pages a second",
+        minimum=1),
     Key("credit_batch", 256, "pages granted to the C fault path at a time; "
         "also how far the budget may be overshot", minimum=1),
     Key("memserver_dir", "", 'where the memory server keeps images ("" = '
@@ -273,6 +280,8 @@ DAEMON = Table("xenclone daemon configuration", [
         '"host:port" ("" = local only)', check=_host_port),
     Key("memserver_token_file", "", 'access token for remote pagers ("" = '
         '<state_dir>/memserver.token)', path=True),
+    Key("metrics_listen", "", 'serve Prometheus /metrics on a twisted '
+        'endpoint, e.g. "tcp:9577:interface=127.0.0.1" ("" = off)'),
     Key("vmm_hosts", 1, "VMM host processes that run KVM clones", minimum=1),
     Key("log_level", "info", "least severe log level written: debug, info, "
         "warn, error or critical",

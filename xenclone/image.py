@@ -53,3 +53,10 @@ class OpenImage:
     def store_page(self, pfn, data):
         """Put a fetched page back into this host's cache of the image."""
         os.pwrite(self.mem_fd, data, pfn * PAGE_SIZE)
+
+    def drop_pages(self, pfns):
+        """Let this host's cache of the image go of these pages (the disk
+        copy stays); no clone may map them any more."""
+        from xenclone.memserver.cache import punch
+        for pfn in pfns:
+            punch(self.mem_fd, pfn, 1)

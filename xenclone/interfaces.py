@@ -27,11 +27,24 @@ class DomainState:
 class FaultKind:
     """What the fast path did with one fault (matches the C enum)."""
 
-    SERVED = 1      # loaded from the image; the clone already runs on
-    HOLD = 2        # the page is not in the image: Python must load it
-    NOCREDIT = 3    # no room granted: evict, then load
-    FETCH = 4       # image page not cached on this host: fetch, then load
-    ERROR = 5       # the load failed in C: Python retries it
+    SERVED = 1          # mapped the image's page (shared, write-protected)
+    HOLD = 2            # the page is held (evicting, paged out): Python decides
+    NOCREDIT = 3        # the clone is at its limit: evict from it, then load
+    FETCH = 4           # image page not cached on this host: fetch, then load
+    ERROR = 5           # the load failed in C: Python retries it
+    ZERO = 6            # mapped the zero page (write-protected); costs nothing
+    WRITTEN = 7         # a write made the page private (copy on write)
+    NOCREDIT_WRITE = 8  # a write needs a host page and there is no room
+
+
+class PageState:
+    """Per-page state shared by the pager and the C fast path."""
+
+    ABSENT = 0
+    SHARED = 1      # the image's page, mapped read-only
+    HOLD = 2        # faults go to Python: being evicted, or paged out
+    PRIVATE = 3     # written: the clone's own copy, the only one
+    ZERO = 4        # the zero page, mapped read-only
 
 
 class IBackend(Interface):
@@ -68,13 +81,22 @@ class IBackend(Interface):
     def page_sums(domid, pfns):
         """Deferred[list]: the 64-bit word sum of each guest page."""
 
-    def drop_clean(domid, pfns, blocked=False):
+    def drop_clean(domid, pfns):
         """Unmap unwritten pages; Deferred[list of pfns really dropped].
 
-        A page the clone wrote is never dropped here: the backend checks
-        with the kernel (or hypervisor) at the moment of the drop, with the
-        vCPU stopped, or ``blocked`` in a fault the pager has not answered.
+        The pager holds the pages first (``IFaultRegion.hold``), so a write
+        cannot make one private during the drop; the backend still drops
+        only pages the kernel (or hypervisor) shows as clean image pages.
         """
+
+    def page_out(domid, pfns, slots, store_path, sync):
+        """Write held private pages to slots of a page-out store, then drop
+        them; Deferred[list of CRC32s].  Nothing is dropped that was not
+        written (and flushed out of the page cache, fsync'd if ``sync``)."""
+
+    def scan(domid):
+        """Deferred[dict]: the kernel's count of the clone's pages by kind:
+        shared, private, zero, absent."""
 
 
 class IFaultRegion(Interface):
@@ -89,21 +111,32 @@ class IFaultRegion(Interface):
         """The pollable handle (userfaultfd, or the event channel)."""
 
     def load_zero(pfn):
-        """Map the zero page at ``pfn`` and wake the vCPU."""
+        """Map the zero page at ``pfn``, write-protected, and wake."""
 
     def load_shared(pfn):
-        """Map the image's page at ``pfn`` (shared, copy on write).
+        """Map the image's page at ``pfn``, write-protected, and wake.
 
         False when this host does not hold the page: fetch it first."""
+
+    def unprotect(pfn):
+        """Let a held write to ``pfn`` proceed: the page becomes private."""
 
     def load_copy(pfn, data):
         """Load private bytes at ``pfn`` (paged out earlier) and wake."""
 
-    def forget(pfns):
-        """These pages are about to leave the clone: fault on them again."""
+    def hold(pfns):
+        """Faults on these pages come to Python (kind HOLD) from now on;
+        returns the states the pages had."""
 
-    def remember(pfns):
-        """These pages stayed after all."""
+    def release(pfns):
+        """These pages left the clone: mark them absent and wake whoever
+        waits on them, to fault again through the fast path."""
+
+    def remember(pfns, state):
+        """These pages stayed (a drop refused them): back to ``state``."""
+
+    def states():
+        """A read-only view of every page's ``PageState``."""
 
     def close():
         """The pager is done with this clone: release its fault handle."""
@@ -142,7 +175,12 @@ class IEvictionPolicy(Interface):
 
 
 class ILedger(Interface):
-    """Every page on the host, and the budget.  No I/O."""
+    """Every page on the host, and the budget.  No I/O.
+
+    Its invariant: the only copy of a written page is never dropped."""
+
+    def add_image(image_id, npages, cached):
+        """An image whose ``cached`` pages this host holds in RAM."""
 
     def add_clone(domid, image_id, npages):
         """Start accounting for a clone."""
@@ -150,20 +188,35 @@ class ILedger(Interface):
     def remove_clone(domid):
         """The clone is gone; its pages are freed."""
 
-    def loaded(domid, pfns):
-        """These pages became resident in the clone."""
+    def mapped_shared(domid, pfns):
+        """These image pages are mapped into the clone, shared."""
+
+    def mapped_zero(domid, pfns):
+        """These pages are mapped to the zero page."""
+
+    def written(domid, pfns):
+        """Copy on write: the clone holds the only copy of these pages."""
+
+    def dropped_clean(domid, pfns, cls):
+        """Unwritten pages left the clone (they can be fetched again)."""
+
+    def paged_out(domid, pfns, slots, crcs):
+        """Private pages went to the clone's page-out store."""
+
+    def paged_in(domid, pfn):
+        """A paged-out page is back."""
 
     def take_credits():
-        """How many more pages the fast path may load now."""
+        """(host pages, {domid: pages}) the fast path may use now."""
 
-    def victims(count):
-        """Pages to evict to make room: list of (domid, pfn)."""
+    def clone_victims(domid, count, exclude):
+        """Pages to evict from one clone, by policy."""
 
-    def evicted(domid, pfns):
-        """These pages left host memory."""
+    def host_victims(count, exclude):
+        """Pages whose eviction frees host memory, by policy."""
 
     def clone_stats(domid):
-        """Per-clone figures (resident, faults, evicted...)."""
+        """Per-clone figures (shared, private, zero, paged out...)."""
 
     def host_stats():
         """Host totals against the budget."""
@@ -192,8 +245,13 @@ class IFaultSource(Interface):
     def remove(domid):
         """Stop serving a clone; its pending faults are forgotten."""
 
-    def set_credits(count):
-        """How many pages the source may load without asking."""
+    def set_credits(host, clones):
+        """How many host pages the source may allocate (copy on write)
+        without asking, and per clone ({domid: n}) how many more pages it
+        may map."""
+
+    def exclusively(fn):
+        """Call ``fn()`` while no fault is being served; its result."""
 
     def stop():
         """Stop serving (the clones' faults wait, they are not lost)."""

@@ -1,13 +1,22 @@
-"""The page ledger: every clone page on the host, against one budget.
+"""The page-sharing ledger: every clone page on the host, against a budget.
 
-Plain Python, no I/O: the pager tells it what the kernel (or hypervisor)
-did, it answers how much room there is and which pages to evict.
+Plain Python, no I/O.  The pager tells it what the kernel (or hypervisor)
+did; it answers how much room there is and which pages to evict.
 
-The budget counts, for every clone, each page mapped into it, as
-GridCentric's "resident".  That over-counts pages the clones share, so the
-real host figure (measured from the kernel) stays below it.  A page a clone
-has written is "private": the clean-eviction path never takes it, because
-that would drop the only copy of the clone's data.
+Two figures matter, as in GridCentric's VMS:
+
+- a clone's **resident** pages: image pages mapped into it (shared) plus its
+  private copies.  Its ``limit`` caps them, its ``target`` is where eviction
+  brings it down to.  Zero pages are mapped from the kernel's one zero page
+  and cost nothing.
+- the host's **allocated** pages: the image pages this host caches (each
+  once, however many clones map it) plus every clone's private pages.  The
+  host budget caps these.  Dropping a page a clone shares frees nothing
+  until no clone maps it and the cache lets it go.
+
+The invariant: the only copy of a written page is never dropped.  A private
+page leaves memory only as ``paged_out``, after the backend wrote it to the
+clone's page-out store.
 """
 
 import attr
@@ -15,19 +24,41 @@ from zope.interface import implementer
 
 from xenclone.interfaces import ILedger
 
+SHARED, PRIVATE, ZERO, EVICTED, PAGED_OUT = "shared", "private", "zero", "evicted", "paged-out"
+DROP_CLEAN, DROP_SHARED, PAGE_OUT = "drop-clean", "drop-shared", "page-out"
+CLASSES = (DROP_CLEAN, DROP_SHARED, PAGE_OUT)
+
+
+class LedgerError(Exception):
+    pass
+
+
+@attr.s
+class ImageAccount:
+    npages = attr.ib()
+    cached = attr.ib(factory=set)      # image pages this host holds in RAM
+    mappers = attr.ib(factory=dict)    # pfn -> clones mapping it shared
+
 
 @attr.s
 class CloneAccount:
     image_id = attr.ib()
     npages = attr.ib()
-    resident = attr.ib(factory=set)
-    private = attr.ib(factory=set)
+    kind = attr.ib(factory=dict)       # pfn -> SHARED | PRIVATE | ZERO | EVICTED | PAGED_OUT
+    counts = attr.ib(factory=lambda: dict.fromkeys((SHARED, PRIVATE, ZERO, EVICTED, PAGED_OUT), 0))
+    slots = attr.ib(factory=dict)      # paged-out pfn -> (slot, crc)
+    free_slots = attr.ib(factory=list)
+    next_slot = attr.ib(default=0)
+    target = attr.ib(default=None)     # pages; None: no target
+    limit = attr.ib(default=None)      # pages; None: no limit
+    classes = attr.ib(factory=lambda: set(CLASSES))   # eviction classes allowed
     faults = attr.ib(default=0)
-    evicted = attr.ib(default=0)
+    evictions = attr.ib(factory=lambda: dict.fromkeys(CLASSES, 0))
+    pageout_error = attr.ib(default=None)
 
-
-class LedgerError(Exception):
-    pass
+    @property
+    def resident(self):
+        return self.counts[SHARED] + self.counts[PRIVATE]
 
 
 @implementer(ILedger)
@@ -38,12 +69,15 @@ class Ledger:
         self.budget_pages = budget_pages
         self.credit_batch = credit_batch
         self.policy = policy
+        self.images = {}
         self._clones = {}
-        self._used = 0
+        self._private = 0
+        self._cached = 0
+        self._evictions_gone = dict.fromkeys(CLASSES, 0)   # of clones since destroyed
         self.peak = 0
         self._journal = None
 
-    # -- journal
+    # -- journal: every change is a record; replay rebuilds the state
 
     def set_journal(self, write):
         self._journal = write
@@ -60,11 +94,30 @@ class Ledger:
         finally:
             self._journal = journal
 
-    # -- clones
+    # -- images and clones
+
+    def add_image(self, image_id, npages, cached):
+        if image_id in self.images:
+            return
+        self.images[image_id] = ImageAccount(npages, set(cached))
+        self._cached += len(cached)
+        self._log("image", image_id, npages, sorted(cached))
+        self._peak()
+
+    def remove_image(self, image_id):
+        if any(c.image_id == image_id for c in self._clones.values()):
+            raise LedgerError("image %s still has clones" % image_id)
+        img = self.images.pop(image_id, None)
+        if img is None:
+            return
+        self._cached -= len(img.cached)
+        self._log("unimage", image_id)
 
     def add_clone(self, domid, image_id, npages):
         if domid in self._clones:
             raise LedgerError("clone %d is already accounted" % domid)
+        if image_id not in self.images:
+            raise LedgerError("clone %d: unknown image %s" % (domid, image_id))
         self._clones[domid] = CloneAccount(image_id, npages)
         self._log("add", domid, image_id, npages)
 
@@ -72,61 +125,274 @@ class Ledger:
         acct = self._clones.pop(domid, None)
         if acct is None:
             return
-        self._used -= len(acct.resident)
-        for pfn in acct.resident:
-            self.policy.dropped((domid, pfn))
+        img = self.images[acct.image_id]
+        for pfn, kind in acct.kind.items():
+            if kind == SHARED:
+                self._unmap(img, domid, pfn)
+            if kind in (SHARED, PRIVATE):
+                self.policy.dropped((domid, pfn))
+        self._private -= acct.counts[PRIVATE]
+        for cls, n in acct.evictions.items():
+            self._evictions_gone[cls] += n
         self._log("remove", domid)
 
     def has_clone(self, domid):
         return domid in self._clones
 
-    # -- pages
+    def clone(self, domid):
+        return self._clones[domid]
 
-    def loaded(self, domid, pfns):
-        acct = self._clones.get(domid)
-        if acct is None:
+    def clones(self):
+        return list(self._clones)
+
+    def set_knobs(self, domid, target=None, limit=None, classes=None):
+        acct = self._clones[domid]
+        for name, value in (("target", target), ("limit", limit)):
+            if value is not None:
+                if value < 0 or value > acct.npages:
+                    raise LedgerError("%s must be 0..%d pages" % (name, acct.npages))
+                setattr(acct, name, value or None)
+        if classes is not None:
+            unknown = set(classes) - set(CLASSES)
+            if unknown:
+                raise LedgerError("unknown eviction class(es): %s" % ", ".join(sorted(unknown)))
+            acct.classes = set(classes)
+        self._log("knobs", domid, target, limit, sorted(classes) if classes is not None else None)
+
+    # -- what the kernel did
+
+    def _set(self, domid, pfn, new):
+        acct = self._clones[domid]
+        if not 0 <= pfn < acct.npages:
+            raise LedgerError("clone %d: page %d out of range" % (domid, pfn))
+        old = acct.kind.get(pfn)
+        if old == new:
+            return acct, old
+        if old is not None:
+            acct.counts[old] -= 1
+        acct.counts[new] += 1
+        acct.kind[pfn] = new
+        return acct, old
+
+    def _map(self, img, domid, pfn):
+        img.mappers.setdefault(pfn, set()).add(domid)
+
+    def _unmap(self, img, domid, pfn):
+        holders = img.mappers.get(pfn)
+        if holders is not None:
+            holders.discard(domid)
+            if not holders:
+                del img.mappers[pfn]
+
+    def mapped_shared(self, domid, pfns):
+        if domid not in self._clones:
+            return
+        img = self.images[self._clones[domid].image_id]
+        for pfn in pfns:
+            if self._clones[domid].kind.get(pfn) == PRIVATE:
+                raise LedgerError("clone %d: page %d is private, not shared" % (domid, pfn))
+            acct, old = self._set(domid, pfn, SHARED)
+            acct.faults += 1
+            self._map(img, domid, pfn)
+            if old != SHARED:
+                self.policy.paged_in((domid, pfn))
+        self._log("shared", domid, list(pfns))
+
+    def mapped_zero(self, domid, pfns):
+        if domid not in self._clones:
             return
         for pfn in pfns:
-            if not 0 <= pfn < acct.npages:
-                raise LedgerError("clone %d: page %d out of range" % (domid, pfn))
+            acct, _ = self._set(domid, pfn, ZERO)
             acct.faults += 1
-            if pfn not in acct.resident:
-                acct.resident.add(pfn)
-                self._used += 1
-                self.policy.paged_in((domid, pfn))
-        self.peak = max(self.peak, self._used)
-        self._log("loaded", domid, list(pfns))
+        self._log("zero", domid, list(pfns))
 
     def written(self, domid, pfns):
-        """The kernel says these pages were written: never drop them clean."""
-        acct = self._clones.get(domid)
-        if acct is not None:
-            acct.private.update(p for p in pfns if p in acct.resident)
-            self._log("written", domid, list(pfns))
+        """Copy on write: the clone now holds the only copy of these pages."""
+        if domid not in self._clones:
+            return
+        img = self.images[self._clones[domid].image_id]
+        for pfn in pfns:
+            acct, old = self._set(domid, pfn, PRIVATE)
+            if old == PRIVATE:
+                continue
+            self._private += 1
+            if old == SHARED:
+                self._unmap(img, domid, pfn)
+            else:
+                self.policy.paged_in((domid, pfn))
+        self._log("written", domid, list(pfns))
+        self._peak()
 
-    def evicted(self, domid, pfns):
+    def unwritten(self, domid, pfns):
+        """Pages made writable whose write never landed, then dropped: the
+        kernel showed them clean, so they were never the only copy."""
         acct = self._clones.get(domid)
         if acct is None:
             return
         for pfn in pfns:
-            if pfn in acct.private:
-                raise LedgerError("clone %d: page %d is private and cannot be dropped" % (domid, pfn))
-            if pfn in acct.resident:
-                acct.resident.discard(pfn)
-                acct.evicted += 1
-                self._used -= 1
+            if acct.kind.get(pfn) == PRIVATE:
+                self._set(domid, pfn, EVICTED)
+                self._private -= 1
                 self.policy.dropped((domid, pfn))
-        self._log("evicted", domid, list(pfns))
+        self._log("unwritten", domid, list(pfns))
+
+    def cached(self, image_id, pfns):
+        """Fetched image pages are now in this host's cache."""
+        img = self.images[image_id]
+        new = set(pfns) - img.cached
+        img.cached |= new
+        self._cached += len(new)
+        self._log("cached", image_id, sorted(new))
+        self._peak()
+
+    def dropped_clean(self, domid, pfns, cls=DROP_CLEAN):
+        acct = self._clones.get(domid)
+        if acct is None:
+            return
+        img = self.images[acct.image_id]
+        for pfn in pfns:
+            if acct.kind.get(pfn) == PRIVATE:
+                raise LedgerError("clone %d: page %d is private and cannot be dropped" % (domid, pfn))
+            if acct.kind.get(pfn) != SHARED:
+                continue
+            self._set(domid, pfn, EVICTED)
+            self._unmap(img, domid, pfn)
+            acct.evictions[cls] += 1
+            self.policy.dropped((domid, pfn))
+        self._log("dropped", domid, list(pfns), cls)
+
+    def uncached(self, image_id, pfns):
+        """Image pages left the host cache; no clone may still map them."""
+        img = self.images[image_id]
+        for pfn in pfns:
+            if img.mappers.get(pfn):
+                raise LedgerError("image %s page %d is still mapped by clones %s"
+                                  % (image_id, pfn, sorted(img.mappers[pfn])))
+            if pfn in img.cached:
+                img.cached.discard(pfn)
+                self._cached -= 1
+        self._log("uncached", image_id, list(pfns))
+
+    def slot_for(self, domid):
+        """A free slot in the clone's page-out store."""
+        acct = self._clones[domid]
+        if acct.free_slots:
+            return acct.free_slots.pop()
+        acct.next_slot += 1
+        return acct.next_slot - 1
+
+    def paged_out(self, domid, pfns, slots, crcs):
+        acct = self._clones[domid]
+        for pfn, slot, crc in zip(pfns, slots, crcs):
+            if acct.kind.get(pfn) != PRIVATE:
+                raise LedgerError("clone %d: page %d is not private" % (domid, pfn))
+            self._set(domid, pfn, PAGED_OUT)
+            acct.slots[pfn] = (slot, crc)
+            acct.evictions[PAGE_OUT] += 1
+            self._private -= 1
+            self.policy.dropped((domid, pfn))
+        self._log("paged_out", domid, list(pfns), list(slots), list(crcs))
+
+    def paged_in(self, domid, pfn):
+        """A paged-out page is back in memory, private again; its slot frees."""
+        acct = self._clones[domid]
+        if acct.kind.get(pfn) != PAGED_OUT:
+            raise LedgerError("clone %d: page %d was not paged out" % (domid, pfn))
+        slot, _ = acct.slots.pop(pfn)
+        acct.free_slots.append(slot)
+        self._set(domid, pfn, PRIVATE)
+        acct.faults += 1
+        self._private += 1
+        self.policy.paged_in((domid, pfn))
+        self._log("paged_in", domid, pfn)
+        self._peak()
+
+    def pageout_failed(self, domid, why):
+        """The store failed: stop paging this clone out; nothing is lost."""
+        acct = self._clones.get(domid)
+        if acct is not None:
+            acct.pageout_error = why
+            acct.classes.discard(PAGE_OUT)
+
+    def slot(self, domid, pfn):
+        return self._clones[domid].slots.get(pfn)
+
+    def kind(self, domid, pfn):
+        return self._clones[domid].kind.get(pfn)
+
+    # -- room and victims
+
+    @property
+    def allocated(self):
+        return self._cached + self._private
+
+    def _peak(self):
+        self.peak = max(self.peak, self.allocated)
+
+    def host_room(self):
+        return self.budget_pages - self.allocated
+
+    def clone_room(self, domid):
+        acct = self._clones[domid]
+        if acct.limit is None:
+            return acct.npages
+        return acct.limit - acct.resident
 
     def take_credits(self):
-        return max(0, min(self.credit_batch, self.budget_pages - self._used))
+        """Credits for the fast path: host pages, and per clone mappings."""
+        host = max(0, min(self.credit_batch, self.host_room()))
+        clones = {d: max(0, min(self.credit_batch, self.clone_room(d))) for d in self._clones}
+        return host, clones
 
-    def victims(self, count):
-        def clean(key):
+    def clone_victims(self, domid, count, exclude=()):
+        """Pages to evict from one clone (over its limit or target): clean
+        pages are dropped first, private ones paged out.  Pages in
+        ``exclude`` (faults waiting on them) are spared."""
+        acct = self._clones[domid]
+
+        def rank(key):
+            if key[0] != domid or key in exclude:
+                return None
+            kind = acct.kind.get(key[1])
+            if kind == SHARED and DROP_CLEAN in acct.classes:
+                return 0
+            if kind == PRIVATE and PAGE_OUT in acct.classes:
+                return 2
+            return None
+
+        return self.policy.choose(count, rank)
+
+    def host_victims(self, count, exclude=()):
+        """Pages whose eviction frees host memory: private pages (paged out)
+        and image pages whose every mapper may drop them (drop-shared)."""
+        def rank(key):
             acct = self._clones.get(key[0])
-            return acct is not None and key[1] in acct.resident and key[1] not in acct.private
+            if acct is None or key in exclude:
+                return None
+            kind = acct.kind.get(key[1])
+            if kind == PRIVATE and PAGE_OUT in acct.classes:
+                return 2
+            if kind == SHARED:
+                img = self.images[acct.image_id]
+                mappers = img.mappers.get(key[1], ())
+                if key[1] in img.cached and all(
+                        DROP_SHARED in self._clones[m].classes and (m, key[1]) not in exclude
+                        for m in mappers):
+                    return 0 if len(mappers) == 1 else 1
+            return None
 
-        return self.policy.choose(count, clean)
+        return self.policy.choose(count, rank)
+
+    def unmapped_cache(self, count):
+        """Cached image pages no clone maps: free to drop at once."""
+        out = []
+        for image_id, img in self.images.items():
+            for pfn in img.cached:
+                if pfn not in img.mappers:
+                    out.append((image_id, pfn))
+                    if len(out) >= count:
+                        return out
+        return out
 
     # -- figures
 
@@ -135,25 +401,41 @@ class Ledger:
         return {
             "image": acct.image_id,
             "nominal_pages": acct.npages,
-            "resident_pages": len(acct.resident),
-            "private_pages": len(acct.private),
+            "resident_pages": acct.resident,
+            "shared_pages": acct.counts[SHARED],
+            "private_pages": acct.counts[PRIVATE],
+            "zero_pages": acct.counts[ZERO],
+            "paged_out_pages": acct.counts[PAGED_OUT],
+            "evicted_pages": sum(acct.evictions.values()),
+            "evictions": dict(acct.evictions),
             "faults": acct.faults,
-            "evicted_pages": acct.evicted,
+            "target_pages": acct.target,
+            "limit_pages": acct.limit,
+            "flags": {"evict": sorted(acct.classes)},
+            "pageout_error": acct.pageout_error,
         }
 
     def host_stats(self):
+        evictions = dict(self._evictions_gone)   # a counter never goes down
+        for acct in self._clones.values():
+            for cls, n in acct.evictions.items():
+                evictions[cls] += n
         return {
             "budget_pages": self.budget_pages,
-            "used_pages": self._used,
+            "allocated_pages": self.allocated,
+            "cached_image_pages": self._cached,
+            "private_pages": self._private,
+            "resident_pages": sum(a.resident for a in self._clones.values()),
             "peak_pages": self.peak,
             "clones": len(self._clones),
+            "evictions": evictions,
         }
 
 
 _REPLAYABLE = {
-    "add": "add_clone",
-    "remove": "remove_clone",
-    "loaded": "loaded",
-    "written": "written",
-    "evicted": "evicted",
+    "image": "add_image", "unimage": "remove_image", "add": "add_clone",
+    "remove": "remove_clone", "knobs": "set_knobs", "shared": "mapped_shared",
+    "zero": "mapped_zero", "written": "written", "cached": "cached",
+    "dropped": "dropped_clean", "uncached": "uncached", "paged_out": "paged_out",
+    "paged_in": "paged_in", "unwritten": "unwritten",
 }

@@ -6,157 +6,509 @@
 
 The backend's fault source serves the common case in C at full speed while
 the ledger's credits last, and reports what it did in batches.  Whatever
-needs a decision comes here: no room (evict first), a page the host does
-not hold (fetch first).  Python decides; C moves pages.
+needs a decision comes here:
+
+- no room in the clone (its limit): evict from that clone, then map;
+- no room on the host for a write or a fetch: evict from any clone, then go;
+- a page the host does not cache: fetch it from the memory server;
+- a held page: paged out (read it back from the page-out store) or being
+  evicted (its fault is answered when the eviction ends).
+
+Python decides; C moves pages.  Every eviction holds its pages first, so a
+write cannot sneak in between the decision and the drop.
 """
 
+import os
+import zlib
 from collections import defaultdict
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from xenclone.interfaces import FaultKind
+from xenclone import ledger as L
+from xenclone.interfaces import PAGE_SIZE, FaultKind, PageState
 from xenclone.wire import WireError
 
 
 class Pager:
     log = Logger()
 
-    def __init__(self, ledger, source, backend, memserver):
+    def __init__(self, reactor, ledger, source, backend, memserver, store_dir, sync=False):
+        self.reactor = reactor
         self.ledger = ledger
         self.source = source
         self.backend = backend
         self.memserver = memserver
-        self._clones = {}          # domid -> (region, image)
-        self._pending = {}         # (domid, pfn) -> None, waiting for room
-        self._evicting = False
-        self.stalled = False       # no room and nothing evictable
+        self.store_dir = store_dir
+        self.sync = sync
+        self._clones = {}              # domid -> (region, image)
+        self._images = {}              # image id -> its OpenImage (this host's cache)
+        self._want_map = {}            # (domid, pfn): waits for room in the clone
+        self._want_host = {}           # (domid, pfn) -> "write" | "fetch" | "pagein"
+        self._evicting = set()         # ("clone", domid) / ("host",) rounds in flight
+        self._fetching = set()
+        self._stores = {}              # domid -> read fd of its page-out store
+        self._hoards = {}
+        self._held = set()             # faults on pages an eviction holds
+        self._in_flight = set()        # (domid, pfn) an eviction is working on
+        self._punch_seq = 0
+        self._punched = {}             # (image id, pfn) -> punch_seq when its hole was made
+        self.stalled = None            # why faults wait with nothing to evict
         source.start(self.on_faults)
 
     # -- clones
 
-    def attach(self, region, image):
+    @property
+    def punch_seq(self):
+        """Read before a launch, passed to ``attach``: holes punched after
+        it unmapped what the backend mapped at launch."""
+        return self._punch_seq
+
+    def attach(self, region, image, since=None):
+        zero = image.zero
+        if image.image_id not in self.ledger.images:
+            # The memory server holds every non-zero page of a new image.
+            self.ledger.add_image(image.image_id, image.npages,
+                                  [p for p in range(image.npages) if not zero[p]])
         self.ledger.add_clone(region.domid, image.image_id, region.npages)
         self._clones[region.domid] = (region, image)
-        region.remember(region.prefilled)
-        self.ledger.loaded(region.domid, region.prefilled)
+        self._images[image.image_id] = image
+        # Pages the backend mapped at launch, unless the cache let them go
+        # since (a hole unmaps them): those fault again.
+        since = self._punch_seq if since is None else since
+        shared = [p for p in region.prefilled if not zero[p]
+                  and self._punched.get((image.image_id, p), -1) < since]
+        region.remember(shared, PageState.SHARED)
+        self.ledger.mapped_shared(region.domid, shared)
         self.source.add(region)
         self._grant()
 
     def detach(self, domid):
         if self._clones.pop(domid, None) is None:
             return
+        self.stop_hoard(domid)
         self.source.remove(domid)
         self.ledger.remove_clone(domid)
-        for key in [k for k in self._pending if k[0] == domid]:
-            del self._pending[key]
+        for wants in (self._want_map, self._want_host):
+            for key in [k for k in wants if k[0] == domid]:
+                del wants[key]
+        self._held = {k for k in self._held if k[0] != domid}
+        fd = self._stores.pop(domid, None)
+        if fd is not None:
+            os.close(fd)
+        path = self.store_path(domid)
+        if os.path.exists(path):
+            os.unlink(path)
         self._pump()
 
+    def forget_image(self, image_id):
+        self._images.pop(image_id, None)
+        if self.ledger.images.get(image_id) is not None:
+            self.ledger.remove_image(image_id)
+
     def stats(self, domid):
-        return self.ledger.clone_stats(domid) if self.ledger.has_clone(domid) else None
+        if not self.ledger.has_clone(domid):
+            return None
+        stats = self.ledger.clone_stats(domid)
+        stats["hoarding"] = domid in self._hoards
+        return stats
+
+    def store_path(self, domid):
+        return os.path.join(self.store_dir, "clone-%d.pages" % domid)
 
     # -- the fault path
 
     def on_faults(self, records):
         """A batch from the fast path: (domid, kind, pfn) tuples."""
-        served = defaultdict(list)
+        by_kind = defaultdict(lambda: defaultdict(list))
+        states = {}
         for domid, kind, pfn in records:
             if domid not in self._clones:
                 continue
-            if kind == FaultKind.SERVED:
-                served[domid].append(pfn)
-                # A retried fault the fast path served: it no longer waits.
-                self._pending.pop((domid, pfn), None)
-            elif kind in (FaultKind.NOCREDIT, FaultKind.ERROR):
-                self._pending[(domid, pfn)] = None
-            elif kind == FaultKind.FETCH:
-                self._fetch(domid, pfn)
-            else:
-                self.log.error("clone {domid}: fault on page {pfn} of kind {kind} has no handler",
-                               domid=domid, pfn=pfn, kind=kind)
-        for domid, pfns in served.items():
-            self.ledger.loaded(domid, pfns)
+            if kind in (FaultKind.SERVED, FaultKind.ZERO):
+                # A page evicted since the fast path mapped it: the record
+                # is stale, and the kernel no longer maps it.
+                if domid not in states:
+                    states[domid] = self._clones[domid][0].states()
+                want = PageState.SHARED if kind == FaultKind.SERVED else PageState.ZERO
+                if states[domid][pfn] != want:
+                    continue
+            by_kind[kind][domid].append(pfn)
+        for domid, pfns in by_kind[FaultKind.SERVED].items():
+            self.ledger.mapped_shared(domid, pfns)
+            for pfn in pfns:     # a retried fault the fast path served
+                self._want_map.pop((domid, pfn), None)
+        for domid, pfns in by_kind[FaultKind.ZERO].items():
+            self.ledger.mapped_zero(domid, pfns)
+        for domid, pfns in by_kind[FaultKind.WRITTEN].items():
+            self.ledger.written(domid, pfns)
+        for kind, want in ((FaultKind.NOCREDIT, None), (FaultKind.ERROR, None),
+                           (FaultKind.NOCREDIT_WRITE, "write"), (FaultKind.FETCH, "fetch")):
+            for domid, pfns in by_kind[kind].items():
+                for pfn in pfns:
+                    if want is None:
+                        self._want_map[(domid, pfn)] = None
+                    else:
+                        self._want_host[(domid, pfn)] = want
+        for domid, pfns in by_kind[FaultKind.HOLD].items():
+            for pfn in pfns:
+                if self.ledger.kind(domid, pfn) == L.PAGED_OUT:
+                    self._want_host[(domid, pfn)] = "pagein"
+                else:   # being evicted: answered when the eviction ends
+                    self._held.add((domid, pfn))
         self._pump()
 
     def _pump(self):
-        """Load what waits for room; evict when there is none."""
-        room = self.ledger.take_credits()
-        while self._pending and room > 0:
-            (domid, pfn), _ = self._pending.popitem()
-            region, image = self._clones[domid]
-            if image.zero[pfn]:
-                region.load_zero(pfn)
-            elif not region.load_shared(pfn):
-                self._fetch(domid, pfn)
+        """Serve what waits while there is room; evict where there is none."""
+        for key in list(self._want_host):
+            if self.ledger.host_room() <= 0:
+                break
+            self._host_go(key, self._want_host.pop(key))
+        for key in list(self._want_map):
+            domid, pfn = key
+            if domid not in self._clones or self.ledger.clone_room(domid) <= 0:
                 continue
-            self.ledger.loaded(domid, [pfn])
-            room = self.ledger.take_credits()
-        if self._pending and not self._evicting:
-            self._evict(len(self._pending))
+            del self._want_map[key]
+            self._map(domid, pfn)
+        if self._want_host:
+            self._evict_host(len(self._want_host))
+        for domid in {k[0] for k in self._want_map}:
+            self._evict_clone(domid, sum(1 for k in self._want_map if k[0] == domid))
         self._grant()
 
     def _grant(self):
-        self.source.set_credits(0 if self._pending else self.ledger.take_credits())
+        host, clones = self.ledger.take_credits()
+        if self._want_host:
+            host = 0                  # first come, first served
+        for domid, _ in self._want_map:
+            clones[domid] = 0
+        self.source.set_credits(host, clones)
+
+    def _map(self, domid, pfn):
+        region, image = self._clones[domid]
+        if region.states()[pfn] != PageState.ABSENT:
+            return      # the fast path got there first (a retried fault)
+        if image.zero[pfn]:
+            region.load_zero(pfn)
+            self.ledger.mapped_zero(domid, [pfn])
+        elif region.load_shared(pfn):
+            self.ledger.mapped_shared(domid, [pfn])
+        else:
+            self._want_host[(domid, pfn)] = "fetch"
+
+    def _host_go(self, key, want):
+        domid, pfn = key
+        if domid not in self._clones:
+            return
+        region, image = self._clones[domid]
+        if want == "write":
+            # A page being evicted is not touched: the eviction's end wakes
+            # the writer, who faults again.
+            if key not in self._in_flight and self.ledger.kind(domid, pfn) in (L.SHARED, L.ZERO):
+                region.unprotect(pfn)
+                self.ledger.written(domid, [pfn])
+            # else the page left meanwhile: its writer was woken, faults again
+        elif want == "fetch":
+            self._fetch(domid, pfn)
+        else:
+            self._page_in(domid, pfn)
 
     def _fetch(self, domid, pfn):
-        """The host does not hold this image page: fetch it, then load."""
+        """The host does not hold this image page: fetch it, then map it."""
         region, image = self._clones[domid]
+        if (image.image_id, pfn) in self._fetching:
+            self._want_map[(domid, pfn)] = None   # mapped once the fetch lands
+            return
+        self._fetching.add((image.image_id, pfn))
         d = self.memserver.fetch(image.image_id, pfn, 1)
 
         def fill(data):
             image.store_page(pfn, data)
-            if domid not in self._clones:
-                return
-            if not region.load_shared(pfn):
-                raise RuntimeError("page %d is still missing after its fetch" % pfn)
-            self.ledger.loaded(domid, [pfn])
-            self._grant()
+            self.ledger.cached(image.image_id, [pfn])
+            if domid in self._clones:
+                self._want_map[(domid, pfn)] = None
 
-        d.addCallback(fill)
-        d.addErrback(lambda f: self.log.failure("clone {domid}: fetch of page {pfn} failed", f,
-                                                domid=domid, pfn=pfn))
-
-    def _evict(self, wanted):
-        victims = self.ledger.victims(max(wanted, self.ledger.credit_batch))
-        if not victims:
-            if not self.stalled:
-                self.log.warn("host budget reached and no clean page to evict: {n} faults wait",
-                              n=len(self._pending))
-            self.stalled = True
-            return
-        self.stalled = False
-        self._evicting = True
-        by_clone = defaultdict(list)
-        for domid, pfn in victims:
-            by_clone[domid].append(pfn)
-        drops = [self._drop(domid, pfns) for domid, pfns in by_clone.items()]
-        d = defer.gatherResults(drops, consumeErrors=True)
+        def failed(f):
+            self.log.failure("clone {domid}: fetch of page {pfn} failed", f, domid=domid, pfn=pfn)
+            self._want_host[(domid, pfn)] = "fetch"
 
         def done(_):
-            self._evicting = False
+            self._fetching.discard((image.image_id, pfn))
             self._pump()
 
-        d.addBoth(done)
+        d.addCallbacks(fill, failed).addBoth(done)
 
-    def _drop(self, domid, pfns):
+    def _page_in(self, domid, pfn):
+        """A paged-out page faulted: bring it back from the store, checked."""
         region, _ = self._clones[domid]
-        region.forget(pfns)
-        blocked = any(key[0] == domid for key in self._pending)
-        d = self.backend.drop_clean(domid, pfns, blocked)
+        slot, crc = self.ledger.slot(domid, pfn)
+        fd = self._stores.get(domid)
+        if fd is None:
+            fd = self._stores[domid] = os.open(self.store_path(domid), os.O_RDONLY | os.O_CLOEXEC)
+        data = os.pread(fd, PAGE_SIZE, slot * PAGE_SIZE)
+        if len(data) != PAGE_SIZE or zlib.crc32(data) != crc:
+            # Never hand a bad page to the guest: it waits, and says why.
+            self.ledger.pageout_failed(domid, "page %d: store record corrupt" % pfn)
+            self.log.critical("clone {domid}: page-out record of page {pfn} is corrupt",
+                              domid=domid, pfn=pfn)
+            return
+        region.load_copy(pfn, data)
+        self.ledger.paged_in(domid, pfn)
+
+    # -- eviction
+
+    def _evict_clone(self, domid, wanted):
+        if ("clone", domid) in self._evicting:
+            return
+        victims = self.ledger.clone_victims(domid, max(wanted, self.ledger.credit_batch),
+                                            self._waiting())
+        if not victims:
+            self._stall("clone %d is at its limit with nothing it may evict" % domid)
+            return
+        self._run(("clone", domid), lambda: self._evict_keys(victims, L.DROP_CLEAN))
+
+    def _evict_host(self, wanted):
+        if ("host",) in self._evicting:
+            return
+        want = max(wanted, self.ledger.credit_batch)
+        free = self.ledger.unmapped_cache(want)
+        victims = self.ledger.host_victims(want - len(free), self._waiting())
+        if not free and not victims:
+            self._stall("host budget reached with nothing to evict")
+            return
+        self._run(("host",), lambda: ([self._uncache(free)] if free else [])
+                  + self._evict_keys(victims, L.DROP_SHARED))
+
+    def _waiting(self):
+        """Pages with a fault waiting on them, or already being evicted:
+        never choose those."""
+        return set(self._want_host) | set(self._want_map) | self._in_flight
+
+    def _stall(self, why):
+        if self.stalled != why:
+            self.log.warn("faults wait: {why}", why=why)
+        self.stalled = why
+
+    def _run(self, tag, make_ops):
+        self.stalled = None
+        self._evicting.add(tag)
+        before = self.ledger.host_stats()
+        ops = make_ops()
+
+        def done(_):
+            self._evicting.discard(tag)
+            if self.ledger.host_stats() == before:
+                # Nothing moved (a page not yet free to go): try again in a
+                # moment rather than spin.
+                self.reactor.callLater(0.001, self._pump)
+            else:
+                self._pump()
+
+        defer.gatherResults(ops, consumeErrors=True).addBoth(done)
+
+    def _evict_keys(self, victims, shared_class):
+        """Deferreds evicting (domid, pfn) keys, grouped by how."""
+        drop, out, shared = defaultdict(list), defaultdict(list), defaultdict(set)
+        for domid, pfn in victims:
+            kind = self.ledger.kind(domid, pfn)
+            if kind == L.PRIVATE:
+                out[domid].append(pfn)
+            elif shared_class == L.DROP_SHARED:
+                shared[self.ledger.clone(domid).image_id].add(pfn)
+            else:
+                drop[domid].append(pfn)
+        ops = [self._drop(d, p, L.DROP_CLEAN) for d, p in drop.items()]
+        ops += [self._page_out(d, p) for d, p in out.items()]
+        ops += [self._drop_shared(i, sorted(p)) for i, p in shared.items()]
+        return ops
+
+    def _flying(self, domid, pfns, d):
+        keys = {(domid, p) for p in pfns}
+        self._in_flight |= keys
+
+        def landed(result):
+            self._in_flight -= keys
+            return result
+
+        return d.addBoth(landed)
+
+    def _drop(self, domid, pfns, cls, release=True):
+        region, _ = self._clones[domid]
+        before = dict(zip(pfns, region.hold(pfns)))
+        d = self._flying(domid, pfns, self.backend.drop_clean(domid, pfns))
 
         def account(dropped):
             if domid not in self._clones:
-                return
+                return []
             kept = set(pfns).difference(dropped)
-            region.remember(kept)
-            self.ledger.evicted(domid, dropped)
-            self.ledger.written(domid, kept)
+            # The fast path had made these private before the hold.  The
+            # kernel kept those written; those it dropped were never written
+            # (the writer had not come back yet): no copy existed to lose.
+            private = {p for p in pfns if before[p] == PageState.PRIVATE}
+            written = sorted(private & kept)
+            if written:
+                region.remember(written, PageState.PRIVATE)
+                self.ledger.written(domid, written)
+            self.ledger.unwritten(domid, sorted(private - kept))
+            # The rest held no write: dropped, or already unmapped by a hole.
+            dropped = sorted(set(pfns) - set(written))
+            self.ledger.dropped_clean(domid, sorted(set(dropped) - private), cls)
+            if release:
+                region.release(dropped)     # wakes whoever faulted meanwhile
+            self._held.difference_update((domid, p) for p in pfns)
+            return dropped
 
         def failed(f):
-            region.remember(pfns)
-            if f.check(WireError) and f.value.code in ("busy", "no-domain"):
-                self.log.debug("clone {domid}: not evicted now: {why}", domid=domid, why=f.value)
-            else:
-                self.log.failure("clone {domid}: eviction failed", f, domid=domid)
+            if domid in self._clones:
+                by_state = defaultdict(list)
+                for pfn, state in before.items():
+                    by_state[state].append(pfn)
+                for state, group in by_state.items():
+                    region.remember(group, state)
+            self._eviction_failed(domid, f)
+            return []
 
         return d.addCallbacks(account, failed)
+
+    def _page_out(self, domid, pfns):
+        region, _ = self._clones[domid]
+        region.hold(pfns)
+        slots = [self.ledger.slot_for(domid) for _ in pfns]
+        d = self._flying(domid, pfns, self.backend.page_out(
+            domid, pfns, slots, self.store_path(domid), self.sync))
+
+        def account(crcs):
+            if domid in self._clones:
+                self.ledger.paged_out(domid, pfns, slots, crcs)
+                for pfn in pfns:     # a fault that came during the page-out
+                    if (domid, pfn) in self._held:
+                        self._held.discard((domid, pfn))
+                        self._want_host[(domid, pfn)] = "pagein"
+
+        def failed(f):
+            if domid in self._clones:
+                region.remember(pfns, PageState.PRIVATE)    # wakes waiters
+                self._held.difference_update((domid, p) for p in pfns)
+                self.ledger.clone(domid).free_slots.extend(slots)
+                self.ledger.pageout_failed(domid, f.getErrorMessage())
+            self._eviction_failed(domid, f)
+
+        return d.addCallbacks(account, failed)
+
+    @defer.inlineCallbacks
+    def _drop_shared(self, image_id, pfns):
+        """Drop image pages from every clone that maps them, then from the
+        host's cache.  The clones' copies stay held until the cache let go,
+        so none can map the page again in between."""
+        img = self.ledger.images[image_id]
+        by_clone = defaultdict(list)
+        for pfn in pfns:
+            for domid in img.mappers.get(pfn, ()):
+                by_clone[domid].append(pfn)
+        results = yield defer.gatherResults(
+            [self._drop(domid, p, L.DROP_SHARED, release=False) for domid, p in by_clone.items()])
+        gone = [p for p in pfns if not img.mappers.get(p)]
+        if gone:
+            yield self._uncache([(image_id, p) for p in gone])
+        for (domid, _), dropped in zip(by_clone.items(), results):
+            if domid in self._clones:
+                self._clones[domid][0].release(dropped)
+
+    def _uncache(self, keys):
+        """Let the host's cache go of image pages.  A hole unmaps the page
+        from every clone at once, so it is made with no fault being served,
+        and any clone that maps the page (even by a record not seen yet)
+        faults on it again, to fetch it.  A page some clone has just been
+        allowed to write is kept: until that write lands, the clone still
+        maps the cache's page, and a hole would take the write's target."""
+        by_image = defaultdict(list)
+        for image_id, pfn in keys:
+            by_image[image_id].append(pfn)
+
+        def punch():
+            for image_id, pfns in by_image.items():
+                regions = [r for r, image in self._clones.values() if image.image_id == image_id]
+                states = [r.states() for r in regions]
+                pfns = [p for p in pfns if all(st[p] != PageState.PRIVATE for st in states)]
+                for region, st in zip(regions, states):
+                    region.release([p for p in pfns if st[p] == PageState.SHARED])
+                self._images[image_id].drop_pages(pfns)
+                self.ledger.uncached(image_id, pfns)
+                for p in pfns:
+                    self._punched[(image_id, p)] = self._punch_seq
+            self._punch_seq += 1
+
+        self.source.exclusively(punch)
+        return defer.succeed(None)
+
+    def _eviction_failed(self, domid, f):
+        if f.check(WireError) and f.value.code in ("busy", "no-domain"):
+            self.log.debug("clone {domid}: not evicted now: {why}", domid=domid, why=f.value)
+        elif f.check(WireError) and f.value.code == "pageout-failed":
+            self.log.error("clone {domid}: page-out stopped, nothing dropped: {why}",
+                           domid=domid, why=f.value)
+        else:
+            self.log.failure("clone {domid}: eviction failed", f, domid=domid)
+
+    # -- operator actions
+
+    def rebudget(self, pages):
+        """A new host budget; evict down to it now if it is exceeded."""
+        self.ledger.budget_pages = pages
+        over = self.ledger.allocated - pages
+        if over > 0:
+            self._evict_host(over)
+        self._grant()
+
+    def evict_to(self, domid, pages):
+        """Evict a clone down to ``pages`` resident; Deferred of the count."""
+        acct = self.ledger.clone(domid)
+        excess = acct.resident - pages
+        if excess <= 0:
+            return defer.succeed(0)
+        victims = self.ledger.clone_victims(domid, excess)
+        return defer.gatherResults(self._evict_keys(victims, L.DROP_CLEAN)).addCallback(
+            lambda _: max(0, excess - max(0, self.ledger.clone(domid).resident - pages)))
+
+    def hoard(self, domid, rate):
+        """Fill the clone's remaining pages in the background, ``rate``
+        pages a second, until it is full or at its target."""
+        self.stop_hoard(domid)
+        done = defer.Deferred()
+        per_tick = max(1, rate // 10)
+        region, image = self._clones[domid]
+        cursor = [0]
+
+        def tick():
+            acct = self.ledger.clone(domid)
+            states = region.states()
+            moved = 0
+            while cursor[0] < region.npages and moved < per_tick:
+                cap = acct.target if acct.target is not None else acct.npages
+                if acct.resident >= cap or self.ledger.clone_room(domid) <= 0:
+                    break
+                pfn = cursor[0]
+                cursor[0] += 1
+                if states[pfn] == PageState.ABSENT:
+                    self._map(domid, pfn)
+                    moved += 1
+                elif self.ledger.kind(domid, pfn) == L.PAGED_OUT:
+                    self._want_host[(domid, pfn)] = "pagein"
+                    moved += 1
+            if cursor[0] >= region.npages or moved < per_tick:
+                self.stop_hoard(domid)
+            self._pump()
+
+        loop = task.LoopingCall(tick)
+        loop.clock = self.reactor
+        self._hoards[domid] = (loop, done)
+        loop.start(0.1)
+        return done
+
+    def stop_hoard(self, domid):
+        entry = self._hoards.pop(domid, None)
+        if entry is not None:
+            loop, done = entry
+            if loop.running:
+                loop.stop()
+            done.callback(domid)

@@ -23,7 +23,7 @@ from xenclone.helpers import HelperProcess
 from xenclone.ledger import Ledger
 from xenclone.memserver.client import MemoryServerClient
 from xenclone.pager import Pager
-from xenclone.policy.clock import ClockPolicy
+from xenclone.policy.sharing import POLICIES
 from xenclone.wire import FrameProtocol
 
 log = Logger()
@@ -126,12 +126,19 @@ class CoreService(Service):
         client = MemoryServerClient(self.reactor, UNIXClientEndpoint(self.reactor, ms_socket))
         self.links.append(client)
         backend = yield self._backend(run)
-        ledger = Ledger(host_budget_pages(s), ClockPolicy(), s["credit_batch"])
+        ledger = Ledger(host_budget_pages(s), POLICIES[s["eviction_policy"]](), s["credit_batch"])
         self.source = self._fault_source()
-        pager = Pager(ledger, self.source, backend, client)
-        self.controller = Controller(backend, client, pager)
+        store_dir = os.path.join(s["state_dir"], "pageout")
+        os.makedirs(store_dir, mode=0o700, exist_ok=True)
+        pager = Pager(self.reactor, ledger, self.source, backend, client, store_dir,
+                      sync=bool(s["pageout_sync"]))
+        self.controller = Controller(backend, client, pager, hoard_rate=s["hoard_rate"])
         self.controller.reactor = self.reactor
         self.control.listen(self.controller)
+        if s["metrics_listen"]:
+            from xenclone.metrics import make_metrics_service
+            make_metrics_service(self.reactor, self.controller,
+                                 s["metrics_listen"]).setServiceParent(self.parent)
         log.info("xenclone ready: backend {backend}, budget {pages} pages",
                  backend=backend.name, pages=ledger.budget_pages)
         return self.controller

@@ -1,15 +1,15 @@
 /* Page scan/copy helpers and the guest data-set pattern (GIL released). */
 #define _GNU_SOURCE
 #include "pages.h"
+#include "uffd_pager.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 
 #define PAGE 4096u
-#define PM_PRESENT (1ull << 63)
-#define PM_FILE    (1ull << 61)     /* file page or shared anon: the image's page, not a private copy */
 
 uint32_t xc_mix(uint32_t seed, uint32_t pfn, uint32_t w)
 {
@@ -78,20 +78,73 @@ int xc_pagemap_open(void)
     return fd < 0 ? -errno : fd;
 }
 
-/* Drop (MADV_DONTNEED) the listed pages that map the shared image page
- * (present + file): the next touch is a MINOR fault again. Pages the clone
- * wrote (private anon copies) and zero-page mappings are kept.
+/* PAGEMAP_SCAN (kernel >= 6.7; not in Debian 12's headers): the kernel
+ * reports runs of pages with equal categories. */
+struct pm_scan_arg_ {
+    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+    uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+struct page_region_ { uint64_t start, end, categories; };
+#define PAGEMAP_SCAN_ _IOWR('f', 16, struct pm_scan_arg_)
+#define PAGE_IS_WRITTEN (1 << 1)    /* for a present page: not uffd write-protected */
+#define PAGE_IS_FILE    (1 << 2)    /* a page cache page: the image's */
+#define PAGE_IS_PRESENT (1 << 3)
+#define PAGE_IS_PFNZERO (1 << 5)    /* the shared zero page */
+
+static uint8_t page_kind(uint64_t c)
+{
+    uint8_t kind = c & PAGE_IS_PFNZERO ? XC_PAGE_ZERO
+                 : c & PAGE_IS_FILE ? XC_PAGE_SHARED : XC_PAGE_PRIVATE;
+    return kind | (c & PAGE_IS_WRITTEN ? 0 : XC_KIND_WP);
+}
+
+/* The kernel's view of [addr, addr + npages pages): per page XC_PAGE_ABSENT,
+ * _SHARED (image page), _PRIVATE (anonymous copy) or _ZERO, plus
+ * XC_KIND_WP when write-protected. */
+int xc_page_kinds(int pagemap_fd, uint64_t addr, uint64_t npages, uint8_t *kinds)
+{
+    struct page_region_ vec[256];
+    uint64_t base = addr, end = addr + npages * PAGE;
+    memset(kinds, XC_PAGE_ABSENT, npages);
+    while (addr < end) {
+        struct pm_scan_arg_ a = {
+            .size = sizeof a, .start = addr, .end = end,
+            .vec = (uint64_t)(uintptr_t)vec, .vec_len = sizeof vec / sizeof vec[0],
+            .category_mask = PAGE_IS_PRESENT,
+            .return_mask = PAGE_IS_WRITTEN | PAGE_IS_FILE | PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
+        };
+        int n = ioctl(pagemap_fd, PAGEMAP_SCAN_, &a);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        for (int i = 0; i < n; i++)
+            memset(kinds + (vec[i].start - base) / PAGE, page_kind(vec[i].categories),
+                   (vec[i].end - vec[i].start) / PAGE);
+        if (a.walk_end <= addr)
+            return -EIO;
+        addr = a.walk_end;
+    }
+    return 0;
+}
+
+/* Drop (MADV_DONTNEED) the listed pages that map the image page or the
+ * zero page and are still write-protected: the next touch faults again.
+ * A page whose protection was lifted may be copied (written) at any
+ * moment, so it is kept, as are private copies.
  * Returns how many were dropped; dropped[i] says which. */
 int64_t xc_drop_clean(int pagemap_fd, uint64_t base, const uint64_t *pfns, uint64_t n,
                       uint8_t *dropped)
 {
     int64_t count = 0;
     for (uint64_t i = 0; i < n; i++) {
-        uint64_t va = base + pfns[i] * PAGE, entry;
+        uint64_t va = base + pfns[i] * PAGE;
+        uint8_t kind;
+        int rc = xc_page_kinds(pagemap_fd, va, 1, &kind);
         dropped[i] = 0;
-        if (pread(pagemap_fd, &entry, sizeof entry, (off_t)(va / PAGE * 8)) != sizeof entry)
-            return -(errno ? errno : EIO);
-        if ((entry & (PM_PRESENT | PM_FILE)) != (PM_PRESENT | PM_FILE))
+        if (rc < 0)
+            return rc;
+        if (kind != (XC_PAGE_SHARED | XC_KIND_WP) && kind != (XC_PAGE_ZERO | XC_KIND_WP))
             continue;
         if (madvise((void *)(uintptr_t)va, PAGE, MADV_DONTNEED) < 0)
             return -errno;
@@ -99,4 +152,68 @@ int64_t xc_drop_clean(int pagemap_fd, uint64_t base, const uint64_t *pfns, uint6
         count++;
     }
     return count;
+}
+
+int xc_drop_pages(uint64_t base, const uint64_t *pfns, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        if (madvise((void *)(uintptr_t)(base + pfns[i] * PAGE), PAGE, MADV_DONTNEED) < 0)
+            return -errno;
+    return 0;
+}
+
+int xc_gather_pages(uint64_t base, const uint64_t *pfns, uint64_t n, void *dst)
+{
+    for (uint64_t i = 0; i < n; i++)
+        memcpy((char *)dst + i * PAGE, (const void *)(uintptr_t)(base + pfns[i] * PAGE), PAGE);
+    return 0;
+}
+
+/* CRC-32 as zlib computes it (reflected 0xEDB88320), eight bytes a step. */
+static uint32_t crc_table[8][256];
+
+__attribute__((constructor)) static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            crc_table[t][i] = crc_table[t - 1][i] >> 8 ^ crc_table[0][crc_table[t - 1][i] & 0xFF];
+}
+
+uint32_t xc_crc32(const void *p, uint64_t len)
+{
+    const uint8_t *b = p;
+    uint32_t c = 0xFFFFFFFFu;
+    for (; len >= 8; len -= 8, b += 8) {
+        uint32_t lo, hi;
+        memcpy(&lo, b, 4);
+        memcpy(&hi, b + 4, 4);
+        lo ^= c;
+        c = crc_table[7][lo & 0xFF] ^ crc_table[6][lo >> 8 & 0xFF] ^
+            crc_table[5][lo >> 16 & 0xFF] ^ crc_table[4][lo >> 24] ^
+            crc_table[3][hi & 0xFF] ^ crc_table[2][hi >> 8 & 0xFF] ^
+            crc_table[1][hi >> 16 & 0xFF] ^ crc_table[0][hi >> 24];
+    }
+    while (len--)
+        c = crc_table[0][(c ^ *b++) & 0xFF] ^ c >> 8;
+    return ~c;
+}
+
+/* Push written store pages to disk and out of the page cache: DONTNEED
+ * drops only clean pages, so wait for the writeback first (fdatasync when
+ * the caller wants it durable, else sync_file_range over the range). */
+int xc_store_flush(int fd, uint64_t offset, uint64_t len, int sync)
+{
+    int rc = sync ? fdatasync(fd)
+                  : sync_file_range(fd, (off_t)offset, (off_t)len,
+                                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                    SYNC_FILE_RANGE_WAIT_AFTER);
+    if (rc < 0)
+        return -errno;
+    return -posix_fadvise(fd, (off_t)offset, (off_t)len, POSIX_FADV_DONTNEED);
 }

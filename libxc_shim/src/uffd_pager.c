@@ -1,11 +1,14 @@
 /* userfaultfd helpers and the pager fast path.
  * Python owns policy (credits, holds, fetches); this C serves the common
- * faults (image page in the memfd page cache, or an all-zero image page) at
- * full speed with the GIL released, and hands everything else back. */
+ * faults at full speed with the GIL released and hands everything else back:
+ * a read maps the image page (memfd page cache) or the zero page, both
+ * write-protected, and a write to one of them is let through (the kernel
+ * copies the page) while host credits last, so C knows every private page. */
 #define _GNU_SOURCE
 #include "uffd_pager.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -16,7 +19,7 @@
 
 #define PAGE 4096ull
 #define MSG_BATCH 64
-#define BUSY_POLL_NS 50000      /* faults come in storms: spin this long after the last one */
+#define BUSY_POLL_NS 50000      /* faults C serves come in storms: spin this long after the last */
 #define MAX_BATCH_NS 1000000    /* but let Python see records within a millisecond */
 #define MAX_EAGAIN 1000         /* EAGAIN = mm changing under us; retry a bounded number of times */
 
@@ -62,6 +65,17 @@ int xc_epoll_add(int epfd, int fd, uint32_t region_index)
     return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
 }
 
+static void lock(struct xc_region *r)
+{
+    while (__atomic_exchange_n(&r->lock, 1, __ATOMIC_ACQUIRE))
+        sched_yield();
+}
+
+static void unlock(struct xc_region *r)
+{
+    __atomic_store_n(&r->lock, 0, __ATOMIC_RELEASE);
+}
+
 static int wake(struct xc_region *r, uint64_t pfn, uint64_t npages)
 {
     struct uffdio_range range = { r->base + pfn * PAGE, npages * PAGE };
@@ -72,9 +86,24 @@ static int wake(struct xc_region *r, uint64_t pfn, uint64_t npages)
     return rc < 0 ? -errno : 0;
 }
 
-/* CONTINUE or ZEROPAGE over [pfn, pfn + npages). A page that is already
- * mapped (EEXIST) counts as filled, but the kernel does not wake its waiters
- * on error, so wake them here. */
+/* mode UFFDIO_WRITEPROTECT_MODE_WP protects (and wakes nobody); mode 0
+ * removes the protection and wakes the writers, whose retry makes the
+ * kernel copy the page (or write the private page it already is). */
+static int protect(struct xc_region *r, uint64_t pfn, uint64_t npages, uint64_t mode)
+{
+    struct uffdio_writeprotect w = { .range = { r->base + pfn * PAGE, npages * PAGE },
+                                     .mode = mode };
+    int rc, again = 0;
+    do
+        rc = ioctl(r->uffd, UFFDIO_WRITEPROTECT, &w);
+    while (rc < 0 && (errno == EINTR || (errno == EAGAIN && ++again < MAX_EAGAIN)));
+    return rc < 0 ? -errno : 0;
+}
+
+/* Map the image page (CONTINUE) or the zero page over [pfn, pfn + npages),
+ * write-protected either way, so that a write faults and is counted. A
+ * page that is already mapped (EEXIST) counts as filled, but the kernel
+ * does not wake its waiters on error, so wake them here. */
 static int fill(struct xc_region *r, uint64_t pfn, uint64_t npages, int how)
 {
     uint64_t done = 0;
@@ -84,72 +113,179 @@ static int fill(struct xc_region *r, uint64_t pfn, uint64_t npages, int how)
         int64_t mapped;
         int err = 0;
         if (how == XC_CONTINUE) {
-            struct uffdio_continue c = { .range = { start, len } };
+            struct uffdio_continue c = { .range = { start, len }, .mode = UFFDIO_CONTINUE_MODE_WP };
             if (ioctl(r->uffd, UFFDIO_CONTINUE, &c) < 0)
                 err = errno;
             mapped = err ? c.mapped : (int64_t)len;
         } else {
-            struct uffdio_zeropage z = { .range = { start, len } };
+            /* ZEROPAGE has no WP mode: map without waking, protect, then wake.
+             * Only the (sleeping) faulting vCPU writes a clone's RAM, so
+             * nothing writes the page in between. */
+            struct uffdio_zeropage z = { .range = { start, len },
+                                         .mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE };
             if (ioctl(r->uffd, UFFDIO_ZEROPAGE, &z) < 0)
                 err = errno;
             mapped = err ? z.zeropage : (int64_t)len;
         }
-        uint64_t n = mapped > 0 ? (uint64_t)mapped / PAGE : 0, skip = 0;
-        if (err == EEXIST) {
-            skip = 1;
+        uint64_t n = mapped > 0 ? (uint64_t)mapped / PAGE : 0, skip = err == EEXIST;
+        if (how == XC_ZEROPAGE && n + skip) {
+            int rc = protect(r, pfn + done, n + skip, UFFDIO_WRITEPROTECT_MODE_WP);
+            if (rc)
+                return rc;      /* left unmarked: a retry gets EEXIST and protects again */
+            wake(r, pfn + done, n + skip);
+        } else if (skip) {
             wake(r, pfn + done + n, 1);
-        } else if (err == EINTR || (err == EAGAIN && (n || ++again < MAX_EAGAIN))) {
-            /* partial progress (EAGAIN) or interrupted: retry the rest */
-        } else if (err) {
-            return -err;
         }
         for (uint64_t i = 0; i < n + skip; i++)
-            r->state[pfn + done + i] = XC_PAGE_PRESENT;
+            r->state[pfn + done + i] = how == XC_CONTINUE ? XC_PAGE_SHARED : XC_PAGE_ZERO;
         if (how == XC_CONTINUE)
             r->minor_fills += n;
         else
             r->zero_fills += n;
         done += n + skip;
+        if (err && err != EEXIST && err != EINTR && !(err == EAGAIN && (n || ++again < MAX_EAGAIN)))
+            return -err;        /* EAGAIN = partial progress or mm changing: retry the rest */
     }
     return 0;
+}
+
+/* Private before the writer wakes: whoever reads the states without the
+ * lock never sees a written page as clean. */
+static int unprotect(struct xc_region *r, uint64_t pfn, uint64_t npages)
+{
+    uint8_t was = r->state[pfn];
+    memset(r->state + pfn, XC_PAGE_PRIVATE, npages);
+    int rc = protect(r, pfn, npages, 0);
+    if (rc == 0)
+        r->cow_fills += npages;
+    else
+        memset(r->state + pfn, was, npages);   /* ranges Python unprotects are uniform */
+    return rc;
 }
 
 int xc_resolve(struct xc_region *r, uint64_t pfn, uint64_t npages, int how)
 {
     if (pfn >= r->npages || npages > r->npages - pfn)
         return -EINVAL;
+    int rc;
+    lock(r);
     if (how == XC_WAKE)
-        return wake(r, pfn, npages);
-    if (how != XC_CONTINUE && how != XC_ZEROPAGE)
-        return -EINVAL;
-    return fill(r, pfn, npages, how);
+        rc = wake(r, pfn, npages);
+    else if (how == XC_UNPROTECT)
+        rc = unprotect(r, pfn, npages);
+    else if (how == XC_CONTINUE || how == XC_ZEROPAGE)
+        rc = fill(r, pfn, npages, how);
+    else
+        rc = -EINVAL;
+    unlock(r);
+    return rc;
 }
 
 int xc_copy_page(struct xc_region *r, uint64_t pfn, const void *src)
 {
     if (pfn >= r->npages)
         return -EINVAL;
+    int rc = 0;
+    lock(r);
     for (int again = 0;;) {
+        /* no WP: a private page is the clone's own, writes need no tracking */
         struct uffdio_copy c = {
             .dst = r->base + pfn * PAGE, .src = (uint64_t)(uintptr_t)src, .len = PAGE,
         };
         if (ioctl(r->uffd, UFFDIO_COPY, &c) == 0) {
-            r->state[pfn] = XC_PAGE_PRESENT;
-            return 0;
+            r->state[pfn] = XC_PAGE_PRIVATE;
+            break;
         }
         if (errno == EINTR || (errno == EAGAIN && ++again < MAX_EAGAIN))
             continue;
-        if (errno == EEXIST) {      /* something is mapped there: data NOT placed */
+        rc = -errno;
+        if (errno == EEXIST)    /* something is mapped there: data NOT placed */
             wake(r, pfn, 1);
-            return -EEXIST;
-        }
-        return -errno;
+        break;
     }
+    unlock(r);
+    return rc;
+}
+
+int xc_set_state(struct xc_region *r, const uint64_t *pfns, uint64_t n, int state, uint8_t *prev)
+{
+    if (state < XC_PAGE_ABSENT || state > XC_PAGE_ZERO)
+        return -EINVAL;
+    for (uint64_t i = 0; i < n; i++)
+        if (pfns[i] >= r->npages)
+            return -EINVAL;
+    int err = 0;
+    lock(r);
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t p = pfns[i];
+        uint8_t old = r->state[p];
+        int rc;
+        if (prev)
+            prev[i] = old;
+        r->state[p] = (uint8_t)state;
+        if (state == XC_PAGE_HOLD)      /* shared and zero pages are protected already */
+            rc = old == XC_PAGE_PRIVATE ? protect(r, p, 1, UFFDIO_WRITEPROTECT_MODE_WP) : 0;
+        else if (state == XC_PAGE_PRIVATE)
+            rc = protect(r, p, 1, 0);
+        else
+            rc = wake(r, p, 1);
+        if (rc && !err)
+            err = rc;
+    }
+    unlock(r);
+    return err;
+}
+
+int xc_punch_hole(int fd, uint64_t offset, uint64_t len)
+{
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)len) < 0
+        ? -errno : 0;
+}
+
+/* What to do with one fault; called with the region locked. Returns the
+ * record kind, or 0 when the fault needs no record (a duplicate: woken). */
+static uint32_t decide(struct xc_region *r, uint64_t pfn, uint64_t flags, int64_t *host_credits)
+{
+    uint8_t s = r->state[pfn];
+    if (s == XC_PAGE_HOLD)
+        return XC_HOLD;
+    if (flags & UFFD_PAGEFAULT_FLAG_WP) {
+        r->wp_faults++;
+        if (s == XC_PAGE_SHARED || s == XC_PAGE_ZERO) {
+            if (*host_credits <= 0)
+                return XC_NOCREDIT_WRITE;
+            if (unprotect(r, pfn, 1))
+                return XC_ERROR;
+            (*host_credits)--;
+            return XC_WRITTEN;
+        }
+        /* private (a protection left from a hold) or absent (dropped since):
+         * unprotecting wakes the writer and allocates nothing */
+        protect(r, pfn, 1, 0);
+        r->dup_wakes++;
+        return 0;
+    }
+    if (s != XC_PAGE_ABSENT) {  /* raced with a fill: just wake the thread */
+        wake(r, pfn, 1);
+        r->dup_wakes++;
+        return 0;
+    }
+    if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+        if (r->credits <= 0)
+            return XC_NOCREDIT;
+        if (fill(r, pfn, 1, XC_CONTINUE))
+            return XC_ERROR;
+        r->credits--;
+        return XC_SERVED;
+    }
+    if (r->zero && r->zero[pfn])    /* one zero page for everyone: costs no credit */
+        return fill(r, pfn, 1, XC_ZEROPAGE) ? XC_ERROR : XC_ZERO;
+    return XC_FETCH;
 }
 
 /* Decide one page fault; returns 1 if a record was written to *out. */
 static int handle_fault(struct xc_region *r, uint32_t idx, const struct uffd_msg *m,
-                        int64_t *credits, struct xc_fault *out)
+                        int64_t *host_credits, struct xc_fault *out)
 {
     uint64_t addr = m->arg.pagefault.address;
     if (addr < r->base || (addr - r->base) / PAGE >= r->npages) {
@@ -157,28 +293,12 @@ static int handle_fault(struct xc_region *r, uint32_t idx, const struct uffd_msg
         return 0;
     }
     uint64_t pfn = (addr - r->base) / PAGE;
-    uint32_t kind;
+    lock(r);
     r->faults++;
-    switch (r->state[pfn]) {
-    case XC_PAGE_PRESENT:           /* raced with a fill: just wake the thread */
-        wake(r, pfn, 1);
-        r->dup_wakes++;
+    uint32_t kind = decide(r, pfn, m->arg.pagefault.flags, host_credits);
+    unlock(r);
+    if (!kind)
         return 0;
-    case XC_PAGE_HOLD:
-        kind = XC_HOLD;
-        break;
-    default:
-        if (__atomic_load_n(credits, __ATOMIC_RELAXED) <= 0)
-            kind = XC_NOCREDIT;
-        else if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR)
-            kind = fill(r, pfn, 1, XC_CONTINUE) ? XC_ERROR : XC_SERVED;
-        else if (r->zero && r->zero[pfn])
-            kind = fill(r, pfn, 1, XC_ZEROPAGE) ? XC_ERROR : XC_SERVED;
-        else
-            kind = XC_FETCH;
-        if (kind == XC_SERVED)
-            __atomic_fetch_sub(credits, 1, __ATOMIC_RELAXED);
-    }
     out->region = idx;
     out->kind = kind;
     out->pfn = pfn;
@@ -187,7 +307,7 @@ static int handle_fault(struct xc_region *r, uint32_t idx, const struct uffd_msg
 
 /* Read and decide queued faults of one region; never reads more messages
  * than there is room for records, so nothing read is ever dropped. */
-static uint32_t drain(struct xc_region *r, uint32_t idx, int64_t *credits,
+static uint32_t drain(struct xc_region *r, uint32_t idx, int64_t *host_credits,
                       struct xc_fault *out, uint32_t room)
 {
     struct uffd_msg msgs[MSG_BATCH];
@@ -202,20 +322,26 @@ static uint32_t drain(struct xc_region *r, uint32_t idx, int64_t *credits,
         size_t count = (size_t)got / sizeof msgs[0];
         for (size_t i = 0; i < count; i++)
             if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
-                n += handle_fault(r, idx, &msgs[i], credits, out + n);
+                n += handle_fault(r, idx, &msgs[i], host_credits, out + n);
         if (count < want)
             break;
     }
     return n;
 }
 
+/* The faulting thread sleeps until Python answers this record. */
+static int waits_for_python(uint32_t kind)
+{
+    return kind != XC_SERVED && kind != XC_ZERO && kind != XC_WRITTEN;
+}
+
 int xc_pager_serve(int epfd, struct xc_region **regions, uint32_t nregions, int wake_fd,
-                   int64_t *credits, struct xc_fault *out, uint32_t max_out, int timeout_ms)
+                   int64_t *host_credits, struct xc_fault *out, uint32_t max_out, int timeout_ms)
 {
     struct epoll_event evs[MSG_BATCH];
     int64_t start = now_ns(), first_record = 0, last_event = 0;
     int64_t deadline = start + (int64_t)timeout_ms * 1000000;
-    uint32_t n_out = 0;
+    uint32_t n_out = 0, checked = 0;
     for (;;) {
         int wait_ms;
         if (n_out) {                /* busy-poll while the storm lasts */
@@ -246,11 +372,14 @@ int xc_pager_serve(int epfd, struct xc_region **regions, uint32_t nregions, int 
                     ;
                 woke = 1;
             } else if (idx < nregions && regions[idx]) {
-                n_out += drain(regions[idx], idx, credits, out + n_out, max_out - n_out);
+                n_out += drain(regions[idx], idx, host_credits, out + n_out, max_out - n_out);
                 if (n_out >= max_out)
                     return n_out;
             }
         }
+        while (checked < n_out)     /* no busy-poll while a vCPU waits for Python */
+            if (waits_for_python(out[checked++].kind))
+                return n_out;
         if (nev > 0) {
             last_event = now_ns();
             if (n_out && !first_record)

@@ -3,34 +3,48 @@
 #define XC_UFFD_PAGER_H
 #include <stdint.h>
 
-/* per-page state[] values */
+/* per-page state[] values; equal to interfaces.PageState */
 #define XC_PAGE_ABSENT  0
-#define XC_PAGE_PRESENT 1   /* set by C when it fills */
-#define XC_PAGE_HOLD    2   /* Python decides (e.g. a paged-out dirty page: CONTINUE would
-                               map the stale image page, so C must not fill it) */
+#define XC_PAGE_SHARED  1   /* the image's page, mapped write-protected */
+#define XC_PAGE_HOLD    2   /* Python decides (evicting, or paged out: CONTINUE would map
+                               the stale image page, so C must not fill it) */
+#define XC_PAGE_PRIVATE 3   /* written: the clone's own copy */
+#define XC_PAGE_ZERO    4   /* the zero page, mapped write-protected */
 
-/* xc_fault.kind */
-#define XC_SERVED   1   /* C filled it (CONTINUE or ZEROPAGE), one credit spent */
-#define XC_HOLD     2   /* state was XC_PAGE_HOLD: left unresolved for Python */
-#define XC_NOCREDIT 3   /* no credit left: left unresolved for Python */
-#define XC_FETCH    4   /* MISSING fault on a non-zero page: Python fetches */
-#define XC_ERROR    5   /* the fill ioctl failed: left unresolved; retry with xc_resolve */
+/* xc_fault.kind; equal to interfaces.FaultKind */
+#define XC_SERVED         1   /* C mapped the image page: one clone credit spent */
+#define XC_HOLD           2   /* state was XC_PAGE_HOLD: left unresolved for Python */
+#define XC_NOCREDIT       3   /* the clone has no credit left: left unresolved */
+#define XC_FETCH          4   /* MISSING fault on a non-zero page: Python fetches */
+#define XC_ERROR          5   /* the ioctl failed: left unresolved; retry with xc_resolve */
+#define XC_ZERO           6   /* C mapped the zero page (no credit) */
+#define XC_WRITTEN        7   /* a write made the page private: one host credit spent */
+#define XC_NOCREDIT_WRITE 8   /* a write needs a host page and there are no host credits */
 
 /* xc_resolve() how */
-#define XC_CONTINUE 1
-#define XC_ZEROPAGE 2
-#define XC_WAKE     3
+#define XC_CONTINUE  1   /* map the image page write-protected -> SHARED */
+#define XC_ZEROPAGE  2   /* map the zero page write-protected  -> ZERO */
+#define XC_WAKE      3
+#define XC_UNPROTECT 4   /* let the write proceed (kernel copy on write) -> PRIVATE */
 
 #define XC_WAKE_DATA 0xFFFFFFFFu   /* epoll data of the wake eventfd */
+
+/* Not in Debian 12's headers (kernel >= 6.4 / 6.7). */
+#ifndef UFFDIO_CONTINUE_MODE_WP
+#define UFFDIO_CONTINUE_MODE_WP ((uint64_t)1 << 1)
+#endif
 
 struct xc_region {          /* one clone's guest RAM as seen by the pager; memory owned by Python */
     int uffd;
     uint64_t base;          /* host VA of guest RAM inside the VMM process (may be another process) */
     uint64_t npages;
-    uint8_t *state;         /* per page: XC_PAGE_ABSENT / _PRESENT / _HOLD */
+    uint8_t *state;         /* per page: XC_PAGE_* */
     const uint8_t *zero;    /* per page: 1 = image page is all zero (shared by clones of one image) */
+    int64_t credits;        /* how many more pages C may map into this clone */
     uint64_t faults, minor_fills, zero_fills, dup_wakes;   /* counters C maintains */
     uint64_t bad_faults;    /* fault addresses outside [base, base + npages pages) */
+    uint64_t wp_faults, cow_fills;
+    uint32_t lock;          /* serialises state changes with their ioctls (C and Python) */
 };
 
 struct xc_fault { uint32_t region; uint32_t kind; uint64_t pfn; };
@@ -39,14 +53,21 @@ int xc_uffd_open(uint64_t features, uint64_t *got_features);
 int xc_uffd_register(int uffd, uint64_t addr, uint64_t len, uint64_t mode);
 int xc_epoll_add(int epfd, int fd, uint32_t region_index);
 /* Serve faults of all regions registered in epfd (xc_epoll_add, data = index
- * into regions; wake_fd with XC_WAKE_DATA). Returns the number of records
- * in out (0 on timeout or wake) or -errno. Faults that need Python (HOLD,
- * NOCREDIT, FETCH, ERROR) stay unresolved until xc_resolve/xc_copy_page;
- * several threads faulting one such page give several records.
+ * into regions; wake_fd with XC_WAKE_DATA). host_credits: pages C may
+ * allocate (copy on write). Returns the number of records in out (0 on
+ * timeout or wake) or -errno. Faults that need Python stay unresolved until
+ * xc_resolve/xc_copy_page; several threads faulting one such page give
+ * several records.
  * Contract: `regions` must not change during a call (wake it, then pass a
  * new array), and a uffd goes into epfd only once the array holds its region. */
 int xc_pager_serve(int epfd, struct xc_region **regions, uint32_t nregions, int wake_fd,
-                   int64_t *credits, struct xc_fault *out, uint32_t max_out, int timeout_ms);
+                   int64_t *host_credits, struct xc_fault *out, uint32_t max_out, int timeout_ms);
 int xc_resolve(struct xc_region *r, uint64_t pfn, uint64_t npages, int how);
 int xc_copy_page(struct xc_region *r, uint64_t pfn, const void *src);
+/* Set the state of n pages, atomically with C's fault handling; prev (may
+ * be NULL) gets the old states. HOLD write-protects private pages, so a
+ * write faults to Python; ABSENT, SHARED and ZERO wake waiters; PRIVATE
+ * removes the write protection (and wakes). */
+int xc_set_state(struct xc_region *r, const uint64_t *pfns, uint64_t n, int state, uint8_t *prev);
+int xc_punch_hole(int fd, uint64_t offset, uint64_t len);
 #endif

@@ -13,6 +13,7 @@ import sys
 from twisted.internet import defer, task
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 
+from xenclone.cli import top
 from xenclone.config import ConfigError, load_daemon_config, load_domain_config
 from xenclone.wire import FrameProtocol, WireError
 
@@ -111,6 +112,34 @@ def cmd_page(args):
                                                         r["sha256"], " (zero)" if r["zero"] else ""))
 
 
+def _knob(text):
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise CliError("set: %r is not key=value" % text, EXIT_USAGE)
+    if key in ("target", "limit"):
+        if not value.isdigit():
+            raise CliError("set: %s wants a page count, got %r" % (key, value), EXIT_USAGE)
+        return key, int(value)
+    if key == "evict":
+        return key, [v for v in value.split(",") if v]
+    return key, value
+
+
+def cmd_set(args):
+    return ("set", {"domain": args.domain, "knobs": dict(_knob(k) for k in args.knobs)}, _kv)
+
+
+def cmd_hoard(args):
+    fields = {"domain": args.domain, "wait": args.wait}
+    if args.rate is not None:
+        fields["rate"] = args.rate
+    return "hoard", fields, _kv
+
+
+def cmd_evict(args):
+    return ("evict", {"domain": args.domain, "to": args.to}, _kv)
+
+
 def _domain_cmd(op):
     return lambda args: (op, {"domain": args.domain}, lambda r: "%s %s" % (op, r["name"]))
 
@@ -153,6 +182,17 @@ def _parser():
     for op, text in (("pause", "stop a domain's vCPUs"), ("unpause", "let a domain run"),
                      ("destroy", "destroy a domain and free its memory")):
         add(op, _domain_cmd(op), text, True).add_argument("domain", metavar="Domain")
+    sp = add("set", cmd_set, "set a clone's target, limit and eviction classes", True)
+    sp.add_argument("domain", metavar="Domain")
+    sp.add_argument("knobs", nargs="+", metavar="key=value",
+                    help="target=PAGES limit=PAGES evict=drop-clean,drop-shared,page-out")
+    sp = add("hoard", cmd_hoard, "fill a clone's remaining pages in the background", True)
+    sp.add_argument("domain", metavar="Domain")
+    sp.add_argument("--rate", type=int, help="pages a second (default: the config's hoard_rate)")
+    sp.add_argument("--wait", action="store_true", help="return when the hoard is done")
+    sp = add("evict", cmd_evict, "evict a clone's pages down to a resident count", True)
+    sp.add_argument("domain", metavar="Domain")
+    sp.add_argument("--to", type=int, required=True, metavar="PAGES")
     sp = add("page", cmd_page, "digest of image pages, read from the memory server", True)
     sp.add_argument("image", metavar="Image")
     sp.add_argument("pfn", type=int)
@@ -160,6 +200,7 @@ def _parser():
     sp = add("discard", cmd_discard, "delete an image (refused while clones live)", True)
     sp.add_argument("image", metavar="Image")
     sp.add_argument("--force", action="store_true", help="destroy its clones first")
+    top.add_parser(sub).set_defaults(func=None)
     sp = sub.add_parser("demo", help="bless a master, launch clones, check every answer")
     sp.add_argument("--clones", type=int, default=16)
     sp.add_argument("--memory-mib", type=int, default=256)
@@ -189,6 +230,15 @@ def _run_command(reactor, args, settings):
     _print(args, _fields(msg), fmt)
 
 
+@defer.inlineCallbacks
+def _run_top(reactor, args, settings):
+    proto = yield connect(reactor, settings["control_socket"])
+    try:
+        return (yield top.run_top(reactor, proto, args))
+    finally:
+        proto.transport.loseConnection()
+
+
 def main(argv=None):
     parser, sub = _parser()
     args = parser.parse_args(argv)
@@ -204,7 +254,9 @@ def main(argv=None):
     except (ConfigError, OSError) as e:
         print("xenclone: %s" % e, file=sys.stderr)
         return EXIT_USAGE
-    if args.func is None:
+    if args.command == "top":
+        body = lambda reactor: _run_top(reactor, args, settings)
+    elif args.func is None:
         from xenclone.cli.scenarios import run_scenario
         body = lambda reactor: run_scenario(reactor, args, settings)
     else:

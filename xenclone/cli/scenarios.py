@@ -15,6 +15,7 @@ import tempfile
 from twisted.internet import defer, task
 
 from xenclone import hostmem, workload
+from xenclone.cli import memory_scenarios
 from xenclone.cli.main import EXIT_FAILED, CliError, connect
 from xenclone.wire import WireError
 
@@ -174,6 +175,7 @@ def scenario_launch(s):
 
 
 SCENARIOS = {"launch": (scenario_launch, scenario_launch.__doc__)}
+SCENARIOS.update((name, (fn, fn.__doc__)) for name, fn in memory_scenarios.SCENARIOS.items())
 
 
 @defer.inlineCallbacks

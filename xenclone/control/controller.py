@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from xenclone import workload
 from xenclone.image import check_name
 from xenclone.interfaces import PAGE_SIZE, DomainState
+from xenclone.ledger import LedgerError
 from xenclone.wire import WireError
 
 MIN_MEMORY_MIB = 4
@@ -74,8 +75,9 @@ def _int(msg, key, lo, hi, default=None):
 class Controller:
     log = Logger()
 
-    def __init__(self, backend, memserver, pager):
+    def __init__(self, backend, memserver, pager, hoard_rate=5000):
         self.backend = backend
+        self.hoard_rate = hoard_rate
         self.memserver = memserver
         self.pager = pager
         self.domains = {}
@@ -204,9 +206,33 @@ class Controller:
 
         return self.memserver.fetch(image_id, pfn, count).addCallback(digest)
 
+    @defer.inlineCallbacks
+    def kernel_view(self):
+        """Clone memory as the kernel counts it: each image cache's resident
+        pages (memfd blocks) and each clone's pages by kind (pagemap)."""
+        cache = {image_id: os.fstat(image.mem_fd).st_blocks * 512 // PAGE_SIZE
+                 for image_id, image in self._images.items()}
+        clones = {}
+        for dom in list(self.domains.values()):
+            if dom.role == "clone" and self.pager.ledger.has_clone(dom.domid):
+                try:
+                    clones[dom.domid] = yield self.backend.scan(dom.domid)
+                except WireError as e:
+                    if e.code != "no-domain":     # destroyed while we looked
+                        raise
+        private = sum(c["private"] for c in clones.values())
+        return {"image_cache_pages": cache, "clones": clones,
+                "allocated_pages": sum(cache.values()) + private,
+                "resident_pages": sum(c["shared"] + c["private"] for c in clones.values()),
+                "private_pages": private}
+
     def op_host(self, msg):
-        return {"backend": self.backend.name, "capabilities": self.backend.capabilities(),
-                "ledger": self.pager.ledger.host_stats(), "stalled": self.pager.stalled}
+        d = self.kernel_view()
+        d.addCallback(lambda kernel: {
+            "backend": self.backend.name, "capabilities": self.backend.capabilities(),
+            "ledger": self.pager.ledger.host_stats(), "kernel": kernel,
+            "stalled": self.pager.stalled, "policy": self.pager.ledger.policy.name})
+        return d
 
     def op_create(self, msg):
         cfg = msg.get("config")
@@ -290,12 +316,13 @@ class Controller:
                      clone_id=clone_id, input=domid, params=image.meta.get("params"),
                      state=DomainState.PAUSED if paused else DomainState.RUNNING, t0_ns=t0)
         self.domains[domid] = dom
+        since = self.pager.punch_seq
         try:
             region = yield self.backend.launch(image, CloneSpec(domid, name, clone_id, domid, paused))
         except Exception:
             self.domains.pop(domid, None)
             raise
-        self.pager.attach(region, image)
+        self.pager.attach(region, image, since)
         return {"domid": domid, "name": name, "clone_id": clone_id}
 
     def op_list(self, msg):
@@ -313,18 +340,74 @@ class Controller:
         dom = self._domain(msg.get("domain"))
         info = dict(dom.summary(), clone_id=dom.clone_id, input=dom.input, result=dom.result,
                     launch_ms=dom.launch_ms)
-        stats = self.pager.stats(dom.domid) or {}
-        info.update(nominal_pages=stats.get("nominal_pages", (dom.memory_mib or 0) * 256),
-                    resident_pages=stats.get("resident_pages", 0),
-                    faults=stats.get("faults", 0),
-                    fetched_pages=stats.get("faults", 0) - stats.get("evicted_pages", 0)
-                    if stats else 0,
-                    evicted_pages=stats.get("evicted_pages", 0),
-                    private_pages=stats.get("private_pages", 0))
+        stats = self.pager.stats(dom.domid)
+        if stats is None:    # a master: its memory is all its own
+            stats = {"nominal_pages": (dom.memory_mib or 0) * 256, "faults": 0}
+        stats.pop("image", None)
+        info.update(stats)
+        info["fetched_pages"] = stats["faults"]
         if dom.role == "clone" and dom.params:
             info["expected"] = workload.expected_result(workload.Params(**dom.params),
                                                         dom.clone_id, dom.input)
         return info
+
+    def _clone(self, msg):
+        dom = self._domain(msg.get("domain"))
+        if dom.role != "clone":
+            raise WireError("not-clone", "%s is a master; this applies to clones" % dom.name)
+        return dom
+
+    def op_set(self, msg):
+        """Per-clone knobs: target and limit (pages), eviction classes.
+        A target evicts down to it at once."""
+        dom = self._clone(msg)
+        knobs = msg.get("knobs")
+        if not isinstance(knobs, dict) or not knobs:
+            raise WireError("bad-argument", "set needs key=value pairs")
+        known = {"target": int, "limit": int, "evict": list}
+        for key, value in knobs.items():
+            kind = known.get(key)
+            if kind is None:
+                raise WireError("bad-argument", "unknown setting %r; known: %s"
+                                % (key, ", ".join(sorted(known))))
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise WireError("bad-argument", "%s must be %s" % (key, kind.__name__))
+        try:
+            self.pager.ledger.set_knobs(dom.domid, target=knobs.get("target"),
+                                        limit=knobs.get("limit"), classes=knobs.get("evict"))
+        except LedgerError as e:
+            raise WireError("bad-argument", str(e))
+        d = defer.succeed(0)
+        if knobs.get("target"):
+            d = self.pager.evict_to(dom.domid, knobs["target"])
+        return d.addCallback(lambda _: self.op_info({"domain": dom.domid}))
+
+    def op_page_sums(self, msg):
+        """64-bit word sums of a domain's guest pages (integrity checks)."""
+        dom = self._domain(msg.get("domain"))
+        pfns = msg.get("pfns")
+        if not isinstance(pfns, list):
+            raise WireError("bad-argument", "pfns must be a list of page numbers")
+        return self.backend.page_sums(dom.domid, pfns).addCallback(lambda sums: {"sums": sums})
+
+    def op_set_host(self, msg):
+        """Change the host budget at run time (pages)."""
+        self.pager.rebudget(_int(msg, "budget_pages", 1, 2**40))
+        return self.pager.ledger.host_stats()
+
+    def op_evict(self, msg):
+        dom = self._clone(msg)
+        pages = _int(msg, "to", 0, 2**40)
+        return self.pager.evict_to(dom.domid, pages).addCallback(
+            lambda n: dict(self.op_info({"domain": dom.domid}), evicted_now=n))
+
+    def op_hoard(self, msg):
+        dom = self._clone(msg)
+        rate = _int(msg, "rate", 1, 10**7, default=self.hoard_rate)
+        done = self.pager.hoard(dom.domid, rate)
+        if msg.get("wait"):
+            return done.addCallback(lambda _: self.op_info({"domain": dom.domid}))
+        return self.op_info({"domain": dom.domid})
 
     def op_wait(self, msg):
         """Fires when the domain leaves the running state (or timeout)."""
@@ -377,6 +460,7 @@ class Controller:
             image = self._images.pop(image_id, None)
             if image is not None:
                 self.backend.forget_image(image)
+                self.pager.forget_image(image_id)
                 os.close(image.mem_fd)
             return {"image": image_id, "destroyed": [d.domid for d in clones]}
 

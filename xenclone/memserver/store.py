@@ -154,7 +154,14 @@ class ImageStore:
         if pfn < 0 or pfn + count > npages:
             raise WireError("out-of-range", "pages %d..%d outside image %r of %d pages"
                             % (pfn, pfn + count - 1, image_id, npages))
-        return os.pread(img.memfd, count * PAGE_SIZE, pfn * PAGE_SIZE)
+        # The disk copy is the truth: pagers let pages of the RAM cache go
+        # (holes in the memfd), and those must not read back as zeros.
+        fd = os.open(os.path.join(self.dir, image_id, "memory"), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.pread(fd, count * PAGE_SIZE, pfn * PAGE_SIZE)
+        finally:
+            os.close(fd)
+        return data.ljust(count * PAGE_SIZE, b"\0")   # a sparse file may end in a hole
 
     # -- bless
 

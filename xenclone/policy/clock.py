@@ -13,6 +13,8 @@ class ClockPolicy:
     pages brought in: a page just faulted is likely touched again soon, and
     evicting it would make the clone fault on it at once."""
 
+    name = "clock"
+
     def __init__(self, protect=64):
         self._ring = OrderedDict()
         self._recent = deque(maxlen=protect) if protect else None
@@ -26,19 +28,16 @@ class ClockPolicy:
     def dropped(self, key):
         self._ring.pop(key, None)
 
-    def choose(self, count, evictable):
-        recent = set(self._recent or ())
-        chosen = []
-        for key in self._ring:
-            if len(chosen) >= count:
-                break
-            if key not in recent and evictable(key):
-                chosen.append(key)
-        if len(chosen) < count:
-            # Under real pressure the protected window is not sacred.
-            for key in reversed(self._recent or ()):
-                if len(chosen) >= count:
-                    break
-                if key in self._ring and key not in chosen and evictable(key):
-                    chosen.append(key)
-        return chosen
+    def _candidates(self, rank):
+        """(rank, key) of evictable pages, oldest first, recent ones last."""
+        # Each recent page once, by its latest fault, least recent first.
+        recent = list(dict.fromkeys(reversed(self._recent or ())))[::-1]
+        spared = set(recent)
+        old = [(r, k) for k in self._ring if k not in spared for r in (rank(k),) if r is not None]
+        new = [(r, k) for k in recent if k in self._ring for r in (rank(k),) if r is not None]
+        return old, new
+
+    def choose(self, count, rank):
+        old, new = self._candidates(rank)
+        # Under real pressure the protected window is not sacred.
+        return [k for _, k in (old + new)[:count]]

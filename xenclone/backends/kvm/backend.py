@@ -19,8 +19,8 @@ class KvmBackend:
         self._zero_maps = {}      # (image, generation) -> cffi buffer shared by clones
 
     def capabilities(self):
-        return dict(host_features(), backend="kvm", lazy_fill=True, sharing="memfd+minor-faults",
-                    eviction=["drop-clean"])
+        return dict(host_features(), backend="kvm", lazy_fill=True, sharing="memfd+minor+wp",
+                    eviction=["drop-clean", "drop-shared", "page-out"])
 
     def create_master(self, spec):
         return self.link.request("create_master", domid=spec.domid, name=spec.name,
@@ -50,9 +50,8 @@ class KvmBackend:
             vcpu_state=base64.b64encode(image.vcpu_state).decode(),
             clone_id=clone.clone_id, input=clone.input, paused=clone.paused)
         def region(msg):
-            r = KvmRegion(clone.domid, msg.fds[0], msg["base"], msg["npages"], zero)
-            r.prefilled = msg.get("prefilled", [])
-            return r
+            return KvmRegion(clone.domid, msg.fds[0], msg["base"], msg["npages"], zero,
+                             msg.get("prefilled", []))
 
         return d.addCallback(region)
 
@@ -69,9 +68,17 @@ class KvmBackend:
         d = self.link.request("page_sums", domid=domid, pfns=list(pfns))
         return d.addCallback(lambda msg: msg["sums"])
 
-    def drop_clean(self, domid, pfns, blocked=False):
-        d = self.link.request("drop_clean", domid=domid, pfns=list(pfns), blocked=blocked)
+    def drop_clean(self, domid, pfns):
+        d = self.link.request("drop_clean", domid=domid, pfns=list(pfns))
         return d.addCallback(lambda msg: msg["dropped"])
+
+    def page_out(self, domid, pfns, slots, store_path, sync):
+        d = self.link.request("page_out", domid=domid, pfns=list(pfns), slots=list(slots),
+                              store=store_path, sync=bool(sync))
+        return d.addCallback(lambda msg: msg["crcs"])
+
+    def scan(self, domid):
+        return self.link.request("scan", domid=domid).addCallback(lambda msg: msg["counts"])
 
     def ping(self):
         return self.link.request("ping").addCallback(lambda msg: msg.fields)

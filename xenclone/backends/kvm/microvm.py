@@ -1,8 +1,10 @@
 """A KVM micro-VM over the C shim: one vCPU, guest RAM = one memfd mapping.
 
 A master maps its memfd MAP_SHARED; a clone maps the image memfd MAP_PRIVATE
-and registers it with userfaultfd (MISSING|MINOR), so every first touch is a
-fault the pager serves and every write stays private (copy-on-write).
+and registers it with userfaultfd (MISSING|MINOR|WP), so every first touch is
+a fault the pager serves, pages are mapped write-protected, and the first
+write to each is a fault too: the pager knows every private page (the
+kernel's copy on write), and the image never changes.
 
 Rule: no Python thread may read or write uffd-registered guest memory while
 holding the GIL (a fault would wait for a pager that needs the GIL). Only
@@ -12,6 +14,7 @@ KVM fds work only in the process that created the VM; the uffd may be sent
 to another process (socket.send_fds) and served there.
 """
 import collections
+import errno
 import os
 import signal
 import struct
@@ -21,7 +24,13 @@ from xenclone._linux import ffi, lib
 from xenclone import workload
 
 PAGE_SIZE = 4096
-CLONE_UFFD_FEATURES = lib.UFFD_FEATURE_MISSING_SHMEM | lib.UFFD_FEATURE_MINOR_SHMEM
+CLONE_UFFD_FEATURES = (lib.UFFD_FEATURE_MISSING_SHMEM | lib.UFFD_FEATURE_MINOR_SHMEM
+                       | lib.UFFD_FEATURE_WP_HUGETLBFS_SHMEM)
+CLONE_UFFD_MODES = (lib.UFFDIO_REGISTER_MODE_MISSING | lib.UFFDIO_REGISTER_MODE_MINOR
+                    | lib.UFFDIO_REGISTER_MODE_WP)
+_KIND_NAMES = {lib.XC_PAGE_SHARED: "shared", lib.XC_PAGE_PRIVATE: "private",
+               lib.XC_PAGE_ZERO: "zero", lib.XC_PAGE_ABSENT: "absent"}
+_NO_WP = bytes(k & ~lib.XC_KIND_WP for k in range(256))
 STATE_SIZE = lib.xc_vm_state_size()
 
 Exit = collections.namedtuple("Exit", "kind port value t_ns reason suberror")
@@ -67,7 +76,7 @@ def kvm_fd():
 def host_features():
     """What this host offers: KVM, and userfaultfd with its feature bits."""
     out = {"kvm": False, "uffd": False, "uffd_features": 0,
-           "minor_shmem": False, "missing_shmem": False}
+           "minor_shmem": False, "missing_shmem": False, "wp_shmem": False}
     if os.path.exists("/dev/kvm"):
         try:
             kvm_fd()
@@ -84,6 +93,7 @@ def host_features():
         out["uffd_features"] = got[0]
         out["minor_shmem"] = bool(got[0] & lib.UFFD_FEATURE_MINOR_SHMEM)
         out["missing_shmem"] = bool(got[0] & lib.UFFD_FEATURE_MISSING_SHMEM)
+        out["wp_shmem"] = bool(got[0] & lib.UFFD_FEATURE_WP_HUGETLBFS_SHMEM)
     return out
 
 
@@ -100,6 +110,7 @@ class MicroVM:
         self._exit = ffi.new("struct xc_exit *")
         self._pagemap_fd = None
         self._closing = threading.Lock()   # a kick never races the VM's teardown
+        self._ram = threading.Lock()       # nor an eviction the unmapping of guest RAM
         self.addr = _check(lib.xc_map_memfd(mem_fd, self.size, int(private)), "mmap guest RAM")
         try:
             vm = ffi.new("struct xc_vm *")
@@ -110,14 +121,12 @@ class MicroVM:
             raise
 
     def register_uffd(self, features=CLONE_UFFD_FEATURES):
-        """A uffd over all of guest RAM (MISSING|MINOR); closed by close()."""
+        """A uffd over all of guest RAM (MISSING|MINOR|WP); closed by close()."""
         assert self.private and self.uffd is None
         fd = _check(lib.xc_uffd_open(features, ffi.NULL), "userfaultfd")
         try:
-            _check(lib.xc_uffd_register(
-                fd, self.addr, self.size,
-                lib.UFFDIO_REGISTER_MODE_MISSING | lib.UFFDIO_REGISTER_MODE_MINOR),
-                "UFFDIO_REGISTER")
+            _check(lib.xc_uffd_register(fd, self.addr, self.size, CLONE_UFFD_MODES),
+                   "UFFDIO_REGISTER")
         except BaseException:
             os.close(fd)
             raise
@@ -170,20 +179,73 @@ class MicroVM:
             # it is alive and thread_id is still its own.
             signal.pthread_kill(thread_id, signal.SIGUSR1)
 
+    def _pagemap(self):
+        if self._vm is None:
+            raise OSError(errno.EBADF, "the VM is closed")
+        if self._pagemap_fd is None:
+            self._pagemap_fd = _check(lib.xc_pagemap_open(), "open pagemap")
+        return self._pagemap_fd
+
+    def kinds(self, first_pfn=0, npages=None):
+        """The kernel's view of guest pages: bytes of XC_PAGE_ABSENT,
+        _SHARED, _PRIVATE or _ZERO, each | XC_KIND_WP if write-protected."""
+        npages = self.npages - first_pfn if npages is None else npages
+        out = ffi.new("uint8_t[]", npages)
+        _check(lib.xc_page_kinds(self._pagemap(), self.addr + first_pfn * PAGE_SIZE, npages, out),
+               "PAGEMAP_SCAN")
+        return ffi.buffer(out)[:]
+
+    def scan(self):
+        """Counts of guest pages by kind: shared, private, zero, absent."""
+        with self._ram:
+            kinds = self.kinds().translate(_NO_WP)
+        return {name: kinds.count(kind) for kind, name in _KIND_NAMES.items()}
+
     def drop_clean(self, pfns):
-        """MADV_DONTNEED the pages that still map the shared image page; the
-        vCPU must not be running. Returns the pfns dropped (the pager must
-        mark them absent: the next touch faults again)."""
+        """MADV_DONTNEED the pages that still map the image page write-
+        protected (a write to one faults, and the pager holds it), so
+        nothing written is lost. Returns the pfns dropped."""
         pfns = list(pfns)
         if not pfns:
             return []
-        if self._pagemap_fd is None:
-            self._pagemap_fd = _check(lib.xc_pagemap_open(), "open pagemap")
         arr = ffi.new("uint64_t[]", pfns)
         dropped = ffi.new("uint8_t[]", len(pfns))
-        _check(lib.xc_drop_clean(self._pagemap_fd, self.addr, arr, len(pfns), dropped),
-               "drop_clean")
+        with self._ram:
+            _check(lib.xc_drop_clean(self._pagemap(), self.addr, arr, len(pfns), dropped),
+                   "drop_clean")
         return [p for p, d in zip(pfns, dropped) if d]
+
+    def page_out(self, pfns, slots, store_fd, sync):
+        """Write pages to ``slots`` (pages) of the store, push them to disk
+        and out of the page cache, then drop them from guest RAM. Returns
+        each page's CRC32. The pages must be held: present and write-
+        protected (xc_set_state), so they cannot change meanwhile; NotHeld
+        otherwise. Nothing is dropped when the store fails (OSError).
+
+        A held page may still be the image's: a write made it private for
+        the pager but the writer has not run again yet. Its data is then
+        the image's, and the write lands once the page is loaded back."""
+        pfns, slots = list(pfns), list(slots)
+        if not pfns:
+            return []
+        arr = ffi.new("uint64_t[]", pfns)
+        buf = ffi.new("char[]", len(pfns) * PAGE_SIZE)
+        data = ffi.buffer(buf)
+        with self._ram:
+            kinds = [self.kinds(p, 1)[0] for p in pfns]
+            bad = [(p, k) for p, k in zip(pfns, kinds) if not k & lib.XC_KIND_WP]
+            if bad:
+                raise NotHeld(bad)
+            lib.xc_gather_pages(self.addr, arr, len(pfns), buf)
+            crcs = [lib.xc_crc32(buf + i * PAGE_SIZE, PAGE_SIZE) for i in range(len(pfns))]
+            for i, run in _runs(slots):
+                _pwrite_all(store_fd, data[i * PAGE_SIZE:(i + run) * PAGE_SIZE],
+                            slots[i] * PAGE_SIZE)
+            lo, hi = min(slots), max(slots) + 1
+            _check(lib.xc_store_flush(store_fd, lo * PAGE_SIZE, (hi - lo) * PAGE_SIZE, int(sync)),
+                   "flush the page-out store")
+            _check(lib.xc_drop_pages(self.addr, arr, len(pfns)), "drop paged-out pages")
+        return crcs
 
     def page_sums(self, first_pfn=0, npages=None):
         """64-bit sum per page (C, GIL released: safe on clone RAM)."""
@@ -193,19 +255,15 @@ class MicroVM:
         return list(out)
 
     def prefill(self, pfns):
-        """Map image pages before the vCPU first runs, so its first
-        instructions need no round trip to the pager.  Returns the pfns
-        mapped (holes get the zero page)."""
+        """Map image pages (write-protected, as the pager does) before the
+        vCPU first runs, so its first instructions need no round trip to the
+        pager.  Returns the pfns mapped: pages this host's image cache
+        lacks are left to the pager, which alone knows which are zero."""
         state = ffi.new("uint8_t[]", self.npages)
         region = ffi.new("struct xc_region *", {"uffd": self.uffd, "base": self.addr,
                                                 "npages": self.npages, "state": state})
-        done = []
-        for pfn in pfns:
-            if 0 <= pfn < self.npages and (
-                    lib.xc_resolve(region, pfn, 1, lib.XC_CONTINUE) == 0
-                    or lib.xc_resolve(region, pfn, 1, lib.XC_ZEROPAGE) == 0):
-                done.append(pfn)
-        return done
+        return [pfn for pfn in pfns
+                if 0 <= pfn < self.npages and lib.xc_resolve(region, pfn, 1, lib.XC_CONTINUE) == 0]
 
     def release_uffd(self):
         """Close this process's copy of the uffd: once the pager's copy is
@@ -215,12 +273,40 @@ class MicroVM:
             self.uffd = None
 
     def close(self):
-        with self._closing:
+        with self._closing, self._ram:
             vm, self._vm = self._vm, None
-        if vm is not None:
-            lib.xc_vm_destroy(vm)
-            lib.xc_unmap(self.addr, self.size)
-        for fd in (self.uffd, self._pagemap_fd):
-            if fd is not None:
-                os.close(fd)
-        self.uffd = self._pagemap_fd = None
+            if vm is not None:
+                lib.xc_vm_destroy(vm)
+                lib.xc_unmap(self.addr, self.size)
+            for fd in (self.uffd, self._pagemap_fd):
+                if fd is not None:
+                    os.close(fd)
+            self.uffd = self._pagemap_fd = None
+
+
+class NotHeld(ValueError):
+    """page_out of pages that are absent or not write-protected."""
+
+    def __init__(self, bad):
+        super().__init__("pages not held (pfn, kind): %s" % bad[:16])
+        self.pfns = [p for p, _ in bad]
+
+
+def _runs(slots):
+    """(index, length) of each run of consecutive slots."""
+    i = 0
+    while i < len(slots):
+        j = i + 1
+        while j < len(slots) and slots[j] == slots[j - 1] + 1:
+            j += 1
+        yield i, j - i
+        i = j
+
+
+def _pwrite_all(fd, data, offset):
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n == 0:
+            raise OSError(errno.EIO, "page-out store: short write")
+        view, offset = view[n:], offset + n

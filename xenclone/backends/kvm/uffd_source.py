@@ -1,12 +1,15 @@
 """The KVM fault source: every clone's userfaultfd, served by C.
 
 One thread runs ``xc_pager_serve`` (the GIL released) over an epoll set of
-all clones' userfaultfds.  It fills pages while it holds credits and hands
-the rest, with a record of what it filled, to the pager in the reactor.
+all clones' userfaultfds.  It maps pages into a clone while that clone has
+credits, lets writes make private copies while the host has credits, and
+hands the rest, with a record of what it did, to the pager in the reactor.
 The reactor changes regions and credits only with the serve loop stopped:
 it kicks the loop out through an eventfd and takes the lock.
 """
 
+import collections
+import errno
 import os
 import select
 import threading
@@ -20,23 +23,34 @@ from xenclone.interfaces import IFaultRegion, IFaultSource
 MAX_OUT = 4096
 
 
+def _check(rc):
+    if rc < 0:
+        raise OSError(-rc, os.strerror(-rc))
+    return rc
+
+
 @implementer(IFaultRegion)
 class KvmRegion:
-    """A clone's guest RAM inside the VMM host, reached through its uffd."""
+    """A clone's guest RAM inside the VMM host, reached through its uffd.
 
-    def __init__(self, domid, uffd, base, npages, zero):
+    The state array is shared with the C fast path; every change goes
+    through C under the region's lock, with the ioctl that goes with it."""
+
+    def __init__(self, domid, uffd, base, npages, zero, prefilled=()):
         self.domid = domid
         self.npages = npages
         self._uffd = uffd
         self._state = ffi.new("uint8_t[]", npages)
         self._zero = zero            # cffi buffer shared by the image's clones
-        self.prefilled = []          # pages mapped at launch, before the pager
+        self.prefilled = list(prefilled)   # mapped (shared) at launch, before the pager
         self.c_region = ffi.new("struct xc_region *")
         self.c_region.uffd = uffd
         self.c_region.base = base
         self.c_region.npages = npages
         self.c_region.state = self._state
         self.c_region.zero = zero
+        for pfn in self.prefilled:
+            self._state[pfn] = lib.XC_PAGE_SHARED
 
     @staticmethod
     def zero_buffer(zero_map):
@@ -48,41 +62,45 @@ class KvmRegion:
 
     def counters(self):
         r = self.c_region
-        return {"faults": r.faults, "minor_fills": r.minor_fills,
-                "zero_fills": r.zero_fills, "dup_wakes": r.dup_wakes}
-
-    def _resolve(self, pfn, how):
-        rc = lib.xc_resolve(self.c_region, pfn, 1, how)
-        if rc == 0:
-            self._state[pfn] = lib.XC_PAGE_PRESENT
-        return rc
+        return {"faults": r.faults, "minor_fills": r.minor_fills, "zero_fills": r.zero_fills,
+                "dup_wakes": r.dup_wakes, "wp_faults": r.wp_faults, "cow_fills": r.cow_fills}
 
     def load_zero(self, pfn):
-        rc = self._resolve(pfn, lib.XC_ZEROPAGE)
-        if rc < 0:
-            raise OSError(-rc, os.strerror(-rc))
+        _check(lib.xc_resolve(self.c_region, pfn, 1, lib.XC_ZEROPAGE))
 
     def load_shared(self, pfn):
-        rc = self._resolve(pfn, lib.XC_CONTINUE)
-        if rc == -2:   # ENOENT: this host's cache does not hold the page
+        rc = lib.xc_resolve(self.c_region, pfn, 1, lib.XC_CONTINUE)
+        if rc in (-errno.ENOENT, -errno.EFAULT):   # not in this host's image cache
             return False
-        if rc < 0:
-            raise OSError(-rc, os.strerror(-rc))
+        _check(rc)
         return True
 
+    def unprotect(self, pfn):
+        _check(lib.xc_resolve(self.c_region, pfn, 1, lib.XC_UNPROTECT))
+
     def load_copy(self, pfn, data):
-        rc = lib.xc_copy_page(self.c_region, pfn, ffi.from_buffer(data))
-        if rc < 0:
-            raise OSError(-rc, os.strerror(-rc))
-        self._state[pfn] = lib.XC_PAGE_PRESENT
+        _check(lib.xc_copy_page(self.c_region, pfn, ffi.from_buffer(data)))
 
-    def forget(self, pfns):
-        for pfn in pfns:
-            self._state[pfn] = lib.XC_PAGE_ABSENT
+    def _set(self, pfns, state):
+        pfns = list(pfns)
+        prev = ffi.new("uint8_t[]", len(pfns))
+        _check(lib.xc_set_state(self.c_region, pfns, len(pfns), state, prev))
+        return list(prev)
 
-    def remember(self, pfns):
-        for pfn in pfns:
-            self._state[pfn] = lib.XC_PAGE_PRESENT
+    def hold(self, pfns):
+        """Also write-protects private pages, so a write cannot change one
+        while it is paged out. Returns the states the pages had."""
+        return self._set(pfns, lib.XC_PAGE_HOLD)
+
+    def release(self, pfns):
+        self._set(pfns, lib.XC_PAGE_ABSENT)
+
+    def remember(self, pfns, state):
+        """A private page also gets its write protection lifted again."""
+        self._set(pfns, state)
+
+    def states(self):
+        return memoryview(ffi.buffer(self._state)).toreadonly()
 
     def close(self):
         os.close(self._uffd)
@@ -96,13 +114,16 @@ class UffdFaultSource:
         self.reactor = reactor
         self._epoll = select.epoll()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._check(lib.xc_epoll_add(self._epoll.fileno(), self._wake, lib.XC_WAKE_DATA))
+        _check(lib.xc_epoll_add(self._epoll.fileno(), self._wake, lib.XC_WAKE_DATA))
         self._regions = ffi.new("struct xc_region *[]", max_regions)
         self._slots = [None] * max_regions    # slot -> KvmRegion
         self._by_domid = {}
         self._nregions = 0
-        self._credits = ffi.new("int64_t *")
-        self._undelivered = 0     # pages served in C that the pager has not seen
+        self._host_credits = ffi.new("int64_t *")
+        # What C did that the pager has not seen yet: pages made private
+        # (WRITTEN), and per clone pages mapped (SERVED).
+        self._unseen_written = 0
+        self._unseen_served = collections.Counter()
         self._count = threading.Lock()
         self._out = ffi.new("struct xc_fault[]", MAX_OUT)
         self._cond = threading.Condition()
@@ -110,12 +131,6 @@ class UffdFaultSource:
         self._stopping = False
         self._thread = None
         self._deliver = None
-
-    @staticmethod
-    def _check(rc):
-        if rc < 0:
-            raise OSError(-rc, os.strerror(-rc))
-        return rc
 
     def start(self, deliver):
         self._deliver = deliver
@@ -130,24 +145,33 @@ class UffdFaultSource:
                 if self._stopping:
                     return
                 n = lib.xc_pager_serve(self._epoll.fileno(), self._regions, self._nregions,
-                                       self._wake, self._credits, self._out, MAX_OUT, 100)
+                                       self._wake, self._host_credits, self._out, MAX_OUT, 100)
                 records = [(self._slots[f.region].domid, f.kind, f.pfn)
                            for f in self._out[0:max(n, 0)]]
-                served = sum(1 for r in records if r[1] == lib.XC_SERVED)
+                written, served = self._spent(records)
                 with self._count:
-                    self._undelivered += served
+                    self._unseen_written += written
+                    self._unseen_served.update(served)
             if n < 0:
                 self.log.error("pager serve loop: {err}", err=os.strerror(-n))
                 continue
             if records:
-                self.reactor.callFromThread(self._delivered, records, served)
+                self.reactor.callFromThread(self._delivered, records, written, served)
 
-    def _delivered(self, records, served):
+    @staticmethod
+    def _spent(records):
+        written = sum(1 for r in records if r[1] == lib.XC_WRITTEN)
+        served = collections.Counter(r[0] for r in records if r[1] == lib.XC_SERVED)
+        return written, served
+
+    def _delivered(self, records, written, served):
         with self._count:
-            self._undelivered -= served
+            self._unseen_written -= written
+            self._unseen_served.subtract(served)
+            self._unseen_served = +self._unseen_served   # drops the zero counts
         self._deliver(records)
 
-    def _locked(self, fn):
+    def exclusively(self, fn):
         """Run ``fn`` with the serve loop out of C."""
         self._holders += 1
         os.eventfd_write(self._wake, 1)
@@ -165,9 +189,9 @@ class UffdFaultSource:
             self._regions[slot] = region.c_region
             self._nregions = max(self._nregions, slot + 1)
             self._by_domid[region.domid] = slot
-            self._check(lib.xc_epoll_add(self._epoll.fileno(), region.fileno(), slot))
+            _check(lib.xc_epoll_add(self._epoll.fileno(), region.fileno(), slot))
 
-        self._locked(add)
+        self.exclusively(add)
 
     def remove(self, domid):
         def remove():
@@ -182,17 +206,22 @@ class UffdFaultSource:
                 self._nregions -= 1
             return region
 
-        region = self._locked(remove)
+        region = self.exclusively(remove)
         if region is not None:
             region.close()
 
-    def set_credits(self, count):
+    def set_credits(self, host, clones):
         def grant():
-            # The ledger has not yet seen pages still on their way to it.
+            # The ledger has not yet seen what is still on its way to it.
             with self._count:
-                self._credits[0] = max(0, count - self._undelivered)
+                self._host_credits[0] = max(0, host - self._unseen_written)
+                for domid, n in clones.items():
+                    slot = self._by_domid.get(domid)
+                    if slot is not None:
+                        self._slots[slot].c_region.credits = max(
+                            0, n - self._unseen_served[domid])
 
-        self._locked(grant)
+        self.exclusively(grant)
 
     def stop(self):
         self._stopping = True

@@ -22,12 +22,14 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from xenclone import workload
-from xenclone.backends.kvm.microvm import MicroVM, entry_pfns
+from xenclone.backends.kvm.microvm import MicroVM, NotHeld, entry_pfns
 from xenclone.interfaces import DomainState
 from xenclone.wire import FrameProtocol, Reply, WireError
 
 ARCH = "kvm-x86-32"
 PARK_TIMEOUT = 0.1      # a running vCPU leaves KVM_RUN in microseconds
+MAX_PFNS = 4096         # pages per eviction request
+MAX_SLOT = 1 << 40      # page-out store slots (4 PiB of pages)
 MASTER_TIMEOUT = 30.0
 GUEST_KERNEL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "guest", "build", "guest.bin")
 
@@ -43,7 +45,6 @@ class Domain:
     mem_fd = attr.ib(default=-1)  # master only: its RAM
     state = attr.ib(default=DomainState.PAUSED)
     parked = attr.ib(default=False)
-    brief_stop = attr.ib(default=False)
     result = attr.ib(default=None)
     t_first_ns = attr.ib(default=None)
     error = attr.ib(default=None)
@@ -51,6 +52,7 @@ class Domain:
     want = attr.ib(default="run")
     cond = attr.ib(factory=threading.Condition)
     waiters = attr.ib(factory=list)   # Deferreds fired when the vCPU parks or ends
+    store = attr.ib(default=None)     # (path, fd) of its page-out store
 
     def info(self):
         return {"domid": self.domid, "name": self.name, "role": self.role,
@@ -122,7 +124,7 @@ class VmmHost:
             dom.result = ex.value
 
     def _parked(self, dom):
-        if dom.state == DomainState.RUNNING and not dom.brief_stop:
+        if dom.state == DomainState.RUNNING:
             self._set_state(dom, DomainState.PAUSED)
         waiters, dom.waiters = dom.waiters, []
         for d in waiters:
@@ -132,6 +134,9 @@ class VmmHost:
         self.domains.pop(dom.domid, None)
         if dom.mem_fd >= 0:
             os.close(dom.mem_fd)
+        if dom.store is not None:
+            os.close(dom.store[1])
+            dom.store = None
         waiters, dom.waiters = dom.waiters, []
         for d in waiters:
             d.callback(True)
@@ -159,10 +164,8 @@ class VmmHost:
         self.reactor.callLater(timeout, expire)
         return d
 
-    def _park(self, dom, brief=False):
-        """Stop the vCPU; ``brief`` stops (for an eviction) are not a
-        change of state that anyone outside this process sees."""
-        dom.brief_stop = brief
+    def _park(self, dom):
+        """Stop the vCPU."""
         if dom.thread is None or not dom.thread.is_alive() or dom.parked:
             return defer.succeed(True)
         with dom.cond:
@@ -179,9 +182,7 @@ class VmmHost:
         with dom.cond:
             dom.want = "run"
             dom.cond.notify()
-        if not dom.brief_stop:
-            self._set_state(dom, DomainState.RUNNING)
-        dom.brief_stop = False
+        self._set_state(dom, DomainState.RUNNING)
 
     def _get(self, msg):
         dom = self.domains.get(msg.get("domid"))
@@ -336,30 +337,65 @@ class VmmHost:
                                          ).addCallback(lambda sums: {"sums": sums})
 
     def op_drop_clean(self, msg):
+        """Unmap clean pages. The pager holds them first, so a write to one
+        waits for the pager; no need to stop the vCPU."""
         dom = self._get(msg)
-        pfns = msg["pfns"]
-        if not all(isinstance(p, int) and 0 <= p < dom.npages for p in pfns):
-            raise WireError("out-of-range", "page numbers must be within 0..%d" % (dom.npages - 1))
-        if msg.get("blocked"):
-            # The pager holds this clone's one vCPU in an unanswered fault:
-            # it cannot write a page, and a kick may not reach it.
-            return {"dropped": dom.vm.drop_clean(pfns)}
-        was_running = dom.state == DomainState.RUNNING
+        return {"dropped": dom.vm.drop_clean(_pfns(dom, msg["pfns"]))}
 
-        def drop(parked):
-            if not parked:
-                # It may be mid-write: drop nothing, the pager asks again.
-                if was_running:
-                    self._resume(dom)
-                raise WireError("busy", "domain %d did not stop for eviction" % dom.domid)
-            # The vCPU is parked: nothing can write a page between the
-            # kernel's answer (written or not) and the drop.
-            dropped = dom.vm.drop_clean(pfns)
-            if was_running:
-                self._resume(dom)
-            return {"dropped": dropped}
+    def op_page_out(self, msg):
+        dom = self._get(msg)
+        pfns, slots, store, sync = (msg.get(k) for k in ("pfns", "slots", "store", "sync"))
+        pfns = _pfns(dom, pfns)
+        if not (isinstance(slots, list) and len(slots) == len(pfns)
+                and all(_is_int(s, MAX_SLOT) for s in slots) and len(set(slots)) == len(slots)):
+            raise WireError("bad-request", "slots: distinct integers in 0..%d, one per page"
+                            % (MAX_SLOT - 1))
+        if not (isinstance(store, str) and os.path.isabs(store) and "\0" not in store):
+            raise WireError("bad-request", "store must be an absolute path")
+        if not isinstance(sync, bool):
+            raise WireError("bad-request", "sync must be true or false")
+        try:
+            fd = self._store(dom, store)
+        except OSError as e:
+            raise WireError("pageout-failed", "cannot open page-out store %s: %s" % (store, e))
 
-        return self._park(dom, brief=True).addCallback(drop)
+        def page_out():
+            try:
+                return dom.vm.page_out(pfns, slots, fd, sync)
+            except NotHeld as e:
+                raise WireError("not-held", "domain %d: %s" % (dom.domid, e))
+            except OSError as e:
+                # Nothing was dropped: the pages are still the clone's.
+                raise WireError("pageout-failed", "page-out of domain %d to %s failed: %s"
+                                % (dom.domid, store, e))
+
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), page_out
+                                         ).addCallback(lambda crcs: {"crcs": crcs})
+
+    def _store(self, dom, path):
+        if dom.store is None or dom.store[0] != path:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            if dom.store is not None:
+                os.close(dom.store[1])
+            dom.store = (path, fd)
+        return dom.store[1]
+
+    def op_scan(self, msg):
+        dom = self._get(msg)
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), dom.vm.scan
+                                         ).addCallback(lambda counts: {"counts": counts})
+
+
+def _is_int(v, limit):
+    return type(v) is int and 0 <= v < limit
+
+
+def _pfns(dom, pfns):
+    if not (isinstance(pfns, list) and len(pfns) <= MAX_PFNS
+            and all(_is_int(p, dom.npages) for p in pfns) and len(set(pfns)) == len(pfns)):
+        raise WireError("bad-request", "up to %d distinct page numbers within 0..%d"
+                        % (MAX_PFNS, dom.npages - 1))
+    return pfns
 
 
 class _Factory(Factory):
