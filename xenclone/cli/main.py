@@ -205,6 +205,7 @@ def _parser():
     sp.add_argument("--clones", type=int, default=16)
     sp.add_argument("--memory-mib", type=int, default=256)
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--plot", metavar="FILE.png", help="draw host memory over time")
     sp.set_defaults(func=None, scenario="demo")
     sp = sub.add_parser("selftest", help="run acceptance scenarios on this host")
     sp.add_argument("names", nargs="*", metavar="NAME")

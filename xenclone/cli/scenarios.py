@@ -102,19 +102,29 @@ def _pct(values, q):
 
 
 @defer.inlineCallbacks
-def launch_job(s, clones, memory_mib, name="demo"):
-    """create → bless → launch → check; returns the figures."""
+def launch_job(s, clones, memory_mib, name="demo", plot=None):
+    """create → bless → launch → check; returns the figures.  With ``plot``
+    (a PNG path), memory over time is drawn there."""
     master = "%s-master" % name
     yield s.call("create", config={"name": master, "memory": memory_mib})
     blessed = yield s.call("bless", domain=master, name=name)
     pids = yield s.call("pids")
     base = hostmem.host_bytes(list(pids.values()))
     sampler = PeakSampler(s.reactor, list(pids.values()))
+    memory = None
+    if plot:
+        from xenclone.cli.plot import MemorySampler
+        memory = MemorySampler(s.reactor, s.proto)
+        memory.start()
     launched = yield s.call("launch", image=name, count=clones)
     infos = []
     for c in launched["clones"]:
         infos.append((yield s.call("wait", domain=c["domid"], timeout=600)))
     sampler.stop()
+    if memory is not None:
+        samples = yield memory.stop()
+        from xenclone.cli.plot import plot_memory
+        plot_memory(samples, memory.budget_pages, plot)
     wrong = ["%s: %s (expected %s, %s)" % (i["name"], i["result"], i["expected"], i["state"])
              for i in infos if i["result"] != i["expected"]]
     launch_ms = [i["launch_ms"] for i in infos if i["launch_ms"] is not None]
@@ -193,7 +203,7 @@ def run_scenario(reactor, args, settings):
     s = yield Session(reactor, settings).open()
     try:
         if args.scenario == "demo":
-            r = yield launch_job(s, args.clones, args.memory_mib)
+            r = yield launch_job(s, args.clones, args.memory_mib, plot=args.plot)
             yield s.call("discard", image=r["image"], force=True)
             yield s.call("destroy", domain="demo-master")
             print(json.dumps(r, indent=2, sort_keys=True) if args.json else _demo_text(r))
