@@ -30,6 +30,13 @@ from xenclone.interfaces import PAGE_SIZE, FaultKind, PageState
 from xenclone.wire import WireError
 
 
+BATCH = 1024     # pages per backend request
+
+
+def _chunks(pfns):
+    return [pfns[i:i + BATCH] for i in range(0, len(pfns), BATCH)]
+
+
 class Pager:
     log = Logger()
 
@@ -317,9 +324,9 @@ class Pager:
                 shared[self.ledger.clone(domid).image_id].add(pfn)
             else:
                 drop[domid].append(pfn)
-        ops = [self._drop(d, p, L.DROP_CLEAN) for d, p in drop.items()]
-        ops += [self._page_out(d, p) for d, p in out.items()]
-        ops += [self._drop_shared(i, sorted(p)) for i, p in shared.items()]
+        ops = [self._drop(d, c, L.DROP_CLEAN) for d, p in drop.items() for c in _chunks(p)]
+        ops += [self._page_out(d, c) for d, p in out.items() for c in _chunks(p)]
+        ops += [self._drop_shared(i, c) for i, p in shared.items() for c in _chunks(sorted(p))]
         return ops
 
     def _flying(self, domid, pfns, d):

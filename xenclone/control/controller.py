@@ -386,9 +386,12 @@ class Controller:
         """64-bit word sums of a domain's guest pages (integrity checks)."""
         dom = self._domain(msg.get("domain"))
         pfns = msg.get("pfns")
-        if not isinstance(pfns, list):
+        if not isinstance(pfns, list) or len(pfns) > 2**20:
             raise WireError("bad-argument", "pfns must be a list of page numbers")
-        return self.backend.page_sums(dom.domid, pfns).addCallback(lambda sums: {"sums": sums})
+        d = defer.gatherResults([self.backend.page_sums(dom.domid, pfns[i:i + 4096])
+                                 for i in range(0, len(pfns), 4096)], consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
+        return d.addCallback(lambda parts: {"sums": [x for part in parts for x in part]})
 
     def op_set_host(self, msg):
         """Change the host budget at run time (pages)."""
