@@ -169,6 +169,10 @@ class FakeBackend:
         return defer.maybeDeferred(self._known, domid).addCallback(
             lambda _: self.domains.pop(domid))
 
+    def page_kinds(self, domid, pfns):
+        region = self.regions.get(domid)
+        return defer.succeed([region.state[p] if region is not None else 0 for p in pfns])
+
     def page_sums(self, domid, pfns):
         return defer.maybeDeferred(self._known, domid).addCallback(lambda _: [0] * len(pfns))
 

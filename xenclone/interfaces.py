@@ -78,6 +78,10 @@ class IBackend(Interface):
     def destroy(domid):
         """Deferred: the domain and its private memory are gone."""
 
+    def page_kinds(domid, pfns):
+        """Deferred[list]: the kernel's (or hypervisor's) ``PageState`` of
+        each page: absent, shared (the image's), private or zero."""
+
     def page_sums(domid, pfns):
         """Deferred[list]: the 64-bit word sum of each guest page."""
 

@@ -113,6 +113,13 @@ class Pager:
         if self.ledger.images.get(image_id) is not None:
             self.ledger.remove_image(image_id)
 
+    def waiting(self):
+        """Faults waiting for a decision, by what they wait for."""
+        counts = {"map": len(self._want_map), "evicting": len(self._held)}
+        for want in self._want_host.values():
+            counts[want] = counts.get(want, 0) + 1
+        return counts
+
     def stats(self, domid):
         if not self.ledger.has_clone(domid):
             return None
@@ -414,31 +421,55 @@ class Pager:
                 by_clone[domid].append(pfn)
         results = yield defer.gatherResults(
             [self._drop(domid, p, L.DROP_SHARED, release=False) for domid, p in by_clone.items()])
-        gone = [p for p in pfns if not img.mappers.get(p)]
-        if gone:
-            yield self._uncache([(image_id, p) for p in gone])
-        for (domid, _), dropped in zip(by_clone.items(), results):
-            if domid in self._clones:
-                self._clones[domid][0].release(dropped)
+        try:
+            gone = [p for p in pfns if not img.mappers.get(p)]
+            if gone:
+                yield self._uncache([(image_id, p) for p in gone])
+        finally:
+            # Whatever happened to the cache, the held pages go back to
+            # faulting normally: a held page never stays held.
+            for (domid, _), dropped in zip(by_clone.items(), results):
+                if domid in self._clones:
+                    self._clones[domid][0].release(dropped)
+                    self._held.difference_update((domid, p) for p in dropped)
 
+    @defer.inlineCallbacks
     def _uncache(self, keys):
         """Let the host's cache go of image pages.  A hole unmaps the page
         from every clone at once, so it is made with no fault being served,
         and any clone that maps the page (even by a record not seen yet)
-        faults on it again, to fetch it.  A page some clone has just been
-        allowed to write is kept: until that write lands, the clone still
-        maps the cache's page, and a hole would take the write's target."""
+        faults on it again, to fetch it.  A page some clone was allowed to
+        write is punched only once the kernel shows that clone's private
+        copy: until the write lands, the clone still maps the cache's page."""
         by_image = defaultdict(list)
         for image_id, pfn in keys:
             by_image[image_id].append(pfn)
+        landed = set()      # (domid, pfn) whose private copy the kernel showed
+        for image_id, pfns in by_image.items():
+            for domid, (region, image) in list(self._clones.items()):
+                if image.image_id != image_id:
+                    continue
+                states = region.states()
+                writing = [p for p in pfns if states[p] == PageState.PRIVATE]
+                for i in range(0, len(writing), 4096):
+                    part = writing[i:i + 4096]
+                    kinds = yield self.backend.page_kinds(domid, part)
+                    landed.update((domid, p) for p, k in zip(part, kinds)
+                                  if k == PageState.PRIVATE)
 
         def punch():
             for image_id, pfns in by_image.items():
-                regions = [r for r, image in self._clones.values() if image.image_id == image_id]
-                states = [r.states() for r in regions]
-                pfns = [p for p in pfns if all(st[p] != PageState.PRIVATE for st in states)]
-                for region, st in zip(regions, states):
-                    region.release([p for p in pfns if st[p] == PageState.SHARED])
+                # Checked here, with no fault served: a write allowed since
+                # the kernel was asked is not known to have landed.
+                for domid, (region, image) in self._clones.items():
+                    if image.image_id == image_id:
+                        states = region.states()
+                        pfns = [p for p in pfns if states[p] != PageState.PRIVATE
+                                or (domid, p) in landed]
+                for region, image in self._clones.values():
+                    if image.image_id == image_id:
+                        states = region.states()
+                        region.release([p for p in pfns if states[p] == PageState.SHARED])
                 self._images[image_id].drop_pages(pfns)
                 self.ledger.uncached(image_id, pfns)
                 for p in pfns:
@@ -446,7 +477,6 @@ class Pager:
             self._punch_seq += 1
 
         self.source.exclusively(punch)
-        return defer.succeed(None)
 
     def _eviction_failed(self, domid, f):
         if f.check(WireError) and f.value.code in ("busy", "no-domain"):

@@ -231,7 +231,8 @@ class Controller:
         d.addCallback(lambda kernel: {
             "backend": self.backend.name, "capabilities": self.backend.capabilities(),
             "ledger": self.pager.ledger.host_stats(), "kernel": kernel,
-            "stalled": self.pager.stalled, "policy": self.pager.ledger.policy.name})
+            "stalled": self.pager.stalled, "waiting": self.pager.waiting(),
+            "policy": self.pager.ledger.policy.name})
         return d
 
     def op_create(self, msg):

@@ -64,6 +64,10 @@ class KvmBackend:
     def destroy(self, domid):
         return self.link.request("destroy", domid=domid)
 
+    def page_kinds(self, domid, pfns):
+        d = self.link.request("page_kinds", domid=domid, pfns=list(pfns))
+        return d.addCallback(lambda msg: msg["kinds"])
+
     def page_sums(self, domid, pfns):
         d = self.link.request("page_sums", domid=domid, pfns=list(pfns))
         return d.addCallback(lambda msg: msg["sums"])

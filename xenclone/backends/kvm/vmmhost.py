@@ -23,10 +23,12 @@ from twisted.logger import Logger
 
 from xenclone import workload
 from xenclone.backends.kvm.microvm import MicroVM, NotHeld, entry_pfns
+from xenclone._linux import lib
 from xenclone.interfaces import DomainState
 from xenclone.wire import FrameProtocol, Reply, WireError
 
 ARCH = "kvm-x86-32"
+WP_FLAG = lib.XC_KIND_WP
 PARK_TIMEOUT = 0.1      # a running vCPU leaves KVM_RUN in microseconds
 MAX_PFNS = 4096         # pages per eviction request
 MAX_SLOT = 1 << 40      # page-out store slots (4 PiB of pages)
@@ -379,6 +381,15 @@ class VmmHost:
                 os.close(dom.store[1])
             dom.store = (path, fd)
         return dom.store[1]
+
+    def op_page_kinds(self, msg):
+        """The kernel's kind of each page (absent, shared, private, zero)."""
+        dom = self._get(msg)
+        pfns = msg.get("pfns")
+        if not isinstance(pfns, list) or len(pfns) > 4096 or not all(
+                _is_int(p, dom.npages) for p in pfns):
+            raise WireError("bad-request", "up to 4096 page numbers within 0..%d" % (dom.npages - 1))
+        return {"kinds": [dom.vm.kinds(p, 1)[0] & ~WP_FLAG for p in pfns]}
 
     def op_scan(self, msg):
         dom = self._get(msg)
