@@ -11,16 +11,16 @@ burst runs.  Writes bench/results/launch-<timestamp>.json and prints it.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import time
 
 from twisted.internet import defer, task
 
 from xenclone.cli.scenarios import Session, launch_job
 from xenclone.config import load_daemon_config
+
+import results_file
 
 LAUNCH_LIMIT_MS = 2.0
 MEMORY_LIMIT = 0.35
@@ -60,26 +60,16 @@ def bench(reactor, args):
     summary = {
         "runs": args.runs, "clones": args.clones, "memory_mib": args.memory_mib,
         "answers_right": all(r["burst"]["results_ok"] for r in runs),
-        "launch_ms_p50_sequential": {"min": min(seq_p50), "median": statistics.median(seq_p50),
-                                     "max": max(seq_p50)},
+        "launch_ms_p50_sequential": results_file.spread(seq_p50),
         "launch_ms_p50_burst": [r["burst"]["launch_ms_p50"] for r in runs],
         "launch_goal_ratio": statistics.median(seq_p50) / LAUNCH_LIMIT_MS,
-        "host_memory_vs_eager": {"min": min(mem_ratio), "median": statistics.median(mem_ratio),
-                                 "max": max(mem_ratio)},
+        "host_memory_vs_eager": results_file.spread(mem_ratio),
         "memory_goal_ratio": statistics.median(mem_ratio) / MEMORY_LIMIT,
         "pages_faulted_vs_nominal": runs[-1]["burst"]["pages_faulted"] / runs[-1]["burst"]["pages_nominal"],
     }
     summary["goals_met"] = (summary["answers_right"] and summary["launch_goal_ratio"] <= 1
                             and summary["memory_goal_ratio"] <= 1)
-    out = {"summary": summary, "runs": runs, "host": os.uname().release,
-           "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    path = os.path.join(os.path.dirname(__file__), "results",
-                        "launch-%s.json" % time.strftime("%Y%m%d-%H%M%S"))
-    with open(path, "w") as f:
-        json.dump(out, f, indent=2)
-    print(json.dumps(summary, indent=2))
-    print("written to", path)
+    results_file.write("launch", summary, runs, host=os.uname().release)
 
 
 def main():

@@ -15,9 +15,6 @@ Writes bench/results/ledger-<timestamp>.json and prints its summary.
 """
 
 import argparse
-import json
-import os
-import statistics
 import sys
 import time
 
@@ -25,6 +22,8 @@ from twisted.internet import defer, task
 
 from xenclone.cli.scenarios import Session
 from xenclone.config import load_daemon_config
+
+import results_file
 
 EVICT_GOAL = 100_000
 
@@ -103,8 +102,7 @@ def bench(reactor, args):
         yield s.close()
 
     def spread(key):
-        vals = [r[key] for r in runs if r[key] is not None]
-        return {"min": min(vals), "median": statistics.median(vals), "max": max(vals)}
+        return results_file.spread(r[key] for r in runs)
 
     evict = spread("clean_evict_pages_per_s")
     page_in, fetch = spread("page_in_us_per_page"), spread("fetch_us_per_page")
@@ -118,14 +116,7 @@ def bench(reactor, args):
         "fetch_from_memserver_us_per_page": fetch,
         "paged_out_vs_memserver_ratio": page_in["median"] / fetch["median"],
     }
-    out = {"summary": summary, "runs": runs, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    path = os.path.join(os.path.dirname(__file__), "results",
-                        "ledger-%s.json" % time.strftime("%Y%m%d-%H%M%S"))
-    with open(path, "w") as f:
-        json.dump(out, f, indent=2)
-    print(json.dumps(summary, indent=2))
-    print("written to", path)
+    results_file.write("ledger", summary, runs)
 
 
 def main():

@@ -5,7 +5,6 @@ The memory server and the VMM host hold what must survive a daemon crash
 children: it connects to a running one, or starts one in its own session.
 """
 
-import os
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.logger import Logger
 
-from xenclone.wire import FrameProtocol, WireError
+from xenclone.wire import WireError
 
 log = Logger()
 
@@ -61,15 +60,3 @@ class HelperProcess:
             yield task.deferLater(self.reactor, delay, lambda: None)
             waited += delay
             delay = min(delay * 2, 0.5)
-
-
-def stop_helper(pid_msg):
-    """Signal a helper (by the pid it reported) to exit."""
-    try:
-        os.kill(pid_msg["pid"], 15)
-    except ProcessLookupError:
-        pass
-
-
-def frame_protocol(**kw):
-    return lambda: FrameProtocol(**kw)

@@ -14,7 +14,7 @@ import tempfile
 
 from twisted.internet import defer, task
 
-from xenclone import hostmem, workload
+from xenclone import hostmem
 from xenclone.cli import memory_scenarios
 from xenclone.cli.main import EXIT_FAILED, CliError, connect
 from xenclone.wire import WireError
