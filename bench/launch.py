@@ -17,8 +17,7 @@ import sys
 
 from twisted.internet import defer, task
 
-from xenclone.cli.scenarios import Session, launch_job
-from xenclone.config import load_daemon_config
+from xenclone.cli.scenarios import launch_job, private_session
 
 import results_file
 
@@ -41,9 +40,7 @@ def sequential(s, image, count):
 
 @defer.inlineCallbacks
 def bench(reactor, args):
-    settings = load_daemon_config(None)
-    settings["control_socket"] = "/nonexistent/xenclone-bench.sock"   # private daemon
-    s = yield Session(reactor, settings).open()
+    s = yield private_session(reactor)
     runs = []
     try:
         for run in range(args.runs):

@@ -20,8 +20,7 @@ import time
 
 from twisted.internet import defer, task
 
-from xenclone.cli.scenarios import Session
-from xenclone.config import load_daemon_config
+from xenclone.cli.scenarios import private_session
 
 import results_file
 
@@ -91,9 +90,7 @@ def one_run(s, memory_mib, n):
 
 @defer.inlineCallbacks
 def bench(reactor, args):
-    settings = load_daemon_config(None)
-    settings["control_socket"] = "/nonexistent/xenclone-bench.sock"   # private daemon
-    s = yield Session(reactor, settings).open()
+    s = yield private_session(reactor)
     runs = []
     try:
         for n in range(args.runs):

@@ -84,23 +84,23 @@ class PagerTests(unittest.TestCase):
         self.assertEqual(self.ledger.clone_stats(2)["paged_out_pages"], 3)
         self.assertEqual(self.r2.state[5], PageState.HOLD)        # its faults come to Python
 
-    def test_paged_out_page_comes_back_from_the_store_intact(self):
+    def _page_out_5_and_6(self):
+        """Clone 2's private pages 5 and 6 go out so clone 1 can write 8."""
         self._cache_only([8])
         self.ledger.budget_pages = 3
         self.ledger.set_knobs(2, classes=[L.PAGE_OUT])
         self.source.deliver([(2, Z, 5), (2, W, 5), (2, Z, 6), (2, W, 6)])
         self.source.deliver([(1, S, 8), (1, NW, 8)])
+
+    def test_paged_out_page_comes_back_from_the_store_intact(self):
+        self._page_out_5_and_6()
         self.pager.detach(1)                                     # frees room for the page-in
         self.source.deliver([(2, H, 5)])
         self.assertEqual(self.r2.loaded[5], page_data(2, 5))
         self.assertEqual(self.ledger.kind(2, 5), L.PRIVATE)
 
     def test_corrupt_page_out_record_is_never_handed_to_the_guest(self):
-        self._cache_only([8])
-        self.ledger.budget_pages = 3
-        self.ledger.set_knobs(2, classes=[L.PAGE_OUT])
-        self.source.deliver([(2, Z, 5), (2, W, 5), (2, Z, 6), (2, W, 6)])
-        self.source.deliver([(1, S, 8), (1, NW, 8)])
+        self._page_out_5_and_6()
         self.pager.detach(1)
         slot, _ = self.ledger.slot(2, 5)
         with open(self.pager.store_path(2), "r+b") as f:

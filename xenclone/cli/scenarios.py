@@ -17,6 +17,7 @@ from twisted.internet import defer, task
 from xenclone import hostmem
 from xenclone.cli import memory_scenarios
 from xenclone.cli.main import EXIT_FAILED, CliError, connect
+from xenclone.config import load_daemon_config
 from xenclone.wire import WireError
 
 
@@ -76,6 +77,12 @@ class Session:
                 print("xenclone: private daemon files kept in %s" % self.tmp, file=sys.stderr)
             else:
                 shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def private_session(reactor):
+    """A Session on a private daemon, whatever else runs on this host."""
+    settings = dict(load_daemon_config(None), control_socket="/nonexistent/xenclone.sock")
+    return Session(reactor, settings).open()
 
 
 class PeakSampler:
