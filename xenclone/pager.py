@@ -57,6 +57,7 @@ class Pager:
         self._stores = {}              # domid -> read fd of its page-out store
         self._hoards = {}
         self._held = set()             # faults on pages an eviction holds
+        self._stopped = False
         self._in_flight = set()        # (domid, pfn) an eviction is working on
         self._punch_seq = 0
         self._punched = {}             # (image id, pfn) -> punch_seq when its hole was made
@@ -172,8 +173,16 @@ class Pager:
                     self._held.add((domid, pfn))
         self._pump()
 
+    def stop(self):
+        """The daemon stops: no more decisions (the clones' faults wait)."""
+        self._stopped = True
+        for domid in list(self._hoards):
+            self.stop_hoard(domid)
+
     def _pump(self):
         """Serve what waits while there is room; evict where there is none."""
+        if self._stopped:
+            return
         for key in list(self._want_host):
             if self.ledger.host_room() <= 0:
                 break

@@ -161,6 +161,8 @@ class CoreService(Service):
 
     def stopService(self):
         super().stopService()
+        if self.controller is not None:
+            self.controller.pager.stop()
         if self.source is not None:
             self.source.stop()
         # The helpers keep running: they hold what must outlive the daemon.

@@ -31,12 +31,15 @@ class _Link:
         self.endpoint = endpoint
         self._proto = None
         self._waiters = []
+        self._shut = False
 
     def _ready(self, proto):
         """Hook run once per new connection before requests go out."""
         return proto
 
     def _link(self):
+        if self._shut:
+            return defer.fail(ConnectionLost("the memory server client is closed"))
         if self._proto is not None:
             return defer.succeed(self._proto)
         d = defer.Deferred()
@@ -68,7 +71,8 @@ class _Link:
         return self._link().addCallback(lambda p: p.request(op, fds=fds, **fields))
 
     def close(self):
-        """Deferred that fires once the link is down."""
+        """Deferred that fires once the link is down; no reconnect after."""
+        self._shut = True
         if self._proto is None:
             return defer.succeed(None)
         return self._proto.close()
