@@ -65,6 +65,9 @@ class FakeRegion:
             self.state[pfn] = PageState.HOLD
         return before
 
+    def wake_all(self):
+        self.woken.extend(range(self.npages))
+
     def release(self, pfns):
         for pfn in pfns:
             self.state[pfn] = PageState.ABSENT
@@ -126,7 +129,7 @@ class FakeBackend:
     name = "fake"
 
     def __init__(self):
-        self.domains = {}      # domid -> state
+        self.states = {}      # domid -> state
         self.regions = {}      # domid -> FakeRegion of launched clones
         self.written = {}      # domid -> pages the guest wrote (never droppable)
         self.drops = []
@@ -138,27 +141,38 @@ class FakeBackend:
         self.hold_kinds = False
 
     def _known(self, domid):
-        if domid not in self.domains:
+        if domid not in self.states:
             raise WireError("no-domain", "no domain %r" % (domid,))
 
     def capabilities(self):
         return {"backend": "fake"}
 
     def create_master(self, spec):
-        self.domains[spec.domid] = "ready"
+        self.states[spec.domid] = "ready"
         return defer.succeed({"domid": spec.domid, "state": "ready"})
 
     def capture(self, domid):
         self._known(domid)
-        self.domains[domid] = "paused"
+        self.states[domid] = "paused"
         fd = os.memfd_create("fake-master")
         return defer.succeed(Capture("fake", b"regs", fd, 0))
 
     def launch(self, image, clone):
-        self.domains[clone.domid] = "paused" if clone.paused else "running"
+        self.states[clone.domid] = "paused" if clone.paused else "running"
         region = FakeRegion(clone.domid, image.npages)
         self.regions[clone.domid] = region
         return defer.succeed(region)
+
+    def domains(self):
+        return defer.succeed([{"domid": d, "state": s, "meta": {}} for d, s in self.states.items()])
+
+    def reattach(self, domid, image):
+        def region(_):
+            region = FakeRegion(domid, image.npages)
+            self.regions[domid] = region
+            return region, [PageState.ABSENT] * image.npages
+
+        return defer.maybeDeferred(self._known, domid).addCallback(region)
 
     def pause(self, domid):
         return defer.maybeDeferred(self._set, domid, "paused")
@@ -168,12 +182,12 @@ class FakeBackend:
 
     def _set(self, domid, state):
         self._known(domid)
-        self.domains[domid] = state
+        self.states[domid] = state
         return {"domid": domid, "state": state}
 
     def destroy(self, domid):
         return defer.maybeDeferred(self._known, domid).addCallback(
-            lambda _: self.domains.pop(domid))
+            lambda _: self.states.pop(domid))
 
     def page_kinds(self, domid, pfns):
         region = self.regions.get(domid)
@@ -188,7 +202,7 @@ class FakeBackend:
         return defer.maybeDeferred(self._known, domid).addCallback(lambda _: [0] * len(pfns))
 
     def page_out(self, domid, pfns, slots, store_path, sync):
-        if domid not in self.domains:
+        if domid not in self.states:
             return defer.fail(WireError("no-domain", "no domain %r" % (domid,)))
         region = self.regions.get(domid)
         npages = region.npages if region is not None else 2**32
@@ -218,7 +232,7 @@ class FakeBackend:
         return defer.maybeDeferred(self._known, domid).addCallback(count)
 
     def drop_clean(self, domid, pfns):
-        if domid not in self.domains:
+        if domid not in self.states:
             return defer.fail(WireError("no-domain", "no domain %r" % (domid,)))
         self.drops.append((domid, list(pfns)))
         dropped = [p for p in pfns if p not in self.written.get(domid, ())]
@@ -269,6 +283,10 @@ class FakeImageData:
     def store_page(self, pfn, data):
         self.stored[pfn] = data
         self.missing.discard(pfn)
+
+    def cached_pages(self):
+        return [p for p in range(self.image.npages)
+                if not self.image.zero[p] and p not in self.missing]
 
     def read_page(self, pfn):
         assert pfn not in self.missing, "read of an uncached image page"

@@ -24,7 +24,7 @@ class HostMemoryTests(unittest.TestCase):
         self.clock = Clock()
         self.source = FakeSource()
         backend = FakeBackend()
-        backend.domains[1] = "running"
+        backend.states[1] = "running"
         self.ledger = Ledger(100, SharingPolicy(protect=0), credit_batch=4)
         self.pager = Pager(self.clock, self.ledger, self.source, backend, FakeMemoryServer(),
                            store)

@@ -13,6 +13,7 @@ import zlib
 from twisted.internet import reactor
 from twisted.trial import unittest
 
+from xenclone.pageout_index import index_path, read_index
 from xenclone.wire import Message, WireError
 from tests.test_microvm import GUEST_BIN, ImageTestCase, run_clone
 from tests.test_uffd_pager import pattern_sum, serve_until, set_state
@@ -60,21 +61,25 @@ class PageOutTests(ImageTestCase):
         lib.xc_gather_pages(self.vm.addr, pfns, len(pfns), buf)
         return [ffi.buffer(buf)[i * PAGE:(i + 1) * PAGE] for i in range(len(pfns))]
 
-    def store(self, name="clone.pages"):
-        path = os.path.join(self.tmp, name)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        self.addCleanup(os.close, fd)
-        return path, fd
+    def store(self, path=None):
+        """(path, fd, index fd) of a page-out store."""
+        path = path or os.path.join(self.tmp, "clone.pages")
+        fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o600) for p in (path, index_path(path))]
+        for fd in fds:
+            self.addCleanup(os.close, fd)
+        return (path, *fds)
 
     def test_page_out_and_back_exact(self):
         pfns = self.private
         self.assertGreater(len(pfns), len(WRITTEN))
         before = self.vm.scan()
         slots = [1000 + i for i in range(len(pfns))]
-        path, fd = self.store()
+        path, fd, ifd = self.store()
         self.assertEqual(set(set_state(self.region, pfns, lib.XC_PAGE_HOLD)), {lib.XC_PAGE_PRIVATE})
-        crcs = self.vm.page_out(pfns, slots, fd, False)
+        crcs = self.vm.page_out(pfns, slots, fd, ifd, False)
         self.assertEqual(crcs, [zlib.crc32(d) for d in self.data])
+        # The index says where each page went, for a daemon that restarts.
+        self.assertEqual(read_index(path), dict(zip(pfns, zip(slots, crcs))))
         self.assertEqual(set(self.vm.kinds()[p] for p in pfns), {lib.XC_PAGE_ABSENT})
         after = self.vm.scan()
         self.assertEqual((after["private"], after["absent"]),
@@ -109,22 +114,22 @@ class PageOutTests(ImageTestCase):
 
     def test_sync_page_out(self):
         pfns = self.private[:16]
-        path, fd = self.store()
+        path, fd, ifd = self.store()
         set_state(self.region, pfns, lib.XC_PAGE_HOLD)
-        self.assertEqual(self.vm.page_out(pfns, range(16), fd, True),
+        self.assertEqual(self.vm.page_out(pfns, range(16), fd, ifd, True),
                          [zlib.crc32(d) for d in self.data[:16]])
         self.assertEqual(os.path.getsize(path), 16 * PAGE)
         self.assertEqual(resident(path), 0)
 
     def test_unheld_pages_are_refused(self):
         pfns = self.private[:4]
-        path, fd = self.store()
+        path, fd, ifd = self.store()
         with self.assertRaises(NotHeld) as cm:
-            self.vm.page_out(pfns, range(4), fd, False)     # writable: could change
+            self.vm.page_out(pfns, range(4), fd, ifd, False)     # writable: could change
         self.assertEqual(cm.exception.pfns, pfns)
         absent = [i for i in range(self.vm.npages) if self.region.state[i] == lib.XC_PAGE_ABSENT][:2]
         set_state(self.region, absent, lib.XC_PAGE_HOLD)
-        self.assertRaises(NotHeld, self.vm.page_out, absent, range(2), fd, False)
+        self.assertRaises(NotHeld, self.vm.page_out, absent, range(2), fd, ifd, False)
         self.assertEqual(os.path.getsize(path), 0)
 
     def test_page_out_before_the_write_lands(self):
@@ -136,8 +141,8 @@ class PageOutTests(ImageTestCase):
         self.assertEqual(lib.xc_resolve(self.region, pfn, 1, lib.XC_UNPROTECT), 0)
         self.assertEqual(set_state(self.region, [pfn], lib.XC_PAGE_HOLD), [lib.XC_PAGE_PRIVATE])
         self.assertEqual(self.vm.kinds(pfn, 1)[0], lib.XC_PAGE_SHARED | lib.XC_KIND_WP)
-        path, fd = self.store()
-        self.assertEqual(self.vm.page_out([pfn], [0], fd, False), [zlib.crc32(image)])
+        path, fd, ifd = self.store()
+        self.assertEqual(self.vm.page_out([pfn], [0], fd, ifd, False), [zlib.crc32(image)])
         writer = threading.Thread(target=lib.xc_fill_dataset, daemon=True, args=(
             ffi.cast("void *", self.vm.addr), self.vm.npages, pfn, 1, 4321, 0))
         writer.start()
@@ -160,13 +165,11 @@ class PageOutTests(ImageTestCase):
         return os.path.join(mnt, "clone.pages")
 
     def test_full_store_drops_nothing(self):
-        path = self.full_store()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        self.addCleanup(os.close, fd)
+        path, fd, ifd = self.store(self.full_store())
         pfns = self.private[:32]
         set_state(self.region, pfns, lib.XC_PAGE_HOLD)
         with self.assertRaises(OSError) as cm:
-            self.vm.page_out(pfns, range(32), fd, True)
+            self.vm.page_out(pfns, range(32), fd, ifd, True)
         self.assertEqual(cm.exception.errno, 28)    # ENOSPC
         held = lib.XC_PAGE_PRIVATE | lib.XC_KIND_WP
         self.assertEqual(set(self.vm.kinds()[p] for p in pfns), {held})

@@ -29,7 +29,7 @@ class PagerTests(unittest.TestCase):
         self.clock = Clock()
         self.source = FakeSource()
         self.backend = FakeBackend()
-        self.backend.domains.update({1: "running", 2: "running"})
+        self.backend.states.update({1: "running", 2: "running"})
         self.memserver = FakeMemoryServer()
         # 64-page image: page 0 is zero, 63 pages cached; budget 80 host pages
         self.image = FakeImageData(64, zero_pages=[0])

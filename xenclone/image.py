@@ -1,5 +1,6 @@
 """Images: what a bless captures and what a launch opens.  Immutable."""
 
+import errno
 import os
 import re
 
@@ -49,6 +50,22 @@ class OpenImage:
     mem_fd = attr.ib()
     zero = attr.ib()
     meta = attr.ib(factory=dict)
+
+    def cached_pages(self):
+        """The pages this host's cache holds, as the kernel shows them
+        (zero pages are holes; so are pages the cache let go)."""
+        pages, offset, end = [], 0, self.npages * PAGE_SIZE
+        while offset < end:
+            try:
+                start = os.lseek(self.mem_fd, offset, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:      # no data past offset
+                    break
+                raise
+            stop = min(os.lseek(self.mem_fd, start, os.SEEK_HOLE), end)
+            pages.extend(range(start // PAGE_SIZE, (stop + PAGE_SIZE - 1) // PAGE_SIZE))
+            offset = stop
+        return pages
 
     def read_page(self, pfn):
         """A page of this host's cache of the image (the caller knows it

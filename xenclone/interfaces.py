@@ -70,6 +70,16 @@ class IBackend(Interface):
         at once unless the spec says paused (faults queue until served).
         """
 
+    def domains():
+        """Deferred[list of dict]: every domain this backend runs, with
+        domid, name, role, state and the ``meta`` the daemon gave it."""
+
+    def reattach(domid, image):
+        """Deferred[(IFaultRegion, kinds)]: a running clone's region again,
+        for a daemon that restarted (its state map empty until the pager
+        rebuilds it), and each page's ``PageState`` as the kernel shows it;
+        a page the clone may write is private."""
+
     def pause(domid):
         """Deferred: the domain's vCPUs are stopped."""
 
@@ -136,6 +146,11 @@ class IFaultRegion(Interface):
     def hold(pfns):
         """Faults on these pages come to Python (kind HOLD) from now on;
         returns the states the pages had."""
+
+    def wake_all():
+        """Wake every thread waiting on a fault here: after a restart, a
+        fault whose message the dead daemon had read would wait forever;
+        woken, it faults again (or finds its page)."""
 
     def release(pfns):
         """These pages left the clone: mark them absent and wake whoever

@@ -293,6 +293,15 @@ class Ledger:
         acct.next_slot += 1
         return acct.next_slot - 1
 
+    def reserve_slots(self, domid, slots):
+        """After a restart: slots in the store that hold pages (paged out,
+        or stale records of pages since loaded back) come after these."""
+        acct = self._clones[domid]
+        used = {s for s, _ in acct.slots.values()}
+        top = max(list(slots) + [acct.next_slot - 1], default=-1) + 1
+        acct.next_slot = top
+        acct.free_slots = sorted(set(range(top)) - used, reverse=True)
+
     def paged_out(self, domid, pfns, slots, crcs):
         acct = self._clones[domid]
         for pfn, slot, crc in zip(pfns, slots, crcs):

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from xenclone import ledger as L
+from xenclone import pageout_index
 from xenclone.interfaces import PAGE_SIZE, FaultKind, PageState
 from xenclone.wire import WireError
 
@@ -112,14 +113,42 @@ class Pager:
         self.source.add(region)
         self._grant()
 
+    def reattach(self, region, image, kinds, paged_out, share=True):
+        """Take back a clone a previous daemon served.  Its pages are what
+        the kernel shows (``kinds``, one per page); an absent page the
+        page-out index holds (``paged_out``: pfn -> (slot, crc)) is paged
+        out.  Faults that waited meanwhile are served once it is added."""
+        domid = region.domid
+        self.track_image(image)
+        self.ledger.add_clone(domid, image.image_id, region.npages)
+        self._clones[domid] = (region, image)
+        by_kind = defaultdict(list)
+        for pfn, kind in enumerate(kinds):
+            if kind == PageState.ABSENT and pfn in paged_out:
+                kind = PageState.HOLD
+            by_kind[kind].append(pfn)
+        for kind, account in ((PageState.SHARED, self.ledger.mapped_shared),
+                              (PageState.ZERO, self.ledger.mapped_zero),
+                              (PageState.PRIVATE, self.ledger.written)):
+            region.remember(by_kind[kind], kind)
+            account(domid, by_kind[kind])
+        out = by_kind[PageState.HOLD]
+        region.hold(out)
+        self.ledger.written(domid, out)
+        self.ledger.paged_out(domid, out, [paged_out[p][0] for p in out],
+                              [paged_out[p][1] for p in out])
+        self.ledger.reserve_slots(domid, [slot for slot, _ in paged_out.values()])
+        self.set_share(domid, share)
+        self.source.add(region)
+        self._grant()
+        region.wake_all()
+
     def track_image(self, image):
         """This host caches the image (from bless, or its first open): its
         resident pages count in the budget from now on."""
         self._images[image.image_id] = image
         if image.image_id not in self.ledger.images:
-            # The memory server holds every non-zero page of a new image.
-            self.ledger.add_image(image.image_id, image.npages,
-                                  [p for p in range(image.npages) if not image.zero[p]])
+            self.ledger.add_image(image.image_id, image.npages, image.cached_pages())
             self.rebudget(self.ledger.budget_pages)
 
     def set_share(self, domid, on):
@@ -140,9 +169,7 @@ class Pager:
         fd = self._stores.pop(domid, None)
         if fd is not None:
             os.close(fd)
-        path = self.store_path(domid)
-        if os.path.exists(path):
-            os.unlink(path)
+        pageout_index.remove(self.store_path(domid))
         self._pump()
 
     def forget_image(self, image_id):

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from xenclone import hostmem
 from xenclone.control.controller import Controller
 from xenclone.control.hostmemory import HostMemoryService
+from xenclone.control.recovery import recover
 from xenclone.helpers import HelperProcess
 from xenclone.ledger import Ledger
 from xenclone.memserver.client import MemoryServerClient
@@ -151,6 +152,9 @@ class CoreService(Service):
         self.controller = Controller(self.reactor, backend, client, pager, host_memory,
                                      hoard_rate=s["hoard_rate"],
                                      share_onfetch=bool(s["share_onfetch"]))
+        # What a previous daemon left running is served again before any
+        # new request comes in.
+        yield recover(self.controller)
         self.control.listen(self.controller)
         if s["metrics_listen"]:
             from xenclone.metrics import make_metrics_service

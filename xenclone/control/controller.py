@@ -33,6 +33,7 @@ class MasterSpec:
     name = attr.ib()
     npages = attr.ib()
     params = attr.ib()
+    meta = attr.ib(factory=dict)       # the daemon's record, kept by the backend
 
 
 @attr.s(frozen=True)
@@ -43,6 +44,7 @@ class CloneSpec:
     input = attr.ib()
     paused = attr.ib(default=False)
     share = attr.ib(default=True)      # share.onfetch: map image pages shared
+    meta = attr.ib(factory=dict)
 
 
 @attr.s(eq=False)
@@ -60,6 +62,11 @@ class Domain:
     t0_ns = attr.ib(default=None)
     launch_ms = attr.ib(default=None)
     waiters = attr.ib(factory=list)
+
+    def record(self):
+        """What the backend keeps for a daemon that restarts."""
+        return {"memory_mib": self.memory_mib, "image": self.image, "clone_id": self.clone_id,
+                "input": self.input, "params": self.params}
 
     def summary(self):
         return {"domid": self.domid, "name": self.name, "role": self.role,
@@ -106,6 +113,14 @@ class Controller:
         self._next_domid += 1
         return domid
 
+    def reserve_domid(self, domid):
+        """A domain taken back after a restart keeps its id."""
+        self._next_domid = max(self._next_domid, domid + 1)
+
+    def note_clone_id(self, image_id, clone_id):
+        if clone_id is not None:
+            self._next_clone_id[image_id] = max(self._next_clone_id.get(image_id, 0), clone_id)
+
     def _set_state(self, dom, state):
         dom.state = state
         if state not in (DomainState.RUNNING,):
@@ -132,7 +147,7 @@ class Controller:
         self.pager.detach(dom.domid)
         self._set_state(dom, DomainState.DESTROYED)
 
-    def _image(self, image_id):
+    def open_image(self, image_id):
         if image_id in self._images:
             return defer.succeed(self._images[image_id])
         d = self.memserver.open(image_id)
@@ -262,7 +277,8 @@ class Controller:
             raise WireError("bad-config", "workload: %s" % e)
         dom = Domain(self._allocate(), name, "master", memory, params=dataclasses.asdict(params))
         self.domains[dom.domid] = dom
-        spec = MasterSpec(dom.domid, name, memory * 1024 * 1024 // PAGE_SIZE, dom.params)
+        spec = MasterSpec(dom.domid, name, memory * 1024 * 1024 // PAGE_SIZE, dom.params,
+                          dom.record())
 
         def failed(f):
             self.domains.pop(dom.domid, None)
@@ -291,7 +307,7 @@ class Controller:
                 info = yield self.memserver.put(name, attr.evolve(capture, meta=meta))
             finally:
                 os.close(capture.mem_fd)
-            yield self._image(name)      # its cache counts in the budget from now
+            yield self.open_image(name)      # its cache counts in the budget from now
             self._set_state(dom, DomainState.PAUSED)
             if msg.get("resume"):
                 yield self.backend.unpause(dom.domid)
@@ -309,7 +325,7 @@ class Controller:
 
         @defer.inlineCallbacks
         def launch():
-            image = yield self._image(image_id)
+            image = yield self.open_image(image_id)
             launched = []
             for _ in range(count):
                 launched.append((yield self._launch_one(image, paused, share)))
@@ -330,8 +346,9 @@ class Controller:
         self.domains[domid] = dom
         since = self.pager.punch_seq
         try:
+            meta = dict(dom.record(), generation=image.generation, share=share)
             region = yield self.backend.launch(
-                image, CloneSpec(domid, name, clone_id, domid, paused, share))
+                image, CloneSpec(domid, name, clone_id, domid, paused, share, meta))
         except Exception:
             self.domains.pop(domid, None)
             raise
@@ -450,8 +467,15 @@ class Controller:
             return self.op_info({"domain": dom.domid})
         d = defer.Deferred()
         dom.waiters.append(d)
+
+        def timed_out(f):
+            f.trap(defer.TimeoutError)
+            if d in dom.waiters:
+                dom.waiters.remove(d)
+            raise WireError("timeout", "%s is still %s after %d s" % (dom.name, dom.state, timeout))
+
         d.addTimeout(timeout, self.reactor)
-        d.addCallback(lambda dom: self.op_info({"domain": dom.domid}))
+        d.addCallbacks(lambda dom: self.op_info({"domain": dom.domid}), timed_out)
         return d
 
     def _simple(self, call, msg):

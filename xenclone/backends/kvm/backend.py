@@ -24,7 +24,7 @@ class KvmBackend:
 
     def create_master(self, spec):
         return self.link.request("create_master", domid=spec.domid, name=spec.name,
-                                 npages=spec.npages, params=spec.params)
+                                 npages=spec.npages, params=spec.params, meta=spec.meta)
 
     def capture(self, domid):
         def capture(msg):
@@ -49,12 +49,18 @@ class KvmBackend:
             arch=image.arch, npages=image.npages,
             vcpu_state=base64.b64encode(image.vcpu_state).decode(),
             clone_id=clone.clone_id, input=clone.input, paused=clone.paused,
-            prefill=clone.share)
+            prefill=clone.share, meta=clone.meta)
         def region(msg):
             return KvmRegion(clone.domid, msg.fds[0], msg["base"], msg["npages"], zero,
                              msg.get("prefilled", []))
 
         return d.addCallback(region)
+
+    def reattach(self, domid, image):
+        zero = self._zero_map(image)
+        d = self.link.request("reattach", domid=domid)
+        return d.addCallback(lambda msg: (
+            KvmRegion(domid, msg.fds[0], msg["base"], msg["npages"], zero), list(msg.payload)))
 
     def pause(self, domid):
         return self.link.request("pause", domid=domid)

@@ -21,7 +21,7 @@ import struct
 import threading
 
 from xenclone._linux import ffi, lib
-from xenclone import workload
+from xenclone import pageout_index, workload
 
 PAGE_SIZE = 4096
 CLONE_UFFD_FEATURES = (lib.UFFD_FEATURE_MISSING_SHMEM | lib.UFFD_FEATURE_MINOR_SHMEM
@@ -31,6 +31,9 @@ CLONE_UFFD_MODES = (lib.UFFDIO_REGISTER_MODE_MISSING | lib.UFFDIO_REGISTER_MODE_
 _KIND_NAMES = {lib.XC_PAGE_SHARED: "shared", lib.XC_PAGE_PRIVATE: "private",
                lib.XC_PAGE_ZERO: "zero", lib.XC_PAGE_ABSENT: "absent"}
 _NO_WP = bytes(k & ~lib.XC_KIND_WP for k in range(256))
+_PAGER_KINDS = bytes(
+    k & ~lib.XC_KIND_WP if k & lib.XC_KIND_WP or k not in (lib.XC_PAGE_SHARED, lib.XC_PAGE_ZERO)
+    else lib.XC_PAGE_PRIVATE for k in range(256))
 STATE_SIZE = lib.xc_vm_state_size()
 
 Exit = collections.namedtuple("Exit", "kind port value t_ns reason suberror")
@@ -195,6 +198,13 @@ class MicroVM:
                "PAGEMAP_SCAN")
         return ffi.buffer(out)[:]
 
+    def pager_kinds(self):
+        """Each page as the pager counts it (a ``PageState`` byte): a
+        shared or zero page the clone may write (not write-protected: the
+        pager let a write through that has not landed yet) is private."""
+        with self._ram:
+            return self.kinds().translate(_PAGER_KINDS)
+
     def scan(self):
         """Counts of guest pages by kind: shared, private, zero, absent."""
         with self._ram:
@@ -215,10 +225,10 @@ class MicroVM:
                    "drop_clean")
         return [p for p, d in zip(pfns, dropped) if d]
 
-    def page_out(self, pfns, slots, store_fd, sync):
-        """Write pages to ``slots`` (pages) of the store, push them to disk
-        and out of the page cache, then drop them from guest RAM. Returns
-        each page's CRC32. The pages must be held: present and write-
+    def page_out(self, pfns, slots, store_fd, index_fd, sync):
+        """Write pages to ``slots`` (pages) of the store and their records
+        to its index, push them to disk and out of the page cache, then
+        drop them from guest RAM. Returns each page's CRC32. The pages must be held: present and write-
         protected (xc_set_state), so they cannot change meanwhile; NotHeld
         otherwise. Nothing is dropped when the store fails (OSError).
 
@@ -244,6 +254,10 @@ class MicroVM:
             lo, hi = min(slots), max(slots) + 1
             _check(lib.xc_store_flush(store_fd, lo * PAGE_SIZE, (hi - lo) * PAGE_SIZE, int(sync)),
                    "flush the page-out store")
+            for offset, record in pageout_index.records(pfns, slots, crcs):
+                _pwrite_all(index_fd, record, offset)
+            if sync:
+                os.fdatasync(index_fd)
             _check(lib.xc_drop_pages(self.addr, arr, len(pfns)), "drop paged-out pages")
         return crcs
 

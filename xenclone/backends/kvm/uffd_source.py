@@ -95,6 +95,9 @@ class KvmRegion:
         while it is paged out. Returns the states the pages had."""
         return self._set(pfns, lib.XC_PAGE_HOLD)
 
+    def wake_all(self):
+        _check(lib.xc_resolve(self.c_region, 0, self.npages, lib.XC_WAKE))
+
     def release(self, pfns):
         self._set(pfns, lib.XC_PAGE_ABSENT)
 

@@ -21,7 +21,7 @@ from twisted.internet import defer, threads
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from xenclone import workload
+from xenclone import pageout_index, workload
 from xenclone.backends.kvm.microvm import MicroVM, NotHeld, VMClosed, entry_pfns
 from xenclone._linux import lib
 from xenclone.interfaces import DomainState
@@ -54,12 +54,25 @@ class Domain:
     want = attr.ib(default="run")
     cond = attr.ib(factory=threading.Condition)
     waiters = attr.ib(factory=list)   # Deferreds fired when the vCPU parks or ends
-    store = attr.ib(default=None)     # (path, fd) of its page-out store
+    store = attr.ib(default=None)     # (path, fd, index fd) of its page-out store
+    meta = attr.ib(factory=dict)      # the daemon's record of it, given back by list
 
     def info(self):
         return {"domid": self.domid, "name": self.name, "role": self.role,
                 "state": self.state, "npages": self.npages, "result": self.result,
-                "t_first_ns": self.t_first_ns, "error": self.error}
+                "t_first_ns": self.t_first_ns, "error": self.error, "meta": self.meta}
+
+
+def _meta(msg):
+    meta = msg.get("meta")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _close_store(dom):
+    if dom.store is not None:
+        for fd in dom.store[1:]:
+            os.close(fd)
+        dom.store = None
 
 
 class VmmHost:
@@ -136,9 +149,7 @@ class VmmHost:
         self.domains.pop(dom.domid, None)
         if dom.mem_fd >= 0:
             os.close(dom.mem_fd)
-        if dom.store is not None:
-            os.close(dom.store[1])
-            dom.store = None
+        _close_store(dom)
         waiters, dom.waiters = dom.waiters, []
         for d in waiters:
             d.callback(True)
@@ -226,7 +237,7 @@ class VmmHost:
         except Exception:
             os.close(mem_fd)
             raise
-        dom = Domain(domid, name, "master", vm, npages, mem_fd=mem_fd)
+        dom = Domain(domid, name, "master", vm, npages, mem_fd=mem_fd, meta=_meta(msg))
         self.domains[domid] = dom
         d = self._wait(dom, timeout=MASTER_TIMEOUT)
         self._start(dom)
@@ -280,7 +291,7 @@ class VmmHost:
             vm.close()
             raise
         # vm keeps its own uffd open, so the clone outlives the pager's copy.
-        dom = Domain(domid, msg["name"], "clone", vm, msg["npages"],
+        dom = Domain(domid, msg["name"], "clone", vm, msg["npages"], meta=_meta(msg),
                      inputs={workload.PORT_CLONE_ID: msg["clone_id"],
                              workload.PORT_INPUT: msg["input"]})
         self.domains[domid] = dom
@@ -288,6 +299,17 @@ class VmmHost:
             self._start(dom)
         return Reply({"base": vm.addr, "npages": dom.npages, "prefilled": prefilled},
                      fds=[uffd])
+
+    def op_reattach(self, msg):
+        """A clone's fault handle again, for a daemon that restarted (this
+        process kept the uffd; faults raised meanwhile wait in it), and its
+        pages as the pager counts them (payload: one byte each)."""
+        dom = self._get(msg)
+        if dom.role != "clone" or dom.vm.uffd is None:
+            raise WireError("not-clone", "domain %d has no fault handle" % dom.domid)
+        return self._in_thread(dom, dom.vm.pager_kinds).addCallback(
+            lambda kinds: Reply({"base": dom.vm.addr, "npages": dom.npages}, kinds,
+                                fds=[dom.vm.uffd]))
 
     def op_pause(self, msg):
         dom = self._get(msg)
@@ -367,13 +389,13 @@ class VmmHost:
         if not isinstance(sync, bool):
             raise WireError("bad-request", "sync must be true or false")
         try:
-            fd = self._store(dom, store)
+            fd, index_fd = self._store(dom, store)
         except OSError as e:
             raise WireError("pageout-failed", "cannot open page-out store %s: %s" % (store, e))
 
         def page_out():
             try:
-                return dom.vm.page_out(pfns, slots, fd, sync)
+                return dom.vm.page_out(pfns, slots, fd, index_fd, sync)
             except NotHeld as e:
                 raise WireError("not-held", "domain %d: %s" % (dom.domid, e))
             except VMClosed:
@@ -387,11 +409,11 @@ class VmmHost:
 
     def _store(self, dom, path):
         if dom.store is None or dom.store[0] != path:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            if dom.store is not None:
-                os.close(dom.store[1])
-            dom.store = (path, fd)
-        return dom.store[1]
+            fds = [os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                   for p in (path, pageout_index.index_path(path))]
+            _close_store(dom)
+            dom.store = (path, *fds)
+        return dom.store[1:]
 
     def op_page_kinds(self, msg):
         """The kernel's kind of each page (absent, shared, private, zero)."""
@@ -400,7 +422,11 @@ class VmmHost:
         if not isinstance(pfns, list) or len(pfns) > 4096 or not all(
                 _is_int(p, dom.npages) for p in pfns):
             raise WireError("bad-request", "up to 4096 page numbers within 0..%d" % (dom.npages - 1))
-        return {"kinds": [dom.vm.kinds(p, 1)[0] & ~WP_FLAG for p in pfns]}
+        if not pfns:
+            return {"kinds": []}
+        lo = min(pfns)
+        kinds = dom.vm.kinds(lo, max(pfns) - lo + 1)     # one PAGEMAP_SCAN
+        return {"kinds": [kinds[p - lo] & ~WP_FLAG for p in pfns]}
 
     def op_scan(self, msg):
         dom = self._get(msg)
