@@ -10,7 +10,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from xenclone.image import Capture, OpenImage
-from xenclone.wire import WireError
+from xenclone.wire import ConnectionLost, WireError
 from xenclone.interfaces import (IBackend, IFaultRegion, IFaultSource, IMemoryServer, FaultKind,
                                  PageState)
 
@@ -247,6 +247,7 @@ class FakeBackend:
 class FakeMemoryServer:
     def __init__(self):
         self.fetches = []
+        self.down = False       # fetches fail as on a lost link
 
     def put(self, name, capture):
         return defer.succeed({"image_id": name})
@@ -256,6 +257,8 @@ class FakeMemoryServer:
 
     def fetch(self, image_id, pfn, count):
         self.fetches.append((image_id, pfn, count))
+        if self.down:
+            return defer.fail(ConnectionLost("cannot reach the memory server"))
         return defer.succeed(bytes([pfn % 251]) * 4096 * count)
 
     def discard(self, image_id):

@@ -206,6 +206,24 @@ class PagerTests(unittest.TestCase):
         self.assertEqual(self.image.stored[9], bytes([9]) * 4096)
         self.assertEqual(self.r1.loaded, {9: "shared"})
 
+    def test_fetch_waits_for_the_memory_server_with_backoff(self):
+        waits = []
+        self.pager.on_waiting = lambda domid, waiting: waits.append((domid, waiting))
+        self.memserver.down = True
+        self.image.missing.add(9)
+        self.ledger.uncached("img", [9])
+        self.source.deliver([(1, F, 9)])
+        self.assertEqual((waits, self.pager.waiting()["memserver"]), ([(1, True)], 1))
+        self.clock.advance(0.05)                   # the first retry fails too
+        self.assertEqual(len(self.memserver.fetches), 2)
+        self.clock.advance(0.05)                   # backing off: not yet
+        self.assertEqual(len(self.memserver.fetches), 2)
+        self.memserver.down = False
+        self.clock.advance(0.05)
+        self.assertEqual(len(self.memserver.fetches), 3)
+        self.assertEqual(waits, [(1, True), (1, False)])
+        self.assertEqual(self.r1.loaded, {9: "shared"})
+
     def test_no_fault_is_lost_while_eviction_is_in_flight(self):
         self.ledger.set_knobs(1, limit=2)
         self.backend.hold_drops = True

@@ -296,6 +296,12 @@ DAEMON = Table("xenclone daemon configuration", [
         '"host:port" ("" = local only)', check=_host_port),
     Key("memserver_token_file", "", 'access token for remote pagers ("" = '
         '<state_dir>/memserver.token)', path=True),
+    Key("memserver_request_timeout_s", 10, "a memory server that does not "
+        "answer a request in this many seconds is taken for gone: the link "
+        "is dropped and faults wait while the pager reconnects", minimum=1),
+    Key("memserver_timeout_s", 60, "a clone whose fault has waited this long "
+        "on the memory server is paused (paused-by-timeout) until it answers; "
+        "0 = wait for ever", minimum=0),
     Key("metrics_listen", "", 'serve Prometheus /metrics on a twisted '
         'endpoint, e.g. "tcp:9577:interface=127.0.0.1" ("" = off)'),
     Key("vmm_hosts", 1, "VMM host processes that run KVM clones", minimum=1),

@@ -33,6 +33,7 @@ from xenclone.wire import WireError
 
 
 BATCH = 1024     # pages per backend request
+RETRY_FIRST, RETRY_MAX = 0.05, 5.0     # seconds between fetch retries (backoff)
 
 
 # What a fast-path record says the page became; a record whose page is no
@@ -85,6 +86,11 @@ class Pager:
         self._punch_seq = 0
         self._punched = {}             # (image id, pfn) -> punch_seq when its hole was made
         self.stalled = None            # why faults wait with nothing to evict
+        self._unreachable = set()      # (domid, pfn) whose fetch failed: retried later
+        self._retry = None             # the pending retry (IDelayedCall)
+        self._backoff = RETRY_FIRST
+        self.waiting_for_memserver = set()   # clones with a fault that waits on it
+        self.on_waiting = lambda domid, waiting: None   # the controller's hook
         source.start(self.on_faults)
 
     # -- clones
@@ -166,6 +172,8 @@ class Pager:
             for key in [k for k in wants if k[0] == domid]:
                 del wants[key]
         self._held = {k for k in self._held if k[0] != domid}
+        self._unreachable = {k for k in self._unreachable if k[0] != domid}
+        self.waiting_for_memserver.discard(domid)
         fd = self._stores.pop(domid, None)
         if fd is not None:
             os.close(fd)
@@ -179,7 +187,8 @@ class Pager:
 
     def waiting(self):
         """Faults waiting for a decision, by what they wait for."""
-        counts = {"map": len(self._want_map), "evicting": len(self._held)}
+        counts = {"map": len(self._want_map), "evicting": len(self._held),
+                  "memserver": len(self._unreachable)}
         for want in self._want_host.values():
             counts[want] = counts.get(want, 0) + 1
         return counts
@@ -249,6 +258,9 @@ class Pager:
     def stop(self):
         """The daemon stops: no more decisions (the clones' faults wait)."""
         self._stopped = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         for domid in list(self._hoards):
             self.stop_hoard(domid)
 
@@ -330,18 +342,51 @@ class Pager:
         def fill(data):
             image.store_page(pfn, data)
             self.ledger.cached(image.image_id, [pfn])
+            self._backoff = RETRY_FIRST
             if domid in self._clones:
                 self._want_map[(domid, pfn)] = None
+            self._reachable(domid)
 
         def failed(f):
-            self.log.failure("clone {domid}: fetch of page {pfn} failed", f, domid=domid, pfn=pfn)
-            self._want_host[(domid, pfn)] = "fetch"
+            self._fetch_failed((domid, pfn), f)
 
         def done(_):
             self._fetching.discard((image.image_id, pfn))
             self._pump()
 
         d.addCallbacks(fill, failed).addBoth(done)
+
+    def _fetch_failed(self, key, f):
+        """The memory server is gone, hung or cut off: the fault waits, and
+        the fetch is retried with backoff (its client reconnects, or
+        restarts the local server)."""
+        if not self._unreachable and self._retry is None:
+            self.log.warn("memory server unreachable ({why}): faults wait, retrying",
+                          why=f.getErrorMessage())
+        self._unreachable.add(key)
+        domid = key[0]
+        if domid in self._clones and domid not in self.waiting_for_memserver:
+            self.waiting_for_memserver.add(domid)
+            self.on_waiting(domid, True)
+        if self._retry is None:
+            self._retry = self.reactor.callLater(self._backoff, self._retry_fetches)
+            self._backoff = min(self._backoff * 2, RETRY_MAX)
+
+    def _retry_fetches(self):
+        self._retry = None
+        keys, self._unreachable = self._unreachable, set()
+        for key in keys:
+            if key[0] in self._clones:
+                self._want_host[key] = "fetch"
+        self._pump()
+
+    def _reachable(self, domid):
+        """A fetch for this clone landed: it no longer waits on the server
+        unless another of its fetches still does."""
+        if domid in self.waiting_for_memserver and not any(
+                k[0] == domid for k in self._unreachable):
+            self.waiting_for_memserver.discard(domid)
+            self.on_waiting(domid, False)
 
     def _copy(self, domid, pfn):
         """A clone that does not share gets its own copy of an image page,

@@ -138,7 +138,11 @@ class CoreService(Service):
         # Up (started if need be); requests go through the client below.
         probe = yield memserver.connect(FrameProtocol)
         yield probe.close()
-        client = MemoryServerClient(self.reactor, UNIXClientEndpoint(self.reactor, ms_socket))
+        # A memory server that died is started again on the next request.
+        client = MemoryServerClient(
+            self.reactor, UNIXClientEndpoint(self.reactor, ms_socket),
+            request_timeout=s["memserver_request_timeout_s"],
+            connect=lambda proto: memserver.connect(lambda: proto, timeout=5.0))
         self.links.append(client)
         backend = yield self._backend(run)
         ledger = Ledger(host_budget_pages(s), POLICIES[s["eviction_policy"]](), s["credit_batch"])
@@ -151,7 +155,8 @@ class CoreService(Service):
         host_memory.setServiceParent(self.parent)
         self.controller = Controller(self.reactor, backend, client, pager, host_memory,
                                      hoard_rate=s["hoard_rate"],
-                                     share_onfetch=bool(s["share_onfetch"]))
+                                     share_onfetch=bool(s["share_onfetch"]),
+                                     memserver_timeout=s["memserver_timeout_s"])
         # What a previous daemon left running is served again before any
         # new request comes in.
         yield recover(self.controller)

@@ -70,6 +70,7 @@ class Session:
         before must not hide behind a failure here."""
         if self.service is not None:
             try:
+                self._pids = yield self.call("pids")    # a helper may have been restarted
                 yield self.call("destroy_all")
             except WireError as e:
                 print("xenclone: cleanup: %s" % e, file=sys.stderr)

@@ -80,12 +80,22 @@ def _int(msg, key, lo, hi, default=None):
     return value
 
 
+# States in which a domain is still on its way (``wait`` waits on them).
+_RUNS = (DomainState.RUNNING, DomainState.WAITING_FOR_MEMSERVER)
+# The daemon's state -> the backend's word for it, which does not override it.
+_REFINES = {DomainState.WAITING_FOR_MEMSERVER: DomainState.RUNNING,
+            DomainState.PAUSED_BY_TIMEOUT: DomainState.PAUSED}
+
+
 class Controller:
     log = Logger()
 
     def __init__(self, reactor, backend, memserver, pager, host_memory, hoard_rate=5000,
-                 share_onfetch=True):
+                 share_onfetch=True, memserver_timeout=0):
         self.reactor = reactor
+        self.memserver_timeout = memserver_timeout    # s; 0: wait for ever
+        self._wait_timers = {}        # domid -> pause after the timeout
+        pager.on_waiting = self._memserver_waiting
         self.backend = backend
         self.host_memory = host_memory
         self.hoard_rate = hoard_rate
@@ -123,7 +133,7 @@ class Controller:
 
     def _set_state(self, dom, state):
         dom.state = state
-        if state not in (DomainState.RUNNING,):
+        if state not in _RUNS:
             waiters, dom.waiters = dom.waiters, []
             for d in waiters:
                 d.callback(dom)
@@ -139,8 +149,41 @@ class Controller:
             dom.launch_ms = (msg["t_first_ns"] - dom.t0_ns) / 1e6
         if msg["state"] == DomainState.DESTROYED:
             self._forget(dom)
-        else:
+        elif _REFINES.get(dom.state) != msg["state"]:
             self._set_state(dom, msg["state"])
+
+    def _memserver_waiting(self, domid, waiting):
+        """A clone's fault waits on the memory server (or no longer does).
+        After the timeout it is paused, so it does not hang with no trace;
+        it runs on by itself once its fault is served."""
+        dom = self.domains.get(domid)
+        if dom is None:
+            return
+        timer = self._wait_timers.pop(domid, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        if waiting and dom.state == DomainState.RUNNING:
+            self._set_state(dom, DomainState.WAITING_FOR_MEMSERVER)
+            if self.memserver_timeout:
+                self._wait_timers[domid] = self.reactor.callLater(
+                    self.memserver_timeout, self._pause_waiting, dom)
+        elif not waiting and dom.state == DomainState.WAITING_FOR_MEMSERVER:
+            self._set_state(dom, DomainState.RUNNING)
+        elif not waiting and dom.state == DomainState.PAUSED_BY_TIMEOUT:
+            self.log.info("{name}: the memory server answers again; resumed", name=dom.name)
+            self.backend.unpause(domid).addCallbacks(
+                lambda _: self._set_state(dom, DomainState.RUNNING),
+                lambda f: self.log.failure("{name}: could not resume", f, name=dom.name))
+
+    def _pause_waiting(self, dom):
+        self._wait_timers.pop(dom.domid, None)
+        if dom.state != DomainState.WAITING_FOR_MEMSERVER:
+            return
+        self.log.warn("{name}: waited {s} s for the memory server; paused", name=dom.name,
+                      s=self.memserver_timeout)
+        self.backend.pause(dom.domid).addCallbacks(
+            lambda _: self._set_state(dom, DomainState.PAUSED_BY_TIMEOUT),
+            lambda f: self.log.failure("{name}: could not pause", f, name=dom.name))
 
     def _forget(self, dom):
         self.domains.pop(dom.domid, None)
@@ -463,7 +506,7 @@ class Controller:
         """Fires when the domain leaves the running state (or timeout)."""
         dom = self._domain(msg.get("domain"))
         timeout = _int(msg, "timeout", 1, 3600, default=60)
-        if dom.state != DomainState.RUNNING:
+        if dom.state not in _RUNS:
             return self.op_info({"domain": dom.domid})
         d = defer.Deferred()
         dom.waiters.append(d)

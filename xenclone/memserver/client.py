@@ -27,9 +27,14 @@ def _fields(msg):
 class _Link:
     """A lazily (re)connected ``FrameProtocol`` shared by all requests."""
 
-    def __init__(self, reactor, endpoint):
+    def __init__(self, reactor, endpoint, request_timeout=None, connect=None):
         self.reactor = reactor
         self.endpoint = endpoint
+        # A server that does not answer a fetch is as good as gone: its link
+        # is dropped, so the next request connects afresh.  (Bless and open
+        # copy whole images: they get no such limit.)
+        self.request_timeout = request_timeout
+        self._connect = connect or (lambda proto: connectProtocol(self.endpoint, proto))
         self._proto = None
         self._waiters = []
         self._shut = False
@@ -48,7 +53,7 @@ class _Link:
         self._waiters.append(d)
         if len(self._waiters) == 1:
             proto = FrameProtocol(on_close=self._closed)
-            self._connecting = connectProtocol(self.endpoint, proto).addCallback(
+            self._connecting = self._connect(proto).addCallback(
                 self._ready).addCallbacks(self._connected, self._failed)
         return d
 
@@ -73,9 +78,24 @@ class _Link:
     def _closed(self, reason):
         self._proto = None
 
-    def request(self, op, fds=(), **fields):
-        """Deferred[Message]; fails with ``WireError`` or ``ConnectionLost``."""
-        return self._link().addCallback(lambda p: p.request(op, fds=fds, **fields))
+    def request(self, op, fds=(), timed=False, **fields):
+        """Deferred[Message]; fails with ``WireError`` or ``ConnectionLost``.
+        ``timed``: within ``request_timeout``, or the link is dropped."""
+        return self._link().addCallback(
+            lambda p: self._timed(p, p.request(op, fds=fds, **fields), timed))
+
+    def _timed(self, proto, d, timed):
+        if not (timed and self.request_timeout):
+            return d
+        # Dropping the link fails every request on it with ConnectionLost.
+        expiry = self.reactor.callLater(self.request_timeout, proto.transport.abortConnection)
+
+        def done(result):
+            if expiry.active():
+                expiry.cancel()
+            return result
+
+        return d.addBoth(done)
 
     def close(self):
         """Deferred that fires once the link is down; no reconnect after."""
@@ -112,7 +132,7 @@ class MemoryServerClient(_Link):
                          meta=msg["meta"])
 
     def fetch(self, image_id, pfn, count):
-        d = self.request("fetch", image=image_id, pfn=pfn, count=count)
+        d = self.request("fetch", timed=True, image=image_id, pfn=pfn, count=count)
         return d.addCallback(lambda m: m.payload)
 
     def discard(self, image_id):
@@ -136,10 +156,12 @@ class RemotePageSource(_Link):
     must carry (default ``host``).
     """
 
-    def __init__(self, reactor, host, port, token, ca_cert, server_name=None):
+    def __init__(self, reactor, host, port, token, ca_cert, server_name=None,
+                 request_timeout=None):
         trust = ssl.Certificate.loadPEM(ca_cert)
         options = ssl.optionsForClientTLS(server_name or host, trustRoot=trust)
-        super().__init__(reactor, SSL4ClientEndpoint(reactor, host, port, options))
+        super().__init__(reactor, SSL4ClientEndpoint(reactor, host, port, options),
+                         request_timeout)
         self.token = token
 
     def _ready(self, proto):
@@ -149,7 +171,7 @@ class RemotePageSource(_Link):
         return proto.request("hello", token=self.token).addCallbacks(lambda m: proto, refused)
 
     def fetch(self, image_id, pfn, count):
-        d = self.request("fetch", image=image_id, pfn=pfn, count=count)
+        d = self.request("fetch", timed=True, image=image_id, pfn=pfn, count=count)
         return d.addCallback(lambda m: m.payload)
 
     def images(self):

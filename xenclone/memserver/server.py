@@ -12,6 +12,7 @@ the same frames over TLS for pagers on other hosts; a connection must say
 import argparse
 import base64
 import binascii
+import fcntl
 import hmac
 import os
 import sys
@@ -185,10 +186,26 @@ def tls_options(cert_path, key_path):
                                   raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
 
 
+def _one_server(socket_path):
+    """One server per socket: an flock the kernel drops when the holder
+    dies (a pid file would still name a killed server until it is reaped),
+    then the dead server's socket file goes."""
+    fd = os.open(socket_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError("another memory server serves %s" % socket_path)
+    # fd is never closed: the lock is held for the life of the process.
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)
+
+
 @defer.inlineCallbacks
 def serve(reactor, store, socket_path, tcp=None, token=None, tls=None):
     """Listen on the Unix socket and, if ``tcp`` is (host, port), on TLS."""
-    ports = [(yield UNIXServerEndpoint(reactor, socket_path, mode=0o600, wantPID=True)
+    _one_server(socket_path)
+    ports = [(yield UNIXServerEndpoint(reactor, socket_path, mode=0o600)
               .listen(_LocalFactory(LocalHandler(reactor, store))))]
     if tcp is not None:
         host, port = tcp
