@@ -18,7 +18,9 @@ from xenclone import hostmem
 from xenclone.cli import memory_scenarios
 from xenclone.cli.main import EXIT_FAILED, CliError, connect
 from xenclone.config import load_daemon_config
+from xenclone.helpers import socket_owner_pid
 from xenclone.wire import WireError
+from xenclone.xenstore.plane import xenstore_mode, xenstore_socket
 
 
 class Session:
@@ -47,6 +49,7 @@ class Session:
         self.service = make_service(self.settings, self.reactor)
         self.service.startService()
         yield self.service.getServiceNamed("core").ready
+        yield self.service.getServiceNamed("xenstore").ready
         self.proto = yield connect(self.reactor, self.settings["control_socket"])
         return self
 
@@ -67,11 +70,13 @@ class Session:
                 print("xenclone: cleanup: %s" % e, file=sys.stderr)
         yield self.proto.close()
         if self.service is not None:
+            if xenstore_mode(self.settings) == "embedded":     # never a real xenstored
+                pids["xenstore"] = socket_owner_pid(xenstore_socket(self.settings))
             yield self.service.stopService()
-            for name in ("vmmhost", "memserver"):
+            for name in ("vmmhost", "memserver", "xenstore"):
                 try:
                     os.kill(pids[name], 15)
-                except (KeyError, ProcessLookupError):
+                except (KeyError, TypeError, ProcessLookupError):
                     pass
             if os.environ.get("XENCLONE_KEEP_TMP"):
                 print("xenclone: private daemon files kept in %s" % self.tmp, file=sys.stderr)

@@ -163,6 +163,9 @@ class XenStoreClient(_Ops):
         self._watches = {}          # (path, token) -> _Watch
         self._ready = []            # connect() waiters
         self._closed = []           # close() waiters
+        self.on_connect = []        # called with no arguments on every (re)connection
+        self.on_down = []           # called with no arguments when a connection drops
+                                    # or an attempt to connect fails
 
     @property
     def connected(self):
@@ -211,6 +214,11 @@ class XenStoreClient(_Ops):
         log.debug("cannot reach xenstored at {path}: {why}", path=self.path,
                   why=reason.getErrorMessage())
         self._schedule()
+        self._down()
+
+    def _down(self):
+        for listener in list(self.on_down):
+            listener()
 
     def _connected(self, proto):
         if not self._running:               # closed while the dial was under way
@@ -228,6 +236,8 @@ class XenStoreClient(_Ops):
         ready, self._ready = self._ready, []
         for d in ready:
             d.callback(self)
+        for listener in list(self.on_connect):
+            listener()
 
     def _lost(self, proto, reason):
         if proto is not self._proto:
@@ -239,6 +249,7 @@ class XenStoreClient(_Ops):
         if self._running:
             log.warn("lost xenstored at {path}; reconnecting", path=self.path)
             self._schedule()
+            self._down()
         closed, self._closed = self._closed, []
         for d in closed:
             d.callback(None)
