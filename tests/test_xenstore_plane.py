@@ -4,7 +4,6 @@ xenstore-* tools and the CLI), and the daemon surviving a XenStore restart."""
 
 import json
 import os
-import shutil
 import signal
 
 from twisted.internet import defer, reactor, task, utils
@@ -12,7 +11,8 @@ from twisted.trial import unittest
 
 from tests.test_daemon import XENCLONE, PrivateDaemon
 from tests.test_xenstore_client import until
-from tests.test_xenstore_server import NO_TOOLS, _Lines
+from tests.test_xenstore_server import NO_TOOLS
+from xenclone.cli.xenstore_scenario import scenario_xenstore
 from xenclone.helpers import socket_owner_pid
 from xenclone.wire import WireError
 from xenclone.xenstore.client import XenStoreClient
@@ -184,29 +184,12 @@ class RequestTests(PlaneCase, unittest.TestCase):
 class RealToolTests(PlaneCase, unittest.TestCase):
     skip = NO_TOOLS
 
-    def tool(self, name, *args):
-        return utils.getProcessOutputAndValue(shutil.which(name), args,
-                                              env=dict(os.environ, XENSTORED_PATH=self.xs_path))
-
     @defer.inlineCallbacks
-    def test_launch_by_xenstore_write(self):
-        yield self.s.call("create", config={"name": "m", "memory": 16})
-        yield self.s.call("bless", domain="m", name="img")
-        watcher = _Lines()
-        process = reactor.spawnProcess(watcher, "timeout", [
-            "timeout", "60", shutil.which("xenstore-watch"), ROOT + "/clones"],
-            env=dict(os.environ, XENSTORED_PATH=self.xs_path))
-        yield watcher.first
-        out, err, code = yield self.tool("xenstore-write", ROOT + "/requests/r1",
-                                         '{"op": "launch", "image": "img", "count": 2}')
-        self.assertEqual(code, 0, err)
-        yield self.value(ROOT + "/requests/r1/status", b"ok")
-        out, err, code = yield self.tool("xenstore-read", ROOT + "/requests/r1/result")
-        self.assertEqual(code, 0, err)
-        clones = json.loads(out)["clones"]
-        self.assertEqual([c["name"] for c in clones], ["img.1", "img.2"])
-        domid = clones[0]["domid"]
-        yield self.value("%s/clones/%d/state" % (ROOT, domid), b"done")
-        yield until(lambda: ("%s/clones/%d/state" % (ROOT, domid)).encode() in watcher.out)
-        process.signalProcess("TERM")
-        yield watcher.done
+    def test_selftest_xenstore(self):
+        """xenstore-write of a launch request makes clones, xenstore-read of
+        the result gives their ids, xenstore-watch sees a clone go."""
+        checks, figures = yield scenario_xenstore(self.s)
+        self.assertEqual(checks, dict.fromkeys(["launched_by_xenstore_write", "state_published",
+                                                "watch_saw_change"], True), figures)
+        self.assertEqual((yield self.xs.directory(ROOT + "/requests")), [])
+        self.assertEqual((yield self.s.call("list"))["domains"], [])

@@ -92,6 +92,15 @@ class TreeTests(PublishCase):
         self.assertEqual(self.server.store.directory(DOM0, "/tool/xenclone/clones"), [])
         self.assertEqual(self.server.store.directory(DOM0, "/tool/xenclone/images"), [])
 
+    @defer.inlineCallbacks
+    def test_first_update_replaces_a_dead_daemons_tree(self):
+        self.store.write(DOM0, "/tool/xenclone/clones/99/state", b"running")
+        self.store.write(DOM0, "/tool/xenclone/requests/keep", b"{}")
+        self.controller.add(Dom(5, "img.1", clone_id=1))
+        yield self.update()
+        self.assertEqual(self.store.directory(DOM0, "/tool/xenclone/clones"), ["5"])
+        self.assertEqual(self.store.directory(DOM0, "/tool/xenclone/requests"), ["keep"])
+
     def test_flatten(self):
         self.assertEqual(flatten("/a", {"x": 1, "y": None, "z": {"p.q": "s"}, "l": [1]}),
                          {"/a/x": b"1", "/a/y": b"", "/a/z/p_q": b"s"})

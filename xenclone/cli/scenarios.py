@@ -16,6 +16,7 @@ from twisted.internet import defer, task
 
 from xenclone import hostmem
 from xenclone.cli import memory_scenarios
+from xenclone.cli.xenstore_scenario import scenario_xenstore
 from xenclone.cli.main import EXIT_FAILED, CliError, connect
 from xenclone.config import load_daemon_config
 from xenclone.helpers import socket_owner_pid
@@ -198,6 +199,7 @@ def scenario_launch(s):
 
 SCENARIOS = {"launch": (scenario_launch, scenario_launch.__doc__)}
 SCENARIOS.update((name, (fn, fn.__doc__)) for name, fn in memory_scenarios.SCENARIOS.items())
+SCENARIOS["xenstore"] = (scenario_xenstore, scenario_xenstore.__doc__)
 
 
 @defer.inlineCallbacks

@@ -12,8 +12,9 @@ Updates follow the controller's change events, at most one per
 ``interval`` seconds, and again every interval while a clone runs (its
 ledger figures move with every fault, which must not mean a write per
 fault).  Each update writes only the nodes that changed, in one
-transaction.  After a reconnect everything is written again: a restarted
-xenstored has forgotten it.
+transaction.  The first update, and the first after a reconnect, replaces
+the whole tree: what is there may be a dead daemon's (or a restarted
+xenstored has nothing).
 """
 
 import re
@@ -56,7 +57,7 @@ class Publisher:
         self.controller = controller
         self.homes = homes
         self.interval = interval
-        self._published = {}        # path -> value as last written
+        self._published = None      # path -> value as last written; None: unknown
         self._last = None           # reactor time of the last update
         self._call = None
         self._running = None        # the update under way
@@ -73,8 +74,8 @@ class Publisher:
         self._call = self.reactor.callLater(delay, self._update)
 
     def forget(self):
-        """XenStore lost what we wrote (a new connection): write it all again."""
-        self._published = {}
+        """A new connection: what XenStore holds is unknown; write it all again."""
+        self._published = None
         self.homes.forget()
         self.changed()
 
@@ -102,9 +103,7 @@ class Publisher:
         def failed(f):
             log.warn("publishing to XenStore failed: {error}; retrying",
                      error=f.getErrorMessage())
-            self._published = {}
-            self.homes.forget()
-            self.changed()
+            self.forget()
 
         self._running.addErrback(failed).addBoth(done)
 
@@ -114,13 +113,17 @@ class Publisher:
         want = self._tree(images)
         gens = {i["image_id"]: i.get("generation") for i in images}
         yield self.homes.sync(self.controller.domains, gens)
-        changed = {p: v for p, v in want.items() if self._published.get(p) != v}
-        gone = _removals(self._published, want)
+        fresh = self._published is None
+        if fresh:
+            changed, gone = want, ["%s/%s" % (ROOT, kind) for kind in ("images", "clones", "host")]
+        else:
+            changed = {p: v for p, v in want.items() if self._published.get(p) != v}
+            gone = _removals(self._published, want)
         if changed or gone:
             def write(tx):
-                return defer.gatherResults([tx.rm(p) for p in gone] +
-                                           [tx.write(p, v) for p, v in changed.items()],
-                                           consumeErrors=True)
+                calls = [tx.mkdir(ROOT)] if fresh else []       # rm needs the parent
+                calls += [tx.rm(p) for p in gone] + [tx.write(p, v) for p, v in changed.items()]
+                return defer.gatherResults(calls, consumeErrors=True)
             yield self.client.transaction(write)
         self._published = want
 
