@@ -6,14 +6,19 @@ opened for that domain, so every check here is made against the guest's
 domid, never dom0's."""
 
 import json
+import os
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from tests.guest_channel import GuestXenStore
 from tests.test_xenstore_plane import PlaneCase
 from xenclone.xenstore.plane import guest_socket_dir
 from xenclone.xenstore.wire import HEADER, Op
+
+
+XSGUEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "guest", "build", "xsguest.bin")
 
 
 def clone_request(count=1, token="t"):
@@ -138,3 +143,35 @@ class RateLimitTests(GuestCase, unittest.TestCase):
         first, second = yield threads.deferToThread(twice)
         self.assertTrue(first["ok"], first)
         self.assertEqual((second["ok"], second["code"], second["id"]), (False, "rate-limited", "b"))
+
+
+class KvmGuestTests(GuestCase, unittest.TestCase):
+    """A real micro-VM guest (guest/xsguest.c) asks through its I/O ports."""
+
+    settings = dict(GuestCase.settings, guest_kernel=XSGUEST)
+
+    @defer.inlineCallbacks
+    def result(self, domain):
+        for _ in range(600):
+            info = yield self.s.call("info", domain=domain)
+            if info["result"] is not None:
+                return info
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        raise AssertionError("%s never reported" % domain)
+
+    @defer.inlineCallbacks
+    def test_guest_asks_to_be_cloned_through_its_ports(self):
+        yield self.master()
+        yield self.s.call("unpause", domain="gm")       # past its bless point: it asks
+        master = yield self.result("gm")
+        self.assertEqual(master["result"], 1)           # the answer was ok
+        [clone] = [d for d in (yield self.s.call("list"))["domains"] if d["image"] == "gm-g1"]
+        clone = yield self.result(clone["domid"])
+        self.assertEqual(clone["result"], 0x100 + 1)    # it read clone-id 1 through its ports
+
+    @defer.inlineCallbacks
+    def test_a_domain_that_may_not_ask_is_refused_by_xenstore(self):
+        yield self.master("other")
+        yield self.s.call("unpause", domain="other")
+        self.assertEqual((yield self.result("other"))["result"], 3)
+        self.assertEqual(len((yield self.s.call("list"))["domains"]), 1)

@@ -37,6 +37,12 @@ class Dom:
     state = attr.ib(default="done")
     image = attr.ib(default="img")
     clone_id = attr.ib(default=None)
+    result = attr.ib(default=None)
+    launch_ms = attr.ib(default=None)
+
+    def summary(self):
+        return {"domid": self.domid, "name": self.name, "role": self.role,
+                "image": self.image, "state": self.state}
 
 
 class Ledger:
@@ -46,6 +52,9 @@ class Ledger:
 
 class Pager:
     ledger = Ledger()
+
+    def stats(self, domid):
+        return {"resident_pages": 10 + domid, "faults": 3}
 
 
 class FakeController:
@@ -80,6 +89,7 @@ class FakeController:
 
     def op_bless(self, msg):
         self.calls.append("bless")
+        self.images.append({"image_id": msg["name"], "generation": "g2"})
         return {"image_id": msg["name"], "generation": "g2"}
 
     def op_launch(self, msg):

@@ -23,6 +23,7 @@ The daemon takes a request by clearing the node in a transaction, so each
 write is answered once however often the watch fires.
 """
 
+import itertools
 import json
 import re
 
@@ -88,7 +89,6 @@ class GuestRequests:
         self._again = set()             # domids poked while busy
         self._last = {}                 # domid -> time of its last accepted request
         self._images = {}               # domid -> image ids made at its request
-        self._seq = {}                  # domid -> requests accepted
         self._answers = {}              # domid -> answers given
 
     def stop(self):
@@ -112,7 +112,7 @@ class GuestRequests:
             self._watched.discard(domid)
             self.client.unwatch(self._node(domid, "request"), "guest-%d" % domid).addErrback(
                 lambda f: None)     # the connection is gone, and the watch with it
-        for table in (self._last, self._images, self._seq, self._answers):
+        for table in (self._last, self._images, self._answers):
             table.pop(domid, None)
 
     def poke(self, domid):
@@ -193,8 +193,11 @@ class GuestRequests:
             raise WireError("quota", "%d live clones asked for, %d more would exceed %d"
                             % (live, count, self.policy.max_clones))
         self._last[domid] = now
-        seq = self._seq[domid] = self._seq.get(domid, 0) + 1
-        name = "%s-g%d" % (dom.name[:52], seq)
+        # <master>-g<n>, the first n free (images outlive the daemon).
+        images = yield self.controller.op_images({})
+        taken = {i["image_id"] for i in images["images"]}
+        name = next(n for n in ("%s-g%d" % (dom.name[:52], k) for k in itertools.count(1))
+                    if n not in taken)
         blessed = yield dispatch(self.controller, Message(
             {"op": "bless", "domain": domid, "name": name, "resume": True}))
         self._images.setdefault(domid, []).append(name)

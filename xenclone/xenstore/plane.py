@@ -13,10 +13,10 @@ import os
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from xenclone.helpers import HelperProcess
+from xenclone.wire import FrameProtocol
 from xenclone.xenstore.client import DEFAULT_SOCKET, XenStoreClient
 from xenclone.xenstore.guest import GuestPolicy, GuestRequests
 from xenclone.xenstore.publish import DomainHomes, Publisher
@@ -96,9 +96,9 @@ class XenStorePlane(Service):
         return self
 
     def _ensure_helper(self):
-        """Connect to the embedded server, starting it if it does not answer."""
-        d = self.helper.connect(Protocol)
-        return d.addCallback(lambda probe: probe.transport.loseConnection())
+        """Connect to the embedded server, starting it if it does not answer.
+        (The probe only connects and closes: any protocol will do.)"""
+        return self.helper.connect(FrameProtocol).addCallback(lambda probe: probe.close())
 
     def _restart_helper(self):
         if self._restarting is not None:

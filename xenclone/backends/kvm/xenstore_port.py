@@ -13,6 +13,12 @@ Guest ABI (32-bit port I/O):
     IN  XS_DATA       0x100 | next reply byte, or 0 when none is waiting
     IN  XS_STATUS     reply bytes waiting; bit 31 set: no channel (the domain
                       is not introduced, or the server dropped the connection)
+    OUT XS_STATUS 0   forget the bytes of an unfinished message and any
+                      reply bytes not read: start afresh
+
+A guest starts each request with the reset and sends it again if no reply
+comes: a clone starts with a new channel wherever its master was captured,
+perhaps halfway through a message or before the reply came.
 
 When the server drops the connection (a malformed message, a restart),
 bytes in flight are lost: the channel stays down, and everything the guest
@@ -60,6 +66,10 @@ class XenStorePort:
         return _BYTE_READY | byte
 
     def io_out(self, port, value):
+        if port == PORT_XS_STATUS:
+            self._out.clear()
+            self._in.clear()
+            return
         if port != PORT_XS_DATA or not self._open():
             return
         self._out.append(value & 0xFF)
