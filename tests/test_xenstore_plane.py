@@ -12,8 +12,10 @@ from twisted.trial import unittest
 from tests.test_daemon import XENCLONE, PrivateDaemon
 from tests.test_xenstore_client import until
 from tests.test_xenstore_server import NO_TOOLS
+from xenclone.cli.main import connect
 from xenclone.cli.xenstore_scenario import scenario_xenstore
 from xenclone.helpers import socket_owner_pid
+from xenclone.service import make_service
 from xenclone.wire import WireError
 from xenclone.xenstore.client import XenStoreClient
 from xenclone.xenstore.plane import xenstore_socket
@@ -112,6 +114,26 @@ class PublishedStateTests(PlaneCase, unittest.TestCase):
         self.assertTrue((yield self.xs.is_domain_introduced(clone)))
         result = yield call(self.xs, "list", {}, "after-restart")
         self.assertEqual([d["name"] for d in result["domains"]], ["m", "img.v1.1"])
+
+
+    @defer.inlineCallbacks
+    def test_a_new_daemon_keeps_the_xenstore_server(self):
+        [clone] = yield self.image_with_clones(1)
+        yield self.value("%s/clones/%d/state" % (ROOT, clone), b"done")
+        server = socket_owner_pid(self.xs_path)
+        yield self.s.proto.close()        # (a stopped daemon leaves accepted links open)
+        yield self.s.service.stopService()            # the daemon goes; helpers stay
+        self.assertEqual((yield self.xs.read("/local/domain/%d/xenclone/clone-id" % clone)), b"1")
+        self.s.service = make_service(self.s.settings, reactor)
+        self.s.service.startService()
+        yield self.s.service.getServiceNamed("xenstore").ready
+        self.s.proto = yield connect(reactor, self.s.settings["control_socket"])
+        self.assertEqual(socket_owner_pid(self.xs_path), server)
+        # This daemon knows no clone yet (adopting them is the reliability
+        # issue's): its tree replaces the old daemon's, and requests run.
+        yield self.gone("%s/clones/%d" % (ROOT, clone))
+        self.assertEqual((yield call(self.xs, "images", {}, "new-daemon"))["images"][0]["image_id"],
+                         "img.v1")
 
 
 class RequestTests(PlaneCase, unittest.TestCase):
