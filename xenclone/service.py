@@ -148,7 +148,6 @@ class CoreService(Service):
     @defer.inlineCallbacks
     def _backend(self, run):
         from xenclone.backends.kvm.backend import KvmBackend
-
         from xenclone.backends.kvm.vmmhost import default_guest_kernel
 
         args = ["--guest-kernel", self.settings["guest_kernel"] or default_guest_kernel()]
