@@ -32,6 +32,7 @@ class FakeRegion:
         self.woken = []
         self.cache = cache     # the host's copy of the image (FakeImageData)
         self.closed = False
+        self.sharing = True
 
     def fileno(self):
         return -1
@@ -50,6 +51,9 @@ class FakeRegion:
     def unprotect(self, pfn):
         self.loaded[pfn] = "written"
         self.state[pfn] = PageState.PRIVATE
+
+    def share(self, on):
+        self.sharing = on
 
     def load_copy(self, pfn, data):
         self.loaded[pfn] = bytes(data)
@@ -130,6 +134,8 @@ class FakeBackend:
         self.pageout_error = None
         self.pending_drops = []
         self.hold_drops = False
+        self.pending_kinds = []     # (Deferred, kinds) while hold_kinds
+        self.hold_kinds = False
 
     def _known(self, domid):
         if domid not in self.domains:
@@ -171,7 +177,12 @@ class FakeBackend:
 
     def page_kinds(self, domid, pfns):
         region = self.regions.get(domid)
-        return defer.succeed([region.state[p] if region is not None else 0 for p in pfns])
+        kinds = [region.state[p] if region is not None else 0 for p in pfns]
+        if self.hold_kinds:
+            d = defer.Deferred()
+            self.pending_kinds.append((d, kinds))
+            return d
+        return defer.succeed(kinds)
 
     def page_sums(self, domid, pfns):
         return defer.maybeDeferred(self._known, domid).addCallback(lambda _: [0] * len(pfns))
@@ -258,6 +269,10 @@ class FakeImageData:
     def store_page(self, pfn, data):
         self.stored[pfn] = data
         self.missing.discard(pfn)
+
+    def read_page(self, pfn):
+        assert pfn not in self.missing, "read of an uncached image page"
+        return self.stored.get(pfn, bytes([pfn % 251]) * 4096)
 
     def drop_pages(self, pfns):
         self.missing.update(pfns)

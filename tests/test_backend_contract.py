@@ -53,6 +53,9 @@ class BackendContract:
         region = yield self.backend.launch(image, CloneSpec(2, "c", 1, 7, paused=True))
         verifyObject(IFaultRegion, region)
         self.assertEqual((region.domid, region.npages), (2, NPAGES))
+        # What the backend mapped at launch is the pager's to account (a
+        # hole may have unmapped it since): the region claims none of it.
+        self.assertEqual(set(region.states()), {PageState.ABSENT})
         yield self.backend.destroy(2)
 
     @defer.inlineCallbacks
@@ -166,6 +169,7 @@ class KvmBackendContract(BackendContract, unittest.TestCase):
         image = yield self._image()
         region = yield self.backend.launch(image, CloneSpec(2, "c", 3, 4, paused=True))
         self.addCleanup(self.backend.destroy, 2)
+        region.remember(region.prefilled, PageState.SHARED)     # as the pager does
         stored = {}           # pfn -> bytes to load back when it faults
         kinds = set()
 

@@ -134,6 +134,9 @@ class DaemonTests(unittest.TestCase):
                 ("log_level = ['info']", "log_level: expected a string")]:
             e = self.assertRaises(ConfigError, self.load, "\n" + text)
             self.assertTrue(str(e).startswith("d.conf:2: " + msg), str(e))
+        e = self.assertRaises(ConfigError, self.load, "low_watermark_mib = 900")
+        self.assertEqual(str(e), "d.conf: low_watermark_mib (900) must not exceed "
+                         "high_watermark_mib (512)")
         self.assertEqual(self.load("memserver_tcp = '[::1]:7000'")
                          ["memserver_tcp"], "[::1]:7000")
 

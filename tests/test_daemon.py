@@ -84,6 +84,30 @@ class DaemonTests(PrivateDaemon, unittest.TestCase):
         self.assertEqual([(i["image_id"], i["clones"]) for i in images["images"]], [("img", 2)])
 
     @defer.inlineCallbacks
+    def test_share_onfetch_off_gives_a_clone_private_copies(self):
+        """share.onfetch=0: the kernel shows every image page the clone
+        touched as its own copy, while a sharing clone beside it maps the
+        image's pages; both answer right."""
+        yield self.s.call("create", config={"name": "m", "memory": 16})
+        yield self.s.call("bless", domain="m", name="img")
+        [own] = (yield self.s.call("launch", image="img", share=False))["clones"]
+        [shared] = (yield self.s.call("launch", image="img"))["clones"]
+        for c in (own, shared):
+            info = yield self.s.call("wait", domain=c["domid"], timeout=120)
+            self.assertEqual((info["state"], info["result"]), ("done", info["expected"]))
+        kernel = (yield self.s.call("host"))["kernel"]["clones"]
+        own_k, shared_k = kernel[str(own["domid"])], kernel[str(shared["domid"])]
+        self.assertEqual(own_k["shared"], 0)
+        self.assertGreater(own_k["private"], shared_k["private"])
+        self.assertGreater(shared_k["shared"], 0)
+        info = yield self.s.call("info", domain=own["domid"])
+        self.assertEqual((info["shared_pages"], info["private_pages"]), (0, own_k["private"]))
+        self.assertFalse(info["flags"]["share.onfetch"])
+        with self.assertRaises(WireError) as cm:
+            yield self.s.call("set", domain=own["domid"], knobs={"share.onfetch": "yes"})
+        self.assertEqual(cm.exception.code, "bad-argument")
+
+    @defer.inlineCallbacks
     def test_errors_are_clear(self):
         for op, fields, code in [
                 ("info", {"domain": "nope"}, "no-domain"),

@@ -25,3 +25,6 @@ class MemorySelftests(PrivateDaemon, unittest.TestCase):
 
     def test_pageout(self):
         return self._scenario("pageout")
+
+    def test_budget(self):
+        return self._scenario("budget")

@@ -174,6 +174,13 @@ class LocalSocketTests(_ServerCase):
         self.assertEqual(os.listdir(os.path.join(self.dir, "store")), [])
 
     @defer.inlineCallbacks
+    def test_close_while_connecting_leaves_no_link(self):
+        yield self.start()
+        d = self.client.ping()          # connects: the link is not up yet
+        yield self.client.close()
+        yield self.assertFailure(d, ConnectionLost)
+
+    @defer.inlineCallbacks
     def test_errors_reach_the_client(self):
         yield self.start()
         yield self.client.put("img1", self.cap)

@@ -73,6 +73,31 @@ class PagerTests(unittest.TestCase):
         self.assertLessEqual(self.ledger.clone(1).resident, 3)
         self.assertEqual(self.ledger.kind(2, 9), L.SHARED)        # the other clone untouched
 
+    def test_write_record_arriving_after_its_page_was_dropped_is_stale(self):
+        """The fast path let a write through (the page is private in C) but
+        its record is still on its way when an eviction drops the page, the
+        write not landed: the late record must not call an absent page
+        private, or the pager would later page out a page that is not there."""
+        self.ledger.set_knobs(1, limit=3)
+        self.source.deliver([(1, S, p) for p in (1, 2, 3)])
+        self.r1.state[1] = PageState.PRIVATE      # C unprotected page 1
+        self.source.deliver([(1, N, 20)])          # at its limit: drops 1, 2 and 3
+        self.assertEqual(self.ledger.kind(1, 1), L.EVICTED)
+        self.pager.on_faults([(1, W, 1)])          # the record of the write
+        self.assertEqual(self.ledger.kind(1, 1), L.EVICTED)
+        self.assertEqual(self.ledger.host_stats()["private_pages"], 0)
+
+    def test_clone_that_does_not_share_gets_private_copies(self):
+        self.pager.set_share(1, False)
+        self.assertFalse(self.r1.sharing)
+        self._cache_only([3])
+        self.source.deliver([(1, FaultKind.COPY, 3), (1, Z, 0), (1, F, 9), (2, S, 3)])
+        self.assertEqual(self.r1.loaded, {3: bytes([3]) * 4096, 9: bytes([9]) * 4096})
+        self.assertEqual(self.memserver.fetches, [("img", 9, 1)])
+        self.assertEqual((self.ledger.kind(1, 3), self.ledger.kind(1, 9)), (L.PRIVATE, L.PRIVATE))
+        self.assertEqual(self.ledger.kind(2, 3), L.SHARED)     # the other clone still shares
+        self.assertEqual(self.ledger.clone_stats(1)["flags"]["share.onfetch"], False)
+
     def test_write_without_host_room_pages_out_a_private_page_first(self):
         self._cache_only([8])
         self.ledger.budget_pages = 4                # 1 cached + 3 private
@@ -143,6 +168,36 @@ class PagerTests(unittest.TestCase):
         self.assertEqual(self.backend.drops, [])
         self.assertEqual(self.r1.loaded[9], "written")
 
+    def test_cache_keeps_a_page_whose_write_has_not_landed_in_a_held_clone(self):
+        """Clone 2 was let write page 1, which a page-out now holds; the
+        kernel does not show the copy yet, so clone 2 may still map the
+        cache's page: the cache must not punch it from under the page-out."""
+        self._cache_only([1, 2, 3, 4, 5])
+        self.ledger.budget_pages = 6
+        self.source.deliver([(2, S, 1), (2, W, 1)])
+        self.r2.state[1] = PageState.HOLD           # a page-out in flight holds it
+        self.source.deliver([(1, S, 9), (1, NW, 9)])   # 9 is fetched: room is made
+        self.assertTrue(self.image.dropped)
+        self.assertNotIn(1, self.image.dropped)
+
+    def test_cache_keeps_a_page_a_clone_attached_to_while_it_was_checked(self):
+        """The cache asks the kernel whether a writer's copy landed before
+        it punches a page; a clone launched meanwhile maps that page."""
+        self._cache_only([1, 2, 3, 4, 5])
+        self.ledger.budget_pages = 6
+        self.source.deliver([(2, S, 1), (2, W, 1)])
+        self.backend.regions[2] = self.r2
+        self.backend.hold_kinds = True
+        self.source.deliver([(1, S, 2), (1, NW, 2)])        # no room: the cache lets go
+        [(d, kinds)] = self.backend.pending_kinds
+        r3 = FakeRegion(3, 64, self.image)
+        r3.prefilled = [1]
+        self.pager.attach(r3, self.image, self.pager.punch_seq)
+        d.callback(kinds)
+        self.assertTrue(self.image.dropped)
+        self.assertNotIn(1, self.image.dropped)
+        self.assertEqual((r3.state[1], self.ledger.kind(3, 1)), (PageState.SHARED, L.SHARED))
+
     def test_page_missing_from_host_cache_is_fetched_then_mapped(self):
         self.image.missing.add(9)
         self.ledger.uncached("img", [9])
@@ -196,6 +251,21 @@ class PagerTests(unittest.TestCase):
         self.pager.attach(r3, self.image)
         self.assertEqual(self.ledger.kind(3, 15), L.SHARED)
         self.assertEqual(r3.state[15], PageState.SHARED)
+
+    def test_prefilled_page_punched_before_attach_is_left_to_fault(self):
+        """The cache let a page go between launch and attach: the hole
+        unmapped it from the new clone, so it is neither shared in C (a
+        queued write would then be let through to an absent page) nor in
+        the ledger."""
+        since = self.pager.punch_seq
+        self.ledger.budget_pages = 63
+        self.source.deliver([(1, S, 9), (1, NW, 9)])       # the cache lets pages go
+        gone, kept = self.image.dropped[0], 9
+        r3 = FakeRegion(3, 64, self.image)
+        r3.prefilled = [gone, kept]
+        self.pager.attach(r3, self.image, since)
+        self.assertEqual((r3.state[gone], r3.state[kept]), (PageState.ABSENT, PageState.SHARED))
+        self.assertEqual((self.ledger.kind(3, gone), self.ledger.kind(3, kept)), (None, L.SHARED))
 
     def test_faults_of_unknown_clones_are_ignored(self):
         self.source.deliver([(99, S, 1)])

@@ -270,11 +270,27 @@ DAEMON = Table("xenclone daemon configuration", [
         '("" = root only)'),
     Key("host_memory_mib", 0, "host memory for clone pages, in MiB (0 = "
         "from MemAvailable at start)", minimum=0),
+    Key("low_watermark_mib", 256, "when the kernel's MemAvailable falls below "
+        "this, the host budget shrinks until high_watermark_mib is met again",
+        minimum=0),
+    Key("high_watermark_mib", 512, "above this much MemAvailable the budget "
+        "grows back, up to host_memory_mib", minimum=0),
+    Key("psi_some_max", 0, "also shrink the budget while PSI memory 'some "
+        "avg10' exceeds this percent (0 = PSI not used)", minimum=0, maximum=100),
+    Key("memory_limit_mib", 0, "host policy: pages a clone may hold, in MiB "
+        "(0 = no policy)", minimum=0),
+    Key("burst_size_mib", 0, "how far over memory_limit_mib a clone may go "
+        "for a burst", minimum=0),
+    Key("burst_time_ms", 1000, "how long a burst may last; then the clone is "
+        "evicted to its limit and held there as long again", minimum=1),
     Key("eviction_policy", "sharing", "how victims are chosen: clock (oldest "
         "first, recent faults spared) or sharing (clean pages first, private "
         "pages last)", choices=("clock", "sharing")),
     Key("pageout_sync", 0, "1 = fsync the page-out store before a dirty "
         "page is dropped", minimum=0, maximum=1),
+    Key("share_onfetch", 1, "1 = clones map the image's pages shared, copied "
+        "on write; 0 = every clone gets private copies (no sharing)",
+        minimum=0, maximum=1),
     Key("hoard_rate", 5000, "default background fill rate, pages a second",
         minimum=1),
     Key("credit_batch", 256, "pages granted to the C fault path at a time; "
@@ -338,6 +354,10 @@ def _read(path):
 
 def loads_daemon_config(text, filename="<string>"):
     s = DAEMON.apply(parse(text, filename), filename)
+    if s["low_watermark_mib"] > s["high_watermark_mib"]:
+        raise ConfigError(filename, None, "low_watermark_mib (%d) must not exceed "
+                          "high_watermark_mib (%d)" % (s["low_watermark_mib"],
+                                                        s["high_watermark_mib"]))
     # Defaults that live under state_dir follow it.
     if not s["memserver_dir"]:
         s["memserver_dir"] = os.path.join(s["state_dir"], "images")

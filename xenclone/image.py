@@ -50,6 +50,11 @@ class OpenImage:
     zero = attr.ib()
     meta = attr.ib(factory=dict)
 
+    def read_page(self, pfn):
+        """A page of this host's cache of the image (the caller knows it
+        is cached: a hole reads as zeros)."""
+        return os.pread(self.mem_fd, PAGE_SIZE, pfn * PAGE_SIZE)
+
     def store_page(self, pfn, data):
         """Put a fetched page back into this host's cache of the image."""
         os.pwrite(self.mem_fd, data, pfn * PAGE_SIZE)

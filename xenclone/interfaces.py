@@ -35,6 +35,7 @@ class FaultKind:
     ZERO = 6            # mapped the zero page (write-protected); costs nothing
     WRITTEN = 7         # a write made the page private (copy on write)
     NOCREDIT_WRITE = 8  # a write needs a host page and there is no room
+    COPY = 9            # the clone does not share: Python loads a private copy
 
 
 class PageState:
@@ -124,6 +125,10 @@ class IFaultRegion(Interface):
 
     def unprotect(pfn):
         """Let a held write to ``pfn`` proceed: the page becomes private."""
+
+    def share(on):
+        """Whether the fast path maps image pages shared (``share.onfetch``);
+        off, every image page fault comes to Python for a private copy."""
 
     def load_copy(pfn, data):
         """Load private bytes at ``pfn`` (paged out earlier) and wake."""

@@ -51,7 +51,9 @@ class CloneAccount:
     next_slot = attr.ib(default=0)
     target = attr.ib(default=None)     # pages; None: no target
     limit = attr.ib(default=None)      # pages; None: no limit
+    cap = attr.ib(default=None)        # pages: the host's burst policy; None: none
     classes = attr.ib(factory=lambda: set(CLASSES))   # eviction classes allowed
+    share = attr.ib(default=True)      # share.onfetch: map image pages, or copy them
     faults = attr.ib(default=0)
     evictions = attr.ib(factory=lambda: dict.fromkeys(CLASSES, 0))
     pageout_error = attr.ib(default=None)
@@ -145,7 +147,14 @@ class Ledger:
     def clones(self):
         return list(self._clones)
 
-    def set_knobs(self, domid, target=None, limit=None, classes=None):
+    def set_cap(self, domid, pages):
+        """The host's burst policy caps the clone (beside its own limit)."""
+        acct = self._clones.get(domid)
+        if acct is not None and acct.cap != pages:
+            acct.cap = pages
+            self._log("cap", domid, pages)
+
+    def set_knobs(self, domid, target=None, limit=None, classes=None, share=None):
         acct = self._clones[domid]
         for name, value in (("target", target), ("limit", limit)):
             if value is not None:
@@ -157,7 +166,10 @@ class Ledger:
             if unknown:
                 raise LedgerError("unknown eviction class(es): %s" % ", ".join(sorted(unknown)))
             acct.classes = set(classes)
-        self._log("knobs", domid, target, limit, sorted(classes) if classes is not None else None)
+        if share is not None:
+            acct.share = bool(share)
+        self._log("knobs", domid, target, limit,
+                  sorted(classes) if classes is not None else None, share)
 
     # -- what the kernel did
 
@@ -334,9 +346,10 @@ class Ledger:
 
     def clone_room(self, domid):
         acct = self._clones[domid]
-        if acct.limit is None:
+        caps = [c for c in (acct.limit, acct.cap) if c is not None]
+        if not caps:
             return acct.npages
-        return acct.limit - acct.resident
+        return min(caps) - acct.resident
 
     def take_credits(self):
         """Credits for the fast path: host pages, and per clone mappings."""
@@ -383,12 +396,12 @@ class Ledger:
 
         return self.policy.choose(count, rank)
 
-    def unmapped_cache(self, count):
+    def unmapped_cache(self, count, exclude=()):
         """Cached image pages no clone maps: free to drop at once."""
         out = []
         for image_id, img in self.images.items():
             for pfn in img.cached:
-                if pfn not in img.mappers:
+                if pfn not in img.mappers and (image_id, pfn) not in exclude:
                     out.append((image_id, pfn))
                     if len(out) >= count:
                         return out
@@ -411,7 +424,8 @@ class Ledger:
             "faults": acct.faults,
             "target_pages": acct.target,
             "limit_pages": acct.limit,
-            "flags": {"evict": sorted(acct.classes)},
+            "burst_cap_pages": acct.cap,
+            "flags": {"evict": sorted(acct.classes), "share.onfetch": acct.share},
             "pageout_error": acct.pageout_error,
         }
 
@@ -437,5 +451,5 @@ _REPLAYABLE = {
     "remove": "remove_clone", "knobs": "set_knobs", "shared": "mapped_shared",
     "zero": "mapped_zero", "written": "written", "cached": "cached",
     "dropped": "dropped_clean", "uncached": "uncached", "paged_out": "paged_out",
-    "paged_in": "paged_in", "unwritten": "unwritten",
+    "paged_in": "paged_in", "unwritten": "unwritten", "cap": "set_cap",
 }

@@ -24,6 +24,7 @@ from collections import defaultdict
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from xenclone import ledger as L
 from xenclone.interfaces import PAGE_SIZE, FaultKind, PageState
@@ -31,6 +32,27 @@ from xenclone.wire import WireError
 
 
 BATCH = 1024     # pages per backend request
+
+
+# What a fast-path record says the page became; a record whose page is no
+# longer in that state is stale.
+_FAST_PATH_STATE = {FaultKind.SERVED: PageState.SHARED, FaultKind.ZERO: PageState.ZERO,
+                    FaultKind.WRITTEN: PageState.PRIVATE}
+
+
+# The ledger's kind -> the (fast path state, kernel kind) pairs that agree
+# with it.  A held page may be mid-eviction; a private page whose write has
+# not landed is still the image's page in the kernel.
+_S, _H, _P, _Z, _A = (PageState.SHARED, PageState.HOLD, PageState.PRIVATE, PageState.ZERO,
+                      PageState.ABSENT)
+_AGREE = {
+    L.SHARED: {(_S, _S), (_H, _S), (_H, _A)},
+    L.PRIVATE: {(_P, _P), (_P, _S), (_P, _Z), (_H, _P), (_H, _S), (_H, _Z)},
+    L.ZERO: {(_Z, _Z), (_H, _Z), (_H, _A)},
+    L.PAGED_OUT: {(_H, _A)},
+    L.EVICTED: {(_A, _A), (_H, _A)},
+    None: {(_A, _A), (_H, _A)},
+}
 
 
 def _chunks(pfns):
@@ -51,7 +73,7 @@ class Pager:
         self._clones = {}              # domid -> (region, image)
         self._images = {}              # image id -> its OpenImage (this host's cache)
         self._want_map = {}            # (domid, pfn): waits for room in the clone
-        self._want_host = {}           # (domid, pfn) -> "write" | "fetch" | "pagein"
+        self._want_host = {}           # (domid, pfn) -> "write" | "fetch" | "copy" | "pagein"
         self._evicting = set()         # ("clone", domid) / ("host",) rounds in flight
         self._fetching = set()
         self._stores = {}              # domid -> read fd of its page-out store
@@ -72,15 +94,14 @@ class Pager:
         it unmapped what the backend mapped at launch."""
         return self._punch_seq
 
-    def attach(self, region, image, since=None):
+    def attach(self, region, image, since=None, share=True):
+        """Serve a launched clone's faults.  ``share`` False (share.onfetch
+        off) gives it private copies of image pages, never shared ones."""
         zero = image.zero
-        if image.image_id not in self.ledger.images:
-            # The memory server holds every non-zero page of a new image.
-            self.ledger.add_image(image.image_id, image.npages,
-                                  [p for p in range(image.npages) if not zero[p]])
+        self.track_image(image)
         self.ledger.add_clone(region.domid, image.image_id, region.npages)
         self._clones[region.domid] = (region, image)
-        self._images[image.image_id] = image
+        self.set_share(region.domid, share)
         # Pages the backend mapped at launch, unless the cache let them go
         # since (a hole unmaps them): those fault again.
         since = self._punch_seq if since is None else since
@@ -90,6 +111,21 @@ class Pager:
         self.ledger.mapped_shared(region.domid, shared)
         self.source.add(region)
         self._grant()
+
+    def track_image(self, image):
+        """This host caches the image (from bless, or its first open): its
+        resident pages count in the budget from now on."""
+        self._images[image.image_id] = image
+        if image.image_id not in self.ledger.images:
+            # The memory server holds every non-zero page of a new image.
+            self.ledger.add_image(image.image_id, image.npages,
+                                  [p for p in range(image.npages) if not image.zero[p]])
+            self.rebudget(self.ledger.budget_pages)
+
+    def set_share(self, domid, on):
+        """share.onfetch: pages mapped already stay as they are."""
+        self.ledger.set_knobs(domid, share=on)
+        self._clones[domid][0].share(on)
 
     def detach(self, domid):
         if self._clones.pop(domid, None) is None:
@@ -128,6 +164,16 @@ class Pager:
         stats["hoarding"] = domid in self._hoards
         return stats
 
+    def audit(self, domid, kernel):
+        """Pages where the ledger, the fast path's state and the kernel's
+        ``kernel`` kinds (one per page) disagree: (pfn, ledger, state,
+        kernel).  Exact once the clone is quiet; while it runs, records on
+        their way show as brief disagreements."""
+        states = self._clones[domid][0].states()
+        kind = self.ledger.clone(domid).kind
+        return [(pfn, kind.get(pfn), states[pfn], k) for pfn, k in enumerate(kernel)
+                if (states[pfn], k) not in _AGREE[kind.get(pfn)]]
+
     def store_path(self, domid):
         return os.path.join(self.store_dir, "clone-%d.pages" % domid)
 
@@ -140,13 +186,13 @@ class Pager:
         for domid, kind, pfn in records:
             if domid not in self._clones:
                 continue
-            if kind in (FaultKind.SERVED, FaultKind.ZERO):
-                # A page evicted since the fast path mapped it: the record
-                # is stale, and the kernel no longer maps it.
+            if kind in _FAST_PATH_STATE:
+                # A page held or evicted since the fast path decided: the
+                # record is stale.  The eviction accounted for it (a write
+                # allowed but not landed was dropped with the page).
                 if domid not in states:
                     states[domid] = self._clones[domid][0].states()
-                want = PageState.SHARED if kind == FaultKind.SERVED else PageState.ZERO
-                if states[domid][pfn] != want:
+                if states[domid][pfn] != _FAST_PATH_STATE[kind]:
                     continue
             by_kind[kind][domid].append(pfn)
         for domid, pfns in by_kind[FaultKind.SERVED].items():
@@ -157,7 +203,7 @@ class Pager:
             self.ledger.mapped_zero(domid, pfns)
         for domid, pfns in by_kind[FaultKind.WRITTEN].items():
             self.ledger.written(domid, pfns)
-        for kind, want in ((FaultKind.NOCREDIT, None), (FaultKind.ERROR, None),
+        for kind, want in ((FaultKind.NOCREDIT, None), (FaultKind.ERROR, None), (FaultKind.COPY, None),
                            (FaultKind.NOCREDIT_WRITE, "write"), (FaultKind.FETCH, "fetch")):
             for domid, pfns in by_kind[kind].items():
                 for pfn in pfns:
@@ -214,6 +260,11 @@ class Pager:
         if image.zero[pfn]:
             region.load_zero(pfn)
             self.ledger.mapped_zero(domid, [pfn])
+        elif not self.ledger.clone(domid).share:
+            if self.ledger.host_room() > 0:
+                self._copy(domid, pfn)
+            else:
+                self._want_host[(domid, pfn)] = "copy"
         elif region.load_shared(pfn):
             self.ledger.mapped_shared(domid, [pfn])
         else:
@@ -227,12 +278,16 @@ class Pager:
         if want == "write":
             # A page being evicted is not touched: the eviction's end wakes
             # the writer, who faults again.
-            if key not in self._in_flight and self.ledger.kind(domid, pfn) in (L.SHARED, L.ZERO):
+            state = region.states()[pfn]
+            if (key not in self._in_flight and state in (PageState.SHARED, PageState.ZERO)
+                    and self.ledger.kind(domid, pfn) in (L.SHARED, L.ZERO)):
                 region.unprotect(pfn)
                 self.ledger.written(domid, [pfn])
             # else the page left meanwhile: its writer was woken, faults again
         elif want == "fetch":
             self._fetch(domid, pfn)
+        elif want == "copy":
+            self._copy(domid, pfn)
         else:
             self._page_in(domid, pfn)
 
@@ -260,6 +315,18 @@ class Pager:
             self._pump()
 
         d.addCallbacks(fill, failed).addBoth(done)
+
+    def _copy(self, domid, pfn):
+        """A clone that does not share gets its own copy of an image page,
+        from this host's cache (fetched first if the cache lacks it)."""
+        region, image = self._clones[domid]
+        if region.states()[pfn] != PageState.ABSENT:
+            return
+        if pfn not in self.ledger.images[image.image_id].cached:
+            self._fetch(domid, pfn)
+            return
+        region.load_copy(pfn, image.read_page(pfn))
+        self.ledger.written(domid, [pfn])
 
     def _page_in(self, domid, pfn):
         """A paged-out page faulted: bring it back from the store, checked."""
@@ -294,7 +361,10 @@ class Pager:
         if ("host",) in self._evicting:
             return
         want = max(wanted, self.ledger.credit_batch)
-        free = self.ledger.unmapped_cache(want)
+        # Cached pages a clone waits to copy are not free to go.
+        copying = {(self._clones[d][1].image_id, p) for (d, p), w in self._want_host.items()
+                   if w == "copy"}
+        free = self.ledger.unmapped_cache(want, copying)
         victims = self.ledger.host_victims(want - len(free), self._waiting())
         if not free and not victims:
             self._stall("host budget reached with nothing to evict")
@@ -318,8 +388,10 @@ class Pager:
         before = self.ledger.host_stats()
         ops = make_ops()
 
-        def done(_):
+        def done(result):
             self._evicting.discard(tag)
+            if isinstance(result, Failure):      # a bug: the ops handle what they expect
+                self.log.failure("eviction {tag} failed", result.value.subFailure, tag=tag)
             if self.ledger.host_stats() == before:
                 # Nothing moved (a page not yet free to go): try again in a
                 # moment rather than spin.
@@ -367,15 +439,18 @@ class Pager:
             # The fast path had made these private before the hold.  The
             # kernel kept those written; those it dropped were never written
             # (the writer had not come back yet): no copy existed to lose.
+            # The ledger may not have seen such a write yet (its record is
+            # on its way, and will be found stale).
             private = {p for p in pfns if before[p] == PageState.PRIVATE}
             written = sorted(private & kept)
             if written:
                 region.remember(written, PageState.PRIVATE)
                 self.ledger.written(domid, written)
-            self.ledger.unwritten(domid, sorted(private - kept))
             # The rest held no write: dropped, or already unmapped by a hole.
             dropped = sorted(set(pfns) - set(written))
-            self.ledger.dropped_clean(domid, sorted(set(dropped) - private), cls)
+            unwritten = [p for p in dropped if self.ledger.kind(domid, p) == L.PRIVATE]
+            self.ledger.unwritten(domid, unwritten)
+            self.ledger.dropped_clean(domid, sorted(set(dropped) - set(unwritten)), cls)
             if release:
                 region.release(dropped)     # wakes whoever faulted meanwhile
             self._held.difference_update((domid, p) for p in pfns)
@@ -449,7 +524,8 @@ class Pager:
         and any clone that maps the page (even by a record not seen yet)
         faults on it again, to fetch it.  A page some clone was allowed to
         write is punched only once the kernel shows that clone's private
-        copy: until the write lands, the clone still maps the cache's page."""
+        copy: until the write lands, the clone still maps the cache's page
+        (a page-out that found it gone would fail, the page lost to it)."""
         by_image = defaultdict(list)
         for image_id, pfn in keys:
             by_image[image_id].append(pfn)
@@ -458,8 +534,7 @@ class Pager:
             for domid, (region, image) in list(self._clones.items()):
                 if image.image_id != image_id:
                     continue
-                states = region.states()
-                writing = [p for p in pfns if states[p] == PageState.PRIVATE]
+                writing = self._writing(domid, pfns)
                 for i in range(0, len(writing), 4096):
                     part = writing[i:i + 4096]
                     kinds = yield self.backend.page_kinds(domid, part)
@@ -468,13 +543,17 @@ class Pager:
 
         def punch():
             for image_id, pfns in by_image.items():
+                if image_id not in self._images:
+                    continue            # discarded meanwhile
+                # A clone attached since may map some now.
+                mappers = self.ledger.images[image_id].mappers
+                pfns = [p for p in pfns if not mappers.get(p)]
                 # Checked here, with no fault served: a write allowed since
                 # the kernel was asked is not known to have landed.
                 for domid, (region, image) in self._clones.items():
                     if image.image_id == image_id:
-                        states = region.states()
-                        pfns = [p for p in pfns if states[p] != PageState.PRIVATE
-                                or (domid, p) in landed]
+                        writing = set(self._writing(domid, pfns))
+                        pfns = [p for p in pfns if p not in writing or (domid, p) in landed]
                 for region, image in self._clones.values():
                     if image.image_id == image_id:
                         states = region.states()
@@ -486,6 +565,14 @@ class Pager:
             self._punch_seq += 1
 
         self.source.exclusively(punch)
+
+    def _writing(self, domid, pfns):
+        """Pages a write was let through to: private in C, or held by a
+        page-out (the ledger's private).  Until the kernel shows the copy,
+        the clone may still map the image's page."""
+        states = self._clones[domid][0].states()
+        return [p for p in pfns if states[p] == PageState.PRIVATE or (
+            states[p] == PageState.HOLD and self.ledger.kind(domid, p) == L.PRIVATE)]
 
     def _eviction_failed(self, domid, f):
         if f.check(WireError) and f.value.code in ("busy", "no-domain"):

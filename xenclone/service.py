@@ -19,11 +19,14 @@ from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from xenclone import hostmem
 from xenclone.control.controller import Controller
+from xenclone.control.hostmemory import HostMemoryService
 from xenclone.helpers import HelperProcess
 from xenclone.ledger import Ledger
 from xenclone.memserver.client import MemoryServerClient
 from xenclone.pager import Pager
+from xenclone.policy.budget import Bursts, Watermarks
 from xenclone.policy.sharing import POLICIES
 from xenclone.wire import FrameProtocol
 from xenclone.xenstore.plane import XenStorePlane, guest_socket_dir
@@ -34,11 +37,20 @@ log = Logger()
 def host_budget_pages(settings):
     """The configured budget, or 80% of what the kernel says is available."""
     mib = settings["host_memory_mib"]
-    if not mib:
-        with open("/proc/meminfo") as f:
-            avail_kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
-        mib = avail_kib * 8 // 10 // 1024
-    return mib * 256
+    return mib * 256 if mib else hostmem.available_pages() * 8 // 10
+
+
+def host_memory_service(reactor, settings, pager):
+    """The budget under real pressure, and the clones' burst policy."""
+    s = settings
+    watermarks = Watermarks(ceiling=pager.ledger.budget_pages, low=s["low_watermark_mib"] * 256,
+                            high=s["high_watermark_mib"] * 256, floor=4 * s["credit_batch"],
+                            psi_limit=float(s["psi_some_max"]))
+    bursts = None
+    if s["memory_limit_mib"]:
+        bursts = Bursts(limit=s["memory_limit_mib"] * 256, burst=s["burst_size_mib"] * 256,
+                        burst_ns=s["burst_time_ms"] * 1000000)
+    return HostMemoryService(reactor, pager, watermarks, bursts)
 
 
 def remote_args(settings):
@@ -124,7 +136,9 @@ class CoreService(Service):
         memserver = HelperProcess(self.reactor, "memory server", "xenclone.memserver.server",
                                   ["--dir", s["memserver_dir"]] + remote_args(s), ms_socket,
                                   os.path.join(run, "memserver.log"))
-        yield memserver.connect(FrameProtocol)
+        # Up (started if need be); requests go through the client below.
+        probe = yield memserver.connect(FrameProtocol)
+        yield probe.close()
         client = MemoryServerClient(self.reactor, UNIXClientEndpoint(self.reactor, ms_socket))
         self.links.append(client)
         backend = yield self._backend(run)
@@ -134,8 +148,11 @@ class CoreService(Service):
         os.makedirs(store_dir, mode=0o700, exist_ok=True)
         pager = Pager(self.reactor, ledger, self.source, backend, client, store_dir,
                       sync=bool(s["pageout_sync"]))
-        self.controller = Controller(backend, client, pager, hoard_rate=s["hoard_rate"])
-        self.controller.reactor = self.reactor
+        host_memory = host_memory_service(self.reactor, s, pager)
+        host_memory.setServiceParent(self.parent)
+        self.controller = Controller(self.reactor, backend, client, pager, host_memory,
+                                     hoard_rate=s["hoard_rate"],
+                                     share_onfetch=bool(s["share_onfetch"]))
         self.control.listen(self.controller)
         if s["metrics_listen"]:
             from xenclone.metrics import make_metrics_service

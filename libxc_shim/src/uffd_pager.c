@@ -271,6 +271,8 @@ static uint32_t decide(struct xc_region *r, uint64_t pfn, uint64_t flags, int64_
         return 0;
     }
     if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+        if (r->no_share)
+            return XC_COPY;
         if (r->credits <= 0)
             return XC_NOCREDIT;
         if (fill(r, pfn, 1, XC_CONTINUE))

@@ -20,6 +20,7 @@
 #define XC_ZERO           6   /* C mapped the zero page (no credit) */
 #define XC_WRITTEN        7   /* a write made the page private: one host credit spent */
 #define XC_NOCREDIT_WRITE 8   /* a write needs a host page and there are no host credits */
+#define XC_COPY           9   /* the clone does not share image pages: Python copies one in */
 
 /* xc_resolve() how */
 #define XC_CONTINUE  1   /* map the image page write-protected -> SHARED */
@@ -45,6 +46,7 @@ struct xc_region {          /* one clone's guest RAM as seen by the pager; memor
     uint64_t bad_faults;    /* fault addresses outside [base, base + npages pages) */
     uint64_t wp_faults, cow_fills;
     uint32_t lock;          /* serialises state changes with their ioctls (C and Python) */
+    uint32_t no_share;      /* 1: image pages are copied in by Python, never mapped shared */
 };
 
 struct xc_fault { uint32_t region; uint32_t kind; uint64_t pfn; };

@@ -82,7 +82,10 @@ def cmd_bless(args):
 
 
 def cmd_launch(args):
-    return ("launch", {"image": args.image, "count": args.n, "paused": args.paused},
+    fields = {"image": args.image, "count": args.n, "paused": args.paused}
+    if args.no_share:
+        fields["share"] = False
+    return ("launch", fields,
             lambda r: "\n".join("%d %s" % (c["domid"], c["name"]) for c in r["clones"]))
 
 
@@ -102,6 +105,13 @@ def cmd_info(args):
 
 def cmd_host(args):
     return "host", {}, lambda r: json.dumps(r, indent=2, sort_keys=True)
+
+
+def cmd_audit(args):
+    return ("audit", {"domain": args.domain}, lambda r: "%d of %d pages disagree%s" % (
+        r["disagree"], r["pages"], "".join(
+            "\n  page %(pfn)d: ledger %(ledger)s, fault path %(state)d, kernel %(kernel)d" % p
+            for p in r["first"])))
 
 
 def cmd_wait(args):
@@ -124,7 +134,15 @@ def _knob(text):
         return key, int(value)
     if key == "evict":
         return key, [v for v in value.split(",") if v]
+    if key == "share.onfetch":
+        if value not in _BOOLS:
+            raise CliError("set: share.onfetch wants 1 or 0, got %r" % value, EXIT_USAGE)
+        return key, _BOOLS[value]
     return key, value
+
+
+_BOOLS = {"1": True, "on": True, "yes": True, "true": True,
+          "0": False, "off": False, "no": False, "false": False}
 
 
 def cmd_set(args):
@@ -175,11 +193,15 @@ def _parser():
     sp.add_argument("image", metavar="Image")
     sp.add_argument("-n", type=int, default=1, help="how many clones")
     sp.add_argument("--paused", action="store_true")
+    sp.add_argument("--no-share", action="store_true",
+                    help="share.onfetch=0: private copies of image pages, none shared")
     add("list", cmd_list, "list domains with role, image and state", True)
     add("images", cmd_images, "list images", True)
     add("info", cmd_info, "show a domain's state and page figures", True).add_argument(
         "domain", metavar="Domain")
     add("host", cmd_host, "show the backend's capabilities and the host ledger", True)
+    add("audit", cmd_audit, "compare a clone's pages: ledger, fault path and kernel",
+        True).add_argument("domain", metavar="Domain")
     sp = add("wait", cmd_wait, "wait until a domain stops running", True)
     sp.add_argument("domain", metavar="Domain")
     sp.add_argument("--timeout", type=int, default=60)
@@ -189,7 +211,8 @@ def _parser():
     sp = add("set", cmd_set, "set a clone's target, limit and eviction classes", True)
     sp.add_argument("domain", metavar="Domain")
     sp.add_argument("knobs", nargs="+", metavar="key=value",
-                    help="target=PAGES limit=PAGES evict=drop-clean,drop-shared,page-out")
+                    help="target=PAGES limit=PAGES evict=drop-clean,drop-shared,page-out "
+                         "share.onfetch=1|0")
     sp = add("hoard", cmd_hoard, "fill a clone's remaining pages in the background", True)
     sp.add_argument("domain", metavar="Domain")
     sp.add_argument("--rate", type=int, help="pages a second (default: the config's hoard_rate)")

@@ -3,6 +3,9 @@ page-out and budget.  Every memory figure they judge by comes from the
 kernel (pagemap of the VMM host, memfd blocks), and the ledger's own
 counters are checked against it."""
 
+import subprocess
+import sys
+
 from twisted.internet import defer, task
 
 SLACK = 256     # pages: one credit batch, the budget's only slack
@@ -14,24 +17,34 @@ class KernelSampler:
     def __init__(self, s, interval=0.1):
         self.s = s
         self.samples = []
-        self._busy = False
+        self.times = []
+        self._busy = None
         self._loop = task.LoopingCall(self.sample)
         self._loop.clock = s.reactor
         self._loop.start(interval)
 
-    @defer.inlineCallbacks
     def sample(self):
-        if self._busy:
-            return
-        self._busy = True
-        try:
-            host = yield self.s.call("host")
-            self.samples.append(host["kernel"])
-        finally:
-            self._busy = False
+        if self._busy is None:
+            self._busy = self.s.call("host").addCallback(self._took)
+            self._busy.addBoth(self._idle)
+        return self._busy
+
+    def _took(self, host):
+        self.samples.append(host["kernel"])
+        self.times.append(self.s.reactor.seconds())
+
+    def _idle(self, result):
+        self._busy = None
+        return result
 
     def stop(self):
+        """Deferred: the sample in flight, if any, has landed."""
         self._loop.stop()
+        return self._busy if self._busy is not None else defer.succeed(None)
+
+    def max_gap_ms(self):
+        gaps = [b - a for a, b in zip(self.times, self.times[1:])]
+        return round(max(gaps, default=0) * 1000, 1)
 
     def peak(self, key):
         return max((k[key] for k in self.samples), default=0)
@@ -39,6 +52,34 @@ class KernelSampler:
     def peak_clone(self, domid):
         return max((c["shared"] + c["private"] for k in self.samples
                     for d, c in k["clones"].items() if int(d) == domid), default=0)
+
+
+class HostSampler:
+    """``hostmem.clone_pages`` (the kernel's count of what the ledger
+    calls allocated) every ``interval``, from a process of its own."""
+
+    def __init__(self, pids, interval=0.1):
+        self.samples, self.times = [], []
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "xenclone.hostmem", str(pids["vmmhost"]),
+             str(pids["memserver"]), str(interval)], stdout=subprocess.PIPE, text=True)
+
+    def stop(self):
+        self._proc.terminate()
+        out, _ = self._proc.communicate()
+        for line in out.splitlines():
+            t, pages = line.split()
+            self.times.append(float(t))
+            self.samples.append(int(pages))
+
+    def peak(self):
+        return max(self.samples, default=0)
+
+    def gaps_ms(self):
+        """Median and largest interval between samples: the median is
+        the sampler's own period; the largest, how loaded the host was."""
+        gaps = sorted(b - a for a, b in zip(self.times, self.times[1:])) or [0]
+        return round(gaps[len(gaps) // 2] * 1000, 1), round(gaps[-1] * 1000, 1)
 
 
 @defer.inlineCallbacks
@@ -60,6 +101,16 @@ def _answers_right(s, clones):
     for c in clones:
         infos.append((yield s.call("wait", domain=c["domid"], timeout=600)))
     return all(i["result"] == i["expected"] for i in infos), infos
+
+
+@defer.inlineCallbacks
+def _disagreements(s, clones):
+    """Pages of these (quiet) clones where ledger, fault path and kernel
+    disagree; each must be none."""
+    bad = 0
+    for c in clones:
+        bad += (yield s.call("audit", domain=c["domid"]))["disagree"]
+    return bad
 
 
 @defer.inlineCallbacks
@@ -98,13 +149,15 @@ def scenario_limit(s, limit=1024):
     yield s.call("unpause", domain=clone["domid"])
     right, [info] = yield _answers_right(s, [clone])
     yield sampler.sample()
-    sampler.stop()
+    yield sampler.stop()
     peak = sampler.peak_clone(clone["domid"])
+    bad = yield _disagreements(s, [clone])
     yield _cleanup(s, "sel-limit")
     return ({"answers_right": right, "within_limit": 0 < peak <= limit + SLACK,
-             "paged_out": info["evictions"]["page-out"] > 0},
+             "paged_out": info["evictions"]["page-out"] > 0, "ledger_matches_kernel": bad == 0},
             {"limit_pages": limit, "peak_resident_pages": peak, "samples": len(sampler.samples),
-             "evictions": info["evictions"]})
+             "max_sample_gap_ms": sampler.max_gap_ms(), "evictions": info["evictions"],
+             "pages_disagreeing": bad})
 
 
 @defer.inlineCallbacks
@@ -118,15 +171,17 @@ def scenario_pageout(s):
     yield s.call("set", domain=clone["domid"], knobs={"evict": ["drop-clean", "page-out"]})
     evicted = yield s.call("evict", domain=clone["domid"], to=200)
     low = (yield s.call("host"))["kernel"]["clones"][str(clone["domid"])]
+    bad = yield _disagreements(s, [clone])
     yield s.call("hoard", domain=clone["domid"], rate=10**6, wait=True)
     after = (yield s.call("page_sums", domain=clone["domid"], pfns=pfns))["sums"]
+    bad += yield _disagreements(s, [clone])
     yield _cleanup(s, "sel-pageout")
     return ({"answers_right": right, "paged_out": evicted["paged_out_pages"] > 0 or
              evicted["evictions"]["page-out"] > 0,
              "kernel_shows_eviction": low["private"] + low["shared"] <= 200 + SLACK,
-             "memory_intact": before == after},
+             "memory_intact": before == after, "ledger_matches_kernel": bad == 0},
             {"pages_checked": len(pfns), "paged_out": evicted["evictions"]["page-out"],
-             "kernel_after_evict": low})
+             "kernel_after_evict": low, "pages_disagreeing": bad})
 
 
 @defer.inlineCallbacks
@@ -136,19 +191,28 @@ def scenario_budget(s, n=16):
     budget = image["nonzero_pages"] // 2
     before = (yield s.call("host"))["ledger"]["budget_pages"]
     yield s.call("set_host", budget_pages=budget)
-    sampler = KernelSampler(s)
+    for _ in range(100):     # the cache lets go of unmapped pages at once
+        if (yield s.call("host"))["ledger"]["allocated_pages"] <= budget:
+            break
+        yield task.deferLater(s.reactor, 0.05, lambda: None)
+    sampler = HostSampler((yield s.call("pids")))
     try:
         clones = (yield s.call("launch", image="sel-budget", count=n))["clones"]
         right, _ = yield _answers_right(s, clones)
-        yield sampler.sample()
+        kernel = (yield s.call("host"))["kernel"]
+        bad = yield _disagreements(s, clones)
     finally:
         sampler.stop()
         yield s.call("set_host", budget_pages=before)
-    peak = sampler.peak("allocated_pages")
+    peak = sampler.peak()
+    median_gap, max_gap = sampler.gaps_ms()
     yield _cleanup(s, "sel-budget")
-    return ({"answers_right": right, "within_budget": peak <= budget + SLACK},
-            {"budget_pages": budget, "peak_allocated_pages": peak,
-             "samples": len(sampler.samples)})
+    return ({"answers_right": right, "within_budget": peak <= budget + SLACK,
+             "ledger_matches_kernel": bad == 0, "sampled_every_100ms": median_gap <= 110},
+            {"budget_pages": budget, "peak_allocated_pages": peak, "samples": len(sampler.samples),
+             "median_sample_gap_ms": median_gap, "max_sample_gap_ms": max_gap,
+             "pages_disagreeing": bad, "final_sample_pages": sampler.samples[-1],
+             "final_pagemap_pages": kernel["allocated_pages"]})
 
 
 SCENARIOS = {

@@ -13,6 +13,7 @@ import sys
 import tempfile
 
 from twisted.internet import defer, task
+from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from xenclone import hostmem
 from xenclone.cli import memory_scenarios
@@ -27,12 +28,14 @@ from xenclone.xenstore.plane import xenstore_mode, xenstore_socket
 class Session:
     """A control connection, to the running daemon or a private one."""
 
-    def __init__(self, reactor, settings):
+    def __init__(self, reactor, settings, log_to_file=False):
         self.reactor = reactor
         self.settings = settings
+        self.log_to_file = log_to_file     # only where no one else logs (not trial)
         self.proto = None
         self.service = None
         self.tmp = None
+        self._pids = {}
 
     @defer.inlineCallbacks
     def open(self):
@@ -47,11 +50,20 @@ class Session:
         self.settings = dict(self.settings, run_dir=run, state_dir=state,
                              memserver_dir=os.path.join(state, "images"),
                              control_socket=os.path.join(run, "control.sock"))
+        if self.log_to_file:
+            # Beside the helpers' logs, kept with XENCLONE_KEEP_TMP.
+            log = open(os.path.join(self.tmp, "daemon.log"), "a")
+            globalLogBeginner.beginLoggingTo([textFileLogObserver(log)],
+                                             redirectStandardIO=False)
         self.service = make_service(self.settings, self.reactor)
         self.service.startService()
         yield self.service.getServiceNamed("core").ready
         yield self.service.getServiceNamed("xenstore").ready
         self.proto = yield connect(self.reactor, self.settings["control_socket"])
+        # Known now, so close() can stop the helpers whatever happens later.
+        self._pids = yield self.call("pids")
+        if xenstore_mode(self.settings) == "embedded":     # never a real xenstored
+            self._pids["xenstore"] = socket_owner_pid(xenstore_socket(self.settings))
         return self
 
     def call(self, op, **fields):
@@ -62,21 +74,17 @@ class Session:
     def close(self):
         """Take a private daemon down with its helpers; whatever failed
         before must not hide behind a failure here."""
-        pids = {}
         if self.service is not None:
             try:
-                pids = yield self.call("pids")
                 yield self.call("destroy_all")
             except WireError as e:
                 print("xenclone: cleanup: %s" % e, file=sys.stderr)
         yield self.proto.close()
         if self.service is not None:
-            if xenstore_mode(self.settings) == "embedded":     # never a real xenstored
-                pids["xenstore"] = socket_owner_pid(xenstore_socket(self.settings))
             yield self.service.stopService()
             for name in ("vmmhost", "memserver", "xenstore"):
                 try:
-                    os.kill(pids[name], 15)
+                    os.kill(self._pids[name], 15)
                 except (KeyError, TypeError, ProcessLookupError):
                     pass
             if os.environ.get("XENCLONE_KEEP_TMP"):
@@ -88,7 +96,7 @@ class Session:
 def private_session(reactor):
     """A Session on a private daemon, whatever else runs on this host."""
     settings = dict(load_daemon_config(None), control_socket="/nonexistent/xenclone.sock")
-    return Session(reactor, settings).open()
+    return Session(reactor, settings, log_to_file=True).open()
 
 
 class PeakSampler:
@@ -214,7 +222,7 @@ def run_scenario(reactor, args, settings):
         raise CliError("unknown scenario(s): %s; see 'xenclone selftest --list'" % ", ".join(unknown), 2)
     if args.scenario == "demo" and not (1 <= args.clones <= 256 and 16 <= args.memory_mib <= 65536):
         raise CliError("demo: --clones must be 1..256 and --memory-mib 16..65536", 2)
-    s = yield Session(reactor, settings).open()
+    s = yield Session(reactor, settings, log_to_file=True).open()
     try:
         if args.scenario == "demo":
             r = yield launch_job(s, args.clones, args.memory_mib, plot=args.plot)
@@ -232,8 +240,9 @@ def run_scenario(reactor, args, settings):
             ok = ok and passed
             report[name] = {"passed": passed, "checks": checks, "figures": figures}
             if not args.json:
-                print("%-12s %s  %s" % (name, "PASS" if passed else "FAIL",
-                                        " ".join("%s=%s" % kv for kv in sorted(checks.items()))))
+                print("%-12s %s  %s%s" % (name, "PASS" if passed else "FAIL",
+                                          " ".join("%s=%s" % kv for kv in sorted(checks.items())),
+                                          "  error: %s" % figures["error"] if "error" in figures else ""))
         if args.json:
             print(json.dumps(report, indent=2, sort_keys=True))
         return 0 if ok else EXIT_FAILED

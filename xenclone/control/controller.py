@@ -42,6 +42,7 @@ class CloneSpec:
     clone_id = attr.ib()
     input = attr.ib()
     paused = attr.ib(default=False)
+    share = attr.ib(default=True)      # share.onfetch: map image pages shared
 
 
 @attr.s(eq=False)
@@ -75,9 +76,13 @@ def _int(msg, key, lo, hi, default=None):
 class Controller:
     log = Logger()
 
-    def __init__(self, backend, memserver, pager, hoard_rate=5000):
+    def __init__(self, reactor, backend, memserver, pager, host_memory, hoard_rate=5000,
+                 share_onfetch=True):
+        self.reactor = reactor
         self.backend = backend
+        self.host_memory = host_memory
         self.hoard_rate = hoard_rate
+        self.share_onfetch = share_onfetch
         self.memserver = memserver
         self.pager = pager
         self.domains = {}
@@ -140,6 +145,7 @@ class Controller:
 
         def keep(image):
             self._images[image_id] = image
+            self.pager.track_image(image)
             return image
 
         return d.addCallback(keep)
@@ -238,6 +244,7 @@ class Controller:
             "backend": self.backend.name, "capabilities": self.backend.capabilities(),
             "ledger": self.pager.ledger.host_stats(), "kernel": kernel,
             "stalled": self.pager.stalled, "waiting": self.pager.waiting(),
+            "pressure": self.host_memory.state(),
             "policy": self.pager.ledger.policy.name})
         return d
 
@@ -290,6 +297,7 @@ class Controller:
                 info = yield self.memserver.put(name, attr.evolve(capture, meta=meta))
             finally:
                 os.close(capture.mem_fd)
+            yield self._image(name)      # its cache counts in the budget from now
             self._set_state(dom, DomainState.PAUSED)
             if msg.get("resume"):
                 yield self.backend.unpause(dom.domid)
@@ -301,19 +309,22 @@ class Controller:
         image_id = msg.get("image")
         count = _int(msg, "count", 1, MAX_LAUNCH, default=1)
         paused = bool(msg.get("paused"))
+        share = msg.get("share", self.share_onfetch)
+        if not isinstance(share, bool):
+            raise WireError("bad-argument", "share must be true or false")
 
         @defer.inlineCallbacks
         def launch():
             image = yield self._image(image_id)
             launched = []
             for _ in range(count):
-                launched.append((yield self._launch_one(image, paused)))
+                launched.append((yield self._launch_one(image, paused, share)))
             return {"clones": launched}
 
         return launch()
 
     @defer.inlineCallbacks
-    def _launch_one(self, image, paused):
+    def _launch_one(self, image, paused, share):
         t0 = time.monotonic_ns()
         clone_id = self._next_clone_id.get(image.image_id, 0) + 1
         self._next_clone_id[image.image_id] = clone_id
@@ -325,11 +336,12 @@ class Controller:
         self.domains[domid] = dom
         since = self.pager.punch_seq
         try:
-            region = yield self.backend.launch(image, CloneSpec(domid, name, clone_id, domid, paused))
+            region = yield self.backend.launch(
+                image, CloneSpec(domid, name, clone_id, domid, paused, share))
         except Exception:
             self.domains.pop(domid, None)
             raise
-        self.pager.attach(region, image, since)
+        self.pager.attach(region, image, since, share)
         self._changed()
         return {"domid": domid, "name": name, "clone_id": clone_id}
 
@@ -365,14 +377,28 @@ class Controller:
             raise WireError("not-clone", "%s is a master; this applies to clones" % dom.name)
         return dom
 
+    @defer.inlineCallbacks
+    def op_audit(self, msg):
+        """A clone's pages where the ledger, the fault path and the kernel
+        disagree (the first 100 of them)."""
+        dom = self._clone(msg)
+        npages = self.pager.ledger.clone(dom.domid).npages
+        kernel = []
+        for first in range(0, npages, 4096):
+            kernel += yield self.backend.page_kinds(dom.domid,
+                                                    range(first, min(npages, first + 4096)))
+        bad = self.pager.audit(dom.domid, kernel)
+        return {"domid": dom.domid, "pages": npages, "disagree": len(bad),
+                "first": [dict(pfn=p, ledger=lk, state=s, kernel=k) for p, lk, s, k in bad[:100]]}
+
     def op_set(self, msg):
-        """Per-clone knobs: target and limit (pages), eviction classes.
-        A target evicts down to it at once."""
+        """Per-clone knobs: target and limit (pages), eviction classes,
+        share.onfetch.  A target evicts down to it at once."""
         dom = self._clone(msg)
         knobs = msg.get("knobs")
         if not isinstance(knobs, dict) or not knobs:
             raise WireError("bad-argument", "set needs key=value pairs")
-        known = {"target": int, "limit": int, "evict": list}
+        known = {"target": int, "limit": int, "evict": list, "share.onfetch": bool}
         for key, value in knobs.items():
             kind = known.get(key)
             if kind is None:
@@ -385,6 +411,8 @@ class Controller:
                                         limit=knobs.get("limit"), classes=knobs.get("evict"))
         except LedgerError as e:
             raise WireError("bad-argument", str(e))
+        if "share.onfetch" in knobs:
+            self.pager.set_share(dom.domid, knobs["share.onfetch"])
         d = defer.succeed(0)
         if knobs.get("target"):
             d = self.pager.evict_to(dom.domid, knobs["target"])
@@ -402,8 +430,9 @@ class Controller:
         return d.addCallback(lambda parts: {"sums": [x for part in parts for x in part]})
 
     def op_set_host(self, msg):
-        """Change the host budget at run time (pages)."""
-        self.pager.rebudget(_int(msg, "budget_pages", 1, 2**40))
+        """Change the host budget at run time (pages): the most memory
+        pressure lets the clones have."""
+        self.host_memory.set_ceiling(_int(msg, "budget_pages", 1, 2**40))
         return self.pager.ledger.host_stats()
 
     def op_evict(self, msg):
@@ -426,10 +455,9 @@ class Controller:
         timeout = _int(msg, "timeout", 1, 3600, default=60)
         if dom.state != DomainState.RUNNING:
             return self.op_info({"domain": dom.domid})
-        from twisted.internet import reactor as default_reactor
         d = defer.Deferred()
         dom.waiters.append(d)
-        d.addTimeout(timeout, getattr(self, "reactor", default_reactor))
+        d.addTimeout(timeout, self.reactor)
         d.addCallback(lambda dom: self.op_info({"domain": dom.domid}))
         return d
 

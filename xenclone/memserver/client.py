@@ -10,6 +10,7 @@ import base64
 
 from twisted.internet import defer, ssl
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from xenclone.image import OpenImage
@@ -32,6 +33,7 @@ class _Link:
         self._proto = None
         self._waiters = []
         self._shut = False
+        self._connecting = None
 
     def _ready(self, proto):
         """Hook run once per new connection before requests go out."""
@@ -46,17 +48,22 @@ class _Link:
         self._waiters.append(d)
         if len(self._waiters) == 1:
             proto = FrameProtocol(on_close=self._closed)
-            connectProtocol(self.endpoint, proto).addCallback(self._ready).addCallbacks(
-                self._connected, self._failed)
+            self._connecting = connectProtocol(self.endpoint, proto).addCallback(
+                self._ready).addCallbacks(self._connected, self._failed)
         return d
 
     def _connected(self, proto):
+        self._connecting = None
+        if self._shut:      # closed while connecting: this link never serves
+            self._failed(Failure(ConnectionLost("the memory server client is closed")))
+            return proto.close()
         self._proto = proto
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(proto)
 
     def _failed(self, failure):
+        self._connecting = None
         waiters, self._waiters = self._waiters, []
         err = failure.value if isinstance(failure.value, WireError) else \
             ConnectionLost("cannot reach the memory server: %s" % failure.getErrorMessage())
@@ -73,6 +80,10 @@ class _Link:
     def close(self):
         """Deferred that fires once the link is down; no reconnect after."""
         self._shut = True
+        if self._connecting is not None:
+            done = defer.Deferred()
+            self._connecting.addBoth(lambda _: done.callback(None))
+            return done
         if self._proto is None:
             return defer.succeed(None)
         return self._proto.close()

@@ -48,7 +48,8 @@ class KvmBackend:
             "launch", fds=[image.mem_fd], domid=clone.domid, name=clone.name,
             arch=image.arch, npages=image.npages,
             vcpu_state=base64.b64encode(image.vcpu_state).decode(),
-            clone_id=clone.clone_id, input=clone.input, paused=clone.paused)
+            clone_id=clone.clone_id, input=clone.input, paused=clone.paused,
+            prefill=clone.share)
         def region(msg):
             return KvmRegion(clone.domid, msg.fds[0], msg["base"], msg["npages"], zero,
                              msg.get("prefilled", []))

@@ -181,7 +181,7 @@ class MicroVM:
 
     def _pagemap(self):
         if self._vm is None:
-            raise OSError(errno.EBADF, "the VM is closed")
+            raise VMClosed(errno.EBADF, "the VM is closed")
         if self._pagemap_fd is None:
             self._pagemap_fd = _check(lib.xc_pagemap_open(), "open pagemap")
         return self._pagemap_fd
@@ -282,6 +282,10 @@ class MicroVM:
                 if fd is not None:
                     os.close(fd)
             self.uffd = self._pagemap_fd = None
+
+
+class VMClosed(OSError):
+    """The VM was destroyed while an operation on it waited."""
 
 
 class NotHeld(ValueError):

@@ -42,15 +42,15 @@ class KvmRegion:
         self._uffd = uffd
         self._state = ffi.new("uint8_t[]", npages)
         self._zero = zero            # cffi buffer shared by the image's clones
-        self.prefilled = list(prefilled)   # mapped (shared) at launch, before the pager
+        # Mapped (shared) at launch, before the pager.  Their state is the
+        # pager's to set: a hole punched since unmapped some of them.
+        self.prefilled = list(prefilled)
         self.c_region = ffi.new("struct xc_region *")
         self.c_region.uffd = uffd
         self.c_region.base = base
         self.c_region.npages = npages
         self.c_region.state = self._state
         self.c_region.zero = zero
-        for pfn in self.prefilled:
-            self._state[pfn] = lib.XC_PAGE_SHARED
 
     @staticmethod
     def zero_buffer(zero_map):
@@ -77,6 +77,9 @@ class KvmRegion:
 
     def unprotect(self, pfn):
         _check(lib.xc_resolve(self.c_region, pfn, 1, lib.XC_UNPROTECT))
+
+    def share(self, on):
+        self.c_region.no_share = 0 if on else 1
 
     def load_copy(self, pfn, data):
         _check(lib.xc_copy_page(self.c_region, pfn, ffi.from_buffer(data)))

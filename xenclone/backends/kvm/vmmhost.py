@@ -22,7 +22,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from xenclone import workload
-from xenclone.backends.kvm.microvm import MicroVM, NotHeld, entry_pfns
+from xenclone.backends.kvm.microvm import MicroVM, NotHeld, VMClosed, entry_pfns
 from xenclone.backends.kvm.xenstore_port import PORTS as XENSTORE_PORTS, XenStorePort
 from xenclone._linux import lib
 from xenclone.interfaces import DomainState
@@ -208,6 +208,16 @@ class VmmHost:
     def _xenstore_port(self, domid):
         return XenStorePort(self.xenstore_dir, domid) if self.xenstore_dir else None
 
+    def _in_thread(self, dom, fn):
+        """Run a blocking VM operation off the reactor; a VM destroyed
+        meanwhile answers as an unknown domain, which it now is."""
+        def gone(f):
+            f.trap(VMClosed)
+            raise WireError("no-domain", "domain %d was destroyed" % dom.domid)
+
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                         fn).addErrback(gone)
+
     def _get(self, msg):
         dom = self.domains.get(msg.get("domid"))
         if dom is None:
@@ -287,7 +297,8 @@ class VmmHost:
         try:
             uffd = vm.register_uffd()
             vm.set_state(state)
-            prefilled = vm.prefill(entry_pfns(state))
+            # A clone that shares nothing gets no image page mapped for it.
+            prefilled = vm.prefill(entry_pfns(state)) if msg.get("prefill", True) else []
         except Exception:
             vm.close()
             raise
@@ -358,9 +369,8 @@ class VmmHost:
         if not isinstance(pfns, list) or len(pfns) > 4096 or not all(
                 isinstance(p, int) and 0 <= p < dom.npages for p in pfns):
             raise WireError("out-of-range", "up to 4096 page numbers within 0..%d" % (dom.npages - 1))
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                         lambda: [dom.vm.page_sums(p, 1)[0] for p in pfns]
-                                         ).addCallback(lambda sums: {"sums": sums})
+        return self._in_thread(dom, lambda: [dom.vm.page_sums(p, 1)[0] for p in pfns]
+                               ).addCallback(lambda sums: {"sums": sums})
 
     def op_drop_clean(self, msg):
         """Unmap clean pages. The pager holds them first, so a write to one
@@ -390,13 +400,14 @@ class VmmHost:
                 return dom.vm.page_out(pfns, slots, fd, sync)
             except NotHeld as e:
                 raise WireError("not-held", "domain %d: %s" % (dom.domid, e))
+            except VMClosed:
+                raise
             except OSError as e:
                 # Nothing was dropped: the pages are still the clone's.
                 raise WireError("pageout-failed", "page-out of domain %d to %s failed: %s"
                                 % (dom.domid, store, e))
 
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), page_out
-                                         ).addCallback(lambda crcs: {"crcs": crcs})
+        return self._in_thread(dom, page_out).addCallback(lambda crcs: {"crcs": crcs})
 
     def _store(self, dom, path):
         if dom.store is None or dom.store[0] != path:
@@ -417,8 +428,7 @@ class VmmHost:
 
     def op_scan(self, msg):
         dom = self._get(msg)
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), dom.vm.scan
-                                         ).addCallback(lambda counts: {"counts": counts})
+        return self._in_thread(dom, dom.vm.scan).addCallback(lambda counts: {"counts": counts})
 
 
 def _is_int(v, limit):
