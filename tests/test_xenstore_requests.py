@@ -87,6 +87,13 @@ class CallTests(RequestCase):
         self.assertEqual(self.store.directory(DOM0, REQUESTS), [])
 
     @defer.inlineCallbacks
+    def test_no_daemon_no_wait(self):
+        with self.assertRaises(WireError) as cm:
+            yield call(self.client, "list", {}, "nobody", claim_timeout=0.2)
+        self.assertEqual(cm.exception.code, "no-daemon")
+        self.assertEqual(self.store.directory(DOM0, REQUESTS), [])
+
+    @defer.inlineCallbacks
     def test_large_values_are_split(self):
         data = json.dumps(list(range(5000))).encode()
         yield self.client.transaction(lambda tx: write_chunked(tx, "/big", data))

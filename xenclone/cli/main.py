@@ -283,6 +283,10 @@ def _ask_xenstore(reactor, settings, op, fields):
                        EXIT_UNREACHABLE)
     try:
         return (yield call(client, op, fields, "cli-%d-%d" % (os.getpid(), time.time_ns())))
+    except WireError as e:
+        if e.code == "no-daemon":
+            raise CliError(str(e), EXIT_UNREACHABLE)
+        raise
     finally:
         yield client.close()
 

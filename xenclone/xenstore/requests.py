@@ -193,22 +193,24 @@ def _fields(result):
 
 
 @defer.inlineCallbacks
-def call(client, op, fields, rid):
+def call(client, op, fields, rid, claim_timeout=10.0):
     """Ask the daemon through XenStore, as ``xenclone --via-xenstore`` does:
     write the request, wait for its status, read the answer, remove it.
-    Returns the result fields or raises ``WireError``, as the control socket."""
+    Returns the result fields or raises ``WireError``, as the control socket;
+    ``no-daemon`` if no daemon takes the request within ``claim_timeout``."""
     path = "%s/%s" % (REQUESTS, rid)
     raw = json.dumps(dict(fields, op=op)).encode()
-    done = defer.Deferred()
+    claimed, done = defer.Deferred(), defer.Deferred()
 
     @defer.inlineCallbacks
     def status_changed(_path, _token):
         try:
-            status = yield client.read(path + "/status")
+            status = (yield client.read(path + "/status")).decode()
         except XenStoreError:
             return                          # not yet
-        if status.decode() in TERMINAL and not done.called:
-            done.callback(status.decode())
+        for d, fire in ((claimed, True), (done, status in TERMINAL)):
+            if fire and not d.called:
+                d.callback(status)
 
     yield client.watch(path + "/status", rid, status_changed)
     try:
@@ -216,6 +218,11 @@ def call(client, op, fields, rid):
             yield client.write(path, raw)
         except XenStoreError as e:
             raise WireError("bad-request", "cannot write the request (%s)" % e.code)
+        try:
+            yield claimed.addTimeout(claim_timeout, client.reactor)
+        except defer.TimeoutError:
+            raise WireError("no-daemon", "no xenclone daemon took the request in %s within %gs"
+                            % (REQUESTS, claim_timeout))
         status = yield done
         if status == "error":
             error = json.loads((yield client.read(path + "/error")))
