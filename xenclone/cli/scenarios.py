@@ -62,8 +62,6 @@ class Session:
         self.proto = yield connect(self.reactor, self.settings["control_socket"])
         # Known now, so close() can stop the helpers whatever happens later.
         self._pids = yield self.call("pids")
-        if xenstore_mode(self.settings) == "embedded":     # never a real xenstored
-            self._pids["xenstore"] = socket_owner_pid(xenstore_socket(self.settings))
         return self
 
     def call(self, op, **fields):
@@ -82,6 +80,9 @@ class Session:
         yield self.proto.close()
         if self.service is not None:
             yield self.service.stopService()
+            if xenstore_mode(self.settings) == "embedded":     # never a real xenstored
+                # Asked now, not at open: the daemon may have started a new one.
+                self._pids["xenstore"] = socket_owner_pid(xenstore_socket(self.settings))
             for name in ("vmmhost", "memserver", "xenstore"):
                 try:
                     os.kill(self._pids[name], 15)
