@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 GUEST  := guest/build/guest.bin
+XSGUEST := guest/build/xsguest.bin
 
 .PHONY: setup demo test bench clean
 
 include Makefile.rig
-setup: $(STAMP) $(GUEST)
+setup: $(STAMP) $(GUEST) $(XSGUEST)
 
 $(STAMP): setup.cfg setup.py pyproject.toml libxc_shim/*.py libxc_shim/src/*.c libxc_shim/src/*.h
 	./scripts/install-deps
@@ -18,6 +19,9 @@ $(STAMP): setup.cfg setup.py pyproject.toml libxc_shim/*.py libxc_shim/src/*.c l
 
 $(GUEST): guest/workload.c guest/guest.ld guest/Makefile
 	$(MAKE) -C guest
+
+$(XSGUEST): guest/xsguest.c guest/portio.h guest/guest.ld guest/Makefile
+	$(MAKE) -C guest build/xsguest.bin
 
 demo: setup
 	$(VENV)/bin/xenclone demo

@@ -252,6 +252,11 @@ def _host_port(value):
                              % format_value(value))
 
 
+def _names(value):
+    if not all(isinstance(v, str) and v for v in value):
+        raise ValueError("expected a list of domain names")
+
+
 DAEMON = Table("xenclone daemon configuration", [
     Key("backend", "auto", "hypervisor to drive: auto (xen if this is a Xen "
         "dom0, else kvm), kvm or xen", choices=("auto", "kvm", "xen")),
@@ -305,6 +310,23 @@ DAEMON = Table("xenclone daemon configuration", [
     Key("metrics_listen", "", 'serve Prometheus /metrics on a twisted '
         'endpoint, e.g. "tcp:9577:interface=127.0.0.1" ("" = off)'),
     Key("vmm_hosts", 1, "VMM host processes that run KVM clones", minimum=1),
+    Key("guest_kernel", "", 'the micro-VM guest kernel ("" = '
+        '<venv>/share/xenclone/guest.bin if installed, else guest/build/guest.bin '
+        'of the source tree)', path=True),
+    Key("xenstore", "auto", "XenStore to publish in and take requests from: "
+        "auto (xenstored on a Xen dom0, else embedded), embedded (the daemon's "
+        "own server, a helper process), xenstored (the real one) or off",
+        choices=("auto", "embedded", "xenstored", "off")),
+    Key("xenstore_socket", "", 'its socket ("" = <run_dir>/xenstore.sock when '
+        'embedded, else /run/xenstored/socket)', path=True),
+    Key("xenstore_publish_ms", 500, "least time between two updates of the "
+        "state published under /tool/xenclone, in ms", minimum=10),
+    Key("guest_requests", [], 'domains (by name) that may ask to be cloned '
+        'through their own XenStore node; ["*"] = every master', check=_names),
+    Key("guest_max_clones", 8, "most live clones one guest may have asked for",
+        minimum=0, maximum=256),
+    Key("guest_request_interval_ms", 1000, "least time between two requests "
+        "of one guest, in ms (earlier ones are refused)", minimum=0),
     Key("log_level", "info", "least severe log level written: debug, info, "
         "warn, error or critical",
         choices=("debug", "info", "warn", "error", "critical")),

@@ -5,6 +5,8 @@ The memory server and the VMM host hold what must survive a daemon crash
 children: it connects to a running one, or starts one in its own session.
 """
 
+import socket
+import struct
 import subprocess
 import sys
 
@@ -60,3 +62,17 @@ class HelperProcess:
             yield task.deferLater(self.reactor, delay, lambda: None)
             waited += delay
             delay = min(delay * 2, 0.5)
+
+
+def socket_owner_pid(path):
+    """The pid of the process listening on the Unix socket ``path``
+    (SO_PEERCRED), or None if nobody listens there."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return struct.unpack("3i", creds)[0]
+    except OSError:
+        return None
+    finally:
+        sock.close()

@@ -4,6 +4,7 @@
       helpers   memory server and VMM host: connected, started if absent
       pager     the fault source thread and the pipeline
       control   the control socket (mode 0600, or 0660 for a group)
+      xenstore  the XenStore control plane (xenclone/xenstore/plane.py)
 
 The reactor is passed in, never imported here.
 """
@@ -29,6 +30,7 @@ from xenclone.pager import Pager
 from xenclone.policy.budget import Bursts, Watermarks
 from xenclone.policy.sharing import POLICIES
 from xenclone.wire import FrameProtocol
+from xenclone.xenstore.plane import XenStorePlane, guest_socket_dir
 
 log = Logger()
 
@@ -172,8 +174,12 @@ class CoreService(Service):
     @defer.inlineCallbacks
     def _backend(self, run):
         from xenclone.backends.kvm.backend import KvmBackend
+        from xenclone.backends.kvm.vmmhost import default_guest_kernel
 
-        vmm = HelperProcess(self.reactor, "VMM host", "xenclone.backends.kvm.vmmhost", [],
+        args = ["--guest-kernel", self.settings["guest_kernel"] or default_guest_kernel()]
+        if guest_socket_dir(self.settings):
+            args += ["--xenstore-dir", guest_socket_dir(self.settings)]
+        vmm = HelperProcess(self.reactor, "VMM host", "xenclone.backends.kvm.vmmhost", args,
                             os.path.join(run, "vmmhost.sock"), os.path.join(run, "vmmhost.log"))
         link = yield vmm.connect(
             lambda: FrameProtocol(on_event=lambda msg: self.controller and
@@ -203,4 +209,19 @@ def make_service(settings, reactor):
     core.setName("core")
     core.setServiceParent(top)
     control.setServiceParent(top)
+    plane = XenStorePlane(reactor, settings, _tee(core.ready))
+    plane.setName("xenstore")
+    plane.setServiceParent(top)
     return top
+
+
+def _tee(d):
+    """A Deferred with ``d``'s result, leaving ``d``'s own chain alone."""
+    out = defer.Deferred()
+
+    def both(result):
+        out.callback(result)
+        return result
+
+    d.addBoth(both)
+    return out

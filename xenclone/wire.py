@@ -67,6 +67,20 @@ class Reply:
     fds = attr.ib(factory=list)
 
 
+def dispatch(handler, msg):
+    """Run ``handler.op_<msg["op"]>(msg)``: a Deferred of its result.  Every
+    way of asking the daemon (control socket, XenStore requests) goes here."""
+    op = msg.get("op")
+    method = None
+    if isinstance(op, str) and op.isidentifier() and handler is not None:
+        method = getattr(handler, "op_" + op, None)
+    if method is None:
+        for fd in msg.fds:
+            os.close(fd)
+        return defer.fail(WireError("unknown-op", "unknown operation %r" % (op,)))
+    return defer.maybeDeferred(method, msg)
+
+
 def encode(fields, payload=b""):
     head = json.dumps(fields, separators=(",", ":")).encode()
     if len(head) > MAX_HEADER or len(payload) > MAX_PAYLOAD:
@@ -219,16 +233,7 @@ class FrameProtocol(Protocol):
                 os.close(fd)
 
     def _answer(self, rid, msg):
-        op = msg["op"]
-        method = None
-        if isinstance(op, str) and op.isidentifier() and self.handler is not None:
-            method = getattr(self.handler, "op_" + op, None)
-        if method is None:
-            for fd in msg.fds:
-                os.close(fd)
-            d = defer.fail(WireError("unknown-op", "unknown operation %r" % (op,)))
-        else:
-            d = defer.maybeDeferred(method, msg)
+        d = dispatch(self.handler, msg)
         d.addCallbacks(self._reply_ok, self._reply_err, callbackArgs=(rid,), errbackArgs=(rid,))
 
     def _reply_ok(self, result, rid):

@@ -8,7 +8,9 @@ Exit codes: 0 done, 1 the operation failed, 2 bad usage or config,
 
 import argparse
 import json
+import os
 import sys
+import time
 
 from twisted.internet import defer, task
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
@@ -170,6 +172,8 @@ def cmd_discard(args):
 def _parser():
     p = argparse.ArgumentParser(prog="xenclone", description="Clone running virtual machines.")
     p.add_argument("--config", "-c", help="daemon config (xl.cfg syntax)")
+    p.add_argument("--via-xenstore", action="store_true",
+                   help="ask through XenStore requests instead of the control socket")
     sub = p.add_subparsers(dest="command", metavar="<command>")
 
     def add(name, func, help, json_out=False):
@@ -235,6 +239,8 @@ def _parser():
     sp.add_argument("--list", action="store_true", help="list the scenarios")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=None, scenario="selftest")
+    sp = sub.add_parser("xenstore-env", help="print XENSTORED_PATH=... for the daemon's XenStore")
+    sp.set_defaults(func=None, scenario="xenstore-env")
     sp = sub.add_parser("help", help="show help for a command")
     sp.add_argument("topic", nargs="?")
     sp.set_defaults(func=None, scenario="help")
@@ -244,14 +250,45 @@ def _parser():
 @defer.inlineCallbacks
 def _run_command(reactor, args, settings):
     op, fields, fmt = args.func(args)
-    proto = yield connect(reactor, settings["control_socket"])
+    ask = _ask_xenstore if args.via_xenstore else _ask_control
     try:
-        msg = yield proto.request(op, **fields)
+        result = yield ask(reactor, settings, op, fields)
     except WireError as e:
         raise CliError("%s: %s" % (args.command, e))
+    _print(args, result, fmt)
+
+
+@defer.inlineCallbacks
+def _ask_control(reactor, settings, op, fields):
+    proto = yield connect(reactor, settings["control_socket"])
+    try:
+        return _fields((yield proto.request(op, **fields)))
     finally:
         proto.transport.loseConnection()
-    _print(args, _fields(msg), fmt)
+
+
+@defer.inlineCallbacks
+def _ask_xenstore(reactor, settings, op, fields):
+    from xenclone.xenstore.client import XenStoreClient
+    from xenclone.xenstore.plane import xenstore_socket
+    from xenclone.xenstore.requests import call
+
+    path = xenstore_socket(settings)
+    client = XenStoreClient(reactor, path)
+    try:
+        yield client.connect().addTimeout(5, reactor)
+    except defer.TimeoutError:
+        yield client.close()
+        raise CliError("cannot reach XenStore at %s; is the xenclone daemon running?" % path,
+                       EXIT_UNREACHABLE)
+    try:
+        return (yield call(client, op, fields, "cli-%d-%d" % (os.getpid(), time.time_ns())))
+    except WireError as e:
+        if e.code == "no-daemon":
+            raise CliError(str(e), EXIT_UNREACHABLE)
+        raise
+    finally:
+        yield client.close()
 
 
 @defer.inlineCallbacks
@@ -277,6 +314,17 @@ def main(argv=None):
         settings = load_daemon_config(args.config)
     except (ConfigError, OSError) as e:
         print("xenclone: %s" % e, file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "xenstore-env":
+        from xenclone.xenstore.plane import xenstore_mode, xenstore_socket
+        if xenstore_mode(settings) == "off":
+            print("xenclone: XenStore is off in this config (xenstore = \"off\")", file=sys.stderr)
+            return EXIT_USAGE
+        print("XENSTORED_PATH=%s" % xenstore_socket(settings))
+        return 0
+    if args.via_xenstore and args.func is None:
+        print("xenclone: --via-xenstore applies to single commands, not %s" % args.command,
+              file=sys.stderr)
         return EXIT_USAGE
     if args.command == "top":
         body = lambda reactor: _run_top(reactor, args, settings)

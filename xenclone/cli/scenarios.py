@@ -17,9 +17,12 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from xenclone import hostmem
 from xenclone.cli import memory_scenarios
+from xenclone.cli.xenstore_scenario import scenario_xenstore
 from xenclone.cli.main import EXIT_FAILED, CliError, connect
 from xenclone.config import load_daemon_config
+from xenclone.helpers import socket_owner_pid
 from xenclone.wire import WireError
+from xenclone.xenstore.plane import xenstore_mode, xenstore_socket
 
 
 class Session:
@@ -55,6 +58,7 @@ class Session:
         self.service = make_service(self.settings, self.reactor)
         self.service.startService()
         yield self.service.getServiceNamed("core").ready
+        yield self.service.getServiceNamed("xenstore").ready
         self.proto = yield connect(self.reactor, self.settings["control_socket"])
         # Known now, so close() can stop the helpers whatever happens later.
         self._pids = yield self.call("pids")
@@ -77,10 +81,13 @@ class Session:
         yield self.proto.close()
         if self.service is not None:
             yield self.service.stopService()
-            for name in ("vmmhost", "memserver"):
+            if xenstore_mode(self.settings) == "embedded":     # never a real xenstored
+                # Asked now, not at open: the daemon may have started a new one.
+                self._pids["xenstore"] = socket_owner_pid(xenstore_socket(self.settings))
+            for name in ("vmmhost", "memserver", "xenstore"):
                 try:
                     os.kill(self._pids[name], 15)
-                except (KeyError, ProcessLookupError):
+                except (KeyError, TypeError, ProcessLookupError):
                     pass
             if os.environ.get("XENCLONE_KEEP_TMP"):
                 print("xenclone: private daemon files kept in %s" % self.tmp, file=sys.stderr)
@@ -202,6 +209,7 @@ def scenario_launch(s):
 
 SCENARIOS = {"launch": (scenario_launch, scenario_launch.__doc__)}
 SCENARIOS.update((name, (fn, fn.__doc__)) for name, fn in memory_scenarios.SCENARIOS.items())
+SCENARIOS["xenstore"] = (scenario_xenstore, scenario_xenstore.__doc__)
 
 
 @defer.inlineCallbacks

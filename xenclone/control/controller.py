@@ -106,6 +106,11 @@ class Controller:
         self._images = {}         # image id -> OpenImage (this host's mapping)
         self._next_domid = 1
         self._next_clone_id = {}
+        self.on_change = []       # called with no arguments when domains or images change
+
+    def _changed(self):
+        for listener in self.on_change:
+            listener()
 
     # -- helpers
 
@@ -133,6 +138,7 @@ class Controller:
 
     def _set_state(self, dom, state):
         dom.state = state
+        self._changed()
         if state not in _RUNS:
             waiters, dom.waiters = dom.waiters, []
             for d in waiters:
@@ -396,6 +402,7 @@ class Controller:
             self.domains.pop(domid, None)
             raise
         self.pager.attach(region, image, since, share)
+        self._changed()
         return {"domid": domid, "name": name, "clone_id": clone_id}
 
     def op_list(self, msg):
@@ -561,6 +568,7 @@ class Controller:
                 self.backend.forget_image(image)
                 self.pager.forget_image(image_id)
                 os.close(image.mem_fd)
+            self._changed()
             return {"image": image_id, "destroyed": [d.domid for d in clones]}
 
         return discard()

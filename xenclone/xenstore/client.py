@@ -155,6 +155,7 @@ class XenStoreClient(_Ops):
         self.min_delay, self.max_delay = min_delay, max_delay
         self._delay = min_delay
         self._proto = None
+        self._connector = None      # the latest dial
         self._running = False
         self._retry = None
         self._next_req = 0
@@ -163,6 +164,9 @@ class XenStoreClient(_Ops):
         self._watches = {}          # (path, token) -> _Watch
         self._ready = []            # connect() waiters
         self._closed = []           # close() waiters
+        self.on_connect = []        # called with no arguments on every (re)connection
+        self.on_down = []           # called with no arguments when a connection drops
+                                    # or an attempt to connect fails
 
     @property
     def connected(self):
@@ -189,18 +193,22 @@ class XenStoreClient(_Ops):
         self._ready, self._queued = [], []
         for d in pending:
             d.errback(Disconnected("client closed"))
-        if self._proto is None:
+        dialing = self._connector is not None and self._connector.state == "connecting"
+        if self._proto is None and not dialing:
             return defer.succeed(None)
         d = defer.Deferred()
         self._closed.append(d)
-        self._proto.transport.loseConnection()
+        if self._proto is not None:
+            self._proto.transport.loseConnection()
+        else:
+            self._connector.stopConnecting()    # then _failed fires d
         return d
 
     # -- connection management --------------------------------------------
 
     def _dial(self):
         self._retry = None
-        self.reactor.connectUNIX(self.path, _Factory(self), timeout=5)
+        self._connector = self.reactor.connectUNIX(self.path, _Factory(self), timeout=5)
 
     def _schedule(self):
         if self._running:
@@ -208,9 +216,22 @@ class XenStoreClient(_Ops):
             self._delay = min(self._delay * 2, self.max_delay)
 
     def _failed(self, reason):
+        if not self._running:               # close() stopped the dial
+            self._fire_closed()
+            return
         log.debug("cannot reach xenstored at {path}: {why}", path=self.path,
                   why=reason.getErrorMessage())
         self._schedule()
+        self._down()
+
+    def _fire_closed(self):
+        closed, self._closed = self._closed, []
+        for d in closed:
+            d.callback(None)
+
+    def _down(self):
+        for listener in list(self.on_down):
+            listener()
 
     def _connected(self, proto):
         if not self._running:               # closed while the dial was under way
@@ -228,6 +249,8 @@ class XenStoreClient(_Ops):
         ready, self._ready = self._ready, []
         for d in ready:
             d.callback(self)
+        for listener in list(self.on_connect):
+            listener()
 
     def _lost(self, proto, reason):
         if proto is not self._proto:
@@ -239,9 +262,8 @@ class XenStoreClient(_Ops):
         if self._running:
             log.warn("lost xenstored at {path}; reconnecting", path=self.path)
             self._schedule()
-        closed, self._closed = self._closed, []
-        for d in closed:
-            d.callback(None)
+            self._down()
+        self._fire_closed()
 
     # -- requests ----------------------------------------------------------
 

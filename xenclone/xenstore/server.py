@@ -1,9 +1,14 @@
 """The embedded XenStore server: the real wire protocol over Unix sockets.
 
 Connections to the listening socket are dom0 (privileged), as with
-xenstored's socket.  A guest's connection is a socketpair made by
-``connection_for_domain(domid)``: its VMM relays the guest's XenStore traffic
-over it, and every request on it is checked against that domid.
+xenstored's socket.  A guest's connection is checked against its domid on
+every request; it is made one of two ways:
+
+* ``connection_for_domain(domid)``: a socketpair, for a VMM in this process;
+* with a ``domain_dir``, INTRODUCE of a domain opens ``<domain_dir>/<domid>``
+  (mode 0600) and RELEASE closes it: the stand-in for the ring page that
+  xenstored maps on INTRODUCE.  A VMM in another process connects there and
+  relays its guest's traffic; whoever connects is that domain.
 """
 
 import errno
@@ -181,6 +186,7 @@ class XenStoreProtocol(Protocol):
     def do_introduce(self, msg):
         domid = _domid(parse_strings(msg.payload, 3)[0])   # no ring here: mfn, evtchn unused
         self.store.introduce(self.caller, domid)
+        self.server.open_domain(domid)
         return OK
 
     def do_release(self, msg):
@@ -247,12 +253,14 @@ def _remove_stale_socket(path):
 class XenStoreServer(Service):
     """The embedded xenstored: ``listen()`` / ``stop()``, or run as a service."""
 
-    def __init__(self, reactor, path, store=None):
+    def __init__(self, reactor, path, store=None, domain_dir=None):
         self.reactor = reactor
         self.path = path
         self.store = store if store is not None else Store()
+        self.domain_dir = domain_dir
         self.connections = set()
         self._port = None
+        self._domain_ports = {}     # domid -> its listening port under domain_dir
 
     def listen(self):
         _remove_stale_socket(self.path)
@@ -276,7 +284,20 @@ class XenStoreServer(Service):
             ours.close()    # the reactor holds its own duplicate
         return theirs
 
+    def open_domain(self, domid):
+        """Listen on ``<domain_dir>/<domid>`` (again introduced: same port)."""
+        if self.domain_dir is None or domid in self._domain_ports:
+            return
+        os.makedirs(self.domain_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(self.domain_dir, str(domid))
+        _remove_stale_socket(path)
+        self._domain_ports[domid] = self.reactor.listenUNIX(path, _DomainFactory(self, domid),
+                                                             mode=0o600)
+
     def disconnect_domain(self, domid):
+        port = self._domain_ports.pop(domid, None)
+        if port is not None:
+            port.stopListening()
         for conn in list(self.connections):
             if conn.caller.domid == domid:
                 conn.transport.loseConnection()
@@ -286,9 +307,12 @@ class XenStoreServer(Service):
         waits = [conn.lost for conn in self.connections]
         for conn in list(self.connections):
             conn.transport.loseConnection()
+        ports = list(self._domain_ports.values())
+        self._domain_ports.clear()
         if self._port is not None:
-            waits.append(defer.maybeDeferred(self._port.stopListening))
+            ports.append(self._port)
             self._port = None
+        waits += [defer.maybeDeferred(port.stopListening) for port in ports]
         return defer.DeferredList(waits)
 
     def startService(self):

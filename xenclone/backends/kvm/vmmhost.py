@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from xenclone import pageout_index, workload
 from xenclone.backends.kvm.microvm import MicroVM, NotHeld, VMClosed, entry_pfns
+from xenclone.backends.kvm.xenstore_port import PORTS as XENSTORE_PORTS, XenStorePort
 from xenclone._linux import lib
 from xenclone.interfaces import DomainState
 from xenclone.wire import FrameProtocol, Reply, WireError
@@ -33,7 +34,16 @@ PARK_TIMEOUT = 0.1      # a running vCPU leaves KVM_RUN in microseconds
 MAX_PFNS = 4096         # pages per eviction request
 MAX_SLOT = 1 << 40      # page-out store slots (4 PiB of pages)
 MASTER_TIMEOUT = 30.0
-GUEST_KERNEL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "guest", "build", "guest.bin")
+SOURCE_GUEST_KERNEL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "guest", "build",
+                                   "guest.bin")
+INSTALLED_GUEST_KERNEL = os.path.join(sys.prefix, "share", "xenclone", "guest.bin")
+
+
+def default_guest_kernel():
+    """The guest an install puts in its venv, else the one built in the source tree."""
+    if os.path.exists(INSTALLED_GUEST_KERNEL):
+        return INSTALLED_GUEST_KERNEL
+    return os.path.normpath(SOURCE_GUEST_KERNEL)
 
 
 @attr.s(eq=False)
@@ -56,6 +66,7 @@ class Domain:
     waiters = attr.ib(factory=list)   # Deferreds fired when the vCPU parks or ends
     store = attr.ib(default=None)     # (path, fd, index fd) of its page-out store
     meta = attr.ib(factory=dict)      # the daemon's record of it, given back by list
+    xenstore = attr.ib(default=None)  # its XenStorePort, when XenStore is served
 
     def info(self):
         return {"domid": self.domid, "name": self.name, "role": self.role,
@@ -80,9 +91,10 @@ class VmmHost:
 
     log = Logger()
 
-    def __init__(self, reactor, guest_kernel):
+    def __init__(self, reactor, guest_kernel, xenstore_dir=None):
         self.reactor = reactor
         self.guest_kernel = guest_kernel
+        self.xenstore_dir = xenstore_dir
         self.domains = {}
         self.link = None          # the daemon's connection, for events
 
@@ -129,9 +141,14 @@ class VmmHost:
         call(self._closed, dom)
 
     def _io_in(self, dom, port):
+        if port in XENSTORE_PORTS and dom.xenstore is not None:
+            return dom.xenstore.io_in(port)
         return dom.inputs.get(port, 0)
 
     def _io_out(self, dom, ex):
+        if ex.port in XENSTORE_PORTS and dom.xenstore is not None:
+            dom.xenstore.io_out(ex.port, ex.value)
+            return
         if dom.t_first_ns is None:
             # The clone's first exit after resume: its first instruction.
             dom.t_first_ns = dom.vm.in_t_ns.get(workload.PORT_CLONE_ID)
@@ -147,6 +164,8 @@ class VmmHost:
 
     def _closed(self, dom):
         self.domains.pop(dom.domid, None)
+        if dom.xenstore is not None:
+            dom.xenstore.close()
         if dom.mem_fd >= 0:
             os.close(dom.mem_fd)
         _close_store(dom)
@@ -197,6 +216,9 @@ class VmmHost:
             dom.cond.notify()
         self._set_state(dom, DomainState.RUNNING)
 
+    def _xenstore_port(self, domid):
+        return XenStorePort(self.xenstore_dir, domid) if self.xenstore_dir else None
+
     def _in_thread(self, dom, fn):
         """Run a blocking VM operation off the reactor; a VM destroyed
         meanwhile answers as an unknown domain, which it now is."""
@@ -237,7 +259,8 @@ class VmmHost:
         except Exception:
             os.close(mem_fd)
             raise
-        dom = Domain(domid, name, "master", vm, npages, mem_fd=mem_fd, meta=_meta(msg))
+        dom = Domain(domid, name, "master", vm, npages, mem_fd=mem_fd, meta=_meta(msg),
+                     xenstore=self._xenstore_port(domid))
         self.domains[domid] = dom
         d = self._wait(dom, timeout=MASTER_TIMEOUT)
         self._start(dom)
@@ -293,7 +316,8 @@ class VmmHost:
         # vm keeps its own uffd open, so the clone outlives the pager's copy.
         dom = Domain(domid, msg["name"], "clone", vm, msg["npages"], meta=_meta(msg),
                      inputs={workload.PORT_CLONE_ID: msg["clone_id"],
-                             workload.PORT_INPUT: msg["input"]})
+                             workload.PORT_INPUT: msg["input"]},
+                     xenstore=self._xenstore_port(domid))
         self.domains[domid] = dom
         if not msg.get("paused"):
             self._start(dom)
@@ -461,12 +485,13 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(prog="xenclone-vmmhost")
     parser.add_argument("--socket", required=True)
-    parser.add_argument("--guest-kernel", default=GUEST_KERNEL)
+    parser.add_argument("--guest-kernel", default=default_guest_kernel())
+    parser.add_argument("--xenstore-dir", help="the XenStore server's per-domain sockets")
     args = parser.parse_args(argv)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     if os.path.exists(args.socket):
         os.unlink(args.socket)
-    host = VmmHost(reactor, args.guest_kernel)
+    host = VmmHost(reactor, args.guest_kernel, args.xenstore_dir)
     reactor.listenUNIX(args.socket, _Factory(host), mode=0o600)
     reactor.run()
 
