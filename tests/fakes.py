@@ -120,6 +120,7 @@ class FakeSource:
 @implementer(IBackend)
 class FakeBackend:
     name = "fake"
+    fill_mode = "lazy"
 
     def __init__(self):
         self.domains = {}      # domid -> state

@@ -282,6 +282,8 @@ DAEMON = Table("xenclone daemon configuration", [
         '<state_dir>/memserver.token)', path=True),
     Key("metrics_listen", "", 'serve Prometheus /metrics on a twisted '
         'endpoint, e.g. "tcp:9577:interface=127.0.0.1" ("" = off)'),
+    Key("xen_guest_kernel", "", 'PVH kernel of masters the xen backend creates '
+        '("" = the project\'s guest/build/guest.elf)', path=True),
     Key("vmm_hosts", 1, "VMM host processes that run KVM clones", minimum=1),
     Key("log_level", "info", "least severe log level written: debug, info, "
         "warn, error or critical",

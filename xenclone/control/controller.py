@@ -23,6 +23,9 @@ from xenclone.wire import WireError
 MIN_MEMORY_MIB = 4
 MAX_MEMORY_MIB = 64 * 1024
 MAX_LAUNCH = 256
+# Backends that number domains themselves (Xen) get handles above any id
+# they give (Xen's are below 0x7FF0) until the real id is adopted.
+FIRST_HANDLE = 0x10000
 LIVE = (DomainState.RUNNING, DomainState.PAUSED, DomainState.READY, DomainState.DONE,
         DomainState.WAITING_FOR_MEMSERVER, DomainState.PAUSED_BY_TIMEOUT)
 
@@ -82,7 +85,7 @@ class Controller:
         self.pager = pager
         self.domains = {}
         self._images = {}         # image id -> OpenImage (this host's mapping)
-        self._next_domid = 1
+        self._next_domid = FIRST_HANDLE if getattr(backend, "numbers_domains", False) else 1
         self._next_clone_id = {}
 
     # -- helpers
@@ -100,6 +103,13 @@ class Controller:
         domid = self._next_domid
         self._next_domid += 1
         return domid
+
+    def _adopt(self, dom, domid):
+        """The backend's id for the domain, where it numbers them itself."""
+        if domid != dom.domid:
+            self.domains.pop(dom.domid, None)
+            dom.domid = domid
+            self.domains[domid] = dom
 
     def _set_state(self, dom, state):
         dom.state = state
@@ -142,9 +152,12 @@ class Controller:
 
     def op_pids(self, msg):
         """The processes whose memory the kernel should be asked about."""
+        def pids(r):
+            found = {"daemon": os.getpid(), "vmmhost": r[0]["pid"], "memserver": r[1]["pid"]}
+            return {k: v for k, v in found.items() if v is not None}   # Xen: no VMM host
+
         d = defer.gatherResults([self.backend.ping(), self.memserver.ping()], consumeErrors=True)
-        return d.addCallback(lambda r: {"daemon": os.getpid(), "vmmhost": r[0]["pid"],
-                                        "memserver": r[1]["pid"]})
+        return d.addCallback(pids)
 
     def op_destroy_all(self, msg):
         doms = sorted(self.domains.values(), key=lambda d: d.role != "clone")
@@ -261,9 +274,12 @@ class Controller:
             self.domains.pop(dom.domid, None)
             return f
 
-        d = self.backend.create_master(spec)
-        d.addCallbacks(lambda info: (self._set_state(dom, info["state"]), dom.summary())[1], failed)
-        return d
+        def created(info):
+            self._adopt(dom, info["domid"])
+            self._set_state(dom, info["state"])
+            return dom.summary()
+
+        return self.backend.create_master(spec).addCallbacks(created, failed)
 
     def op_bless(self, msg):
         dom = self._domain(msg.get("domain"))
@@ -323,8 +339,9 @@ class Controller:
         except Exception:
             self.domains.pop(domid, None)
             raise
+        self._adopt(dom, region.domid)
         self.pager.attach(region, image, since)
-        return {"domid": domid, "name": name, "clone_id": clone_id}
+        return {"domid": dom.domid, "name": name, "clone_id": clone_id}
 
     def op_list(self, msg):
         return {"domains": [d.summary() for d in sorted(self.domains.values(), key=lambda d: d.domid)]}
@@ -340,7 +357,8 @@ class Controller:
     def op_info(self, msg):
         dom = self._domain(msg.get("domain"))
         info = dict(dom.summary(), clone_id=dom.clone_id, input=dom.input, result=dom.result,
-                    launch_ms=dom.launch_ms)
+                    launch_ms=dom.launch_ms, backend=self.backend.name,
+                    fill_mode=self.backend.fill_mode)
         stats = self.pager.stats(dom.domid)
         if stats is None:    # a master: its memory is all its own
             stats = {"nominal_pages": (dom.memory_mib or 0) * 256, "faults": 0}
