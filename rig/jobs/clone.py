@@ -114,6 +114,7 @@ class Job:
         self.checks["clone_answers_differ"] = len({i["result"] for i in infos}) == CLONES
 
         yield self.memory_checks(params, infos)
+        yield self.destroyed_behind_its_back()
 
         # The master runs on from its bless point, as clone 0 with input 0.
         rc, _, err = yield self.xenclone("unpause", MASTER)
@@ -138,6 +139,18 @@ class Job:
             self.res.setdefault("bad_input", {})[" ".join(args)] = [rc, err.strip()]
             self.checks["clear_error: " + " ".join(args)] = (
                 rc == 1 and "Traceback" not in err and "no-such" in err)
+
+    @defer.inlineCallbacks
+    def destroyed_behind_its_back(self):
+        """``xl destroy`` of a clone, not through xenclone: the daemon
+        notices (and lets go of the dying domain)."""
+        launched = yield self.json("launch", IMAGE, "--paused")
+        name = launched["clones"][0]["name"]
+        _, err, rc = yield utils.getProcessOutputAndValue("xl", ["destroy", name], env=os.environ)
+        yield task.deferLater(self.reactor, 0.5, lambda: None)     # ten watcher rounds
+        listed = yield self.s.call("list")
+        self.checks["daemon_notices_xl_destroy"] = rc == 0 and name not in [
+            d["name"] for d in listed["domains"]] and name not in xl_names()
 
     @defer.inlineCallbacks
     def memory_checks(self, params, infos):

@@ -316,17 +316,29 @@ class XenBackend:
 
     # -- state
 
+    def _info(self, dom):
+        """Xen's info of the domain, or None once it is gone or going (xl
+        destroy or xl save behind our back: our mapping of its params page
+        is all that keeps it, so it is let go at once)."""
+        try:
+            info = self.xc.domain_info(dom.domid)
+        except libxc.XenError:
+            info = None
+        if info is None or info.dying:
+            self._domains.pop(dom.domid, None)
+            dom.mailbox.close()
+            return None
+        return info
+
     def _watch(self):
         """Report guests that finished, crashed or vanished."""
         for dom in list(self._domains.values()):
-            if dom.state != DomainState.RUNNING:
-                continue
-            try:
-                info = self.xc.domain_info(dom.domid)
-            except libxc.XenError:
-                self._domains.pop(dom.domid).mailbox.close()
+            info = self._info(dom)
+            if info is None:
                 dom.state = DomainState.DESTROYED
                 self._event(dom)
+                continue
+            if dom.state != DomainState.RUNNING:
                 continue
             box = dom.mailbox.read()
             if box["done"] == workload.DONE_OK:
@@ -366,9 +378,10 @@ class XenBackend:
 
     def destroy(self, domid):
         def destroy():
-            dom = self._domains.pop(domid, None)
-            if dom is None:
-                raise WireError("no-domain", "no domain %r under xenclone on this host" % (domid,))
+            dom = self._get(domid)
+            if self._info(dom) is None:
+                return {"domid": domid, "gone": True}
+            self._domains.pop(domid)
             dom.mailbox.close()
             return xl.destroy(self.reactor, domid).addCallback(lambda _: {"domid": domid})
 

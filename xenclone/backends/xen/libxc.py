@@ -161,8 +161,8 @@ class DomainInfo(namedtuple(
     __slots__ = ()
 
     @property
-    def paused(self):
-        return bool(self.flags & _lib.XEN_DOMINF_paused)
+    def dying(self):
+        return bool(self.flags & _lib.XEN_DOMINF_dying)
 
     @property
     def shutdown_reason(self):
