@@ -1,8 +1,15 @@
 /* xenclone test guest: 32-bit flat protected mode, no paging, loaded at 0x1000.
- * Also a Multiboot v1 kernel so QEMU -kernel boots the very same code.
+ * Also a Multiboot v1 kernel so QEMU -kernel boots the very same code, and a
+ * PVH kernel for Xen (the XEN_ELFNOTE_PHYS32_ENTRY note below).
  * Every instruction is costly on kvm-pvm (~1.3 us), so the workload only
  * touches pages and mixes a few words; the VMM writes the data set.
- * Python mirror (expected answers): xenclone/workload.py. */
+ * Python mirror (expected answers): xenclone/workload.py.
+ *
+ * On KVM the guest talks through I/O ports and parks with hlt.  Under Xen
+ * PVH there is no device model (port reads give all-ones, writes vanish)
+ * and hlt with interrupts off takes the vCPU down, so the PVH entry sets
+ * on_xen and the guest uses a mailbox in the params page instead, which
+ * the backend reads and writes through foreign mappings. */
 #include <stdint.h>
 
 #define PORT_READY    0x10
@@ -12,12 +19,27 @@
 #define PORT_DONE     0x14
 #define PARAMS_MAGIC  0x58434C4Eu
 #define STACK_TOP     0x10000
+#define MAILBOX       0x10800  /* in the params page */
+#define MAILBOX_START_INFO 0x10818
+#define XEN_ELFNOTE_PHYS32_ENTRY 18
+#define STR(x)  STR_(x)
+#define STR_(x) #x
+#define DONE_OK       1
+#define DONE_BAD      0xBAD
 
 struct params {
     uint32_t magic, data_first_pfn, data_npages, common_reads,
              clone_reads, write_pages, seed;
 };
 #define P ((volatile const struct params *)0x10000)
+
+/* Xen only: written by the backend (go, clone_id, input) and the guest. */
+struct mailbox {
+    uint32_t ready, go, clone_id, input, result, done, start_info;
+};
+#define MB ((volatile struct mailbox *)MAILBOX)
+
+uint32_t on_xen;        /* .bss: 0 unless the PVH entry ran */
 
 /* Entry at 0x1000: jump over the multiboot header (it must sit in the first
  * 8 KiB of the ELF file, 4-byte aligned); multiboot leaves ESP undefined. */
@@ -31,7 +53,19 @@ __asm__(
     "   call guest_main\n"
     "2: hlt\n"
     "   jmp 2b\n"
-    ".previous\n");
+    /* PVH: paging off, flat segments, %ebx = hvm_start_info, %esp unset. */
+    ".globl _start_pvh\n"
+    "_start_pvh: movl $1, on_xen\n"
+    "   movl %ebx, " STR(MAILBOX_START_INFO) "\n"   /* for the backend to check */
+    "   jmp 1b\n"
+    ".previous\n"
+    /* Not loaded (no \"a\" flag): Xen's ELF loader reads SHT_NOTE sections. */
+    ".pushsection .note.Xen,\"\",@note\n"
+    ".align 4\n"
+    ".long 4, 4, " STR(XEN_ELFNOTE_PHYS32_ENTRY) "\n"    /* namesz, descsz, type */
+    ".asciz \"Xen\"\n"
+    ".long _start_pvh\n"
+    ".popsection\n");
 
 static inline void outl(uint16_t port, uint32_t v)
 {
@@ -56,17 +90,42 @@ static void __attribute__((noreturn)) halt_forever(void)
         __asm__ volatile("hlt");
 }
 
+/* The bless point; returns when a clone (or the resumed master) may go. */
+static void ready(void)
+{
+    if (on_xen) {
+        /* The backend pauses the domain once it sees ready; a clone's
+         * mailbox says go before its first instruction runs. */
+        MB->ready = 1;
+        while (!MB->go)
+            __asm__ volatile("pause" ::: "memory");
+    } else {
+        outl(PORT_READY, 1);
+        __asm__ volatile("hlt" ::: "memory");   /* clones resume here */
+    }
+}
+
+static void __attribute__((noreturn)) done(uint32_t status, uint32_t result)
+{
+    if (on_xen) {
+        MB->result = result;
+        MB->done = status;
+    } else {
+        if (status == DONE_OK)
+            outl(PORT_RESULT, result);
+        outl(PORT_DONE, status == DONE_OK ? 0 : status);
+    }
+    halt_forever();     /* on Xen: the vCPU goes down, the domain powers off */
+}
+
 void __attribute__((noreturn)) guest_main(void)
 {
-    if (P->magic != PARAMS_MAGIC) {
-        outl(PORT_DONE, 0xBAD);
-        halt_forever();
-    }
-    outl(PORT_READY, 1);
-    __asm__ volatile("hlt" ::: "memory");   /* bless point; clones resume here */
+    if (P->magic != PARAMS_MAGIC)
+        done(DONE_BAD, 0);
+    ready();
 
-    uint32_t id = inl(PORT_CLONE_ID);
-    uint32_t input = inl(PORT_INPUT);
+    uint32_t id = on_xen ? MB->clone_id : inl(PORT_CLONE_ID);
+    uint32_t input = on_xen ? MB->input : inl(PORT_INPUT);
     uint32_t first = P->data_first_pfn, n = P->data_npages;
     uint32_t common = P->common_reads, reads = P->clone_reads;
     uint32_t writes = P->write_pages, seed = P->seed;
@@ -101,7 +160,5 @@ void __attribute__((noreturn)) guest_main(void)
         s = s * 31 + *w;
     }
 
-    outl(PORT_RESULT, s);
-    outl(PORT_DONE, 0);
-    halt_forever();
+    done(DONE_OK, s);
 }

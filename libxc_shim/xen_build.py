@@ -186,6 +186,12 @@ int xen_shim_ring_put(vm_event_back_ring_t *ring,
 void xen_shim_paging_response(const vm_event_request_t *req,
                               vm_event_response_t *rsp);
 int xen_shim_ring_unmap(void *page);
+
+/* ---- pages.c (shared with the KVM shim) ---- */
+void xc_fill_dataset_range(void *mem, uint64_t first_pfn, uint64_t npages,
+                           uint32_t data_first_pfn, uint32_t data_npages,
+                           uint32_t seed, uint32_t zero_every);
+void xc_page_sums(const void *mem, uint64_t npages, uint64_t *out);
 """
 
 
@@ -204,8 +210,10 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "xenclone._xen",
-    '#include "xen_shim.h"',
-    sources=[os.path.join(PREFIX, "libxc_shim", "src", "xen_shim.c")],
+    '#include "xen_shim.h"\n#include "pages.h"',
+    # pages.c: the guest's data set and page sums, over foreign mappings.
+    sources=[os.path.join(PREFIX, "libxc_shim", "src", f)
+             for f in ("xen_shim.c", "pages.c")],
     include_dirs=[os.path.join(PREFIX, "libxc_shim", "src")],
     libraries=["xenctrl", "xenforeignmemory", "xengnttab", "xenevtchn",
                "xentoollog"],

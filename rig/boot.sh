@@ -2,7 +2,7 @@
 # Boot the Xen rig under QEMU, run one job in dom0, bring its results out.
 #
 #   rig/boot.sh [--job FILE] [--out DIR] [--memory MiB] [--timeout SECS]
-#               [--kvm] [--no-build] [--verbose]
+#               [--xen FILE] [--kvm] [--no-build] [--verbose]
 #
 # --job FILE     shell script run by dom0's sh (default rig/jobs/smoke.sh);
 #                it runs in $RIG_OUT with the project at $RIG_PROJECT, the
@@ -15,6 +15,8 @@
 # --memory MiB   QEMU RAM (default 2048; dom0 gets 1024 of it)
 # --timeout S    hard limit for the whole boot (default 600); the job itself
 #                is given S-120 s inside dom0 so it can still report
+# --xen FILE     boot this hypervisor ELF instead of Debian's (e.g. the
+#                MEM_PAGING build of rig/build-xen-paging.sh)
 # --kvm          -accel kvm -cpu host, for hosts with VMX/SVM and nested
 #                virtualization (default: TCG, which is what works on
 #                machines whose /dev/kvm cannot run Xen)
@@ -32,6 +34,7 @@ JOB=$RIG/jobs/smoke.sh
 OUTDIR=""
 MEM=2048
 TIMEOUT=600
+XEN=""
 KVM=0
 BUILD=1
 VERBOSE=0
@@ -44,7 +47,8 @@ while [ $# -gt 0 ]; do
         --kvm) KVM=1; shift ;;
         --no-build) BUILD=0; shift ;;
         --verbose) VERBOSE=1; shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        --xen) XEN=$2; shift 2 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "boot.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -58,6 +62,8 @@ else
     ART=$(readlink -f "$CACHE/current")
 fi
 [ -f "$ART/.complete" ] || { log "no rig build in $CACHE: run rig/build.sh"; exit 125; }
+XEN=$(readlink -f "${XEN:-$ART/xen.elf}")
+[ -f "$XEN" ] || { log "no hypervisor at $XEN"; exit 2; }
 
 [ -n "$OUTDIR" ] || OUTDIR=$(mktemp -d /tmp/xenclone-rig.XXXXXX)
 mkdir -p "$OUTDIR"
@@ -86,7 +92,7 @@ DOM0_ARGS="console=hvc0 earlyprintk=xen rdinit=/init panic=1"
 share() { echo "local,path=$1,mount_tag=$2,security_model=none,id=$2$3"; }
 QEMU=(qemu-system-x86_64 "${ACCEL[@]}" -m "$MEM" -smp 2
       -nodefaults -display none -no-reboot -serial stdio -monitor none
-      -kernel "$ART/xen.elf" -append "$XEN_ARGS"
+      -kernel "$XEN" -append "$XEN_ARGS"
       -initrd "$ART/vmlinux $DOM0_ARGS,$ART/dom0.cpio"
       -virtfs "$(share "$RUN" host "")"
       -virtfs "$(share "$ROOT" project ,readonly=on)"
@@ -97,7 +103,7 @@ START=${EPOCHREALTIME/./}
 # Peak RSS: VmHWM of QEMU, read every second while it runs (monotonic, so
 # the last value read is the peak give or take the last second).
 : > "$RUN/hwm"
-( while sleep 1; do
+( while sleep 1 && kill -0 $$ 2>/dev/null; do   # ends with boot.sh, whatever kills it
       pid=$(pgrep -n -f "^qemu-system-x86_64 .*$RUN") || continue
       awk '/VmHWM/ {print $2}' /proc/$pid/status 2>/dev/null > "$RUN/hwm.new" &&
           [ -s "$RUN/hwm.new" ] && mv "$RUN/hwm.new" "$RUN/hwm"

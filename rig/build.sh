@@ -48,18 +48,9 @@ T0=$(date +%s)
 # ---- host packages (only what is missing) -----------------------------------
 # qemu-system-x86 runs the rig; debootstrap builds dom0; python3-cffi,
 # python3-dev, gcc and libxen-dev build the shim for dom0's python.
-HOST_PKGS="qemu-system-x86 debootstrap xz-utils cpio python3-cffi python3-dev
-python3-setuptools gcc libxen-dev"
-missing=""
-for p in $HOST_PKGS; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    log "installing host packages:$missing"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        --no-install-recommends $missing >/dev/null
-fi
+. "$RIG/lib.sh"
+need_packages qemu-system-x86 debootstrap xz-utils cpio python3-cffi python3-dev \
+    python3-setuptools gcc libxen-dev
 
 # One build at a time per cache (CI jobs or users may start two rigs).
 mkdir -p "$CACHE"
@@ -83,7 +74,8 @@ candidate() { echo "$VERSIONS" | awk -F= -v p="$1" '$1 == p {print $2}'; }
 KEY=$( { echo "$VERSIONS"
          cat "$RIG/build.sh" "$RIG/dom0/init" "$RIG/domu/init" \
              "$RIG/domu/pvh.cfg" "$ROOT/libxc_shim/xen_build.py" \
-             "$ROOT"/libxc_shim/src/xen_shim.*; } | sha256sum | cut -c1-16)
+             "$ROOT"/libxc_shim/src/xen_shim.* "$ROOT"/libxc_shim/src/pages.*; } |
+       sha256sum | cut -c1-16)
 OUT=$CACHE/$KEY
 if [ $FORCE = 0 ] && [ -f "$OUT/.complete" ]; then
     ln -sfn "$KEY" "$CACHE/current"

@@ -127,6 +127,7 @@ class FakeSource:
 @implementer(IBackend)
 class FakeBackend:
     name = "fake"
+    fill_mode = "lazy"
 
     def __init__(self):
         self.states = {}      # domid -> state

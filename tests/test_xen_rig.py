@@ -2,9 +2,14 @@
 
 Builds the rig (rig/build.sh; cached under /var/cache/xenclone-rig, so
 only the first run pays for debootstrap), boots Xen 4.17 under QEMU with an
-initramfs dom0, and runs rig/jobs/smoke.sh there: ``xl create`` of a PVH
-domU, then the project's own shim from dom0's Python (probe, pause and HVM
-context, a foreign map of the domU's page that holds the kernel banner).
+initramfs dom0, and runs rig/jobs/all.sh there, in one boot:
+
+- smoke.sh: ``xl create`` of a PVH domU, then the project's own shim from
+  dom0's Python (probe, pause and HVM context, a foreign map of the domU's
+  page that holds the kernel banner);
+- clone.sh: the real daemon with the Xen backend; the project's guest as a
+  PVH master, blessed, 3 clones filled before run, every answer checked,
+  the clones' writes private, the master resumed unharmed.
 
 It runs by default, as CI must; set XENCLONE_SKIP_RIG=1 to skip it (it
 needs root, about 2.5 GiB of RAM for QEMU and a minute or two).
@@ -28,6 +33,9 @@ RIG = os.path.join(ROOT, "rig")
 # may be several times slower.
 BUILD_TIMEOUT = 900
 BOOT_TIMEOUT = 600
+# Xen from source: ~1.5 min here, more on a loaded machine; then a short boot.
+XEN_BUILD_TIMEOUT = 1800
+PROBE_TIMEOUT = 360
 
 
 def skip_reason():
@@ -52,11 +60,22 @@ def _run(cmd, timeout):
     return subprocess.CompletedProcess(cmd, rc, out, err)
 
 
+JOB_RESULTS = {"smoke": "results.json", "clone": "clone-results.json"}
+
+
+def _load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 @functools.cache
 def rig_run():
     """Build and boot once per test run; every test reads the same result.
 
-    Returns (build, boot, out directory, results or None).
+    Returns (build, boot, out directory, {job: results or None}).
     """
     build = _run([os.path.join(RIG, "build.sh")], BUILD_TIMEOUT)
     out = tempfile.mkdtemp(prefix="xenclone-rig-test.")
@@ -64,23 +83,37 @@ def rig_run():
         return build, None, out, None
     # boot.sh ends QEMU itself at --timeout; ours is the backstop.
     boot = _run([os.path.join(RIG, "boot.sh"), "--no-build",
-                 "--job", os.path.join(RIG, "jobs", "smoke.sh"),
+                 "--job", os.path.join(RIG, "jobs", "all.sh"),
                  "--out", out, "--timeout", str(BOOT_TIMEOUT - 60)],
                 BOOT_TIMEOUT)
-    results = None
-    try:
-        with open(os.path.join(out, "results.json")) as f:
-            results = json.load(f)
-    except (OSError, ValueError):
-        pass
-    if boot.returncode == 0 and results and results.get("ok"):
+    results = {job: _load(os.path.join(out, name)) for job, name in JOB_RESULTS.items()}
+    if boot.returncode == 0 and all(r and r.get("ok") for r in results.values()):
         # Keep the output only when something needs looking at.
         atexit.register(shutil.rmtree, out, True)
     return build, boot, out, results
 
 
-class XenRigTests(unittest.TestCase):
-    """Real Xen 4.17 in QEMU, driven by the project's shim from dom0."""
+@functools.cache
+def paging_run():
+    """The second variant: Xen built with MEM_PAGING (cached), booted with
+    the probe job.  Returns (xen build, boot, out directory, probe or None)."""
+    rig_run()     # the stock build first: it fetches the .deb whose config we reuse
+    xen = _run([os.path.join(RIG, "build-xen-paging.sh")], XEN_BUILD_TIMEOUT)
+    out = tempfile.mkdtemp(prefix="xenclone-rig-paging.")
+    if xen.returncode != 0:
+        return xen, None, out, None
+    boot = _run([os.path.join(RIG, "boot.sh"), "--no-build",
+                 "--xen", xen.stdout.strip().splitlines()[-1],
+                 "--job", os.path.join(RIG, "jobs", "probe.sh"),
+                 "--out", out, "--timeout", str(PROBE_TIMEOUT - 60)], PROBE_TIMEOUT)
+    probe = _load(os.path.join(out, "probe.json"))
+    if boot.returncode == 0 and probe:
+        atexit.register(shutil.rmtree, out, True)
+    return xen, boot, out, probe
+
+
+class _RigCase:
+    """Reads the one rig run's results."""
 
     def setUp(self):
         reason = skip_reason()
@@ -91,23 +124,31 @@ class XenRigTests(unittest.TestCase):
     def _tail(self, proc):
         return "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
 
-    def requireResults(self):
+    def requireResults(self, job="smoke"):
         self.assertEqual(self.build.returncode, 0,
                          "rig/build.sh failed:\n" + self._tail(self.build))
         self.assertIsNotNone(
-            self.results, "no results.json from the rig (output in %s):\n%s"
-            % (self.out, self._tail(self.boot)))
-        return self.results
+            self.results[job], "no %s from the rig (output in %s):\n%s"
+            % (JOB_RESULTS[job], self.out, self._tail(self.boot)))
+        return self.results[job]
 
-    def test_smoke_job_passes(self):
-        """The job exits 0 and every check it made passed."""
-        results = self.requireResults()
+    def assertJobPassed(self, job):
+        results = self.requireResults(job)
         failed = [k for k, ok in results["checks"].items() if not ok]
-        self.assertEqual(failed, [], "failed checks (output in %s)" % self.out)
+        self.assertEqual(failed, [], "failed %s checks (output in %s): %s"
+                         % (job, self.out, results.get("error", "")))
         self.assertEqual(self.boot.returncode, 0,
                          "rig/boot.sh exited %s (output in %s):\n%s"
                          % (self.boot.returncode, self.out,
                             self._tail(self.boot)))
+
+
+class XenRigTests(_RigCase, unittest.TestCase):
+    """Real Xen 4.17 in QEMU, driven by the project's shim from dom0."""
+
+    def test_smoke_job_passes(self):
+        """The job exits 0 and every check it made passed."""
+        self.assertJobPassed("smoke")
 
     def test_xen_version(self):
         probe = self.requireResults()["probe"]
@@ -132,5 +173,48 @@ class XenRigTests(unittest.TestCase):
         fmap = self.requireResults()["foreign_map"]
         self.assertRegex(fmap["sha256"], "^[0-9a-f]{64}$")
         self.assertTrue(fmap["banner_seen"], fmap)
-        missing = self.results["foreign_map_missing"]
+        missing = self.results["smoke"]["foreign_map_missing"]
         self.assertTrue(missing["raised"], missing)
+
+
+class XenCloneTests(_RigCase, unittest.TestCase):
+    """The daemon with the Xen backend, in the same boot (rig/jobs/clone.py)."""
+
+    def test_clone_job_passes(self):
+        """Every check of the clone job passed, the bad-input ones too."""
+        self.assertJobPassed("clone")
+
+    def test_every_clone_answers_right(self):
+        answers = self.requireResults("clone")["answers"]
+        self.assertEqual(len(answers), 3)
+        for a in answers:
+            self.assertEqual((a["state"], a["result"]), ("done", a["expected"]), a)
+
+    def test_stock_xen_fills_before_run(self):
+        results = self.requireResults("clone")
+        self.assertEqual(results["master"]["backend"], "xen")
+        self.assertEqual(results["master"]["fill_mode"], "fill-before-run")
+
+    def test_master_resumes_with_its_own_answer(self):
+        resumed = self.requireResults("clone")["master_resumed"]
+        self.assertEqual((resumed["state"], resumed["result"]), ("done", resumed["expected"]))
+
+
+class XenPagingTests(unittest.TestCase):
+    """The hypervisor lazy fill needs: Debian's Xen 4.17 source built with
+    MEM_PAGING and MEM_SHARING, booted in the same rig."""
+
+    def setUp(self):
+        reason = skip_reason()
+        if reason:
+            raise unittest.SkipTest(reason)
+        self.xen, self.boot, self.out, self.probe = paging_run()
+
+    def test_probe_finds_mem_paging(self):
+        tail = "\n".join((self.xen.stdout + self.xen.stderr).splitlines()[-30:])
+        self.assertEqual(self.xen.returncode, 0, "rig/build-xen-paging.sh failed:\n" + tail)
+        self.assertIsNotNone(self.probe, "no probe.json (output in %s):\n%s"
+                             % (self.out, self.boot.stdout + self.boot.stderr))
+        self.assertTrue(self.probe["version"].startswith("4.17"), self.probe)
+        self.assertIn("hap", self.probe["capabilities"])
+        self.assertIs(self.probe["mem_paging"], True)

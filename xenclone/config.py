@@ -309,6 +309,8 @@ DAEMON = Table("xenclone daemon configuration", [
         "0 = wait for ever", minimum=0),
     Key("metrics_listen", "", 'serve Prometheus /metrics on a twisted '
         'endpoint, e.g. "tcp:9577:interface=127.0.0.1" ("" = off)'),
+    Key("xen_guest_kernel", "", 'PVH kernel of masters the xen backend creates '
+        '("" = the project\'s guest/build/guest.elf)', path=True),
     Key("vmm_hosts", 1, "VMM host processes that run KVM clones", minimum=1),
     Key("guest_kernel", "", 'the micro-VM guest kernel ("" = '
         '<venv>/share/xenclone/guest.bin if installed, else guest/build/guest.bin '

@@ -52,6 +52,7 @@ class IBackend(Interface):
     """A hypervisor: creates, snapshots and clones domains."""
 
     name = Attribute("'kvm' or 'xen'")
+    fill_mode = Attribute("how clones get memory: 'lazy' (on fault) or 'fill-before-run'")
 
     def capabilities():
         """Dict of what this host offers (lazy fill, sharing, eviction)."""

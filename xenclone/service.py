@@ -35,6 +35,14 @@ from xenclone.xenstore.plane import XenStorePlane, guest_socket_dir
 log = Logger()
 
 
+def use_xen(choice):
+    """The ``backend`` setting: auto means Xen when this is a Xen dom0."""
+    if choice == "auto":
+        from xenclone.backends.xen.libxc import host_has_xen
+        return host_has_xen()
+    return choice == "xen"
+
+
 def host_budget_pages(settings):
     """The configured budget, or 80% of what the kernel says is available."""
     mib = settings["host_memory_mib"]
@@ -112,6 +120,7 @@ class CoreService(Service):
         self.settings = settings
         self.control = control
         self.controller = None
+        self.backend = None
         self.source = None
         self.links = []
         self.ready = defer.Deferred()
@@ -146,9 +155,9 @@ class CoreService(Service):
             request_timeout=s["memserver_request_timeout_s"],
             connect=lambda proto: memserver.connect(lambda: proto, timeout=5.0))
         self.links.append(client)
-        backend = yield self._backend(run)
+        backend = self.backend = yield self._backend(run)
         ledger = Ledger(host_budget_pages(s), POLICIES[s["eviction_policy"]](), s["credit_batch"])
-        self.source = self._fault_source()
+        self.source = self._fault_source(backend)
         store_dir = os.path.join(s["state_dir"], "pageout")
         os.makedirs(store_dir, mode=0o700, exist_ok=True)
         pager = Pager(self.reactor, ledger, self.source, backend, client, store_dir,
@@ -167,12 +176,20 @@ class CoreService(Service):
             from xenclone.metrics import make_metrics_service
             make_metrics_service(self.reactor, self.controller,
                                  s["metrics_listen"]).setServiceParent(self.parent)
-        log.info("xenclone ready: backend {backend}, budget {pages} pages",
-                 backend=backend.name, pages=ledger.budget_pages)
+        log.info("xenclone ready: backend {backend} ({fill}), budget {pages} pages",
+                 backend=backend.name, fill=backend.fill_mode, pages=ledger.budget_pages)
         return self.controller
+
+    def _on_event(self, msg):
+        if self.controller is not None:
+            self.controller.on_backend_event(msg)
 
     @defer.inlineCallbacks
     def _backend(self, run):
+        if use_xen(self.settings["backend"]):
+            from xenclone.backends.xen.backend import XenBackend
+            return XenBackend(self.reactor, os.path.join(run, "xl"), self._on_event,
+                              self.settings["xen_guest_kernel"] or None)
         from xenclone.backends.kvm.backend import KvmBackend
         from xenclone.backends.kvm.vmmhost import default_guest_kernel
 
@@ -181,13 +198,14 @@ class CoreService(Service):
             args += ["--xenstore-dir", guest_socket_dir(self.settings)]
         vmm = HelperProcess(self.reactor, "VMM host", "xenclone.backends.kvm.vmmhost", args,
                             os.path.join(run, "vmmhost.sock"), os.path.join(run, "vmmhost.log"))
-        link = yield vmm.connect(
-            lambda: FrameProtocol(on_event=lambda msg: self.controller and
-                                  self.controller.on_backend_event(msg)))
+        link = yield vmm.connect(lambda: FrameProtocol(on_event=self._on_event))
         self.links.append(link)
         return KvmBackend(link)
 
-    def _fault_source(self):
+    def _fault_source(self, backend):
+        if backend.name == "xen":
+            from xenclone.backends.xen.filled import FilledSource
+            return FilledSource()
         from xenclone.backends.kvm.uffd_source import UffdFaultSource
         return UffdFaultSource(self.reactor)
 
@@ -197,6 +215,8 @@ class CoreService(Service):
             self.controller.pager.stop()
         if self.source is not None:
             self.source.stop()
+        if self.backend is not None and self.backend.name == "xen":
+            self.backend.close()     # its watcher and libxc handles
         # The helpers keep running: they hold what must outlive the daemon.
         return defer.gatherResults([link.close() for link in self.links])
 

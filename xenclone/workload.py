@@ -27,6 +27,12 @@ PARAMS_PFN = 16
 PARAMS_ADDR = PARAMS_PFN * PAGE_SIZE
 PARAMS_MAGIC = 0x58434C4E
 DATA_FIRST_PFN = 32
+# Xen: the guest's mailbox (no device model, so no ports) in the params page.
+MAILBOX_OFFSET = 0x800
+MAILBOX = struct.Struct("<7I")           # ready, go, clone_id, input, result, done,
+                                         # start_info (%ebx at the PVH entry)
+MAILBOX_FIELDS = ("ready", "go", "clone_id", "input", "result", "done", "start_info")
+DONE_OK, DONE_BAD_PARAMS = 1, 0xBAD
 PARAMS_STRUCT = struct.Struct("<7I")     # magic, data_first_pfn, data_npages,
                                          # common_reads, clone_reads, write_pages, seed
 DEFAULT_SEED = 0x5EED1234

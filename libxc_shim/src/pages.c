@@ -26,13 +26,23 @@ uint32_t xc_mix(uint32_t seed, uint32_t pfn, uint32_t w)
 void xc_fill_dataset(void *mem, uint64_t mem_npages, uint32_t data_first_pfn,
                      uint32_t data_npages, uint32_t seed, uint32_t zero_every)
 {
+    xc_fill_dataset_range(mem, 0, mem_npages, data_first_pfn, data_npages, seed, zero_every);
+}
+
+/* Pages first_pfn .. first_pfn + npages - 1 of guest RAM, mapped at mem
+ * (the Xen backend fills a master through foreign mappings, in batches). */
+void xc_fill_dataset_range(void *mem, uint64_t first_pfn, uint64_t npages,
+                           uint32_t data_first_pfn, uint32_t data_npages,
+                           uint32_t seed, uint32_t zero_every)
+{
+    uint64_t start = first_pfn > data_first_pfn ? first_pfn : data_first_pfn;
     uint64_t end = (uint64_t)data_first_pfn + data_npages;
-    if (end > mem_npages)
-        end = mem_npages;
-    for (uint64_t p = data_first_pfn; p < end; p++) {
+    if (end > first_pfn + npages)
+        end = first_pfn + npages;
+    for (uint64_t p = start; p < end; p++) {
         if (zero_every && p % zero_every == 0)
             continue;
-        uint32_t *page = (uint32_t *)((char *)mem + p * PAGE);
+        uint32_t *page = (uint32_t *)((char *)mem + (p - first_pfn) * PAGE);
         for (uint32_t w = 0; w < PAGE / 4; w++)
             page[w] = xc_mix(seed, (uint32_t)p, w);
     }

@@ -23,6 +23,9 @@ from xenclone.wire import WireError
 MIN_MEMORY_MIB = 4
 MAX_MEMORY_MIB = 64 * 1024
 MAX_LAUNCH = 256
+# Backends that number domains themselves (Xen) get handles above any id
+# they give (Xen's are below 0x7FF0) until the real id is adopted.
+FIRST_HANDLE = 0x10000
 LIVE = (DomainState.RUNNING, DomainState.PAUSED, DomainState.READY, DomainState.DONE,
         DomainState.WAITING_FOR_MEMSERVER, DomainState.PAUSED_BY_TIMEOUT)
 
@@ -104,7 +107,7 @@ class Controller:
         self.pager = pager
         self.domains = {}
         self._images = {}         # image id -> OpenImage (this host's mapping)
-        self._next_domid = 1
+        self._next_domid = FIRST_HANDLE if getattr(backend, "numbers_domains", False) else 1
         self._next_clone_id = {}
         self.on_change = []       # called with no arguments when domains or images change
 
@@ -135,6 +138,13 @@ class Controller:
     def note_clone_id(self, image_id, clone_id):
         if clone_id is not None:
             self._next_clone_id[image_id] = max(self._next_clone_id.get(image_id, 0), clone_id)
+
+    def _adopt(self, dom, domid):
+        """The backend's id for the domain, where it numbers them itself."""
+        if domid != dom.domid:
+            self.domains.pop(dom.domid, None)
+            dom.domid = domid
+            self.domains[domid] = dom
 
     def _set_state(self, dom, state):
         dom.state = state
@@ -212,9 +222,12 @@ class Controller:
 
     def op_pids(self, msg):
         """The processes whose memory the kernel should be asked about."""
+        def pids(r):
+            found = {"daemon": os.getpid(), "vmmhost": r[0]["pid"], "memserver": r[1]["pid"]}
+            return {k: v for k, v in found.items() if v is not None}   # Xen: no VMM host
+
         d = defer.gatherResults([self.backend.ping(), self.memserver.ping()], consumeErrors=True)
-        return d.addCallback(lambda r: {"daemon": os.getpid(), "vmmhost": r[0]["pid"],
-                                        "memserver": r[1]["pid"]})
+        return d.addCallback(pids)
 
     def op_destroy_all(self, msg):
         doms = sorted(self.domains.values(), key=lambda d: d.role != "clone")
@@ -333,9 +346,12 @@ class Controller:
             self.domains.pop(dom.domid, None)
             return f
 
-        d = self.backend.create_master(spec)
-        d.addCallbacks(lambda info: (self._set_state(dom, info["state"]), dom.summary())[1], failed)
-        return d
+        def created(info):
+            self._adopt(dom, info["domid"])
+            self._set_state(dom, info["state"])
+            return dom.summary()
+
+        return self.backend.create_master(spec).addCallbacks(created, failed)
 
     def op_bless(self, msg):
         dom = self._domain(msg.get("domain"))
@@ -401,9 +417,10 @@ class Controller:
         except Exception:
             self.domains.pop(domid, None)
             raise
+        self._adopt(dom, region.domid)
         self.pager.attach(region, image, since, share)
         self._changed()
-        return {"domid": domid, "name": name, "clone_id": clone_id}
+        return {"domid": dom.domid, "name": name, "clone_id": clone_id}
 
     def op_list(self, msg):
         return {"domains": [d.summary() for d in sorted(self.domains.values(), key=lambda d: d.domid)]}
@@ -419,7 +436,8 @@ class Controller:
     def op_info(self, msg):
         dom = self._domain(msg.get("domain"))
         info = dict(dom.summary(), clone_id=dom.clone_id, input=dom.input, result=dom.result,
-                    launch_ms=dom.launch_ms)
+                    launch_ms=dom.launch_ms, backend=self.backend.name,
+                    fill_mode=self.backend.fill_mode)
         stats = self.pager.stats(dom.domid)
         if stats is None:    # a master: its memory is all its own
             stats = {"nominal_pages": (dom.memory_mib or 0) * 256, "faults": 0}

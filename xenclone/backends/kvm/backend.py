@@ -13,6 +13,7 @@ from xenclone.interfaces import IBackend
 @implementer(IBackend)
 class KvmBackend:
     name = "kvm"
+    fill_mode = "lazy"
 
     def __init__(self, link):
         self.link = link          # a connected wire.FrameProtocol to the VMM host

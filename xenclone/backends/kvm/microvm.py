@@ -22,6 +22,7 @@ import threading
 
 from xenclone._linux import ffi, lib
 from xenclone import pageout_index, workload
+from xenclone.runs import runs
 
 PAGE_SIZE = 4096
 CLONE_UFFD_FEATURES = (lib.UFFD_FEATURE_MISSING_SHMEM | lib.UFFD_FEATURE_MINOR_SHMEM
@@ -248,7 +249,7 @@ class MicroVM:
                 raise NotHeld(bad)
             lib.xc_gather_pages(self.addr, arr, len(pfns), buf)
             crcs = [lib.xc_crc32(buf + i * PAGE_SIZE, PAGE_SIZE) for i in range(len(pfns))]
-            for i, run in _runs(slots):
+            for i, run in runs(slots):
                 _pwrite_all(store_fd, data[i * PAGE_SIZE:(i + run) * PAGE_SIZE],
                             slots[i] * PAGE_SIZE)
             lo, hi = min(slots), max(slots) + 1
@@ -308,17 +309,6 @@ class NotHeld(ValueError):
     def __init__(self, bad):
         super().__init__("pages not held (pfn, kind): %s" % bad[:16])
         self.pfns = [p for p, _ in bad]
-
-
-def _runs(slots):
-    """(index, length) of each run of consecutive slots."""
-    i = 0
-    while i < len(slots):
-        j = i + 1
-        while j < len(slots) and slots[j] == slots[j - 1] + 1:
-            j += 1
-        yield i, j - i
-        i = j
 
 
 def _pwrite_all(fd, data, offset):

@@ -128,6 +128,20 @@ class Mapping:
         return _ffi.buffer(_ffi.cast("char *", self.addr),
                            self.pages * PAGE_SIZE)
 
+    def page_sums(self):
+        """The 64-bit word sum of each mapped page (C, GIL released)."""
+        out = _ffi.new("uint64_t[]", self.pages)
+        _lib.xc_page_sums(_ffi.cast("void *", self.addr), self.pages, out)
+        return list(out)
+
+    def fill_dataset(self, first_pfn, params):
+        """Write the test guest's data set (``workload.Params``) into these
+        pages, which are guest pages ``first_pfn`` onwards."""
+        _lib.xc_fill_dataset_range(
+            _ffi.cast("void *", self.addr), first_pfn, self.pages,
+            params.data_first_pfn, params.data_npages, params.seed,
+            params.zero_every)
+
     def close(self):
         if self.addr is not None:
             addr, self.addr = self.addr, None
@@ -140,10 +154,24 @@ class Mapping:
         self.close()
 
 
-DomainInfo = namedtuple(
-    "DomainInfo",
-    "domid flags tot_pages max_pages shr_pages paged_pages cpu_time "
-    "online_vcpus max_vcpu_id")
+class DomainInfo(namedtuple(
+        "DomainInfo",
+        "domid flags tot_pages max_pages shr_pages paged_pages cpu_time "
+        "online_vcpus max_vcpu_id")):
+    __slots__ = ()
+
+    @property
+    def dying(self):
+        return bool(self.flags & _lib.XEN_DOMINF_dying)
+
+    @property
+    def shutdown_reason(self):
+        """None while the domain runs, else Xen's SHUTDOWN_* code
+        (0 poweroff, 1 reboot, 2 suspend, 3 crash, 4 watchdog, 5 soft reset)."""
+        if not self.flags & _lib.XEN_DOMINF_shutdown:
+            return None
+        return ((self.flags >> _lib.XEN_DOMINF_shutdownshift)
+                & _lib.XEN_DOMINF_shutdownmask)
 
 
 class PagingRequest(namedtuple("PagingRequest",

@@ -1,0 +1,7 @@
+#!/bin/sh
+# Every rig job in one boot (a boot costs ~15 s before a job can start):
+# the smoke job, then the clone job.  Exits non-zero if either failed.
+rc=0
+sh "$RIG_PROJECT/rig/jobs/smoke.sh" || rc=1
+sh "$RIG_PROJECT/rig/jobs/clone.sh" || rc=1
+exit $rc

@@ -1,0 +1,459 @@
+"""The Xen backend: PVH domains of real Xen, through ``libxc.py`` and ``xl.py``.
+
+- A master is ``xl create -p`` of the project's guest as a PVH kernel; its
+  params page and data set are written through foreign mappings, then it
+  runs to its bless point (its mailbox says ready) and is paused there.
+- Bless pauses it, reads the HVM context of its vCPUs and copies its RAM to
+  a memfd for the memory server, in batches of foreign mappings.  The xl
+  settings travel with the image (inside the opaque vCPU state).
+- A clone is ``xl create -p`` of the same settings under its own name (its
+  own XenStore home and console), then **filled before it runs**: every
+  non-zero image page is copied in, its mailbox gets its id and input, the
+  master's HVM context is set and it is unpaused.  Stock Xen has no
+  MEM_PAGING, so there is no lazy fill (see docs/design.md, Xen).
+
+Xen numbers domains itself, so the controller adopts the ids given here.
+Hypercalls are quick and run in the reactor; bulk copies (thousands of
+foreign-mapped pages) run in the reactor's thread pool.
+"""
+
+import json
+import os
+import struct
+import time
+
+import attr
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from xenclone import workload
+from xenclone.backends.xen import libxc, xl
+from xenclone.backends.xen.filled import FilledRegion
+from xenclone.image import Capture
+from xenclone.interfaces import PAGE_SIZE, DomainState, IBackend, PageState
+from xenclone.runs import runs
+from xenclone.wire import WireError
+
+ARCH = "xen-pvh-x86"
+BATCH = 1024            # pages per foreign mapping (4 MiB of dom0 address space)
+POLL = 0.05             # seconds between looks at the guests' mailboxes
+READY_TIMEOUT = 120.0   # xl create to the bless point, under TCG
+GUEST_KERNEL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "guest", "build",
+                            "guest.elf")
+SHUTDOWN_CRASH = 3
+_STATE_HEAD = struct.Struct("<I")
+
+
+def pack_state(config, hvm_context):
+    """The image's opaque vCPU state: the xl settings, then Xen's HVM record."""
+    head = json.dumps({"xl": config}, sort_keys=True).encode()
+    return _STATE_HEAD.pack(len(head)) + head + hvm_context
+
+
+def unpack_state(blob):
+    n, = _STATE_HEAD.unpack_from(blob)
+    head = json.loads(blob[_STATE_HEAD.size:_STATE_HEAD.size + n])
+    return head["xl"], blob[_STATE_HEAD.size + n:]
+
+
+def _batches(pfns):
+    pfns = list(pfns)
+    return [pfns[i:i + BATCH] for i in range(0, len(pfns), BATCH)]
+
+
+class Mailbox:
+    """The guest's mailbox in its params page, kept mapped."""
+
+    def __init__(self, mapping):
+        self._mapping = mapping
+        self._buf = mapping.buffer
+
+    def read(self):
+        values = workload.MAILBOX.unpack_from(self._buf, workload.MAILBOX_OFFSET)
+        return dict(zip(workload.MAILBOX_FIELDS, values))
+
+    def write(self, **fields):
+        """Word by word, ``go`` last: the guest never sees go before the rest."""
+        for name in sorted(fields, key=lambda k: k == "go"):
+            struct.pack_into("<I", self._buf, workload.MAILBOX_OFFSET
+                             + 4 * workload.MAILBOX_FIELDS.index(name), fields[name])
+
+    def close(self):
+        self._mapping.close()
+
+
+@attr.s(eq=False)
+class _Domain:
+    domid = attr.ib()
+    name = attr.ib()
+    role = attr.ib()
+    npages = attr.ib()
+    config = attr.ib()
+    mailbox = attr.ib()
+    state = attr.ib(default=DomainState.PAUSED)
+    paused = attr.ib(default=True)      # our own pause (xl create -p is one)
+    result = attr.ib(default=None)
+    error = attr.ib(default=None)
+    t_first_ns = attr.ib(default=None)  # monotonic: first unpaused (a clone's launch ends)
+
+    def info(self):
+        return {"domid": self.domid, "name": self.name, "role": self.role,
+                "state": self.state, "npages": self.npages, "result": self.result,
+                "error": self.error, "t_first_ns": self.t_first_ns}
+
+
+def _xen_errors(d):
+    """libxc failures reach the operator as WireErrors, with libxc's text."""
+    def translate(f):
+        f.trap(libxc.XenError)
+        raise WireError("xen-error", str(f.value))
+
+    return d.addErrback(translate)
+
+
+@implementer(IBackend)
+class XenBackend:
+    name = "xen"
+    numbers_domains = True      # Xen assigns domids: the controller adopts them
+    log = Logger()
+
+    def __init__(self, reactor, work_dir, on_event, guest_kernel=None):
+        self.reactor = reactor
+        self.work_dir = work_dir
+        self.on_event = on_event
+        self.guest_kernel = os.path.abspath(guest_kernel or GUEST_KERNEL)
+        self.xc = libxc.XenCtrl()
+        self.fm = libxc.ForeignMemory()
+        self.mem_paging = self.xc.mem_paging_available()
+        # Lazy fill (mem_paging) is the next step; until then every Xen
+        # fills before run, and says whether it could do better.
+        self.fill_mode = "fill-before-run"
+        self._domains = {}
+        os.makedirs(work_dir, mode=0o700, exist_ok=True)
+        self._watcher = task.LoopingCall(self._watch)
+        self._watcher.clock = reactor
+        self._watcher.start(POLL, now=False)
+
+    # -- helpers
+
+    def _thread(self, fn, *args):
+        return _xen_errors(threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                                     fn, *args))
+
+    def _get(self, domid):
+        dom = self._domains.get(domid)
+        if dom is None:
+            raise WireError("no-domain", "no domain %r under xenclone on this host" % (domid,))
+        return dom
+
+    def _event(self, dom):
+        self.on_event(dict(dom.info(), event="state"))
+
+    @defer.inlineCallbacks
+    def _create(self, config):
+        path = os.path.join(self.work_dir, "%s.cfg" % config["name"])
+        with open(path, "w") as f:
+            f.write(xl.config_text(config))
+        domid = yield xl.create_paused(self.reactor, path, config["name"])
+        return domid
+
+    @defer.inlineCallbacks
+    def _undo(self, domid):
+        """A domain half built: gone, whatever else failed."""
+        dom = self._domains.pop(domid, None)
+        if dom is not None:
+            dom.mailbox.close()
+        try:
+            yield xl.destroy(self.reactor, domid)
+        except WireError as e:
+            self.log.error("domain {domid} left behind: {why}", domid=domid, why=e)
+
+    def _track(self, domid, name, role, npages, config):
+        mapping = self.fm.map(domid, [workload.PARAMS_PFN])
+        dom = self._domains[domid] = _Domain(domid, name, role, npages, config, Mailbox(mapping))
+        return dom
+
+    def _pause(self, dom):
+        if not dom.paused:
+            self.xc.pause(dom.domid)
+            dom.paused = True
+
+    def _unpause(self, dom):
+        if dom.paused:
+            self.xc.unpause(dom.domid)
+            dom.paused = False
+            if dom.t_first_ns is None:
+                dom.t_first_ns = time.monotonic_ns()
+        dom.state = DomainState.RUNNING
+
+    # -- masters
+
+    def _master_config(self, spec):
+        mib = spec.npages * PAGE_SIZE // 2**20
+        return {"name": spec.name, "type": "pvh", "memory": mib, "maxmem": mib, "vcpus": 1,
+                "kernel": self.guest_kernel,
+                # Kept after the guest ends, so its pages can still be read.
+                "on_poweroff": "preserve", "on_crash": "preserve", "on_reboot": "destroy"}
+
+    def _write_master(self, domid, npages, params):
+        """The data set and the params page, as the KVM VMM host writes them."""
+        first, end = params.data_first_pfn, params.data_first_pfn + params.data_npages
+        for batch in _batches(range(first, min(end, npages))):
+            with self.fm.map(domid, batch) as m:
+                m.buffer[:] = bytes(len(batch) * PAGE_SIZE)  # the loader may have put tables here
+                m.fill_dataset(batch[0], params)
+        with self.fm.map(domid, [workload.PARAMS_PFN]) as m:
+            m.buffer[:] = params.pack().ljust(PAGE_SIZE, b"\0")
+
+    def create_master(self, spec):
+        return _xen_errors(self._create_master(spec))
+
+    @defer.inlineCallbacks
+    def _create_master(self, spec):
+        if not os.path.exists(self.guest_kernel):
+            raise WireError("bad-config", "no guest kernel at %s (make -C guest)" % self.guest_kernel)
+        params = workload.Params(**spec.params)
+        config = self._master_config(spec)
+        domid = yield self._create(config)
+        try:
+            yield self._thread(self._write_master, domid, spec.npages, params)
+            dom = self._track(domid, spec.name, "master", spec.npages, config)
+            self._unpause(dom)
+            yield self._until_ready(dom)
+            self._pause(dom)
+        except Exception:
+            yield self._undo(domid)
+            raise
+        dom.state = DomainState.READY
+        return dom.info()
+
+    @defer.inlineCallbacks
+    def _until_ready(self, dom):
+        deadline = self.reactor.seconds() + READY_TIMEOUT
+        while True:
+            box = dom.mailbox.read()
+            if box["done"] == workload.DONE_BAD_PARAMS:
+                raise WireError("not-ready", "master %s found no params" % dom.name)
+            if box["ready"]:
+                return
+            why = self.xc.domain_info(dom.domid).shutdown_reason
+            if why is not None:
+                raise WireError("not-ready", "master %s shut down (Xen reason %d) before its "
+                                "bless point; see /var/log/xen" % (dom.name, why))
+            if self.reactor.seconds() > deadline:
+                raise WireError("not-ready", "master %s did not reach its bless point in %.0f s"
+                                % (dom.name, READY_TIMEOUT))
+            yield task.deferLater(self.reactor, POLL, lambda: None)
+
+    # -- bless
+
+    def _copy_out(self, domid, npages):
+        fd = os.memfd_create("xenclone-capture-%d" % domid, os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, npages * PAGE_SIZE)
+            for batch in _batches(range(npages)):
+                with self.fm.map(domid, batch, writable=False) as m:
+                    os.pwrite(fd, m.buffer, batch[0] * PAGE_SIZE)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def capture(self, domid):
+        return _xen_errors(self._capture(domid))
+
+    @defer.inlineCallbacks
+    def _capture(self, domid):
+        dom = self._get(domid)
+        if dom.role != "master":
+            raise WireError("not-master", "domain %d is a clone; bless its image instead" % domid)
+        self._pause(dom)
+        record = self.xc.hvm_getcontext(domid)
+        fd = yield self._thread(self._copy_out, domid, dom.npages)
+        return Capture(arch=ARCH, vcpu_state=pack_state(dom.config, record), mem_fd=fd,
+                       npages=dom.npages)
+
+    # -- clones
+
+    def _fill(self, domid, image):
+        """Copy every non-zero image page into the clone; the rest are zero
+        already in a fresh domain.  Returns the pfns copied."""
+        pfns = [p for p in range(image.npages) if not image.zero[p]]
+        for batch in _batches(pfns):
+            with self.fm.map(domid, batch) as m:
+                view = memoryview(m.buffer)
+                for i, n in runs(batch):
+                    pfn, want = batch[i], n * PAGE_SIZE
+                    got = os.preadv(image.mem_fd, [view[i * PAGE_SIZE:i * PAGE_SIZE + want]],
+                                    pfn * PAGE_SIZE)
+                    if got != want:
+                        raise WireError("short-image", "image ends at page %d" % (pfn + got // PAGE_SIZE))
+        return pfns
+
+    def launch(self, image, clone):
+        return _xen_errors(self._launch(image, clone))
+
+    @defer.inlineCallbacks
+    def _launch(self, image, clone):
+        if image.arch != ARCH:
+            raise WireError("wrong-arch", "image is %s, the xen backend launches %s"
+                            % (image.arch, ARCH))
+        config, record = unpack_state(image.vcpu_state)
+        config = dict(config, name=clone.name)
+        domid = yield self._create(config)
+        try:
+            filled = yield self._thread(self._fill, domid, image)
+            dom = self._track(domid, clone.name, "clone", image.npages, config)
+            dom.mailbox.write(clone_id=clone.clone_id, input=clone.input, go=1)
+            self.xc.hvm_setcontext(domid, record)
+            if not clone.paused:
+                self._unpause(dom)
+        except Exception:
+            yield self._undo(domid)
+            raise
+        return FilledRegion(domid, image.npages, image, self.fm, filled)
+
+    # -- state
+
+    def _info(self, dom):
+        """Xen's info of the domain, or None once it is gone or going (xl
+        destroy or xl save behind our back: our mapping of its params page
+        is all that keeps it, so it is let go at once)."""
+        try:
+            info = self.xc.domain_info(dom.domid)
+        except libxc.XenError:
+            info = None
+        if info is None or info.dying:
+            self._domains.pop(dom.domid, None)
+            dom.mailbox.close()
+            return None
+        return info
+
+    def _watch(self):
+        """Report guests that finished, crashed or vanished."""
+        for dom in list(self._domains.values()):
+            info = self._info(dom)
+            if info is None:
+                dom.state = DomainState.DESTROYED
+                self._event(dom)
+                continue
+            if dom.state != DomainState.RUNNING:
+                continue
+            box = dom.mailbox.read()
+            if box["done"] == workload.DONE_OK:
+                dom.state, dom.result = DomainState.DONE, box["result"]
+            elif box["done"] or info.shutdown_reason is not None:
+                dom.state = DomainState.CRASHED
+                dom.error = "guest stopped: mailbox done=%#x, Xen shutdown reason %s" % (
+                    box["done"], info.shutdown_reason)
+            else:
+                continue
+            self._event(dom)
+
+    def pause(self, domid):
+        def pause():
+            dom = self._get(domid)
+            self._pause(dom)
+            if dom.state == DomainState.RUNNING:
+                dom.state = DomainState.PAUSED
+            return dom.info()
+
+        return _xen_errors(defer.maybeDeferred(pause))
+
+    def unpause(self, domid):
+        def unpause():
+            dom = self._get(domid)
+            if dom.state in (DomainState.DONE, DomainState.CRASHED):
+                raise WireError("not-runnable", "domain %d is %s" % (domid, dom.state))
+            box = dom.mailbox.read()
+            if box["ready"] and not box["go"]:
+                # A master at its bless point runs on as clone 0, input 0,
+                # as it does on KVM.
+                dom.mailbox.write(go=1)
+            self._unpause(dom)
+            return dom.info()
+
+        return _xen_errors(defer.maybeDeferred(unpause))
+
+    def destroy(self, domid):
+        def destroy():
+            dom = self._get(domid)
+            if self._info(dom) is None:
+                return {"domid": domid, "gone": True}
+            self._domains.pop(domid)
+            dom.mailbox.close()
+            return xl.destroy(self.reactor, domid).addCallback(lambda _: {"domid": domid})
+
+        return defer.maybeDeferred(destroy)
+
+    def _sums(self, domid, pfns):
+        sums = []
+        for batch in _batches(pfns):
+            with self.fm.map(domid, batch, writable=False) as m:
+                sums += m.page_sums()
+        return sums
+
+    def _checked(self, domid, pfns):
+        dom = self._get(domid)
+        pfns = list(pfns)
+        if not all(isinstance(p, int) and 0 <= p < dom.npages for p in pfns):
+            raise WireError("out-of-range", "page numbers within 0..%d" % (dom.npages - 1))
+        return pfns
+
+    def page_sums(self, domid, pfns):
+        d = defer.maybeDeferred(self._checked, domid, pfns)
+        return d.addCallback(lambda pfns: self._thread(self._sums, domid, pfns))
+
+    def page_kinds(self, domid, pfns):
+        """Every page of a filled clone is a frame of its own."""
+        return defer.maybeDeferred(lambda: [PageState.PRIVATE] * len(self._checked(domid, pfns)))
+
+    def scan(self, domid):
+        """The pages Xen counts for the domain, all its own frames."""
+        def scan():
+            dom = self._get(domid)
+            pages = self.xc.domain_info(domid).tot_pages
+            return {"shared": 0, "private": pages, "zero": 0,
+                    "absent": max(0, dom.npages - pages)}
+
+        return _xen_errors(defer.maybeDeferred(scan))
+
+    def _no_eviction(self, domid, *args):
+        return defer.fail(WireError(
+            "unsupported", "domain %r: this Xen has no MEM_PAGING, so no page of a clone can "
+            "be evicted; only its balloon target could shrink it" % (domid,)))
+
+    drop_clean = page_out = _no_eviction
+
+    def capabilities(self):
+        phys = self.xc.physinfo()
+        return {"backend": "xen", "version": self.xc.version(), "fill_mode": self.fill_mode,
+                "lazy_fill": False, "mem_paging": self.mem_paging,
+                "sharing": "none: each clone holds its own copy of every non-zero page",
+                "eviction": [], "free_pages": phys["free_pages"],
+                "total_pages": phys["total_pages"], "hap": "hap" in phys["capabilities"]}
+
+    def forget_image(self, image):
+        """Nothing is kept per image: clones hold their own copies."""
+
+    def ping(self):
+        return defer.succeed({"pid": None, "domains": len(self._domains)})
+
+    def domains(self):
+        """The domains this daemon made (taking Xen domains back after a
+        restart, from XenStore, is still to come)."""
+        return defer.succeed([d.info() for d in self._domains.values()])
+
+    def reattach(self, domid, image):
+        return defer.fail(WireError(
+            "unsupported", "domain %r: the xen backend does not take clones back after a "
+            "daemon restart yet" % (domid,)))
+
+    def close(self):
+        if self._watcher.running:
+            self._watcher.stop()
+        for dom in self._domains.values():
+            dom.mailbox.close()
+        self.fm.close()
+        self.xc.close()
