@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 GUEST  := guest/build/guest.bin
 XSGUEST := guest/build/xsguest.bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test soak clean
 
 include Makefile.rig
 setup: $(STAMP) $(GUEST) $(XSGUEST)
@@ -17,7 +17,7 @@ $(STAMP): setup.cfg setup.py pyproject.toml libxc_shim/*.py libxc_shim/src/*.c l
 	$(VENV)/bin/pip install -q -e '.[test,plot]' --config-settings editable_mode=compat
 	touch $@
 
-$(GUEST): guest/workload.c guest/guest.ld guest/Makefile
+$(GUEST): guest/workload.c guest/portio.h guest/guest.ld guest/Makefile
 	$(MAKE) -C guest
 
 $(XSGUEST): guest/xsguest.c guest/portio.h guest/guest.ld guest/Makefile
@@ -28,6 +28,10 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m twisted.trial $(TRIAL_ARGS) tests
+
+# 5 minutes of launching and destroying clones: no fd, thread or memory leak.
+soak: setup
+	$(VENV)/bin/python bench/soak.py --seconds 300
 
 clean:
 	rm -rf $(VENV) guest/build build xenclone/*.so

@@ -11,6 +11,7 @@
  * on_xen and the guest uses a mailbox in the params page instead, which
  * the backend reads and writes through foreign mappings. */
 #include <stdint.h>
+#include "portio.h"
 
 #define PORT_READY    0x10
 #define PORT_CLONE_ID 0x11
@@ -66,18 +67,6 @@ __asm__(
     ".asciz \"Xen\"\n"
     ".long _start_pvh\n"
     ".popsection\n");
-
-static inline void outl(uint16_t port, uint32_t v)
-{
-    __asm__ volatile("outl %0,%1" :: "a"(v), "Nd"(port));
-}
-
-static inline uint32_t inl(uint16_t port)
-{
-    uint32_t v;
-    __asm__ volatile("inl %1,%0" : "=a"(v) : "Nd"(port));
-    return v;
-}
 
 static inline volatile uint32_t *word(uint32_t pfn, uint32_t w)
 {

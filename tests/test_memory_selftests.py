@@ -28,3 +28,6 @@ class MemorySelftests(PrivateDaemon, unittest.TestCase):
 
     def test_budget(self):
         return self._scenario("budget")
+
+    def test_load(self):
+        return self._scenario("load")

@@ -185,9 +185,22 @@ def scenario_pageout(s):
 
 
 @defer.inlineCallbacks
-def scenario_budget(s, n=16):
+def scenario_budget(s):
     """16 clones under a budget below their working set: right, within it."""
-    image = yield _master(s, "sel-budget", 32, write_pages=64)
+    return (yield _under_budget(s, "sel-budget", 16, 32, write_pages=64))
+
+
+@defer.inlineCallbacks
+def scenario_load(s):
+    """64 clones fault at once under a budget that forces eviction."""
+    return (yield _under_budget(s, "sel-load", 64, 16, write_pages=32, at_once=True))
+
+
+@defer.inlineCallbacks
+def _under_budget(s, name, n, memory, write_pages, at_once=False):
+    """``n`` clones of a ``memory`` MiB master under a host budget of half
+    the image; ``at_once``: all launched paused, then let go together."""
+    image = yield _master(s, name, memory, write_pages=write_pages)
     budget = image["nonzero_pages"] // 2
     before = (yield s.call("host"))["ledger"]["budget_pages"]
     yield s.call("set_host", budget_pages=budget)
@@ -197,7 +210,9 @@ def scenario_budget(s, n=16):
         yield task.deferLater(s.reactor, 0.05, lambda: None)
     sampler = HostSampler((yield s.call("pids")))
     try:
-        clones = (yield s.call("launch", image="sel-budget", count=n))["clones"]
+        clones = (yield s.call("launch", image=name, count=n, paused=at_once))["clones"]
+        if at_once:
+            yield defer.gatherResults([s.call("unpause", domain=c["domid"]) for c in clones])
         right, _ = yield _answers_right(s, clones)
         kernel = (yield s.call("host"))["kernel"]
         bad = yield _disagreements(s, clones)
@@ -206,13 +221,15 @@ def scenario_budget(s, n=16):
         yield s.call("set_host", budget_pages=before)
     peak = sampler.peak()
     median_gap, max_gap = sampler.gaps_ms()
-    yield _cleanup(s, "sel-budget")
+    evictions = (yield s.call("host"))["ledger"]["evictions"]
+    yield _cleanup(s, name)
     return ({"answers_right": right, "within_budget": peak <= budget + SLACK,
              "ledger_matches_kernel": bad == 0, "sampled_every_100ms": median_gap <= 110},
             {"budget_pages": budget, "peak_allocated_pages": peak, "samples": len(sampler.samples),
              "median_sample_gap_ms": median_gap, "max_sample_gap_ms": max_gap,
              "pages_disagreeing": bad, "final_sample_pages": sampler.samples[-1],
-             "final_pagemap_pages": kernel["allocated_pages"]})
+             "final_pagemap_pages": kernel["allocated_pages"], "clones": n,
+             "host_evictions": evictions})
 
 
 SCENARIOS = {
@@ -220,4 +237,5 @@ SCENARIOS = {
     "limit": scenario_limit,
     "pageout": scenario_pageout,
     "budget": scenario_budget,
+    "load": scenario_load,
 }
