@@ -30,7 +30,7 @@
 
 struct params {
     uint32_t magic, data_first_pfn, data_npages, common_reads,
-             clone_reads, write_pages, seed;
+             clone_reads, write_pages, seed, hostile;
 };
 #define P ((volatile const struct params *)0x10000)
 
@@ -119,6 +119,20 @@ void __attribute__((noreturn)) guest_main(void)
     uint32_t common = P->common_reads, reads = P->clone_reads;
     uint32_t writes = P->write_pages, seed = P->seed;
     uint32_t s = 0;
+
+    /* A hostile clone (tests only) first hammers its pager: reads out of
+     * order, and words across page boundaries changed and put back, as
+     * fast as it can.  Both pages fault and turn private, each eviction is
+     * undone at once, but the data, and so the answer, stay the same. */
+    uint32_t y = seed ^ id;
+    for (uint32_t k = P->hostile; k && n > 1; k--) {
+        y = y * 1664525u + 1013904223u;
+        volatile uint32_t *across = (volatile uint32_t *)((first + 1 + y % (n - 1)) * 4096u - 2);
+        uint32_t old = *across;
+        *across = ~old;
+        *across = old;
+        (void)*word(first + (y >> 12) % n, y & 1023);
+    }
 
     /* p = first + floor(i*n/common) in 32-bit steps: 64-bit division would
      * need libgcc, which -m32 without multilib does not have. */

@@ -180,7 +180,7 @@ class DomainTests(unittest.TestCase):
         cfg = config.loads_domain_config("name = 'm'\n", "m.cfg")
         self.assertEqual(cfg, {"name": "m", "memory": 128, "vcpus": 1,
                                "workload": "scan", "read_percent": 10,
-                               "write_pages": 8, "zero_every": 16, "seed": 1})
+                               "write_pages": 8, "zero_every": 16, "seed": 1, "hostile": 0})
         e = self.assertRaises(ConfigError, config.loads_domain_config,
                               "memory = 64\n", "m.cfg")
         self.assertEqual(str(e), "m.cfg: 'name' is required")

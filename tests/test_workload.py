@@ -18,10 +18,10 @@ class ParamsTests(unittest.TestCase):
         self.assertEqual((p.write_pages, p.zero_every), (8, 16))
 
     def test_pack_is_the_params_page_layout(self):
-        p = Params.for_memory(16, seed=99)
+        p = Params.for_memory(16, seed=99, hostile=7)
         self.assertEqual(workload.PARAMS_STRUCT.unpack(p.pack()),
                          (workload.PARAMS_MAGIC, 32, p.data_npages, p.common_reads,
-                          p.clone_reads, p.write_pages, 99))
+                          p.clone_reads, p.write_pages, 99, 7))
 
     def test_too_small(self):
         self.assertRaises(ValueError, Params.for_memory, 0)

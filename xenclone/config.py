@@ -347,6 +347,9 @@ DOMAIN = Table("xenclone domain configuration", [
         minimum=0),
     Key("seed", 1, "seed of the workload's data set and access pattern",
         minimum=0),
+    Key("hostile", 0, "tests: rounds of hostile memory access before the "
+        "workload (reads out of order, writes across page boundaries, undone)",
+        minimum=0),
 ])
 
 

@@ -33,8 +33,9 @@ MAILBOX = struct.Struct("<7I")           # ready, go, clone_id, input, result, d
                                          # start_info (%ebx at the PVH entry)
 MAILBOX_FIELDS = ("ready", "go", "clone_id", "input", "result", "done", "start_info")
 DONE_OK, DONE_BAD_PARAMS = 1, 0xBAD
-PARAMS_STRUCT = struct.Struct("<7I")     # magic, data_first_pfn, data_npages,
-                                         # common_reads, clone_reads, write_pages, seed
+PARAMS_STRUCT = struct.Struct("<8I")     # magic, data_first_pfn, data_npages,
+                                         # common_reads, clone_reads, write_pages, seed,
+                                         # hostile
 DEFAULT_SEED = 0x5EED1234
 
 
@@ -62,10 +63,11 @@ class Params:
     write_pages: int
     seed: int
     zero_every: int     # VMM-side only: every zero_every-th data page stays zero
+    hostile: int = 0    # tests: rounds of hostile access first (the answer is the same)
 
     @classmethod
     def for_memory(cls, memory_mib, read_percent=10, write_pages=8, zero_every=16,
-                   seed=DEFAULT_SEED):
+                   seed=DEFAULT_SEED, hostile=0):
         """All pages from DATA_FIRST_PFN to the end are data; a fifth of the
         reads are common to every clone, the rest depend on the clone."""
         pages = memory_mib * 1024 * 1024 // PAGE_SIZE
@@ -75,7 +77,7 @@ class Params:
         reads = data * read_percent // 100
         common = max(1, reads // 5)
         return cls(pages, DATA_FIRST_PFN, data, common, max(1, reads - common),
-                   write_pages, seed & M32, zero_every)
+                   write_pages, seed & M32, zero_every, hostile)
 
     @property
     def memory_bytes(self):
@@ -85,7 +87,7 @@ class Params:
         """The params page the guest reads at PARAMS_ADDR."""
         return PARAMS_STRUCT.pack(PARAMS_MAGIC, self.data_first_pfn, self.data_npages,
                                   self.common_reads, self.clone_reads,
-                                  self.write_pages, self.seed)
+                                  self.write_pages, self.seed, self.hostile)
 
     def is_zero_page(self, p):
         return (p < self.data_first_pfn or p >= self.data_first_pfn + self.data_npages

@@ -334,7 +334,7 @@ class Controller:
             params = workload.Params.for_memory(
                 memory, read_percent=cfg.get("read_percent", 10),
                 write_pages=cfg.get("write_pages", 8), zero_every=cfg.get("zero_every", 16),
-                seed=cfg.get("seed", 1))
+                seed=cfg.get("seed", 1), hostile=_int(cfg, "hostile", 0, 10**9, default=0))
         except (TypeError, ValueError) as e:
             raise WireError("bad-config", "workload: %s" % e)
         dom = Domain(self._allocate(), name, "master", memory, params=dataclasses.asdict(params))
