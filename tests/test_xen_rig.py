@@ -60,7 +60,8 @@ def _run(cmd, timeout):
     return subprocess.CompletedProcess(cmd, rc, out, err)
 
 
-JOB_RESULTS = {"smoke": "results.json", "clone": "clone-results.json"}
+JOB_RESULTS = {"smoke": "results.json", "clone": "clone-results.json",
+               "xenstore": "xenstore-results.json"}
 
 
 def _load(path):
@@ -183,6 +184,12 @@ class XenCloneTests(_RigCase, unittest.TestCase):
     def test_clone_job_passes(self):
         """Every check of the clone job passed, the bad-input ones too."""
         self.assertJobPassed("clone")
+
+    def test_xenstore_requests_on_the_real_xenstored(self):
+        """``xenclone selftest xenstore`` in dom0: a launch request written
+        with xenstore-write makes clones, their state is published, and
+        xenstore-watch sees it change, all through the real xenstored."""
+        self.assertJobPassed("xenstore")
 
     def test_every_clone_answers_right(self):
         answers = self.requireResults("clone")["answers"]

@@ -34,4 +34,12 @@ trap 'kill $DAEMON 2>/dev/null || true' EXIT
 rc=0
 python3 "$RIG_PROJECT/rig/jobs/clone.py" "$W/xenclone.conf" > clone-results.json || rc=$?
 cat clone-results.json
+# The XenStore control plane against the real xenstored, with Debian's
+# xenstore-* tools: the same selftest as on the embedded server.
+python3 -c 'import sys; from xenclone.cli.main import entry; sys.argv[0] = "xenclone"; entry()' \
+    -c "$W/xenclone.conf" selftest --json xenstore > xenstore-selftest.json || rc=1
+python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))["xenstore"]
+print(json.dumps(dict(r, ok=r["passed"]), indent=1))' xenstore-selftest.json \
+    > xenstore-results.json || rc=1
+cat xenstore-results.json
 exit $rc
