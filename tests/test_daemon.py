@@ -161,6 +161,9 @@ class DaemonTests(PrivateDaemon, unittest.TestCase):
         self.assertIn(b'"nominal_pages": 4096', out)
         out, err, code = yield self._cli("list")
         self.assertIn(b"cimg.2", out)
+        yield self._cli("wait", "cimg.1")
+        out, err, code = yield self._cli("audit", "cimg.1")
+        self.assertEqual((code, out), (0, b"0 of 4096 pages disagree\n"), err)
         bad = os.path.join(self.tmp, "bad.cfg")
         with open(bad, "w") as f:
             f.write('name = "x"\nmemory = "lots\n')

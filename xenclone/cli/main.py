@@ -256,6 +256,11 @@ def _run_command(reactor, args, settings):
     except WireError as e:
         raise CliError("%s: %s" % (args.command, e))
     _print(args, result, fmt)
+    return EXIT_FAILED if _FOUND_FAULT.get(op, lambda r: False)(result) else 0
+
+
+# Checks whose answer is a failure for scripts (exit 1) though the command ran.
+_FOUND_FAULT = {"audit": lambda r: r["disagree"] > 0}
 
 
 @defer.inlineCallbacks
