@@ -61,7 +61,7 @@ def _run(cmd, timeout):
 
 
 JOB_RESULTS = {"smoke": "results.json", "clone": "clone-results.json",
-               "xenstore": "xenstore-results.json"}
+               "xenstore": "xenstore-results.json", "restart": "restart-results.json"}
 
 
 def _load(path):
@@ -190,6 +190,11 @@ class XenCloneTests(_RigCase, unittest.TestCase):
         with xenstore-write makes clones, their state is published, and
         xenstore-watch sees it change, all through the real xenstored."""
         self.assertJobPassed("xenstore")
+
+    def test_clones_outlive_the_daemon(self):
+        """The daemon killed (-9) while 2 clones wait, paused; a new daemon
+        lists them, and once let go they answer right."""
+        self.assertJobPassed("restart")
 
     def test_every_clone_answers_right(self):
         answers = self.requireResults("clone")["answers"]

@@ -27,9 +27,12 @@ control_socket = "$W/run/control.sock"
 xen_guest_kernel = "$RIG_PROJECT/guest/build/guest.elf"
 EOF
 
-python3 -c 'from twisted.scripts.twistd import run; run()' -n --pidfile= \
-    -l "$RIG_OUT/xenclone-daemon.log" xenclone -c "$W/xenclone.conf" &
-DAEMON=$!
+daemon() {
+    python3 -c 'from twisted.scripts.twistd import run; run()' -n --pidfile= \
+        -l "$RIG_OUT/xenclone-daemon.log" xenclone -c "$W/xenclone.conf" &
+    DAEMON=$!
+}
+daemon
 trap 'kill $DAEMON 2>/dev/null || true' EXIT
 rc=0
 python3 "$RIG_PROJECT/rig/jobs/clone.py" "$W/xenclone.conf" > clone-results.json || rc=$?
@@ -42,4 +45,11 @@ python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))["xenstore"]
 print(json.dumps(dict(r, ok=r["passed"]), indent=1))' xenstore-selftest.json \
     > xenstore-results.json || rc=1
 cat xenstore-results.json
+# The daemon killed while clones wait, paused: a new one takes them back.
+python3 "$RIG_PROJECT/rig/jobs/restart.py" "$W/xenclone.conf" before || rc=1
+kill -9 $DAEMON
+wait $DAEMON 2>/dev/null || true
+daemon
+python3 "$RIG_PROJECT/rig/jobs/restart.py" "$W/xenclone.conf" after > restart-results.json || rc=1
+cat restart-results.json
 exit $rc

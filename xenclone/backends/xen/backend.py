@@ -96,11 +96,17 @@ class _Domain:
     result = attr.ib(default=None)
     error = attr.ib(default=None)
     t_first_ns = attr.ib(default=None)  # monotonic: first unpaused (a clone's launch ends)
+    meta = attr.ib(factory=dict)        # the daemon's record of it
 
     def info(self):
         return {"domid": self.domid, "name": self.name, "role": self.role,
                 "state": self.state, "npages": self.npages, "result": self.result,
-                "error": self.error, "t_first_ns": self.t_first_ns}
+                "error": self.error, "t_first_ns": self.t_first_ns, "meta": self.meta}
+
+    def record(self):
+        """What a restarted daemon needs to take the domain back."""
+        return {"domid": self.domid, "name": self.name, "role": self.role,
+                "npages": self.npages, "config": self.config, "meta": self.meta}
 
 
 def _xen_errors(d):
@@ -131,6 +137,7 @@ class XenBackend:
         self.fill_mode = "fill-before-run"
         self._domains = {}
         os.makedirs(work_dir, mode=0o700, exist_ok=True)
+        self._take_back()
         self._watcher = task.LoopingCall(self._watch)
         self._watcher.clock = reactor
         self._watcher.start(POLL, now=False)
@@ -161,18 +168,61 @@ class XenBackend:
     @defer.inlineCallbacks
     def _undo(self, domid):
         """A domain half built: gone, whatever else failed."""
-        dom = self._domains.pop(domid, None)
-        if dom is not None:
-            dom.mailbox.close()
+        self._drop(domid)
         try:
             yield xl.destroy(self.reactor, domid)
         except WireError as e:
             self.log.error("domain {domid} left behind: {why}", domid=domid, why=e)
 
-    def _track(self, domid, name, role, npages, config):
+    def _track(self, domid, name, role, npages, config, meta):
         mapping = self.fm.map(domid, [workload.PARAMS_PFN])
-        dom = self._domains[domid] = _Domain(domid, name, role, npages, config, Mailbox(mapping))
+        dom = self._domains[domid] = _Domain(domid, name, role, npages, config,
+                                             Mailbox(mapping), meta=meta)
+        path = self._record_path(domid)
+        with open(path + ".tmp", "w") as f:
+            json.dump(dom.record(), f)
+        os.replace(path + ".tmp", path)
         return dom
+
+    def _record_path(self, domid):
+        return os.path.join(self.work_dir, "domain-%d.json" % domid)
+
+    def _drop(self, domid):
+        """Forget a domain: its mapping (which alone would keep a dying
+        domain) and its record."""
+        dom = self._domains.pop(domid, None)
+        if dom is not None:
+            dom.mailbox.close()
+        if os.path.exists(self._record_path(domid)):
+            os.unlink(self._record_path(domid))
+
+    def _take_back(self):
+        """The domains a previous daemon made that Xen still runs: the
+        guest's mailbox and Xen's flags say where each one is."""
+        for name in sorted(os.listdir(self.work_dir)):
+            if not (name.startswith("domain-") and name.endswith(".json")):
+                continue
+            with open(os.path.join(self.work_dir, name)) as f:
+                rec = json.load(f)
+            try:
+                info = self.xc.domain_info(rec["domid"])
+            except libxc.XenError:
+                info = None
+            if info is None or info.dying:
+                self._drop(rec["domid"])
+                continue
+            dom = self._track(rec["domid"], rec["name"], rec["role"], rec["npages"],
+                              rec["config"], rec["meta"])
+            dom.paused = info.paused
+            box = dom.mailbox.read()
+            if box["done"] == workload.DONE_OK:
+                dom.state, dom.result = DomainState.DONE, box["result"]
+            elif dom.paused:
+                dom.state = DomainState.READY if box["ready"] and not box["go"] else DomainState.PAUSED
+            else:
+                dom.state = DomainState.RUNNING
+            self.log.info("took back {role} {name} (domain {domid}, {state})", role=dom.role,
+                          name=dom.name, domid=dom.domid, state=dom.state)
 
     def _pause(self, dom):
         if not dom.paused:
@@ -218,7 +268,7 @@ class XenBackend:
         domid = yield self._create(config)
         try:
             yield self._thread(self._write_master, domid, spec.npages, params)
-            dom = self._track(domid, spec.name, "master", spec.npages, config)
+            dom = self._track(domid, spec.name, "master", spec.npages, config, spec.meta)
             self._unpause(dom)
             yield self._until_ready(dom)
             self._pause(dom)
@@ -304,7 +354,7 @@ class XenBackend:
         domid = yield self._create(config)
         try:
             filled = yield self._thread(self._fill, domid, image)
-            dom = self._track(domid, clone.name, "clone", image.npages, config)
+            dom = self._track(domid, clone.name, "clone", image.npages, config, clone.meta)
             dom.mailbox.write(clone_id=clone.clone_id, input=clone.input, go=1)
             self.xc.hvm_setcontext(domid, record)
             if not clone.paused:
@@ -325,8 +375,7 @@ class XenBackend:
         except libxc.XenError:
             info = None
         if info is None or info.dying:
-            self._domains.pop(dom.domid, None)
-            dom.mailbox.close()
+            self._drop(dom.domid)
             return None
         return info
 
@@ -381,8 +430,7 @@ class XenBackend:
             dom = self._get(domid)
             if self._info(dom) is None:
                 return {"domid": domid, "gone": True}
-            self._domains.pop(domid)
-            dom.mailbox.close()
+            self._drop(domid)
             return xl.destroy(self.reactor, domid).addCallback(lambda _: {"domid": domid})
 
         return defer.maybeDeferred(destroy)
@@ -441,14 +489,20 @@ class XenBackend:
         return defer.succeed({"pid": None, "domains": len(self._domains)})
 
     def domains(self):
-        """The domains this daemon made (taking Xen domains back after a
-        restart, from XenStore, is still to come)."""
+        """The domains made through this backend, by this daemon or one
+        before it (records in work_dir, kept while Xen runs the domain)."""
         return defer.succeed([d.info() for d in self._domains.values()])
 
     def reattach(self, domid, image):
-        return defer.fail(WireError(
-            "unsupported", "domain %r: the xen backend does not take clones back after a "
-            "daemon restart yet" % (domid,)))
+        """A filled clone has no fault handle to take back: its region,
+        with the pages the fill copied, accounted as at launch."""
+        def region():
+            dom = self._get(domid)
+            kinds = [PageState.ZERO if image.zero[p] else PageState.SHARED
+                     for p in range(image.npages)]
+            return FilledRegion(domid, dom.npages, image, self.fm, []), kinds
+
+        return defer.maybeDeferred(region)
 
     def close(self):
         if self._watcher.running:

@@ -165,6 +165,10 @@ class DomainInfo(namedtuple(
         return bool(self.flags & _lib.XEN_DOMINF_dying)
 
     @property
+    def paused(self):
+        return bool(self.flags & _lib.XEN_DOMINF_paused)
+
+    @property
     def shutdown_reason(self):
         """None while the domain runs, else Xen's SHUTDOWN_* code
         (0 poweroff, 1 reboot, 2 suspend, 3 crash, 4 watchdog, 5 soft reset)."""
