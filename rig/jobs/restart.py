@@ -27,6 +27,16 @@ def xenclone(conf, *args):
     return json.loads(proc.stdout) if "--json" in args else proc.stdout
 
 
+def published(path, seconds=30):
+    """``xenstore-read path`` once it has a value (None if it never does)."""
+    for _ in range(seconds):
+        proc = subprocess.run(["xenstore-read", path], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return proc.stdout.strip()
+        time.sleep(1)
+    return None
+
+
 def before(conf):
     cfg = os.path.join(os.path.dirname(conf), "rmaster.cfg")
     with open(cfg, "w") as f:
@@ -53,6 +63,10 @@ def after(conf):
     checks["clones_taken_back"] = len(clones) == 2 and all(
         names[n]["state"] == "paused" for n in clones)
     checks["master_taken_back"] = MASTER in names
+    # The new daemon publishes them again in the real xenstored.
+    checks["state_republished"] = all(
+        published("/tool/xenclone/clones/%d/state" % names[n]["domid"]) == "paused"
+        for n in clones)
     answers = []
     for name in clones:
         xenclone(conf, "unpause", name)
