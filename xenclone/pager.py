@@ -43,13 +43,14 @@ _FAST_PATH_STATE = {FaultKind.SERVED: PageState.SHARED, FaultKind.ZERO: PageStat
 
 
 # The ledger's kind -> the (fast path state, kernel kind) pairs that agree
-# with it.  A held page may be mid-eviction; a private page whose write has
-# not landed is still the image's page in the kernel.
+# with it.  A held page may be mid-eviction (a page-out the kernel has done
+# but the pager has not heard back from); a private page whose write has not
+# landed is still the image's page in the kernel.
 _S, _H, _P, _Z, _A = (PageState.SHARED, PageState.HOLD, PageState.PRIVATE, PageState.ZERO,
                       PageState.ABSENT)
 _AGREE = {
     L.SHARED: {(_S, _S), (_H, _S), (_H, _A)},
-    L.PRIVATE: {(_P, _P), (_P, _S), (_P, _Z), (_H, _P), (_H, _S), (_H, _Z)},
+    L.PRIVATE: {(_P, _P), (_P, _S), (_P, _Z), (_H, _P), (_H, _S), (_H, _Z), (_H, _A)},
     L.ZERO: {(_Z, _Z), (_H, _Z), (_H, _A)},
     L.PAGED_OUT: {(_H, _A)},
     L.EVICTED: {(_A, _A), (_H, _A)},

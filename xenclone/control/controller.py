@@ -11,7 +11,7 @@ import os
 import time
 
 import attr
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from xenclone import workload
@@ -82,6 +82,8 @@ def _int(msg, key, lo, hi, default=None):
         raise WireError("bad-argument", "%s must be an integer from %d to %d" % (key, lo, hi))
     return value
 
+
+AUDIT_SETTLE_ROUNDS = 20      # 50 ms apart
 
 # States in which a domain is still on its way (``wait`` waits on them).
 _RUNS = (DomainState.RUNNING, DomainState.WAITING_FOR_MEMSERVER)
@@ -458,14 +460,21 @@ class Controller:
     @defer.inlineCallbacks
     def op_audit(self, msg):
         """A clone's pages where the ledger, the fault path and the kernel
-        disagree (the first 100 of them)."""
+        disagree (the first 100 of them).  Records and evictions in flight
+        disagree for an instant: a page counts only if it still does after
+        they had time to land."""
         dom = self._clone(msg)
         npages = self.pager.ledger.clone(dom.domid).npages
-        kernel = []
-        for first in range(0, npages, 4096):
-            kernel += yield self.backend.page_kinds(dom.domid,
-                                                    range(first, min(npages, first + 4096)))
-        bad = self.pager.audit(dom.domid, kernel)
+        for settle in range(AUDIT_SETTLE_ROUNDS):
+            if settle:
+                yield task.deferLater(self.reactor, 0.05, lambda: None)
+            kernel = []
+            for first in range(0, npages, 4096):
+                kernel += yield self.backend.page_kinds(dom.domid,
+                                                        range(first, min(npages, first + 4096)))
+            bad = self.pager.audit(dom.domid, kernel)
+            if not bad:
+                break
         return {"domid": dom.domid, "pages": npages, "disagree": len(bad),
                 "first": [dict(pfn=p, ledger=lk, state=s, kernel=k) for p, lk, s, k in bad[:100]]}
 
