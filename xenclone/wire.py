@@ -67,6 +67,13 @@ class Reply:
     fds = attr.ib(factory=list)
 
 
+def takes_fds(method):
+    """Mark a handler op as the owner of the fds its request passes; any
+    other op is refused them (they would stay open in the server)."""
+    method.takes_fds = True
+    return method
+
+
 def encode(fields, payload=b""):
     head = json.dumps(fields, separators=(",", ":")).encode()
     if len(head) > MAX_HEADER or len(payload) > MAX_PAYLOAD:
@@ -137,7 +144,7 @@ class FrameProtocol(Protocol):
                 nfds = fields.get("nfds", 0)
                 if not isinstance(nfds, int) or nfds < 0 or nfds > len(self._fds):
                     raise ValueError("frame announces %r fds" % (nfds,))
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:     # deep nesting: RecursionError
                 self._fatal("malformed", "malformed frame: %s" % (e,))
                 return
             fds, self._fds = self._fds[:nfds], self._fds[nfds:]
@@ -223,10 +230,11 @@ class FrameProtocol(Protocol):
         method = None
         if isinstance(op, str) and op.isidentifier() and self.handler is not None:
             method = getattr(self.handler, "op_" + op, None)
-        if method is None:
+        if method is None or (msg.fds and not getattr(method, "takes_fds", False)):
             for fd in msg.fds:
                 os.close(fd)
-            d = defer.fail(WireError("unknown-op", "unknown operation %r" % (op,)))
+            d = defer.fail(WireError("unknown-op", "unknown operation %r" % (op,)) if method is None
+                           else WireError("bad-request", "%s takes no file descriptors" % (op,)))
         else:
             d = defer.maybeDeferred(method, msg)
         d.addCallbacks(self._reply_ok, self._reply_err, callbackArgs=(rid,), errbackArgs=(rid,))

@@ -25,7 +25,7 @@ from xenclone import workload
 from xenclone.backends.kvm.microvm import MicroVM, NotHeld, VMClosed, entry_pfns
 from xenclone._linux import lib
 from xenclone.interfaces import DomainState
-from xenclone.wire import FrameProtocol, Reply, WireError
+from xenclone.wire import FrameProtocol, Reply, WireError, takes_fds
 
 ARCH = "kvm-x86-32"
 WP_FLAG = lib.XC_KIND_WP
@@ -255,6 +255,7 @@ class VmmHost:
 
         return self._park(dom).addCallback(capture)
 
+    @takes_fds
     def op_launch(self, msg):
         domid = msg["domid"]
         if len(msg.fds) != 1:
