@@ -4,7 +4,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 GUEST  := guest/build/guest.bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test fuzz bench clean
 
 include Makefile.rig
 setup: $(STAMP) $(GUEST)
@@ -24,6 +24,16 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m twisted.trial $(TRIAL_ARGS) tests
+
+# Hostile peers against the real memory server and daemon: FUZZ_EXAMPLES
+# cases per target (three targets), then a summary.
+FUZZ_EXAMPLES ?= 34000
+FUZZ_REPORT   := $(VENV)/fuzz-report.jsonl
+fuzz: setup
+	rm -f $(FUZZ_REPORT)
+	XENCLONE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) XENCLONE_FUZZ_REPORT=$(FUZZ_REPORT) \
+	  $(VENV)/bin/python -m twisted.trial tests.test_fuzz_memserver tests.test_fuzz_control; \
+	  status=$$?; $(VENV)/bin/python tests/fuzz_summary.py $(FUZZ_REPORT) && exit $$status
 
 clean:
 	rm -rf $(VENV) guest/build build xenclone/*.so
