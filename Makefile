@@ -28,7 +28,8 @@ test: setup
 # Hostile peers against the real memory server and daemon: FUZZ_EXAMPLES
 # cases per target (three targets), then a summary.
 FUZZ_EXAMPLES ?= 34000
-FUZZ_REPORT   := $(VENV)/fuzz-report.jsonl
+# absolute: trial runs in _trial_temp
+FUZZ_REPORT   := $(CURDIR)/$(VENV)/fuzz-report.jsonl
 fuzz: setup
 	rm -f $(FUZZ_REPORT)
 	XENCLONE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) XENCLONE_FUZZ_REPORT=$(FUZZ_REPORT) \

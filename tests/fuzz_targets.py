@@ -229,7 +229,8 @@ class Daemon:
 
     def _stop(self):
         try:
-            self.call("destroy_all")
+            if self.pids:       # it got as far as the control socket
+                self.call("destroy_all")
         finally:
             _stop(self.proc)
             for name in ("vmmhost", "memserver"):
