@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 GUEST  := guest/build/guest.bin
 XSGUEST := guest/build/xsguest.bin
 
-.PHONY: setup demo test soak clean
+.PHONY: setup demo test soak fuzz clean
 
 include Makefile.rig
 setup: $(STAMP) $(GUEST) $(XSGUEST)
@@ -32,6 +32,17 @@ test: setup
 # 5 minutes of launching and destroying clones: no fd, thread or memory leak.
 soak: setup
 	$(VENV)/bin/python bench/soak.py --seconds 300
+
+# Hostile peers against the real memory server and daemon: FUZZ_EXAMPLES
+# cases per target (three targets), then a summary.
+FUZZ_EXAMPLES ?= 34000
+# absolute: trial runs in _trial_temp
+FUZZ_REPORT   := $(CURDIR)/$(VENV)/fuzz-report.jsonl
+fuzz: setup
+	rm -f $(FUZZ_REPORT)
+	XENCLONE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) XENCLONE_FUZZ_REPORT=$(FUZZ_REPORT) \
+	  $(VENV)/bin/python -m twisted.trial tests.test_fuzz_memserver tests.test_fuzz_control; \
+	  status=$$?; $(VENV)/bin/python tests/fuzz_summary.py $(FUZZ_REPORT) && exit $$status
 
 clean:
 	rm -rf $(VENV) guest/build build xenclone/*.so

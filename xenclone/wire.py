@@ -67,6 +67,13 @@ class Reply:
     fds = attr.ib(factory=list)
 
 
+def takes_fds(method):
+    """Mark a handler op as the owner of the fds its request passes; any
+    other op is refused them (they would stay open in the server)."""
+    method.takes_fds = True
+    return method
+
+
 def dispatch(handler, msg):
     """Run ``handler.op_<msg["op"]>(msg)``: a Deferred of its result.  Every
     way of asking the daemon (control socket, XenStore requests) goes here."""
@@ -74,10 +81,11 @@ def dispatch(handler, msg):
     method = None
     if isinstance(op, str) and op.isidentifier() and handler is not None:
         method = getattr(handler, "op_" + op, None)
-    if method is None:
+    if method is None or (msg.fds and not getattr(method, "takes_fds", False)):
         for fd in msg.fds:
             os.close(fd)
-        return defer.fail(WireError("unknown-op", "unknown operation %r" % (op,)))
+        return defer.fail(WireError("unknown-op", "unknown operation %r" % (op,)) if method is None
+                          else WireError("bad-request", "%s takes no file descriptors" % (op,)))
     return defer.maybeDeferred(method, msg)
 
 
@@ -151,7 +159,7 @@ class FrameProtocol(Protocol):
                 nfds = fields.get("nfds", 0)
                 if not isinstance(nfds, int) or nfds < 0 or nfds > len(self._fds):
                     raise ValueError("frame announces %r fds" % (nfds,))
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:     # deep nesting: RecursionError
                 self._fatal("malformed", "malformed frame: %s" % (e,))
                 return
             fds, self._fds = self._fds[:nfds], self._fds[nfds:]

@@ -76,6 +76,15 @@ class Domain:
                 "image": self.image, "state": self.state, "memory_mib": self.memory_mib}
 
 
+def _image_arg(msg):
+    """The request's image name: a clone's image is never None (a master's
+    is), and a list is not even a dict key."""
+    image_id = msg.get("image")
+    if not isinstance(image_id, str):
+        raise WireError("bad-argument", "image must be an image name")
+    return image_id
+
+
 def _int(msg, key, lo, hi, default=None):
     value = msg.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
@@ -120,7 +129,8 @@ class Controller:
     # -- helpers
 
     def _domain(self, ref):
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        # Not a bool (JSON true is no domid), not a non-ASCII digit ("²").
+        if type(ref) is int or (isinstance(ref, str) and ref.isascii() and ref.isdigit()):
             dom = self.domains.get(int(ref))
         else:
             dom = next((d for d in self.domains.values() if d.name == ref), None)
@@ -242,7 +252,7 @@ class Controller:
     def op_image_check(self, msg):
         """Read back, from the memory server, every page the image's clones
         wrote: each must still hold the image's own data."""
-        image_id = msg.get("image")
+        image_id = _image_arg(msg)
         bad = []
         checked = 0
         for dom in list(self.domains.values()):
@@ -260,7 +270,7 @@ class Controller:
     def op_isolation_check(self, msg):
         """Each clone of the image must still see the image's data in every
         page that another clone wrote (and it did not)."""
-        image_id = msg.get("image")
+        image_id = _image_arg(msg)
         clones = [d for d in self.domains.values() if d.image == image_id and d.params]
         written = {}
         for dom in clones:
@@ -383,7 +393,7 @@ class Controller:
         return bless()
 
     def op_launch(self, msg):
-        image_id = msg.get("image")
+        image_id = _image_arg(msg)
         count = _int(msg, "count", 1, MAX_LAUNCH, default=1)
         paused = bool(msg.get("paused"))
         share = msg.get("share", self.share_onfetch)
@@ -579,7 +589,7 @@ class Controller:
         return d
 
     def op_discard(self, msg):
-        image_id = msg.get("image")
+        image_id = _image_arg(msg)     # None would be every master's "image"
         clones = [d for d in self.domains.values() if d.image == image_id]
         if clones and not msg.get("force"):
             raise WireError("busy", "image %r has %d live clones; destroy them or use --force"

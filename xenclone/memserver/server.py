@@ -11,7 +11,6 @@ the same frames over TLS for pagers on other hosts; a connection must say
 
 import argparse
 import base64
-import binascii
 import fcntl
 import hmac
 import os
@@ -24,7 +23,7 @@ from twisted.logger import Logger
 
 from xenclone.image import Capture
 from xenclone.memserver.store import ImageStore
-from xenclone.wire import FrameProtocol, Reply, WireError
+from xenclone.wire import FrameProtocol, Reply, WireError, takes_fds
 
 log = Logger(namespace="xenclone.memserver")
 
@@ -70,6 +69,7 @@ class LocalHandler:
         # The store's own fd: it stays open while queued (see FD_GRACE).
         return Reply(fields, self.store.zero_map(image), [self.store.memfd(image)])
 
+    @takes_fds
     @defer.inlineCallbacks
     def op_put(self, msg):
         try:
@@ -77,7 +77,7 @@ class LocalHandler:
                 raise WireError("bad-request", "put passes exactly one memfd")
             try:
                 vcpu = base64.b64decode(_field(msg, "vcpu_state", str), validate=True)
-            except binascii.Error:
+            except ValueError:      # binascii.Error, or a str that is not ASCII
                 raise WireError("bad-request", "vcpu_state is not base64")
             capture = Capture(arch=_field(msg, "arch", str), vcpu_state=vcpu,
                               mem_fd=msg.fds[0], npages=_field(msg, "npages", int),
@@ -111,6 +111,7 @@ class RemoteHandler:
         self.token = token
         self.proto = None
         self.authed = False
+        self.refused = False    # a link being dropped gets nothing more
         self.timer = None
 
     def attach(self, proto):
@@ -119,11 +120,14 @@ class RemoteHandler:
         proto.on_close = lambda reason: self.timer.active() and self.timer.cancel()
 
     def _drop(self, why):
+        self.refused = True
         log.warn("dropping {peer}: {why}", peer=str(self.proto.transport.getPeer()), why=why)
         self.proto.transport.loseConnection()
 
     def _refuse(self, code, text):
-        # Close after the error reply has been queued.
+        # Close after the error reply has been queued; frames that came in
+        # the same read are answered before then, and refused too.
+        self.refused = True
         self.reactor.callLater(0, self._drop, text)
         if self.timer.active():
             self.timer.cancel()
@@ -137,7 +141,9 @@ class RemoteHandler:
         token = msg.get("token")
         if self.authed:
             return {}
-        if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.token):
+        # surrogatepass: a lone surrogate is a wrong token, not an internal error
+        if self.refused or not isinstance(token, str) or not hmac.compare_digest(
+                token.encode("utf-8", "surrogatepass"), self.token):
             self._refuse("bad-token", "access token refused")
         self.authed = True
         self.timer.cancel()

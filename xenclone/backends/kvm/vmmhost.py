@@ -26,7 +26,7 @@ from xenclone.backends.kvm.microvm import MicroVM, NotHeld, VMClosed, entry_pfns
 from xenclone.backends.kvm.xenstore_port import PORTS as XENSTORE_PORTS, XenStorePort
 from xenclone._linux import lib
 from xenclone.interfaces import DomainState
-from xenclone.wire import FrameProtocol, Reply, WireError
+from xenclone.wire import FrameProtocol, Reply, WireError, takes_fds
 
 ARCH = "kvm-x86-32"
 WP_FLAG = lib.XC_KIND_WP
@@ -289,6 +289,7 @@ class VmmHost:
 
         return self._park(dom).addCallback(capture)
 
+    @takes_fds
     def op_launch(self, msg):
         domid = msg["domid"]
         if len(msg.fds) != 1:
