@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 
+from xenclone.helpers import socket_owner_pid
 from xenclone.interfaces import PAGE_SIZE
 from xenclone.memserver.store import MAX_FETCH
 
@@ -205,6 +206,9 @@ class Daemon:
         _wait_for("daemon", lambda: os.path.exists(self.sock), self.proc, self.log)
         self.good = Link.unix(self.sock)
         self.pids = self.call("pids")
+        # The embedded XenStore server is a helper too: stopped with the rest
+        # (not fuzzed: its fds follow the daemon's publishing).
+        self.xenstore = socket_owner_pid(os.path.join(self.tmp, "run", "xenstore.sock"))
         self.call("create", config={"name": self.MASTER, "memory": 16})
         self.call("bless", domain=self.MASTER, name=self.DIMAGE)
         [clone] = self.call("launch", image=self.DIMAGE)["clones"]
@@ -233,9 +237,10 @@ class Daemon:
                 self.call("destroy_all")
         finally:
             _stop(self.proc)
-            for name in ("vmmhost", "memserver"):
-                if name in self.pids and _alive(self.pids[name]):
-                    os.kill(self.pids[name], signal.SIGTERM)
+            helpers = [self.pids.get(name) for name in ("vmmhost", "memserver")]
+            for pid in helpers + [getattr(self, "xenstore", None)]:
+                if pid is not None and _alive(pid):
+                    os.kill(pid, signal.SIGTERM)
 
     def alive(self):
         return all(_alive(pid) for pid in self.pids.values())

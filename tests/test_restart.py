@@ -16,6 +16,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.trial import unittest
 
 from xenclone.cli.main import CliError, connect
+from xenclone.helpers import socket_owner_pid
 
 from tests.test_daemon import _need_kvm
 
@@ -68,6 +69,9 @@ class RestartTests(unittest.TestCase):
                 continue
             self.addCleanup(link.close)
             self.helpers = yield self._call(link, "pids")
+            # The embedded XenStore server is a helper too: stopped with the rest.
+            self.helpers["xenstore"] = socket_owner_pid(
+                os.path.join(self.tmp, "run", "xenstore.sock"))
             return link
         self.fail("the daemon did not start; see %s/daemon.log" % self.tmp)
 
@@ -91,10 +95,10 @@ class RestartTests(unittest.TestCase):
                 pass
             self.daemon.transport.signalProcess("TERM")
             yield self.daemon.ended
-        for name in ("vmmhost", "memserver"):
+        for name in ("vmmhost", "memserver", "xenstore"):
             try:
                 os.kill(self.helpers[name], signal.SIGTERM)
-            except (KeyError, ProcessLookupError):
+            except (KeyError, TypeError, ProcessLookupError):
                 pass
 
     @defer.inlineCallbacks
