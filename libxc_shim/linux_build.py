@@ -103,6 +103,9 @@ int xc_punch_hole(int fd, uint64_t offset, uint64_t len);
 uint32_t xc_mix(uint32_t seed, uint32_t pfn, uint32_t w);
 void xc_fill_dataset(void *mem, uint64_t mem_npages, uint32_t data_first_pfn,
                      uint32_t data_npages, uint32_t seed, uint32_t zero_every);
+void xc_fill_dataset_range(void *mem, uint64_t first_pfn, uint64_t npages,
+                           uint32_t data_first_pfn, uint32_t data_npages,
+                           uint32_t seed, uint32_t zero_every);
 uint64_t xc_copy_nonzero(const void *src, void *dst_or_null, uint64_t npages, uint8_t *zero_out);
 void xc_page_sums(const void *mem, uint64_t npages, uint64_t *out);
 int xc_pagemap_open(void);

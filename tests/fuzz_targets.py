@@ -67,6 +67,8 @@ def fetch_valid(request):
     pfn, count = request.get("pfn"), request.get("count")
     if request.get("image") != IMAGE or type(pfn) is not int or type(count) is not int:
         return None
+    if request.get("generation") is not None:      # a hostile peer cannot know it
+        return None
     if not (1 <= count <= MAX_FETCH and 0 <= pfn and pfn + count <= NPAGES):
         return None
     return pfn, count
@@ -123,8 +125,9 @@ class MemoryServer:
         elif op == "open" and image == IMAGE and len(fds) == 1:
             if os.fstat(fds[0]).st_size == NPAGES * PAGE_SIZE and len(payload) == NPAGES:
                 return
-        elif op == "info" and image == IMAGE and fields.get("npages") == NPAGES:
-            return
+        elif op in ("info", "describe") and image == IMAGE and fields.get("npages") == NPAGES:
+            if op == "info" or len(payload) == NPAGES:      # describe: the zero map
+                return
         elif op == "images" and [i["image_id"] for i in fields["images"]] == [IMAGE]:
             return
         elif op == "ping" and fields.get("pid") == self.proc.pid:
@@ -135,7 +138,7 @@ class MemoryServer:
 class RemoteJudge:
     """One TLS connection: nothing but ``hello`` until the token is right."""
 
-    READ_ONLY = ("fetch", "images", "info")
+    READ_ONLY = ("fetch", "images", "info", "describe")
 
     def __init__(self, server):
         self.server = server

@@ -139,6 +139,10 @@ class DaemonTests(unittest.TestCase):
                          "high_watermark_mib (512)")
         self.assertEqual(self.load("memserver_tcp = '[::1]:7000'")
                          ["memserver_tcp"], "[::1]:7000")
+        e = self.assertRaises(ConfigError, self.load, "memserver_remote = 'a:7443'\n"
+                              "memserver_remote_ca = '/etc/a.pem'")
+        self.assertEqual(str(e), "d.conf: memserver_remote needs memserver_remote_ca "
+                         "and memserver_remote_token_file")
 
     def test_shipped_file_is_generated_and_all_defaults(self):
         out = io.StringIO()

@@ -20,10 +20,12 @@ from fuzz_targets import IMAGE, NPAGES, TOKEN, LocalJudge, MemoryServer, RemoteJ
 
 image = st.one_of(st.just(IMAGE), values)
 page = st.one_of(st.integers(-2, NPAGES + 2), ints, values)
-READ = [("info", {}, {"image": image}),
-        ("fetch", {}, {"image": image, "pfn": page, "count": page})]
+READ = [("info", {}, {"image": image}), ("describe", {}, {"image": image}),
+        ("fetch", {}, {"image": image, "pfn": page, "count": page, "generation": values})]
 LOCAL = READ + [
     ("ping", {}, {}), ("images", {}, {}), ("open", {}, {"image": image}),
+    ("mirror", {}, {"name": st.one_of(names, st.just(IMAGE), values), "info": values,
+                    "vcpu_state": values, "server": values}),
     ("put", {}, {"name": st.one_of(names, st.just(IMAGE), values), "arch": values,
                  "npages": page, "vcpu_state": st.one_of(st.just(""), values), "meta": values}),
     ("discard", {}, {"image": unlike(IMAGE)})]

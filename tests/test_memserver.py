@@ -16,6 +16,7 @@ from twisted.trial import unittest
 from xenclone.image import Capture
 from xenclone.interfaces import PAGE_SIZE
 from xenclone.memserver.client import MemoryServerClient, RemotePageSource
+from xenclone.memserver.mirror import MirroringMemoryServer
 from xenclone.memserver.store import ImageStore
 from xenclone.wire import ConnectionLost, FrameProtocol, WireError
 
@@ -78,6 +79,8 @@ class StoreTests(unittest.TestCase):
 
     def test_errors(self):
         self.store.put("img1", self.cap)
+        info, zero = self.store.describe("img1")
+        self.store.mirror("mirror", info, info["vcpu_state"], zero, "h:1")
         cases = [
             ("unknown-image", self.store.fetch, ("nope", 0, 1)),
             ("unknown-image", self.store.open, ("nope",)),
@@ -95,11 +98,19 @@ class StoreTests(unittest.TestCase):
             ("exists", self.store.put, ("img1", self.cap)),
             ("bad-request", self.store.put, ("big", Capture(
                 arch="a", vcpu_state=b"", mem_fd=self.cap.mem_fd, npages=NPAGES + 1))),
+            ("bad-request", self.store.mirror, ("m", {"npages": 2}, "", b"\0", "h:1")),
+            ("bad-request", self.store.mirror, ("m", info, "not base64!", zero, "h:1")),
+            ("bad-request", self.store.mirror, ("m", info, "", zero[:-1], "h:1")),
+            ("bad-name", self.store.mirror, ("../m", info, "", zero, "h:1")),
+            ("exists", self.store.mirror, ("img1", info, "", zero, "h:1")),
+            ("remote-image", self.store.fetch, ("mirror", 0, 1)),
+            ("unknown-image", self.store.describe, ("mirror",)),
+            ("stale-image", self.store.fetch, ("img1", 0, 1, "other-generation")),
         ]
         for code, fn, args in cases:
             e = self.assertRaises(WireError, fn, *args)
             self.assertEqual(e.code, code, (fn.__name__, args, str(e)))
-        self.assertEqual(sorted(os.listdir(self.dir)), ["img1"])
+        self.assertEqual(sorted(os.listdir(self.dir)), ["img1", "mirror"])
 
     def test_discard_removes_ram_and_disk(self):
         self.store.put("img1", self.cap)
@@ -205,7 +216,9 @@ class LocalSocketTests(_ServerCase):
             self.assertIn(b"error:", r.stderr)
 
 
-class TLSTests(_ServerCase):
+class _TLSCase(_ServerCase):
+    """A memory server with a TLS port, holding img1."""
+
     @defer.inlineCallbacks
     def setUp(self):
         super().setUp()
@@ -222,6 +235,8 @@ class TLSTests(_ServerCase):
         self.addCleanup(src.close)
         return src
 
+
+class TLSTests(_TLSCase):
     @defer.inlineCallbacks
     def raw(self):
         """A TLS link that has said nothing yet; ``closed`` fires on close."""
@@ -285,3 +300,55 @@ class TLSTests(_ServerCase):
         d = proto.request("hello", token=self.token)
         yield self.assertFailure(d, ConnectionLost)
         yield closed
+
+
+class MirrorTests(_TLSCase):
+    """Another host's image launched here: this host's own memory server
+    (a second process) records it as a mirror, and its pages come over TLS."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield super().setUp()
+        sockdir = tempfile.mkdtemp(prefix="xcms-")
+        self.addCleanup(shutil.rmtree, sockdir, True)
+        self.here_sock = os.path.join(sockdir, "here.sock")
+        self.here_dir = os.path.join(self.dir, "here")
+        self.here_proc = yield self.start_here()
+        here = MemoryServerClient(reactor, UNIXClientEndpoint(reactor, self.here_sock))
+        self.addCleanup(here.close)
+        self.remote_src = self.remote(self.token)
+        self.servers = MirroringMemoryServer(here, self.remote_src)
+
+    def start_here(self):
+        return H.spawn_server(reactor, self, H.server_argv(self.here_dir, self.here_sock))
+
+    @defer.inlineCallbacks
+    def test_launching_a_remote_image_mirrors_it_and_fetches_over_tls(self):
+        image = yield self.servers.open("img1")
+        self.addCleanup(os.close, image.mem_fd)
+        self.assertEqual(image.origin, {"server": self.remote_src.address, "image": "img1"})
+        self.assertEqual([p for p in range(NPAGES) if image.zero[p]], sorted(self.zero))
+        self.assertEqual(image.cached_pages(), [])        # pages come as clones fault
+        _pages_ok(self, (yield self.servers.fetch("img1", 500, 64)), 500, self.zero)
+        # Known here across a restart of this host's memory server.
+        yield self.here_proc.kill()
+        yield self.start_here()
+        [listed] = yield self.servers.images()
+        self.assertEqual((listed["image_id"], listed["origin"]["server"]),
+                         ("img1", self.remote_src.address))
+        # This host never serves a mirror's pages itself.
+        e = yield self.assertFailure(self.servers.local.fetch("img1", 0, 1), WireError)
+        self.assertEqual(e.code, "remote-image")
+
+    @defer.inlineCallbacks
+    def test_unknown_everywhere_and_stale_generation(self):
+        e = yield self.assertFailure(self.servers.open("nope"), WireError)
+        self.assertEqual(e.code, "unknown-image")
+        self.assertIn(self.remote_src.address, str(e))
+        image = yield self.servers.open("img1")
+        os.close(image.mem_fd)
+        # The remote image blessed again under its name: the mirror is stale.
+        yield self.client.discard("img1")
+        yield self.client.put("img1", self.cap)
+        e = yield self.assertFailure(self.servers.fetch("img1", 1, 1), WireError)
+        self.assertEqual(e.code, "stale-image")

@@ -1,7 +1,7 @@
-"""The memory server killed or hung while clones fetch from it: faults
-wait (the clone shows it), the daemon reconnects with backoff and starts a
-killed server again, a clone that waits too long is paused, and every
-clone finishes with the right answer once pages flow again."""
+"""The memory server hung while clones fetch from it: faults wait (the
+clone shows it), a clone that waits too long is paused, and it finishes
+with the right answer once pages flow again.  (Killed: the kill-memserver
+self-test, tests/test_crash_selftests.py.)"""
 
 import os
 import signal
@@ -34,17 +34,6 @@ class MemoryServerLossTests(PrivateDaemon, unittest.TestCase):
                 return seen
             yield task.deferLater(reactor, 0.05, lambda: None)
         self.fail("%d never became %s: %s" % (domid, wanted, seen))
-
-    @defer.inlineCallbacks
-    def test_killed_server_is_started_again_and_clones_finish(self):
-        old = yield self._image_mostly_uncached()
-        os.kill(old, signal.SIGKILL)
-        clones = (yield self.s.call("launch", image="img", count=2))["clones"]
-        for c in clones:
-            info = yield self.s.call("wait", domain=c["domid"], timeout=120)
-            self.assertEqual((info["state"], info["result"]), ("done", info["expected"]))
-            self.assertGreater(info["faults"], 0)
-        self.assertNotEqual((yield self.s.call("pids"))["memserver"], old)
 
     @defer.inlineCallbacks
     def test_hung_server_pauses_the_clone_which_resumes_when_it_answers(self):

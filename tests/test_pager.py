@@ -73,6 +73,17 @@ class PagerTests(unittest.TestCase):
         self.assertLessEqual(self.ledger.clone(1).resident, 3)
         self.assertEqual(self.ledger.kind(2, 9), L.SHARED)        # the other clone untouched
 
+    def test_a_higher_limit_lets_a_clone_stuck_at_its_limit_go_on(self):
+        """Nothing it may evict (page-out only, and the store failed): its
+        fault waits until the operator raises the limit, then is served."""
+        self.pager.set_knobs(1, limit=3, classes=[L.PAGE_OUT])
+        self.source.deliver([(1, S, p) for p in (1, 2, 3)])
+        self.ledger.pageout_failed(1, "No space left on device")
+        self.source.deliver([(1, N, 20)])
+        self.assertNotIn(20, self.r1.loaded)
+        self.pager.set_knobs(1, limit=0)
+        self.assertEqual(self.r1.loaded[20], "shared")
+
     def test_write_record_arriving_after_its_page_was_dropped_is_stale(self):
         """The fast path let a write through (the page is private in C) but
         its record is still on its way when an eviction drops the page, the
@@ -88,7 +99,7 @@ class PagerTests(unittest.TestCase):
         self.assertEqual(self.ledger.host_stats()["private_pages"], 0)
 
     def test_clone_that_does_not_share_gets_private_copies(self):
-        self.pager.set_share(1, False)
+        self.pager.set_knobs(1, share=False)
         self.assertFalse(self.r1.sharing)
         self._cache_only([3])
         self.source.deliver([(1, FaultKind.COPY, 3), (1, Z, 0), (1, F, 9), (2, S, 3)])

@@ -301,6 +301,12 @@ DAEMON = Table("xenclone daemon configuration", [
         '"host:port" ("" = local only)', check=_host_port),
     Key("memserver_token_file", "", 'access token for remote pagers ("" = '
         '<state_dir>/memserver.token)', path=True),
+    Key("memserver_remote", "", 'launch images this host lacks from the memory '
+        'server at "host:port" (its memserver_tcp) over TLS ("" = none)', check=_host_port),
+    Key("memserver_remote_ca", "", "the remote server's CA certificate (its "
+        "state_dir/tls/ca.pem)", path=True),
+    Key("memserver_remote_token_file", "", "the remote server's access token "
+        "(its memserver_token_file)", path=True),
     Key("memserver_request_timeout_s", 10, "a memory server that does not "
         "answer a request in this many seconds is taken for gone: the link "
         "is dropped and faults wait while the pager reconnects", minimum=1),
@@ -369,6 +375,10 @@ def loads_daemon_config(text, filename="<string>"):
         raise ConfigError(filename, None, "low_watermark_mib (%d) must not exceed "
                           "high_watermark_mib (%d)" % (s["low_watermark_mib"],
                                                         s["high_watermark_mib"]))
+    if s["memserver_remote"] and not (s["memserver_remote_ca"]
+                                      and s["memserver_remote_token_file"]):
+        raise ConfigError(filename, None, "memserver_remote needs memserver_remote_ca "
+                          "and memserver_remote_token_file")
     # Defaults that live under state_dir follow it.
     if not s["memserver_dir"]:
         s["memserver_dir"] = os.path.join(s["state_dir"], "images")

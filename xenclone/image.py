@@ -41,6 +41,8 @@ class OpenImage:
     ``mem_fd`` is the memory server's memfd of the image: zero pages are
     holes in it, every other page is resident while the image is cached.
     ``zero`` has one byte per page, 1 where the image page is all zero.
+    ``origin`` is None for a local image; for a mirror, the remote memory
+    server (``server``) and its name for the image (``image``).
     """
 
     image_id = attr.ib()
@@ -51,6 +53,7 @@ class OpenImage:
     mem_fd = attr.ib()
     zero = attr.ib()
     meta = attr.ib(factory=dict)
+    origin = attr.ib(default=None)
 
     def cached_pages(self):
         """The pages this host's cache holds, as the kernel shows them

@@ -109,7 +109,7 @@ class Pager:
         self.track_image(image)
         self.ledger.add_clone(region.domid, image.image_id, region.npages)
         self._clones[region.domid] = (region, image)
-        self.set_share(region.domid, share)
+        self.set_knobs(region.domid, share=share)
         # Pages the backend mapped at launch, unless the cache let them go
         # since (a hole unmaps them): those fault again.
         since = self._punch_seq if since is None else since
@@ -145,7 +145,7 @@ class Pager:
         self.ledger.paged_out(domid, out, [paged_out[p][0] for p in out],
                               [paged_out[p][1] for p in out])
         self.ledger.reserve_slots(domid, [slot for slot, _ in paged_out.values()])
-        self.set_share(domid, share)
+        self.set_knobs(domid, share=share)
         self.source.add(region)
         self._grant()
         region.wake_all()
@@ -158,10 +158,15 @@ class Pager:
             self.ledger.add_image(image.image_id, image.npages, image.cached_pages())
             self.rebudget(self.ledger.budget_pages)
 
-    def set_share(self, domid, on):
-        """share.onfetch: pages mapped already stay as they are."""
-        self.ledger.set_knobs(domid, share=on)
-        self._clones[domid][0].share(on)
+    def set_knobs(self, domid, target=None, limit=None, classes=None, share=None):
+        """A clone's settings (``LedgerError`` if out of range).  Faults
+        that waited on the old ones go on at once, e.g. a clone stuck at
+        its limit when its page-out store failed, given a higher limit.
+        share.onfetch: pages mapped already stay as they are."""
+        self.ledger.set_knobs(domid, target=target, limit=limit, classes=classes, share=share)
+        if share is not None:
+            self._clones[domid][0].share(share)
+        self._pump()
 
     def detach(self, domid):
         if self._clones.pop(domid, None) is None:

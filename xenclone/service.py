@@ -25,11 +25,13 @@ from xenclone.control.hostmemory import HostMemoryService
 from xenclone.control.recovery import recover
 from xenclone.helpers import HelperProcess
 from xenclone.ledger import Ledger
-from xenclone.memserver.client import MemoryServerClient
+from xenclone.config import ConfigError
+from xenclone.memserver.client import MemoryServerClient, RemotePageSource
+from xenclone.memserver.mirror import MirroringMemoryServer
 from xenclone.pager import Pager
 from xenclone.policy.budget import Bursts, Watermarks
 from xenclone.policy.sharing import POLICIES
-from xenclone.wire import FrameProtocol
+from xenclone.wire import FrameProtocol, WireError
 from xenclone.xenstore.plane import XenStorePlane, guest_socket_dir
 
 log = Logger()
@@ -131,7 +133,10 @@ class CoreService(Service):
         d.addCallbacks(self.ready.callback, self._failed)
 
     def _failed(self, failure):
-        log.failure("xenclone could not start", failure)
+        if failure.check(ConfigError, WireError):     # the operator's to fix: no traceback
+            log.critical("xenclone could not start: {why}", why=str(failure.value))
+        else:
+            log.failure("xenclone could not start", failure)
         self.ready.errback(failure)
         if self.reactor.running:
             self.reactor.stop()
@@ -155,16 +160,17 @@ class CoreService(Service):
             request_timeout=s["memserver_request_timeout_s"],
             connect=lambda proto: memserver.connect(lambda: proto, timeout=5.0))
         self.links.append(client)
+        memory = MirroringMemoryServer(client, self._remote())
         backend = self.backend = yield self._backend(run)
         ledger = Ledger(host_budget_pages(s), POLICIES[s["eviction_policy"]](), s["credit_batch"])
         self.source = self._fault_source(backend)
         store_dir = os.path.join(s["state_dir"], "pageout")
         os.makedirs(store_dir, mode=0o700, exist_ok=True)
-        pager = Pager(self.reactor, ledger, self.source, backend, client, store_dir,
+        pager = Pager(self.reactor, ledger, self.source, backend, memory, store_dir,
                       sync=bool(s["pageout_sync"]))
         host_memory = host_memory_service(self.reactor, s, pager)
         host_memory.setServiceParent(self.parent)
-        self.controller = Controller(self.reactor, backend, client, pager, host_memory,
+        self.controller = Controller(self.reactor, backend, memory, pager, host_memory,
                                      hoard_rate=s["hoard_rate"],
                                      share_onfetch=bool(s["share_onfetch"]),
                                      memserver_timeout=s["memserver_timeout_s"])
@@ -179,6 +185,24 @@ class CoreService(Service):
         log.info("xenclone ready: backend {backend} ({fill}), budget {pages} pages",
                  backend=backend.name, fill=backend.fill_mode, pages=ledger.budget_pages)
         return self.controller
+
+    def _remote(self):
+        """The memory server of another host, if configured (TLS + token)."""
+        s = self.settings
+        if not s["memserver_remote"]:
+            return None
+        host, _, port = s["memserver_remote"].rpartition(":")
+        try:
+            with open(s["memserver_remote_ca"], "rb") as f:
+                ca = f.read()
+            with open(s["memserver_remote_token_file"], "rb") as f:
+                token = f.read().strip().decode()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError("memserver_remote", None, "cannot read the CA or token: %s" % e)
+        remote = RemotePageSource(self.reactor, host.strip("[]"), int(port), token, ca,
+                                  request_timeout=s["memserver_request_timeout_s"])
+        self.links.append(remote)
+        return remote
 
     def _on_event(self, msg):
         if self.controller is not None:

@@ -98,7 +98,8 @@ class Params:
 
 
 def _run(params, clone_id, input):
-    """Run the guest workload; returns (result, pfns read or written)."""
+    """Run the guest workload; returns (result, pfns read or written,
+    the clone's writes as {(pfn, word): value})."""
     first, n = params.data_first_pfn, params.data_npages
     overlay = {}    # the clone's private writes: (p, w) -> value
     touched = set()
@@ -119,7 +120,7 @@ def _run(params, clone_id, input):
         p = first + (((x >> 4) + k * 97) & M32) % n
         overlay[(p, k & 1023)] = (clone_id ^ x ^ k) & M32   # not s: see workload.c
         s = (s * 31 + read(p, k & 1023)) & M32
-    return s, touched
+    return s, touched, overlay
 
 
 def expected_result(params, clone_id, input):
@@ -131,6 +132,12 @@ def pages_touched(params, clone_id, input):
     every possible code page, the stack page and the params page."""
     touched = _run(params, clone_id & M32, input & M32)[1]
     return touched | set(CODE_PFNS) | {STACK_PFN, PARAMS_PFN}
+
+
+def clone_writes(params, clone_id, input):
+    """What a finished clone wrote: {(pfn, word): value} (its hostile
+    phase undoes its own writes, so they do not show)."""
+    return _run(params, clone_id & M32, input & M32)[2]
 
 
 def pages_written(params, clone_id, input):

@@ -114,6 +114,15 @@ def cmd_audit(args):
             for p in r["first"])))
 
 
+def cmd_check(args):
+    target = {"image": args.domain} if args.image else {"domain": args.domain}
+    return ("memory_check", target, lambda r: "%d pages of %d finished clones checked: %d lost%s%s"
+            % (r["checked_pages"], r["clones"], r["lost_pages"],
+               "".join("\n  %s page %d" % tuple(p) for p in r["first_lost"]),
+               "\n  not finished, not checked: " + ", ".join(r["unchecked"])
+               if r["unchecked"] else ""))
+
+
 def cmd_wait(args):
     return "wait", {"domain": args.domain, "timeout": args.timeout}, _kv
 
@@ -202,6 +211,10 @@ def _parser():
     add("host", cmd_host, "show the backend's capabilities and the host ledger", True)
     add("audit", cmd_audit, "compare a clone's pages: ledger, fault path and kernel",
         True).add_argument("domain", metavar="Domain")
+    sp = add("check", cmd_check, "check every data page of finished clones against the "
+             "workload's expectation", True)
+    sp.add_argument("domain", metavar="Domain|Image")
+    sp.add_argument("--image", action="store_true", help="check every clone of the image")
     sp = add("wait", cmd_wait, "wait until a domain stops running", True)
     sp.add_argument("domain", metavar="Domain")
     sp.add_argument("--timeout", type=int, default=60)
@@ -260,7 +273,8 @@ def _run_command(reactor, args, settings):
 
 
 # Checks whose answer is a failure for scripts (exit 1) though the command ran.
-_FOUND_FAULT = {"audit": lambda r: r["disagree"] > 0}
+_FOUND_FAULT = {"audit": lambda r: r["disagree"] > 0,
+                "memory_check": lambda r: r["lost_pages"] > 0}
 
 
 @defer.inlineCallbacks

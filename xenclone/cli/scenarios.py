@@ -16,7 +16,7 @@ from twisted.internet import defer, task
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from xenclone import hostmem
-from xenclone.cli import memory_scenarios
+from xenclone.cli import crash_scenarios, memory_scenarios
 from xenclone.cli.xenstore_scenario import scenario_xenstore
 from xenclone.cli.main import EXIT_FAILED, CliError, connect
 from xenclone.config import load_daemon_config
@@ -210,13 +210,14 @@ def scenario_launch(s):
 SCENARIOS = {"launch": (scenario_launch, scenario_launch.__doc__)}
 SCENARIOS.update((name, (fn, fn.__doc__)) for name, fn in memory_scenarios.SCENARIOS.items())
 SCENARIOS["xenstore"] = (scenario_xenstore, scenario_xenstore.__doc__)
+SCENARIOS.update((name, (fn, fn.__doc__)) for name, fn in crash_scenarios.SCENARIOS.items())
 
 
 @defer.inlineCallbacks
 def run_scenario(reactor, args, settings):
     if args.scenario == "selftest" and args.list:
         for name, (_, doc) in sorted(SCENARIOS.items()):
-            print("%-12s %s" % (name, doc.strip().splitlines()[0]))
+            print("%-15s %s" % (name, doc.strip().splitlines()[0]))
         return 0
     names = getattr(args, "names", None) or sorted(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]

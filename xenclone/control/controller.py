@@ -14,7 +14,7 @@ import attr
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from xenclone import workload
+from xenclone import memory_check, workload
 from xenclone.image import check_name
 from xenclone.interfaces import PAGE_SIZE, DomainState
 from xenclone.ledger import LedgerError
@@ -288,6 +288,31 @@ class Controller:
                     leaks.append([dom.name, pfn])
         return {"isolated": not leaks and checked > 0, "checked_pages": checked, "leaks": leaks}
 
+    @defer.inlineCallbacks
+    def op_memory_check(self, msg):
+        """Every data page of finished clones (of ``image``, or the one
+        ``domain``) against what the workload must have left there."""
+        if msg.get("domain") is not None:
+            clones = [self._clone(msg)]
+        else:
+            image_id = _image_arg(msg)
+            clones = [d for d in self.domains.values() if d.image == image_id]
+        checked, lost, unchecked = 0, [], []
+        for dom in sorted(clones, key=lambda d: d.domid):
+            if dom.state != DomainState.DONE or not dom.params:
+                unchecked.append(dom.name)
+                continue
+            params = workload.Params(**dom.params)
+            pfns = list(memory_check.data_pfns(params))
+            for first in range(0, len(pfns), 4096):
+                part = pfns[first:first + 4096]
+                got = yield self.backend.page_sums(dom.domid, part)
+                want = memory_check.expected_sums(params, dom.clone_id, dom.input, part)
+                lost += [[dom.name, p] for p, g, w in zip(part, got, want) if g != w]
+                checked += len(part)
+        return {"clones": len(clones) - len(unchecked), "checked_pages": checked,
+                "lost_pages": len(lost), "first_lost": lost[:20], "unchecked": unchecked}
+
     def op_page(self, msg):
         """Digest of image pages, read through the memory server."""
         image_id = msg.get("image")
@@ -504,12 +529,10 @@ class Controller:
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise WireError("bad-argument", "%s must be %s" % (key, kind.__name__))
         try:
-            self.pager.ledger.set_knobs(dom.domid, target=knobs.get("target"),
-                                        limit=knobs.get("limit"), classes=knobs.get("evict"))
+            self.pager.set_knobs(dom.domid, target=knobs.get("target"), limit=knobs.get("limit"),
+                                 classes=knobs.get("evict"), share=knobs.get("share.onfetch"))
         except LedgerError as e:
             raise WireError("bad-argument", str(e))
-        if "share.onfetch" in knobs:
-            self.pager.set_share(dom.domid, knobs["share.onfetch"])
         d = defer.succeed(0)
         if knobs.get("target"):
             d = self.pager.evict_to(dom.domid, knobs["target"])

@@ -22,7 +22,7 @@ log = Logger()
 @defer.inlineCallbacks
 def recover(controller):
     """Take back every domain the backend runs; Deferred[count]."""
-    backend, pager = controller.backend, controller.pager
+    backend = controller.backend
     taken = 0
     for info in sorted((yield backend.domains()), key=lambda i: i["domid"]):
         meta = info.get("meta") or {}

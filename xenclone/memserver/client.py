@@ -129,11 +129,18 @@ class MemoryServerClient(_Link):
         return OpenImage(image_id=msg["image_id"], generation=msg["generation"],
                          arch=msg["arch"], vcpu_state=base64.b64decode(msg["vcpu_state"]),
                          npages=msg["npages"], mem_fd=msg.fds[0], zero=msg.payload,
-                         meta=msg["meta"])
+                         meta=msg["meta"], origin=msg.get("origin"))
 
     def fetch(self, image_id, pfn, count):
         d = self.request("fetch", timed=True, image=image_id, pfn=pfn, count=count)
         return d.addCallback(lambda m: m.payload)
+
+    def mirror(self, name, described, server):
+        """Know ``server``'s image (``RemotePageSource.describe``) here as ``name``."""
+        fields, zero = described
+        vcpu = fields.pop("vcpu_state")
+        return self.request("mirror", payload=zero, name=name, info=fields, vcpu_state=vcpu,
+                            server=server).addCallback(_fields)
 
     def discard(self, image_id):
         return self.request("discard", image=image_id).addCallback(lambda m: None)
@@ -160,9 +167,12 @@ class RemotePageSource(_Link):
                  request_timeout=None):
         trust = ssl.Certificate.loadPEM(ca_cert)
         options = ssl.optionsForClientTLS(server_name or host, trustRoot=trust)
-        super().__init__(reactor, SSL4ClientEndpoint(reactor, host, port, options),
-                         request_timeout)
+        # A cut link drops SYNs silently: a connect gives up as a request does.
+        endpoint = SSL4ClientEndpoint(reactor, host, port, options,
+                                      timeout=request_timeout or 30)
+        super().__init__(reactor, endpoint, request_timeout)
         self.token = token
+        self.address = "%s:%d" % (host, port)
 
     def _ready(self, proto):
         def refused(failure):
@@ -170,9 +180,16 @@ class RemotePageSource(_Link):
             return failure
         return proto.request("hello", token=self.token).addCallbacks(lambda m: proto, refused)
 
-    def fetch(self, image_id, pfn, count):
-        d = self.request("fetch", timed=True, image=image_id, pfn=pfn, count=count)
+    def fetch(self, image_id, pfn, count, generation=None):
+        """Pages of the image; ``generation``: refused if it changed."""
+        extra = {} if generation is None else {"generation": generation}
+        d = self.request("fetch", timed=True, image=image_id, pfn=pfn, count=count, **extra)
         return d.addCallback(lambda m: m.payload)
+
+    def describe(self, image_id):
+        """Deferred[(fields with vcpu_state, zero map)]: enough to mirror it."""
+        return self.request("describe", timed=True, image=image_id).addCallback(
+            lambda m: (_fields(m), m.payload))
 
     def images(self):
         return self.request("images").addCallback(lambda m: m["images"])

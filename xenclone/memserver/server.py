@@ -40,7 +40,11 @@ def _field(msg, name, kind):
 
 
 def _fetch(store, msg):
-    return Reply(payload=store.fetch(_field(msg, "image", str), msg.get("pfn"), msg.get("count")))
+    generation = msg.get("generation")
+    if generation is not None and not isinstance(generation, str):
+        raise WireError("bad-request", "generation must be a string")
+    return Reply(payload=store.fetch(_field(msg, "image", str), msg.get("pfn"),
+                                     msg.get("count"), generation))
 
 
 class LocalHandler:
@@ -68,6 +72,14 @@ class LocalHandler:
                       vcpu_state=base64.b64encode(self.store.vcpu_state(image)).decode())
         # The store's own fd: it stays open while queued (see FD_GRACE).
         return Reply(fields, self.store.zero_map(image), [self.store.memfd(image)])
+
+    def op_mirror(self, msg):
+        """Know a remote server's image here (``describe``'s answer)."""
+        info = msg.get("info")
+        if not isinstance(info, dict):
+            raise WireError("bad-request", "mirror needs the remote image's info")
+        return self.store.mirror(_field(msg, "name", str), info, _field(msg, "vcpu_state", str),
+                                 msg.payload, _field(msg, "server", str))
 
     @takes_fds
     @defer.inlineCallbacks
@@ -156,6 +168,11 @@ class RemoteHandler:
     def op_images(self, msg):
         self._check()
         return {"images": self.store.images()}
+
+    def op_describe(self, msg):
+        self._check()
+        fields, zero = self.store.describe(_field(msg, "image", str))
+        return Reply(fields, zero)
 
     def op_info(self, msg):
         self._check()

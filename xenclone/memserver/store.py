@@ -6,6 +6,11 @@ Layout, one directory per image::
     <dir>/<image_id>/memory      sparse: zero pages are holes
     <dir>/<image_id>/zero        one byte per page, 1 where the page is zero
 
+A *mirror* is a remote memory server's image known on this host: its
+meta.json names the ``origin`` and it has no memory file.  Its memfd starts
+empty and holds the pages this host's pagers fetched from the origin, so
+clones share them as they share a local image's.
+
 An image is written into a temporary directory and renamed into place, so
 a crash leaves either the whole image or nothing.  Plain synchronous code:
 the server runs ``put`` in a thread, so the table is guarded by a lock.
@@ -141,11 +146,26 @@ class ImageStore:
         m = img.meta
         return OpenImage(image_id=m["image_id"], generation=m["generation"], arch=m["arch"],
                          vcpu_state=img.vcpu_state, npages=m["npages"],
-                         mem_fd=os.dup(img.memfd), zero=bytes(img.zero), meta=m["meta"])
+                         mem_fd=os.dup(img.memfd), zero=bytes(img.zero), meta=m["meta"],
+                         origin=m.get("origin"))
 
-    def fetch(self, image_id, pfn, count):
+    def describe(self, image_id):
+        """What a remote host needs to mirror the image: info, vCPU state
+        and zero map (pages travel one fetch at a time)."""
+        img = self._get(image_id)
+        if img.meta.get("origin"):
+            raise WireError("unknown-image", "%r is a mirror here; ask its origin" % image_id)
+        return dict(img.info(), vcpu_state=img.meta["vcpu_state"]), bytes(img.zero)
+
+    def fetch(self, image_id, pfn, count, generation=None):
         img = self._get(image_id)
         npages = img.meta["npages"]
+        if img.meta.get("origin"):
+            raise WireError("remote-image", "image %r is a mirror of %s: its pages come from "
+                            "there" % (image_id, img.meta["origin"]["server"]))
+        if generation is not None and generation != img.meta["generation"]:
+            raise WireError("stale-image", "image %r is generation %s now, not %r"
+                            % (image_id, img.meta["generation"], generation))
         for v in (pfn, count):
             if type(v) is not int:
                 raise WireError("out-of-range", "pfn and count must be integers, got %r" % (v,))
@@ -182,12 +202,17 @@ class ImageStore:
             raise WireError("bad-request", "meta is not plain JSON: %s" % (e,))
         if os.fstat(capture.mem_fd).st_size < npages * PAGE_SIZE:
             raise WireError("bad-request", "guest memory is smaller than %d pages" % npages)
+        return self._add(name, lambda: self._bless(name, capture))
+
+    def _add(self, name, make):
+        """Run ``make`` (which builds image ``name`` on disk) with the name
+        reserved; the new image's info."""
         with self._lock:
             if name in self._images or name in self._reserved:
                 raise WireError("exists", "an image named %r already exists" % (name,))
             self._reserved.add(name)
         try:
-            img = self._bless(name, capture)
+            img = make()
             with self._lock:
                 self._images[name] = img
             return img.info()
@@ -227,21 +252,53 @@ class ImageStore:
                 "format": FORMAT,
                 "vcpu_state": base64.b64encode(capture.vcpu_state).decode(),
             }
-            for fname, blob in (("zero", bytes(zero)), ("meta.json", json.dumps(meta).encode())):
-                fd = os.open(os.path.join(tmp, fname), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    _write_all(fd, blob, 0)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            _fsync_dir(tmp)
-            os.rename(tmp, os.path.join(self.dir, name))
-            _fsync_dir(self.dir)
+            self._commit(tmp, name, meta, zero)
         except BaseException:
             os.close(memfd)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return _Image(meta, capture.vcpu_state, memfd, zero)
+
+    def mirror(self, name, info, vcpu_state, zero, server):
+        """Record the remote image ``info`` (as ``describe`` gave it) of
+        ``server`` under ``name``; its info."""
+        try:
+            check_name(name, "image name")
+        except ValueError as e:
+            raise WireError("bad-name", str(e))
+        try:
+            npages, generation = info["npages"], info["generation"]
+            if type(npages) is not int or not 0 < npages <= MAX_PAGES or len(zero) != npages:
+                raise ValueError("npages and the zero map do not agree")
+            meta = {k: info[k] for k in ("arch", "nonzero_pages", "created", "meta")}
+            base64.b64decode(vcpu_state, validate=True)
+        except (KeyError, TypeError, ValueError) as e:
+            raise WireError("bad-request", "not a mirrorable image: %s" % (e,))
+        meta.update(image_id=name, generation=generation, npages=npages, format=FORMAT,
+                    vcpu_state=vcpu_state, origin={"server": server, "image": info["image_id"]})
+
+        def make():
+            tmp = os.path.join(self.dir, _TMP + name)
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.mkdir(tmp, 0o700)
+            self._commit(tmp, name, meta, zero)
+            return self._load(os.path.join(self.dir, name))
+
+        return self._add(name, make)
+
+    def _commit(self, tmp, name, meta, zero):
+        """Write the zero map and meta.json into ``tmp``, then make it the
+        image ``name`` in one rename."""
+        for fname, blob in (("zero", bytes(zero)), ("meta.json", json.dumps(meta).encode())):
+            fd = os.open(os.path.join(tmp, fname), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                _write_all(fd, blob, 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(tmp)
+        os.rename(tmp, os.path.join(self.dir, name))
+        _fsync_dir(self.dir)
 
     # -- start and discard
 
@@ -275,6 +332,9 @@ class ImageStore:
         if len(zero) != npages:
             raise ValueError("zero map has %d entries for %d pages" % (len(zero), npages))
         memfd = _new_memfd(meta["image_id"], npages)
+        if meta.get("origin"):      # a mirror: filled by fetches from its origin
+            _seal(memfd)
+            return _Image(meta, base64.b64decode(meta["vcpu_state"]), memfd, zero)
         try:
             disk = os.open(os.path.join(path, "memory"), os.O_RDONLY)
             try:

@@ -169,7 +169,7 @@ class GuestRequests:
             answer = dict(result, ok=True)
         except WireError as e:
             answer = {"ok": False, "code": e.code, "error": e.message}
-        except Exception as e:
+        except Exception:
             log.failure("dom{domid} request", domid=domid)
             answer = {"ok": False, "code": "internal", "error": "internal error"}
         answer["id"] = token

@@ -1,0 +1,36 @@
+"""What a finished clone's data pages must hold: the image's data set plus
+the clone's own writes.  The kill and cut self-tests compare every data
+page of every clone with this (no page lost, none from another clone).
+
+The data set is regenerated in C (``xc_fill_dataset_range``), one page at
+a time, so checking a 1 GiB clone needs no copy of the image.
+"""
+
+from xenclone import workload
+from xenclone._linux import ffi, lib
+from xenclone.interfaces import PAGE_SIZE
+
+M64 = (1 << 64) - 1
+
+
+def data_pfns(params):
+    return range(params.data_first_pfn, params.data_first_pfn + params.data_npages)
+
+
+def expected_sums(params, clone_id, input, pfns):
+    """The 64-bit word sums (``xc_page_sums``) pages ``pfns`` must have."""
+    # A write changes one 32-bit word: the low or high half of a 64-bit one.
+    delta = {}
+    for (p, w), value in workload.clone_writes(params, clone_id, input).items():
+        change = (value - params.image_word(p, w)) << (32 * (w & 1))
+        delta[p] = (delta.get(p, 0) + change) & M64
+    page = ffi.new("char[]", PAGE_SIZE)
+    out = ffi.new("uint64_t[1]")
+    sums = []
+    for pfn in pfns:
+        ffi.memmove(page, bytes(PAGE_SIZE), PAGE_SIZE)
+        lib.xc_fill_dataset_range(page, pfn, 1, params.data_first_pfn, params.data_npages,
+                                  params.seed, params.zero_every)
+        lib.xc_page_sums(page, 1, out)
+        sums.append((out[0] + delta.get(pfn, 0)) & M64)
+    return sums

@@ -1,0 +1,75 @@
+"""Images of another host's memory server, served to clones on this one.
+
+``MirroringMemoryServer`` is the daemon's ``IMemoryServer``: this host's
+memory server, plus (if configured) a remote one over TLS.  Launching an
+image this host lacks asks the remote server to describe it and records it
+here as a *mirror* (info, vCPU state, zero map; no pages).  The mirror's
+memfd fills as clones fault, one fetch from the remote server at a time,
+and clones share what it holds as they share a local image's pages.
+A cut link is the pager's usual case: faults wait, fetches retry with
+backoff, and the link reconnects.
+"""
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from xenclone.interfaces import IMemoryServer
+from xenclone.wire import WireError
+
+
+@implementer(IMemoryServer)
+class MirroringMemoryServer:
+    def __init__(self, local, remote=None):
+        self.local = local
+        self.remote = remote          # a RemotePageSource, or None
+        self._origins = {}            # image id -> its origin and generation
+
+    def put(self, name, capture):
+        return self.local.put(name, capture)
+
+    @defer.inlineCallbacks
+    def open(self, image_id):
+        try:
+            image = yield self.local.open(image_id)
+        except WireError as e:
+            if e.code != "unknown-image" or self.remote is None:
+                raise
+            yield self._mirror(image_id)
+            image = yield self.local.open(image_id)
+        if image.origin is not None:
+            self._origins[image_id] = dict(image.origin, generation=image.generation)
+        return image
+
+    @defer.inlineCallbacks
+    def _mirror(self, image_id):
+        try:
+            described = yield self.remote.describe(image_id)
+        except WireError as e:
+            if e.code == "unknown-image":
+                raise WireError("unknown-image", "no image %r here nor on %s"
+                                % (image_id, self.remote.address))
+            raise
+        try:
+            yield self.local.mirror(image_id, described, self.remote.address)
+        except WireError as e:
+            if e.code != "exists":      # a launch beside this one mirrored it first
+                raise
+
+    def fetch(self, image_id, pfn, count):
+        origin = self._origins.get(image_id)
+        if origin is None:
+            return self.local.fetch(image_id, pfn, count)
+        if self.remote is None or self.remote.address != origin["server"]:
+            return defer.fail(WireError("no-remote", "image %r mirrors %s, which is not the "
+                                        "configured memserver_remote" % (image_id, origin["server"])))
+        return self.remote.fetch(origin["image"], pfn, count, generation=origin["generation"])
+
+    def discard(self, image_id):
+        self._origins.pop(image_id, None)
+        return self.local.discard(image_id)
+
+    def images(self):
+        return self.local.images()
+
+    def ping(self):
+        return self.local.ping()
