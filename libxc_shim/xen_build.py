@@ -145,6 +145,15 @@ void *xenforeignmemory_map(xenforeignmemory_handle *fmem, uint32_t dom,
                            int err[]);
 int xenforeignmemory_unmap(xenforeignmemory_handle *fmem, void *addr,
                            size_t pages);
+typedef ... xenforeignmemory_resource_handle;
+#define XENMEM_resource_grant_table ...
+#define XENMEM_resource_grant_table_id_shared ...
+xenforeignmemory_resource_handle *xenforeignmemory_map_resource(
+    xenforeignmemory_handle *fmem, domid_t domid, unsigned int type,
+    unsigned int id, unsigned long frame, unsigned long nr_frames,
+    void **paddr, int prot, int flags);
+int xenforeignmemory_unmap_resource(xenforeignmemory_handle *fmem,
+                                    xenforeignmemory_resource_handle *fres);
 
 /* ---- xengnttab / xengntshr ---- */
 xengnttab_handle *xengnttab_open(xentoollog_logger *logger,
@@ -187,6 +196,11 @@ void xen_shim_paging_response(const vm_event_request_t *req,
                               vm_event_response_t *rsp);
 int xen_shim_ring_unmap(void *page);
 
+/* ---- grant_seed.c ---- */
+void xen_shim_grant_seed(void *table, uint32_t first_ref, const uint64_t *gfns,
+                         uint32_t n, uint16_t domid, int readonly);
+uint32_t xen_shim_grant_revoke(void *table, uint32_t first_ref, uint32_t n);
+
 /* ---- pages.c (shared with the KVM shim) ---- */
 void xc_fill_dataset_range(void *mem, uint64_t first_pfn, uint64_t npages,
                            uint32_t data_first_pfn, uint32_t data_npages,
@@ -210,10 +224,10 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "xenclone._xen",
-    '#include "xen_shim.h"\n#include "pages.h"',
+    '#include "xen_shim.h"\n#include "grant_seed.h"\n#include "pages.h"',
     # pages.c: the guest's data set and page sums, over foreign mappings.
     sources=[os.path.join(PREFIX, "libxc_shim", "src", f)
-             for f in ("xen_shim.c", "pages.c")],
+             for f in ("xen_shim.c", "grant_seed.c", "pages.c")],
     include_dirs=[os.path.join(PREFIX, "libxc_shim", "src")],
     libraries=["xenctrl", "xenforeignmemory", "xengnttab", "xenevtchn",
                "xentoollog"],

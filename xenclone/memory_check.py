@@ -7,7 +7,6 @@ a time, so checking a 1 GiB clone needs no copy of the image.
 """
 
 from xenclone import workload
-from xenclone._linux import ffi, lib
 from xenclone.interfaces import PAGE_SIZE
 
 M64 = (1 << 64) - 1
@@ -17,8 +16,19 @@ def data_pfns(params):
     return range(params.data_first_pfn, params.data_first_pfn + params.data_npages)
 
 
+def _pages_c():
+    """pages.c, from whichever shim this host built (a Xen dom0 builds
+    only the Xen one)."""
+    try:
+        from xenclone._linux import ffi, lib
+    except ImportError:
+        from xenclone._xen import ffi, lib
+    return ffi, lib
+
+
 def expected_sums(params, clone_id, input, pfns):
     """The 64-bit word sums (``xc_page_sums``) pages ``pfns`` must have."""
+    ffi, lib = _pages_c()
     # A write changes one 32-bit word: the low or high half of a 64-bit one.
     delta = {}
     for (p, w), value in workload.clone_writes(params, clone_id, input).items():

@@ -3,19 +3,12 @@
 # the Xen backend; clone.py creates a PVH master from the project's guest,
 # blesses it and launches 3 clones through the xl-style CLI, and checks
 # every answer.  Results: clone-results.json in $RIG_OUT.
-#
-# Python dependencies come from the project's venv (.venv, made by `make
-# setup`), read-only over the project share: the same versions the test
-# suite runs, for the same python3.11 ABI.  Debian 12's own packages are
-# older than setup.cfg asks (twisted 22.4 < 23.8, attrs 22.2 < 23,
-# zope.interface 5.5 < 6, cryptography 38 < 41).
 set -eu
-SITE=$RIG_PROJECT/.venv/lib/python3.11/site-packages
-[ -d "$SITE" ] || { echo "clone: no $SITE: run make setup first"; exit 1; }
+. "$RIG_PROJECT/rig/jobs/pyenv.sh"
 W=/tmp/xenclone
 mkdir -p "$W/plugins/twisted"
 cp -r "$RIG_PROJECT/twisted/plugins" "$W/plugins/twisted/"
-export PYTHONPATH=$PYTHONPATH:$W/plugins:$SITE
+export PYTHONPATH=$PYTHONPATH:$W/plugins
 # Every CLI call is a new python under TCG: let it keep the bytecode of the
 # package copy in /opt (tmpfs), compiled once.
 unset PYTHONDONTWRITEBYTECODE

@@ -57,7 +57,7 @@ class ScratchDaemon:
         exit = _Exit()
         argv = [TWISTD, "-n", "--pidfile=", "xenclone", "-c", self.conf]
         if self.netns:
-            argv = ["/usr/sbin/ip", "netns", "exec", self.netns] + argv
+            argv = [shutil.which("ip") or "/usr/sbin/ip", "netns", "exec", self.netns] + argv
         log = os.open(os.path.join(self.tmp, "daemon.log"),
                       os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:

@@ -464,6 +464,52 @@ class ForeignMemory:
         if _lib.xenforeignmemory_unmap(self._h, addr, pages) < 0:
             raise XenError("xenforeignmemory_unmap", _ffi.errno)
 
+    def map_grant_table(self, domid, frames):
+        """The first ``frames`` frames of ``domid``'s shared grant table
+        (v1, 512 entries each); Xen grows the table up to them."""
+        addr = _ffi.new("void **")
+        res = _lib.xenforeignmemory_map_resource(
+            self._h, domid, _lib.XENMEM_resource_grant_table,
+            _lib.XENMEM_resource_grant_table_id_shared, 0, frames, addr,
+            mmap.PROT_READ | mmap.PROT_WRITE, 0)
+        if res == _ffi.NULL:
+            raise XenError("xenforeignmemory_map_resource", _ffi.errno,
+                           "grant table of dom %d, %d frames" % (domid, frames))
+        return GrantTableMapping(self, res, addr[0], frames * GRANTS_PER_FRAME)
+
+
+GRANTS_PER_FRAME = PAGE_SIZE // 8        # grant_entry_v1_t is 8 bytes
+
+
+class GrantTableMapping:
+    """Another domain's grant table, written by dom0 on its behalf."""
+
+    def __init__(self, fm, res, addr, entries):
+        self._fm, self._res, self.addr, self.entries = fm, res, addr, entries
+
+    def _check(self, first_ref, n):
+        if first_ref < 0 or n < 0 or first_ref + n > self.entries:
+            raise ValueError("refs %d..%d outside the %d mapped entries"
+                             % (first_ref, first_ref + n - 1, self.entries))
+
+    def seed(self, first_ref, gfns, grantee, readonly=False):
+        """Refs first_ref.. grant ``gfns`` to domain ``grantee``."""
+        gfns = list(gfns)
+        self._check(first_ref, len(gfns))
+        _lib.xen_shim_grant_seed(self.addr, first_ref,
+                                 _ffi.new("uint64_t[]", gfns), len(gfns),
+                                 grantee, int(readonly))
+
+    def revoke(self, first_ref, n):
+        """End the grants; how many were still mapped by the grantee."""
+        self._check(first_ref, n)
+        return _lib.xen_shim_grant_revoke(self.addr, first_ref, n)
+
+    def close(self):
+        if self._res is not None:
+            res, self._res = self._res, None
+            _lib.xenforeignmemory_unmap_resource(self._fm._h, res)
+
 
 class GntTab:
     """A libxengnttab handle: map pages other domains granted us."""
