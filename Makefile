@@ -17,7 +17,7 @@ $(STAMP): setup.cfg setup.py pyproject.toml libxc_shim/*.py libxc_shim/src/*.c l
 	$(VENV)/bin/pip install -q -e '.[test,plot]' --config-settings editable_mode=compat
 	touch $@
 
-$(GUEST): guest/workload.c guest/portio.h guest/guest.ld guest/Makefile
+$(GUEST): guest/workload.c guest/portio.h guest/qemu_channel.h guest/guest.ld guest/Makefile
 	$(MAKE) -C guest
 
 $(XSGUEST): guest/xsguest.c guest/portio.h guest/guest.ld guest/Makefile
