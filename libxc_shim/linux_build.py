@@ -16,7 +16,7 @@ import cffi
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SRC = os.path.join(HERE, "src")
-SOURCES = ["kvm_vm.c", "uffd_pager.c", "pages.c"]
+SOURCES = ["kvm_vm.c", "uffd_pager.c", "pages.c", "bench_limits.c"]
 
 
 def _path(p):
@@ -113,6 +113,14 @@ int xc_drop_pages(uint64_t base, const uint64_t *pfns, uint64_t n);
 int xc_gather_pages(uint64_t base, const uint64_t *pfns, uint64_t n, void *dst);
 uint32_t xc_crc32(const void *p, uint64_t len);
 int xc_store_flush(int fd, uint64_t offset, uint64_t len, int sync);
+
+/* bench_limits.h */
+int64_t xc_limit_memcpy(uint64_t bytes);
+int64_t xc_limit_first_touch(uint64_t bytes);
+int64_t xc_limit_raw_uffd(int memfd, uint64_t npages, const uint32_t *order, uint64_t n,
+                          uint32_t threads, uint64_t *faults);
+uint64_t xc_touch_pages(uint64_t base, const uint32_t *order, uint64_t n, uint64_t first,
+                        uint64_t step);
 """
 
 def make_ffibuilder(path=_path):
@@ -120,11 +128,11 @@ def make_ffibuilder(path=_path):
     ffi.cdef(CDEF)
     ffi.set_source(
         "xenclone._linux",
-        '#include "kvm_vm.h"\n#include "uffd_pager.h"\n#include "pages.h"\n'
+        '#include "kvm_vm.h"\n#include "uffd_pager.h"\n#include "pages.h"\n#include "bench_limits.h"\n'
         "#include <linux/userfaultfd.h>\n",
         sources=[path(os.path.join(SRC, s)) for s in SOURCES],
         include_dirs=[path(SRC)],
-        depends=[path(os.path.join(SRC, h)) for h in ("kvm_vm.h", "uffd_pager.h", "pages.h")],
+        depends=[path(os.path.join(SRC, h)) for h in ("kvm_vm.h", "uffd_pager.h", "pages.h", "bench_limits.h")],
         extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
     )
     return ffi

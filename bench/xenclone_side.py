@@ -1,0 +1,86 @@
+"""xenclone's side of bench/compare.py, in a process of its own (a private
+daemon, its helpers, nothing else of the bench in its memory).
+
+    .venv/bin/python bench/xenclone_side.py SPEC_JSON
+
+SPEC: {"memory_mib", "read_percent", "clones", "modes": ["lazy", "resident"],
+"runs"}.  Prints one JSON object: {"image": ..., "runs": {mode: [run, ...]}}.
+
+- lazy: launch all clones, time to the last answer;
+- resident: the same clones launched paused and hoarded full first, timed
+  from unpause (the all-resident run of the same workload).
+Memory is the kernel's (kernel_memory.py), taken once every clone answered.
+"""
+
+import json
+import statistics
+import sys
+import time
+
+from twisted.internet import defer, task
+
+from xenclone.cli.scenarios import private_session
+
+import kernel_memory
+
+
+@defer.inlineCallbacks
+def _answers(s, clones, t0):
+    infos = []
+    for c in clones:
+        infos.append((yield s.call("wait", domain=c["domid"], timeout=1200)))
+    t_end = time.perf_counter()
+    return infos, t_end - t0
+
+
+@defer.inlineCallbacks
+def one_run(s, image, mode, count):
+    pids = list((yield s.call("pids")).values())
+    if mode == "lazy":
+        t0 = time.perf_counter()
+        clones = (yield s.call("launch", image=image, count=count))["clones"]
+    else:
+        clones = (yield s.call("launch", image=image, count=count, paused=True))["clones"]
+        for c in clones:
+            yield s.call("hoard", domain=c["domid"], rate=10**7, wait=True)
+        t0 = time.perf_counter()
+        for c in clones:
+            yield s.call("unpause", domain=c["domid"])
+    infos, took = yield _answers(s, clones, t0)
+    mem = kernel_memory.measure(pids, memfd_pids=pids)
+    for c in clones:
+        yield s.call("destroy", domain=c["domid"])
+    launch_ms = [i["launch_ms"] for i in infos if i["launch_ms"] is not None]
+    return {
+        "answers_right": all(i["result"] == i["expected"] for i in infos) and len(infos) == count,
+        "time_to_answers_s": took,
+        "launch_to_first_instruction_ms": statistics.median(launch_ms) if launch_ms else None,
+        "pss_mib": mem["pss"] / 2**20, "rss_mib": mem["rss"] / 2**20,
+        "faults": sum(i["faults"] for i in infos),
+        "pages_moved": sum(i["resident_pages"] + i["zero_pages"] for i in infos),
+        "prefetched_pages": sum(i.get("prefetched_pages", 0) for i in infos),
+    }
+
+
+@defer.inlineCallbacks
+def main(reactor, spec):
+    s = yield private_session(reactor)
+    out = {"runs": {m: [] for m in spec["modes"]}}
+    try:
+        image = "bench"
+        yield s.call("create", config={"name": "bench-master", "memory": spec["memory_mib"],
+                                       "read_percent": spec["read_percent"]})
+        out["image"] = yield s.call("bless", domain="bench-master", name=image)
+        # The image holds the master's memory now; its own copy would only
+        # add to the figures (QEMU's master is gone too).
+        yield s.call("destroy", domain="bench-master")
+        for _ in range(spec["runs"]):
+            for mode in spec["modes"]:
+                out["runs"][mode].append((yield one_run(s, image, mode, spec["clones"])))
+    finally:
+        yield s.close()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    task.react(main, [json.loads(sys.argv[1])])
