@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 GUEST  := guest/build/guest.bin
 XSGUEST := guest/build/xsguest.bin
 
-.PHONY: setup demo test soak fuzz clean
+.PHONY: setup demo test soak fuzz bench bench-quick clean
 
 include Makefile.rig
 setup: $(STAMP) $(GUEST) $(XSGUEST)
@@ -32,6 +32,14 @@ test: setup
 # 5 minutes of launching and destroying clones: no fd, thread or memory leak.
 soak: setup
 	$(VENV)/bin/python bench/soak.py --seconds 300
+
+# xenclone against QEMU (eager restore, post-copy, template clones) and the
+# limits, same guest and workloads: bench/results/compare-<time>.json + .md
+bench: setup
+	cd bench && ../$(VENV)/bin/python compare.py
+
+bench-quick: setup
+	cd bench && ../$(VENV)/bin/python compare.py --quick
 
 # Hostile peers against the real memory server and daemon: FUZZ_EXAMPLES
 # cases per target (three targets), then a summary.
