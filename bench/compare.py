@@ -41,7 +41,7 @@ QEMU_MODES = ("resident",) + qemu_peer.MODES
 
 def xenclone_runs(clones, mib, pct, runs, launches=0):
     spec = {"memory_mib": mib, "read_percent": pct, "clones": clones,
-            "modes": ["lazy", "resident"], "runs": runs, "launches": launches}
+            "modes": ["lazy", "reap", "resident"], "runs": runs, "launches": launches}
     out = subprocess.run([sys.executable, os.path.join(HERE, "xenclone_side.py"), json.dumps(spec)],
                          capture_output=True, text=True, cwd=HERE)
     if out.returncode:
@@ -105,6 +105,11 @@ def summary(results, storm, launch_ms, goal):
                                                      _median(fig.get("qemu template"), "machinery_s"))
         s["xenclone_pss_vs_template"] = _ratio(_median(xc, "pss_mib"),
                                                _median(fig.get("qemu template"), "pss_mib"))
+        reap = fig.get("xenclone reap")
+        s["reap_common_part_faults_lazy_over_reap"] = _ratio(
+            _median(xc, "common_part_faults"), max(1, _median(reap, "common_part_faults") or 0))
+        s["reap_time_over_lazy"] = _ratio(_median(reap, "time_to_answers_s"),
+                                          _median(xc, "time_to_answers_s"))
     s["pager_vs_raw_uffd"] = results_file.spread(r["pager_vs_raw"] for r in storm)
     s["launch_ms_single"] = results_file.spread(launch_ms) if launch_ms else None
     goals = {
@@ -112,6 +117,8 @@ def summary(results, storm, launch_ms, goal):
         "pss_le_template": _le(s.get("xenclone_pss_vs_template"), 1.0),
         "machinery_10x_less_than_eager": _ge(s.get("machinery_eager_over_xenclone"), 10),
         "machinery_10x_less_than_postcopy": _ge(s.get("machinery_postcopy_over_xenclone"), 10),
+        "reap_5x_fewer_common_part_faults": _ge(s.get("reap_common_part_faults_lazy_over_reap"), 5),
+        "reap_less_time_to_answer": _le(s.get("reap_time_over_lazy"), 0.999999),
         "pager_ge_0.8_raw_uffd": _ge(s["pager_vs_raw_uffd"]["median"], 0.8),
         "launch_median_le_1ms": _le(s["launch_ms_single"]["median"], 1.0)
         if s["launch_ms_single"] else None,

@@ -1,7 +1,7 @@
 """The Markdown table of a bench/compare.py result."""
 
 FIGURES = ("time_to_answers_s", "launch_to_first_instruction_ms", "pss_mib", "rss_mib",
-           "faults", "pages_moved")
+           "faults", "common_part_faults", "pages_moved", "prefetched_pages")
 
 _COLUMNS = [("time to answers s", "time_to_answers_s", "%.3f"),
             ("(a) machinery s", "machinery_s", "%.3f"),
@@ -9,6 +9,8 @@ _COLUMNS = [("time to answers s", "time_to_answers_s", "%.3f"),
             ("PSS MiB", "pss_mib", "%.0f"),
             ("RSS MiB", "rss_mib", "%.0f"),
             ("faults", "faults", "%.0f"),
+            ("common-part faults", "common_part_faults", "%.0f"),
+            ("prefetched", "prefetched_pages", "%.0f"),
             ("pages moved", "pages_moved", "%.0f")]
 
 

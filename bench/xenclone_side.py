@@ -3,15 +3,19 @@ daemon, its helpers, nothing else of the bench in its memory).
 
     .venv/bin/python bench/xenclone_side.py SPEC_JSON
 
-SPEC: {"memory_mib", "read_percent", "clones", "modes": ["lazy", "resident"],
+SPEC: {"memory_mib", "read_percent", "clones", "modes": ["lazy", "reap", "resident"],
 "runs", "launches"}.  Prints one JSON object: {"image": ..., "runs": {mode:
 [run, ...], "launch_ms": [...]}}, the last from ``launches`` single clones
 launched one after the other (launch to first instruction, as bench/launch.py).
 
-- lazy: launch all clones, time to the last answer;
+- lazy: launch all clones, time to the last answer (no prefetch; the first
+  clone of the first run records the image's working set);
+- reap: the same, the recorded working set prefetched at launch;
 - resident: the same clones launched paused and hoarded full first, timed
   from unpause (the all-resident run of the same workload).
 Memory is the kernel's (kernel_memory.py), taken once every clone answered.
+Faults are the guest's (the C fast path's count); ``common_part_faults``
+those on the pages every clone reads.
 """
 
 import json
@@ -21,6 +25,7 @@ import time
 
 from twisted.internet import defer, task
 
+from xenclone import workload
 from xenclone.cli.scenarios import private_session
 
 import kernel_memory
@@ -35,14 +40,22 @@ def _answers(s, clones, t0):
     return infos, t_end - t0
 
 
+def common_pages(params):
+    """The pages every clone reads (the workload's common part)."""
+    p = workload.Params(**params)
+    return {p.data_first_pfn + i * p.data_npages // p.common_reads for i in range(p.common_reads)}
+
+
 @defer.inlineCallbacks
-def one_run(s, image, mode, count):
+def one_run(s, image, mode, count, common):
     pids = list((yield s.call("pids")).values())
-    if mode == "lazy":
+    if mode in ("lazy", "reap"):
         t0 = time.perf_counter()
-        clones = (yield s.call("launch", image=image, count=count))["clones"]
+        clones = (yield s.call("launch", image=image, count=count,
+                               prefetch=mode == "reap"))["clones"]
     else:
-        clones = (yield s.call("launch", image=image, count=count, paused=True))["clones"]
+        clones = (yield s.call("launch", image=image, count=count, paused=True,
+                               prefetch=False))["clones"]
         for c in clones:
             yield s.call("hoard", domain=c["domid"], rate=10**7, wait=True)
         t0 = time.perf_counter()
@@ -50,6 +63,8 @@ def one_run(s, image, mode, count):
             yield s.call("unpause", domain=c["domid"])
     infos, took = yield _answers(s, clones, t0)
     mem = kernel_memory.measure(pids, memfd_pids=pids)
+    sets = s.service.getServiceNamed("core").controller.working_sets
+    common_faults = sum(sets.faults_on(c["domid"], common) for c in clones)
     for c in clones:
         yield s.call("destroy", domain=c["domid"])
     launch_ms = [i["launch_ms"] for i in infos if i["launch_ms"] is not None]
@@ -60,9 +75,10 @@ def one_run(s, image, mode, count):
         "time_to_answers_s": took,
         "launch_to_first_instruction_ms": statistics.median(launch_ms) if launch_ms else None,
         "pss_mib": mem["pss"] / 2**20, "rss_mib": mem["rss"] / 2**20,
-        "faults": sum(i["faults"] for i in infos),
+        "faults": sum(i["guest_faults"] for i in infos),
+        "common_part_faults": common_faults,
         "pages_moved": sum(i["resident_pages"] + i["zero_pages"] for i in infos),
-        "prefetched_pages": sum(i.get("prefetched_pages", 0) for i in infos),
+        "prefetched_pages": sum(i["prefetched_pages"] for i in infos),
     }
 
 
@@ -78,12 +94,13 @@ def main(reactor, spec):
         # The image holds the master's memory now; its own copy would only
         # add to the figures (QEMU's master is gone too).
         yield s.call("destroy", domain="bench-master")
+        common = common_pages(out["image"]["meta"]["params"])
         for _ in range(spec["runs"]):
             for mode in spec["modes"]:
-                out["runs"][mode].append((yield one_run(s, image, mode, spec["clones"])))
+                out["runs"][mode].append((yield one_run(s, image, mode, spec["clones"], common)))
         out["runs"]["launch_ms"] = []
         for _ in range(spec.get("launches", 0)):
-            run = yield one_run(s, image, "lazy", 1)
+            run = yield one_run(s, image, "lazy", 1, common)
             if run["answers_right"]:
                 out["runs"]["launch_ms"].append(run["launch_to_first_instruction_ms"])
     finally:

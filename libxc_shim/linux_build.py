@@ -97,6 +97,7 @@ int xc_resolve(struct xc_region *r, uint64_t pfn, uint64_t npages, int how);
 int xc_copy_page(struct xc_region *r, uint64_t pfn, const void *src);
 int xc_set_state(struct xc_region *r, const uint64_t *pfns, uint64_t n, int state, uint8_t *prev);
 int xc_punch_hole(int fd, uint64_t offset, uint64_t len);
+int64_t xc_prefetch(struct xc_region *r, const uint64_t *pfns, uint64_t n, uint8_t *got);
 
 /* pages.h */
 #define XC_KIND_WP ...

@@ -78,6 +78,19 @@ class KvmRegion:
     def unprotect(self, pfn):
         _check(lib.xc_resolve(self.c_region, pfn, 1, lib.XC_UNPROTECT))
 
+    def prefetch(self, pfns):
+        """Map absent pages before they fault (blocking: call it off the
+        reactor).  Returns (pages mapped shared, pages mapped zero)."""
+        got = ffi.new("uint8_t[]", len(pfns))
+        _check(lib.xc_prefetch(self.c_region, pfns, len(pfns), got))
+        shared, zero = [], []
+        for pfn, state in zip(pfns, got):
+            if state == lib.XC_PAGE_SHARED:
+                shared.append(pfn)
+            elif state == lib.XC_PAGE_ZERO:
+                zero.append(pfn)
+        return shared, zero
+
     def share(self, on):
         self.c_region.no_share = 0 if on else 1
 
