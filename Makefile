@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 GUEST  := guest/build/guest.bin
 XSGUEST := guest/build/xsguest.bin
 
-.PHONY: setup demo test soak fuzz bench bench-quick clean
+.PHONY: setup demo test soak fuzz bench bench-quick bench-deps clean
 
 include Makefile.rig
 setup: $(STAMP) $(GUEST) $(XSGUEST)
@@ -35,11 +35,16 @@ soak: setup
 
 # xenclone against QEMU (eager restore, post-copy, template clones) and the
 # limits, same guest and workloads: bench/results/compare-<time>.json + .md
-bench: setup
+bench: setup bench-deps
 	cd bench && ../$(VENV)/bin/python compare.py
 
-bench-quick: setup
+bench-quick: setup bench-deps
 	cd bench && ../$(VENV)/bin/python compare.py --quick
+
+# QEMU is a peer; CRIU is looked for (bench/get-criu.sh unpacks one that works here).
+bench-deps:
+	dpkg -s qemu-system-x86 >/dev/null 2>&1 || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null)
 
 # Hostile peers against the real memory server and daemon: FUZZ_EXAMPLES
 # cases per target (three targets), then a summary.
