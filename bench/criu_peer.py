@@ -4,7 +4,8 @@ Debian 12's CRIU 3.17 fails here ("vdso: Unexpected rt vDSO area bounds").
 Debian 13's (trixie) CRIU 4.1.1 needs glibc 2.38, newer than Debian 12's,
 so it cannot be installed; ``bench/get-criu.sh`` unpacks it with its own
 libraries into a private root instead, where ``criu check`` passes and a
-dump and restore of a process work.  The bench records what it finds.
+dump and restore of a process work.  The bench records what it finds and
+why CRIU is not among the peers yet.
 """
 
 import os
@@ -38,6 +39,9 @@ def status():
     return {"found": " ".join(argv[-1:]), "version": version.strip().replace("\n", " "),
             "check": (check.stdout + check.stderr).strip().splitlines()[-1:],
             "run": False,
-            "why": "works on this kernel, but a peer with the same workload is not written "
-                   "yet (restoring one image N times at once needs a PID namespace per "
-                   "clone)"}
+            "why": "not run as a peer yet: criu check, a dump and concurrent eager "
+                   "restores of one image (each in its own PID namespace, the dumped "
+                   "task a session leader in it, its pipes swapped with --inherit-fd) "
+                   "worked by hand here; restores with --restore-detached and "
+                   "--lazy-pages (lazy-pages daemon per work dir) exited at once, "
+                   "not yet understood"}
