@@ -16,7 +16,8 @@
 #define FW_CFG_FILE_DIR 0x19
 #define DEBUGCON        0xE9
 
-/* The fw_cfg signature; our VMM answers 0 on unknown ports. */
+/* The fw_cfg signature; our VMM answers 0 on unknown ports (it is asked
+ * only when no params were written, which our VMMs always do). */
 static int qemu_present(void)
 {
     outw(FW_CFG_SEL, 0);

@@ -42,7 +42,7 @@ struct mailbox {
 #define MB ((volatile struct mailbox *)MAILBOX)
 
 uint32_t on_xen;        /* .bss: 0 unless the PVH entry ran */
-uint32_t on_qemu;       /* .bss: set before the bless point when fw_cfg answers */
+uint32_t on_qemu;       /* .bss: set before the bless point under QEMU */
 
 /* Entry at 0x1000: jump over the multiboot header (it must sit in the first
  * 8 KiB of the ELF file, 4-byte aligned); multiboot leaves ESP undefined. */
@@ -118,10 +118,13 @@ static void __attribute__((noreturn)) done(uint32_t status, uint32_t result)
 
 void __attribute__((noreturn)) guest_main(void)
 {
-    if (!on_xen)
-        on_qemu = qemu_present();
-    if (on_qemu)                /* the BIOS ran over RAM: the host writes it now */
+    /* Our VMMs write the params before the first instruction; under QEMU
+     * the BIOS ran over RAM, so the host writes them when asked.  The
+     * probe's port accesses happen only there. */
+    if (P->magic != PARAMS_MAGIC && !on_xen && qemu_present()) {
+        on_qemu = 1;
         qemu_wait_params(&P->magic, PARAMS_MAGIC);
+    }
     if (P->magic != PARAMS_MAGIC)
         done(DONE_BAD, 0);
     ready();
