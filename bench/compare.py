@@ -17,6 +17,7 @@ run less the all-resident run of the same workload on the same side, and
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,10 +43,15 @@ QEMU_MODES = ("resident",) + qemu_peer.MODES
 def xenclone_runs(clones, mib, pct, runs, launches=0):
     spec = {"memory_mib": mib, "read_percent": pct, "clones": clones,
             "modes": ["lazy", "reap", "resident"], "runs": runs, "launches": launches}
+    # Its daemon logs to a file, kept when it fails (XENCLONE_KEEP_TMP).
     out = subprocess.run([sys.executable, os.path.join(HERE, "xenclone_side.py"), json.dumps(spec)],
-                         capture_output=True, text=True, cwd=HERE)
+                         capture_output=True, text=True, cwd=HERE,
+                         env=dict(os.environ, XENCLONE_KEEP_TMP="1"))
+    kept = [l for l in out.stderr.splitlines() if "private daemon files kept in" in l]
     if out.returncode:
         raise RuntimeError("xenclone side failed: %s" % out.stderr[-2000:])
+    for line in kept:
+        shutil.rmtree(line.rsplit(" ", 1)[-1], ignore_errors=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["runs"]
 
 
