@@ -11,7 +11,6 @@ why CRIU is not among the peers yet.
 import os
 import subprocess
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 PRIVATE_ROOT = os.environ.get("XENCLONE_CRIU_ROOT", "/var/cache/xenclone-bench/criu-root")
 
 
