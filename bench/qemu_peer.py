@@ -57,6 +57,8 @@ class Guest:
         self._qmp = None
         self.out = b""
         self.marks = {}            # mark byte -> perf_counter when it came
+        self._result = bytearray()
+        self._pending = 0          # result bytes still to come
 
     @property
     def qmp(self):
@@ -65,19 +67,25 @@ class Guest:
         return self._qmp
 
     def feed(self):
+        """Marks are single bytes; 'D' is followed by 4 bytes of result,
+        which may look like marks."""
         data = self.proc.stdout.read() or b""
         now = time.perf_counter()
-        for i in range(len(self.out), len(self.out) + len(data)):
-            b = data[i - len(self.out):i - len(self.out) + 1]
-            if b in (b"P", b"R", b"G", b"D", b"X") and b not in self.marks:
-                self.marks[b] = now
+        for b in data:
+            if self._pending:
+                self._result.append(b)
+                self._pending -= 1
+                continue
+            mark = bytes([b])
+            self.marks.setdefault(mark, now)
+            if mark == b"D":
+                self._pending = 4
         self.out += data
 
     def result(self):
-        i = self.out.find(b"D")
-        if i < 0 or len(self.out) < i + 5:
+        if b"D" not in self.marks or self._pending:
             return None
-        return int.from_bytes(self.out[i + 1:i + 5], "little")
+        return int.from_bytes(bytes(self._result), "little")
 
     def answered(self):
         return b"X" in self.marks or self.result() is not None
