@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 GUEST  := guest/build/guest.bin
 XSGUEST := guest/build/xsguest.bin
 
-.PHONY: setup demo test soak fuzz clean
+.PHONY: setup demo test soak fuzz bench bench-quick bench-deps clean
 
 include Makefile.rig
 setup: $(STAMP) $(GUEST) $(XSGUEST)
@@ -17,7 +17,7 @@ $(STAMP): setup.cfg setup.py pyproject.toml libxc_shim/*.py libxc_shim/src/*.c l
 	$(VENV)/bin/pip install -q -e '.[test,plot]' --config-settings editable_mode=compat
 	touch $@
 
-$(GUEST): guest/workload.c guest/portio.h guest/guest.ld guest/Makefile
+$(GUEST): guest/workload.c guest/portio.h guest/qemu_channel.h guest/guest.ld guest/Makefile
 	$(MAKE) -C guest
 
 $(XSGUEST): guest/xsguest.c guest/portio.h guest/guest.ld guest/Makefile
@@ -32,6 +32,19 @@ test: setup
 # 5 minutes of launching and destroying clones: no fd, thread or memory leak.
 soak: setup
 	$(VENV)/bin/python bench/soak.py --seconds 300
+
+# xenclone against QEMU (eager restore, post-copy, template clones) and the
+# limits, same guest and workloads: bench/results/compare-<time>.json + .md
+bench: setup bench-deps
+	cd bench && ../$(VENV)/bin/python compare.py
+
+bench-quick: setup bench-deps
+	cd bench && ../$(VENV)/bin/python compare.py --quick
+
+# QEMU is a peer; CRIU is looked for (bench/get-criu.sh unpacks one that works here).
+bench-deps:
+	dpkg -s qemu-system-x86 >/dev/null 2>&1 || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null)
 
 # Hostile peers against the real memory server and daemon: FUZZ_EXAMPLES
 # cases per target (three targets), then a summary.

@@ -12,7 +12,8 @@ def spread(values):
 
 
 def write(prefix, summary, runs, **extra):
-    """bench/results/<prefix>-<timestamp>.json; prints the summary."""
+    """bench/results/<prefix>-<timestamp>.json; prints the summary and
+    returns the path."""
     out = dict({"summary": summary, "runs": runs, "when": time.strftime("%Y-%m-%dT%H:%M:%S")},
                **extra)
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -22,3 +23,4 @@ def write(prefix, summary, runs, **extra):
         json.dump(out, f, indent=2)
     print(json.dumps(summary, indent=2))
     print("written to", path)
+    return path

@@ -12,6 +12,7 @@
  * the backend reads and writes through foreign mappings. */
 #include <stdint.h>
 #include "portio.h"
+#include "qemu_channel.h"
 
 #define PORT_READY    0x10
 #define PORT_CLONE_ID 0x11
@@ -41,6 +42,7 @@ struct mailbox {
 #define MB ((volatile struct mailbox *)MAILBOX)
 
 uint32_t on_xen;        /* .bss: 0 unless the PVH entry ran */
+uint32_t on_qemu;       /* .bss: set before the bless point under QEMU */
 
 /* Entry at 0x1000: jump over the multiboot header (it must sit in the first
  * 8 KiB of the ELF file, 4-byte aligned); multiboot leaves ESP undefined. */
@@ -88,6 +90,11 @@ static void ready(void)
         MB->ready = 1;
         while (!MB->go)
             __asm__ volatile("pause" ::: "memory");
+    } else if (on_qemu) {
+        outb(DEBUGCON, 'R');    /* the snapshot is taken while this spins */
+        while (!qemu_clone_args(&MB->clone_id, &MB->input))
+            __asm__ volatile("pause" ::: "memory");
+        outb(DEBUGCON, 'G');
     } else {
         outl(PORT_READY, 1);
         __asm__ volatile("hlt" ::: "memory");   /* clones resume here */
@@ -99,6 +106,8 @@ static void __attribute__((noreturn)) done(uint32_t status, uint32_t result)
     if (on_xen) {
         MB->result = result;
         MB->done = status;
+    } else if (on_qemu) {
+        qemu_result(status, result);
     } else {
         if (status == DONE_OK)
             outl(PORT_RESULT, result);
@@ -109,12 +118,20 @@ static void __attribute__((noreturn)) done(uint32_t status, uint32_t result)
 
 void __attribute__((noreturn)) guest_main(void)
 {
+    /* Our VMMs write the params before the first instruction; under QEMU
+     * the BIOS ran over RAM, so the host writes them when asked.  The
+     * probe's port accesses happen only there. */
+    if (P->magic != PARAMS_MAGIC && !on_xen && qemu_present()) {
+        on_qemu = 1;
+        qemu_wait_params(&P->magic, PARAMS_MAGIC);
+    }
     if (P->magic != PARAMS_MAGIC)
         done(DONE_BAD, 0);
     ready();
 
-    uint32_t id = on_xen ? MB->clone_id : inl(PORT_CLONE_ID);
-    uint32_t input = on_xen ? MB->input : inl(PORT_INPUT);
+    /* Xen and QEMU: the mailbox (QEMU's ready() fills it from fw_cfg). */
+    uint32_t id = on_xen || on_qemu ? MB->clone_id : inl(PORT_CLONE_ID);
+    uint32_t input = on_xen || on_qemu ? MB->input : inl(PORT_INPUT);
     uint32_t first = P->data_first_pfn, n = P->data_npages;
     uint32_t common = P->common_reads, reads = P->clone_reads;
     uint32_t writes = P->write_pages, seed = P->seed;

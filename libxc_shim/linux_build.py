@@ -16,7 +16,7 @@ import cffi
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SRC = os.path.join(HERE, "src")
-SOURCES = ["kvm_vm.c", "uffd_pager.c", "pages.c"]
+SOURCES = ["kvm_vm.c", "uffd_pager.c", "pages.c", "bench_limits.c"]
 
 
 def _path(p):
@@ -39,6 +39,8 @@ int xc_install_kick_handler(void);
 int64_t xc_map_memfd(int fd, uint64_t size, int private_);
 int xc_unmap(uint64_t addr, uint64_t size);
 int xc_vm_create(int kvm_fd, uint64_t mem_addr, uint64_t mem_size, struct xc_vm *vm);
+int xc_vm_create_empty(int kvm_fd, struct xc_vm *vm);
+int xc_vm_set_memory(struct xc_vm *vm, uint64_t mem_addr, uint64_t mem_size);
 void xc_vm_destroy(struct xc_vm *vm);
 int xc_vm_set_boot_state(struct xc_vm *vm, uint32_t rip, uint32_t rsp, uint32_t eax);
 uint32_t xc_vm_state_size(void);
@@ -97,6 +99,7 @@ int xc_resolve(struct xc_region *r, uint64_t pfn, uint64_t npages, int how);
 int xc_copy_page(struct xc_region *r, uint64_t pfn, const void *src);
 int xc_set_state(struct xc_region *r, const uint64_t *pfns, uint64_t n, int state, uint8_t *prev);
 int xc_punch_hole(int fd, uint64_t offset, uint64_t len);
+int64_t xc_prefetch(struct xc_region *r, const uint64_t *pfns, uint64_t n, uint8_t *got);
 
 /* pages.h */
 #define XC_KIND_WP ...
@@ -116,6 +119,14 @@ int xc_drop_pages(uint64_t base, const uint64_t *pfns, uint64_t n);
 int xc_gather_pages(uint64_t base, const uint64_t *pfns, uint64_t n, void *dst);
 uint32_t xc_crc32(const void *p, uint64_t len);
 int xc_store_flush(int fd, uint64_t offset, uint64_t len, int sync);
+
+/* bench_limits.h */
+int64_t xc_limit_memcpy(uint64_t bytes);
+int64_t xc_limit_first_touch(uint64_t bytes);
+int64_t xc_limit_raw_uffd(int memfd, uint64_t npages, const uint32_t *order, uint64_t n,
+                          uint32_t threads, uint64_t *faults);
+uint64_t xc_touch_pages(uint64_t base, const uint32_t *order, uint64_t n, uint64_t first,
+                        uint64_t step);
 """
 
 def make_ffibuilder(path=_path):
@@ -123,11 +134,11 @@ def make_ffibuilder(path=_path):
     ffi.cdef(CDEF)
     ffi.set_source(
         "xenclone._linux",
-        '#include "kvm_vm.h"\n#include "uffd_pager.h"\n#include "pages.h"\n'
+        '#include "kvm_vm.h"\n#include "uffd_pager.h"\n#include "pages.h"\n#include "bench_limits.h"\n'
         "#include <linux/userfaultfd.h>\n",
         sources=[path(os.path.join(SRC, s)) for s in SOURCES],
         include_dirs=[path(SRC)],
-        depends=[path(os.path.join(SRC, h)) for h in ("kvm_vm.h", "uffd_pager.h", "pages.h")],
+        depends=[path(os.path.join(SRC, h)) for h in ("kvm_vm.h", "uffd_pager.h", "pages.h", "bench_limits.h")],
         extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
     )
     return ffi

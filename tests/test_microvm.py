@@ -12,7 +12,7 @@ from xenclone import workload
 
 if os.path.exists("/dev/kvm"):
     from xenclone._linux import ffi, lib
-    from xenclone.backends.kvm.microvm import MicroVM, host_features
+    from xenclone.backends.kvm.microvm import MicroVM, empty_vm, host_features
 
 GUEST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "guest")
 GUEST_BIN = os.path.join(GUEST_DIR, "build", "guest.bin")
@@ -118,8 +118,8 @@ class Pager:
         os.close(self.wake_fd)
 
 
-def launch_clone(image):
-    clone = MicroVM(image.fd, image.params.memory_pages, private=True)
+def launch_clone(image, spare=None):
+    clone = MicroVM(image.fd, image.params.memory_pages, private=True, spare=spare)
     uffd = clone.register_uffd()
     clone.set_state(image.state)
     return clone, uffd
@@ -193,6 +193,17 @@ class CloneTests(ImageTestCase):
         self.assertEqual(len(answers), 4)
         kinds = {kind for _, kind, _ in self.pager.records}
         self.assertEqual(kinds, {lib.XC_SERVED, lib.XC_ZERO, lib.XC_WRITTEN})
+
+    def test_a_clone_in_a_vm_made_ahead_answers_right(self):
+        """A spare VM (made before the launch, memory given at launch) runs
+        a clone as one made at launch does."""
+        self.pager.start()
+        self.addCleanup(self.pager.stop)
+        clone, uffd = launch_clone(self.image, spare=empty_vm())
+        self.addCleanup(clone.close)
+        self.pager.add(uffd, clone.addr, clone.npages, self.image.zero)
+        result, _ = run_clone(clone, 9, 99)
+        self.assertEqual(result, workload.expected_result(self.params, 9, 99))
 
     def test_every_write_is_seen(self):
         """The pages C saw written are exactly those the kernel shows private."""

@@ -165,6 +165,25 @@ class PagerTests(unittest.TestCase):
         lib.xc_resolve(self.region, 6, 1, lib.XC_CONTINUE)
         self.assertServedWith(t, self.m.sums[6])
 
+    def test_prefetch_maps_absent_pages_ahead_of_faults(self):
+        """Runs in one go, present pages left as they are, a hole that is
+        not a zero page (it needs a fetch) skipped; then no fault at all."""
+        self.m.zero[0] = 1
+        self.assertEqual(lib.xc_resolve(self.region, 8, 1, lib.XC_CONTINUE), 0)
+        self.assertEqual(lib.xc_punch_hole(self.m.fd, 20 * PAGE, PAGE), 0)
+        pfns = [7, 8, 9, 10, 0, 20, 21, 3]
+        got = ffi.new("uint8_t[]", len(pfns))
+        self.assertEqual(lib.xc_prefetch(self.region, pfns, len(pfns), got), 6)
+        S, Z = lib.XC_PAGE_SHARED, lib.XC_PAGE_ZERO
+        self.assertEqual(list(got), [S, 0, S, S, Z, 0, S, S])
+        self.assertEqual(self.region.state[20], lib.XC_PAGE_ABSENT)
+        self.assertEqual(self.m.kind(9), S | lib.XC_KIND_WP)
+        self.assertEqual(self.m.kind(0), Z | lib.XC_KIND_WP)
+        for pfn in (7, 9, 10, 21, 3):
+            self.assertEqual(self.m.read(pfn), [self.m.sums[pfn]])
+        self.assertEqual(self.region.faults, 0)
+        self.assertEqual(self.region.credits, 0)     # the caller accounts for them
+
     def test_zero_page_costs_no_credit(self):
         self.m.zero[0] = 1
         t = self.m.touch(0)

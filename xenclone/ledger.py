@@ -55,6 +55,7 @@ class CloneAccount:
     classes = attr.ib(factory=lambda: set(CLASSES))   # eviction classes allowed
     share = attr.ib(default=True)      # share.onfetch: map image pages, or copy them
     faults = attr.ib(default=0)
+    prefetched = attr.ib(default=0)    # pages mapped ahead of their faults (working set)
     evictions = attr.ib(factory=lambda: dict.fromkeys(CLASSES, 0))
     pageout_error = attr.ib(default=None)
 
@@ -196,7 +197,7 @@ class Ledger:
             if not holders:
                 del img.mappers[pfn]
 
-    def mapped_shared(self, domid, pfns):
+    def mapped_shared(self, domid, pfns, prefetched=False):
         if domid not in self._clones:
             return
         img = self.images[self._clones[domid].image_id]
@@ -204,18 +205,24 @@ class Ledger:
             if self._clones[domid].kind.get(pfn) == PRIVATE:
                 raise LedgerError("clone %d: page %d is private, not shared" % (domid, pfn))
             acct, old = self._set(domid, pfn, SHARED)
-            acct.faults += 1
+            if prefetched:
+                acct.prefetched += 1
+            else:
+                acct.faults += 1
             self._map(img, domid, pfn)
             if old != SHARED:
                 self.policy.paged_in((domid, pfn))
         self._log("shared", domid, list(pfns))
 
-    def mapped_zero(self, domid, pfns):
+    def mapped_zero(self, domid, pfns, prefetched=False):
         if domid not in self._clones:
             return
         for pfn in pfns:
             acct, _ = self._set(domid, pfn, ZERO)
-            acct.faults += 1
+            if prefetched:
+                acct.prefetched += 1
+            else:
+                acct.faults += 1
         self._log("zero", domid, list(pfns))
 
     def written(self, domid, pfns):
@@ -431,6 +438,7 @@ class Ledger:
             "evicted_pages": sum(acct.evictions.values()),
             "evictions": dict(acct.evictions),
             "faults": acct.faults,
+            "prefetched_pages": acct.prefetched,
             "target_pages": acct.target,
             "limit_pages": acct.limit,
             "burst_cap_pages": acct.cap,

@@ -22,7 +22,7 @@ import os
 import zlib
 from collections import defaultdict
 
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -92,6 +92,7 @@ class Pager:
         self._backoff = RETRY_FIRST
         self.waiting_for_memserver = set()   # clones with a fault that waits on it
         self.on_waiting = lambda domid, waiting: None   # the controller's hook
+        self.observe = lambda records: None   # sees every fault record first (working sets)
         source.start(self.on_faults)
 
     # -- clones
@@ -204,7 +205,35 @@ class Pager:
             return None
         stats = self.ledger.clone_stats(domid)
         stats["hoarding"] = domid in self._hoards
+        counters = getattr(self._clones[domid][0], "counters", None)
+        if counters is not None:    # the faults the guest saw, as C counted them
+            stats["guest_faults"] = counters()["faults"]
         return stats
+
+    def prefetch(self, domid, pfns):
+        """Map a clone's pages before it faults on them (a recorded working
+        set): as many as its room allows, in the given order, copied by C
+        off the reactor.  Deferred of the number mapped."""
+        region = self._clones[domid][0]
+        room = self.ledger.clone_room(domid)
+        if not hasattr(region, "prefetch") or room <= 0:
+            return defer.succeed(0)
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                      region.prefetch, list(pfns)[:room])
+
+        def account(mapped):
+            shared, zero = mapped
+            if domid in self._clones:
+                # A hole punched meanwhile unmapped some: those fault again.
+                states = region.states()
+                shared = [p for p in shared if states[p] == PageState.SHARED]
+                zero = [p for p in zero if states[p] == PageState.ZERO]
+                self.ledger.mapped_shared(domid, shared, prefetched=True)
+                self.ledger.mapped_zero(domid, zero, prefetched=True)
+                self._grant()
+            return len(shared) + len(zero)
+
+        return d.addCallback(account)
 
     def audit(self, domid, kernel):
         """Pages where the ledger, the fast path's state and the kernel's
@@ -223,6 +252,7 @@ class Pager:
 
     def on_faults(self, records):
         """A batch from the fast path: (domid, kind, pfn) tuples."""
+        self.observe(records)
         by_kind = defaultdict(lambda: defaultdict(list))
         states = {}
         for domid, kind, pfn in records:

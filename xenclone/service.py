@@ -32,6 +32,7 @@ from xenclone.pager import Pager
 from xenclone.policy.budget import Bursts, Watermarks
 from xenclone.policy.sharing import POLICIES
 from xenclone.wire import FrameProtocol, WireError
+from xenclone.working_set import WorkingSets
 from xenclone.xenstore.plane import XenStorePlane, guest_socket_dir
 
 log = Logger()
@@ -173,7 +174,9 @@ class CoreService(Service):
         self.controller = Controller(self.reactor, backend, memory, pager, host_memory,
                                      hoard_rate=s["hoard_rate"],
                                      share_onfetch=bool(s["share_onfetch"]),
-                                     memserver_timeout=s["memserver_timeout_s"])
+                                     memserver_timeout=s["memserver_timeout_s"],
+                                     working_sets=WorkingSets(
+                                         pager, os.path.join(s["state_dir"], "working-sets")))
         # What a previous daemon left running is served again before any
         # new request comes in.
         yield recover(self.controller)

@@ -64,22 +64,16 @@ int xc_unmap(uint64_t addr, uint64_t size)
     return munmap((void *)(uintptr_t)addr, size) < 0 ? -errno : 0;
 }
 
-int xc_vm_create(int kvm_fd, uint64_t mem_addr, uint64_t mem_size, struct xc_vm *vm)
+/* A VM and its vCPU with no memory yet: what a launch needs ready
+ * (creating them is most of a clone's start on kvm-pvm). */
+int xc_vm_create_empty(int kvm_fd, struct xc_vm *vm)
 {
     int r;
     memset(vm, 0, sizeof *vm);
     vm->vm_fd = vm->vcpu_fd = -1;
-    vm->mem_addr = mem_addr;
-    vm->mem_size = mem_size;
     if ((r = xioctl(kvm_fd, KVM_CREATE_VM, 0)) < 0)
         return r;
     vm->vm_fd = r;
-    struct kvm_userspace_memory_region region = {
-        .slot = 0, .guest_phys_addr = 0,
-        .memory_size = mem_size, .userspace_addr = mem_addr,
-    };
-    if ((r = xioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region)) < 0)
-        goto fail;
     if ((r = xioctl(vm->vm_fd, KVM_CREATE_VCPU, 0)) < 0)
         goto fail;
     vm->vcpu_fd = r;
@@ -95,6 +89,28 @@ int xc_vm_create(int kvm_fd, uint64_t mem_addr, uint64_t mem_size, struct xc_vm 
     return 0;
 fail:
     xc_vm_destroy(vm);
+    return r;
+}
+
+int xc_vm_set_memory(struct xc_vm *vm, uint64_t mem_addr, uint64_t mem_size)
+{
+    struct kvm_userspace_memory_region region = {
+        .slot = 0, .guest_phys_addr = 0,
+        .memory_size = mem_size, .userspace_addr = mem_addr,
+    };
+    int r = xioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region);
+    if (r == 0) {
+        vm->mem_addr = mem_addr;
+        vm->mem_size = mem_size;
+    }
+    return r;
+}
+
+int xc_vm_create(int kvm_fd, uint64_t mem_addr, uint64_t mem_size, struct xc_vm *vm)
+{
+    int r = xc_vm_create_empty(kvm_fd, vm);
+    if (r == 0 && (r = xc_vm_set_memory(vm, mem_addr, mem_size)) < 0)
+        xc_vm_destroy(vm);
     return r;
 }
 

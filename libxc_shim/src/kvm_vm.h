@@ -27,6 +27,8 @@ int xc_install_kick_handler(void);              /* no-op SIGUSR1, no SA_RESTART 
 int64_t xc_map_memfd(int fd, uint64_t size, int private_);  /* address or -errno */
 int xc_unmap(uint64_t addr, uint64_t size);
 int xc_vm_create(int kvm_fd, uint64_t mem_addr, uint64_t mem_size, struct xc_vm *vm);
+int xc_vm_create_empty(int kvm_fd, struct xc_vm *vm);     /* no memory slot yet */
+int xc_vm_set_memory(struct xc_vm *vm, uint64_t mem_addr, uint64_t mem_size);
 void xc_vm_destroy(struct xc_vm *vm);
 int xc_vm_set_boot_state(struct xc_vm *vm, uint32_t rip, uint32_t rsp, uint32_t eax);
 uint32_t xc_vm_state_size(void);

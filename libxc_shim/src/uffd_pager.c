@@ -207,6 +207,41 @@ int xc_copy_page(struct xc_region *r, uint64_t pfn, const void *src)
     return rc;
 }
 
+/* Map pages ahead of their faults (a recorded working set), in the given
+ * order, runs of consecutive absent pages in one ioctl.  Only pages C may
+ * fill alone: absent, and a zero page or one the image cache holds (a hole
+ * that is not a zero page needs a fetch, which is Python's: skipped).
+ * got[i] gets the state page pfns[i] was put in, or 0.  Costs no credit:
+ * the caller accounts what was mapped.  Returns how many were mapped. */
+int64_t xc_prefetch(struct xc_region *r, const uint64_t *pfns, uint64_t n, uint8_t *got)
+{
+    int64_t mapped = 0;
+    memset(got, 0, n);
+    for (uint64_t i = 0; i < n;) {
+        uint64_t p = pfns[i], run = 1;
+        if (p >= r->npages || r->no_share) {
+            i++;
+            continue;
+        }
+        int zero = r->zero && r->zero[p];
+        while (i + run < n && pfns[i + run] == p + run && p + run < r->npages
+               && (r->zero && r->zero[p + run]) == zero)
+            run++;
+        lock(r);
+        uint64_t len = 0, done = 0;     /* the absent prefix of the run; what got mapped */
+        while (len < run && r->state[p + len] == XC_PAGE_ABSENT)
+            len++;
+        if (len)
+            fill(r, p, len, zero ? XC_ZEROPAGE : XC_CONTINUE);
+        while (done < len && r->state[p + done] != XC_PAGE_ABSENT)
+            got[i + done] = r->state[p + done], done++;
+        unlock(r);
+        mapped += done;
+        i += done < len ? done + 1 : (len ? len : 1);   /* past a page that failed or was present */
+    }
+    return mapped;
+}
+
 int xc_set_state(struct xc_region *r, const uint64_t *pfns, uint64_t n, int state, uint8_t *prev)
 {
     if (state < XC_PAGE_ABSENT || state > XC_PAGE_ZERO)

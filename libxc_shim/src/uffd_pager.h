@@ -72,4 +72,7 @@ int xc_copy_page(struct xc_region *r, uint64_t pfn, const void *src);
  * removes the write protection (and wakes). */
 int xc_set_state(struct xc_region *r, const uint64_t *pfns, uint64_t n, int state, uint8_t *prev);
 int xc_punch_hole(int fd, uint64_t offset, uint64_t len);
+/* Map absent pages ahead of their faults (zero or in the image cache), runs
+ * in one ioctl; got[i]: the page's new state or 0.  Returns pages mapped. */
+int64_t xc_prefetch(struct xc_region *r, const uint64_t *pfns, uint64_t n, uint8_t *got);
 #endif

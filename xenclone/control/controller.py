@@ -105,8 +105,9 @@ class Controller:
     log = Logger()
 
     def __init__(self, reactor, backend, memserver, pager, host_memory, hoard_rate=5000,
-                 share_onfetch=True, memserver_timeout=0):
+                 share_onfetch=True, memserver_timeout=0, working_sets=None):
         self.reactor = reactor
+        self.working_sets = working_sets      # REAP: record, then prefetch (or None)
         self.memserver_timeout = memserver_timeout    # s; 0: wait for ever
         self._wait_timers = {}        # domid -> pause after the timeout
         pager.on_waiting = self._memserver_waiting
@@ -161,6 +162,8 @@ class Controller:
     def _set_state(self, dom, state):
         dom.state = state
         self._changed()
+        if state not in _RUNS and self.working_sets is not None:
+            self.working_sets.finished(dom.domid)
         if state not in _RUNS:
             waiters, dom.waiters = dom.waiters, []
             for d in waiters:
@@ -215,6 +218,8 @@ class Controller:
 
     def _forget(self, dom):
         self.domains.pop(dom.domid, None)
+        if self.working_sets is not None:
+            self.working_sets.gone(dom.domid)
         self.pager.detach(dom.domid)
         self._set_state(dom, DomainState.DESTROYED)
 
@@ -422,21 +427,22 @@ class Controller:
         count = _int(msg, "count", 1, MAX_LAUNCH, default=1)
         paused = bool(msg.get("paused"))
         share = msg.get("share", self.share_onfetch)
-        if not isinstance(share, bool):
-            raise WireError("bad-argument", "share must be true or false")
+        prefetch = msg.get("prefetch", True)
+        if not isinstance(share, bool) or not isinstance(prefetch, bool):
+            raise WireError("bad-argument", "share and prefetch must be true or false")
 
         @defer.inlineCallbacks
         def launch():
             image = yield self.open_image(image_id)
             launched = []
             for _ in range(count):
-                launched.append((yield self._launch_one(image, paused, share)))
+                launched.append((yield self._launch_one(image, paused, share, prefetch)))
             return {"clones": launched}
 
         return launch()
 
     @defer.inlineCallbacks
-    def _launch_one(self, image, paused, share):
+    def _launch_one(self, image, paused, share, prefetch=True):
         t0 = time.monotonic_ns()
         clone_id = self._next_clone_id.get(image.image_id, 0) + 1
         self._next_clone_id[image.image_id] = clone_id
@@ -456,6 +462,8 @@ class Controller:
             raise
         self._adopt(dom, region.domid)
         self.pager.attach(region, image, since, share)
+        if self.working_sets is not None and share:
+            self.working_sets.launched(dom.domid, image, region.npages, prefetch)
         self._changed()
         return {"domid": dom.domid, "name": name, "clone_id": clone_id}
 
@@ -466,6 +474,9 @@ class Controller:
         def annotate(images):
             for info in images:
                 info["clones"] = sum(1 for d in self.domains.values() if d.image == info["image_id"])
+                if self.working_sets is not None:
+                    info["working_set"] = self.working_sets.info(info["image_id"],
+                                                                 info["generation"])
             return {"images": images}
 
         return self.memserver.images().addCallback(annotate)
@@ -623,6 +634,8 @@ class Controller:
             for dom in clones:
                 yield self.op_destroy({"domain": dom.domid})
             yield self.memserver.discard(image_id)
+            if self.working_sets is not None:
+                self.working_sets.forget(image_id)
             image = self._images.pop(image_id, None)
             if image is not None:
                 self.backend.forget_image(image)

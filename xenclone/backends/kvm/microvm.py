@@ -101,10 +101,18 @@ def host_features():
     return out
 
 
+def empty_vm():
+    """A VM and its vCPU without memory, for a launch to come (``spare``)."""
+    vm = ffi.new("struct xc_vm *")
+    _check(lib.xc_vm_create_empty(kvm_fd(), vm), "create VM")
+    return vm
+
+
 class MicroVM:
     """Guest RAM = memfd `mem_fd` (npages pages) at guest physical 0."""
 
-    def __init__(self, mem_fd, npages, private):
+    def __init__(self, mem_fd, npages, private, spare=None):
+        """``spare``: a VM from ``empty_vm()``, made before it was needed."""
         self.npages = npages
         self.size = npages * PAGE_SIZE
         self.private = private
@@ -117,10 +125,16 @@ class MicroVM:
         self._ram = threading.Lock()       # nor an eviction the unmapping of guest RAM
         self.addr = _check(lib.xc_map_memfd(mem_fd, self.size, int(private)), "mmap guest RAM")
         try:
-            vm = ffi.new("struct xc_vm *")
-            _check(lib.xc_vm_create(kvm_fd(), self.addr, self.size, vm), "create VM")
+            if spare is None:
+                vm = ffi.new("struct xc_vm *")
+                _check(lib.xc_vm_create(kvm_fd(), self.addr, self.size, vm), "create VM")
+            else:
+                vm = spare
+                _check(lib.xc_vm_set_memory(vm, self.addr, self.size), "set VM memory")
             self._vm = vm
         except BaseException:
+            if spare is not None:
+                lib.xc_vm_destroy(spare)
             lib.xc_unmap(self.addr, self.size)
             raise
 
@@ -274,9 +288,12 @@ class MicroVM:
         vCPU first runs, so its first instructions need no round trip to the
         pager.  Returns the pfns mapped: pages this host's image cache
         lacks are left to the pager, which alone knows which are zero."""
-        state = ffi.new("uint8_t[]", self.npages)
+        # A state map as long as the pages asked for, not the image: a
+        # launch walks nothing of the image's size.
+        npages = min(self.npages, max(pfns, default=-1) + 1)
+        state = ffi.new("uint8_t[]", max(1, npages))
         region = ffi.new("struct xc_region *", {"uffd": self.uffd, "base": self.addr,
-                                                "npages": self.npages, "state": state})
+                                                "npages": npages, "state": state})
         return [pfn for pfn in pfns
                 if 0 <= pfn < self.npages and lib.xc_resolve(region, pfn, 1, lib.XC_CONTINUE) == 0]
 

@@ -78,6 +78,19 @@ class KvmRegion:
     def unprotect(self, pfn):
         _check(lib.xc_resolve(self.c_region, pfn, 1, lib.XC_UNPROTECT))
 
+    def prefetch(self, pfns):
+        """Map absent pages before they fault (blocking: call it off the
+        reactor).  Returns (pages mapped shared, pages mapped zero)."""
+        got = ffi.new("uint8_t[]", len(pfns))
+        _check(lib.xc_prefetch(self.c_region, pfns, len(pfns), got))
+        shared, zero = [], []
+        for pfn, state in zip(pfns, got):
+            if state == lib.XC_PAGE_SHARED:
+                shared.append(pfn)
+            elif state == lib.XC_PAGE_ZERO:
+                zero.append(pfn)
+        return shared, zero
+
     def share(self, on):
         self.c_region.no_share = 0 if on else 1
 
@@ -217,6 +230,9 @@ class UffdFaultSource:
             region.close()
 
     def set_credits(self, host, clones):
+        if self._credits_suffice(host, clones):
+            return      # a storm is not stopped for a top-up C does not need yet
+
         def grant():
             # The ledger has not yet seen what is still on its way to it.
             with self._count:
@@ -228,6 +244,22 @@ class UffdFaultSource:
                             0, n - self._unseen_served[domid])
 
         self.exclusively(grant)
+
+    def _credits_suffice(self, host, clones):
+        """True when C holds at most what it is granted now (never more:
+        a shrinking grant always applies) and at least half of it.  Read
+        without stopping C, which only ever lowers them, so a value read
+        is an upper bound of the real one."""
+        with self._count:
+            want_host = max(0, host - self._unseen_written)
+            want = {}
+            for domid, n in clones.items():
+                slot = self._by_domid.get(domid)
+                if slot is not None:
+                    want[slot] = max(0, n - self._unseen_served[domid])
+        if not want_host // 2 <= self._host_credits[0] <= want_host:
+            return False
+        return all(w // 2 <= self._slots[s].c_region.credits <= w for s, w in want.items())
 
     def stop(self):
         self._stopping = True

@@ -22,7 +22,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from xenclone import pageout_index, workload
-from xenclone.backends.kvm.microvm import MicroVM, NotHeld, VMClosed, entry_pfns
+from xenclone.backends.kvm.microvm import MicroVM, NotHeld, VMClosed, empty_vm, entry_pfns
 from xenclone.backends.kvm.xenstore_port import PORTS as XENSTORE_PORTS, XenStorePort
 from xenclone._linux import lib
 from xenclone.interfaces import DomainState
@@ -34,6 +34,8 @@ PARK_TIMEOUT = 0.1      # a running vCPU leaves KVM_RUN in microseconds
 MAX_PFNS = 4096         # pages per eviction request
 MAX_SLOT = 1 << 40      # page-out store slots (4 PiB of pages)
 MASTER_TIMEOUT = 30.0
+SPARE_VMS = 2           # made ahead, off the reactor: a launch takes one (KVM_CREATE_VM
+                        # and its vCPU are most of a clone's start on kvm-pvm)
 SOURCE_GUEST_KERNEL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "guest", "build",
                                    "guest.bin")
 INSTALLED_GUEST_KERNEL = os.path.join(sys.prefix, "share", "xenclone", "guest.bin")
@@ -97,6 +99,8 @@ class VmmHost:
         self.xenstore_dir = xenstore_dir
         self.domains = {}
         self.link = None          # the daemon's connection, for events
+        self._spares = []         # VMs without memory, for launches to come
+        self._making_spare = False
 
     # -- the vCPU threads
     #
@@ -235,6 +239,29 @@ class VmmHost:
             raise WireError("no-domain", "no domain %r on this VMM host" % (msg.get("domid"),))
         return dom
 
+    def _spare(self):
+        """A VM made ahead, or None; starts making the next."""
+        spare = self._spares.pop() if self._spares else None
+        self._make_spares()
+        return spare
+
+    def _make_spares(self):
+        if self._making_spare or len(self._spares) >= SPARE_VMS:
+            return
+        self._making_spare = True
+
+        def made(vm):
+            self._making_spare = False
+            self._spares.append(vm)
+            self._make_spares()
+
+        def failed(f):
+            self._making_spare = False      # launches make their own VM
+            self.log.warn("no spare VM: {why}", why=f.getErrorMessage())
+
+        threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                  empty_vm).addCallbacks(made, failed)
+
     # -- ops
 
     def op_ping(self, msg):
@@ -264,6 +291,7 @@ class VmmHost:
         self.domains[domid] = dom
         d = self._wait(dom, timeout=MASTER_TIMEOUT)
         self._start(dom)
+        self._make_spares()     # its clones will need VMs
 
         def ready(parked):
             if not parked or dom.state != DomainState.READY:
@@ -302,7 +330,7 @@ class VmmHost:
                 raise WireError("exists", "domain %d exists" % domid)
             if msg["arch"] != ARCH:
                 raise WireError("wrong-arch", "image is %s, this host runs %s" % (msg["arch"], ARCH))
-            vm = MicroVM(image_fd, msg["npages"], private=True)
+            vm = MicroVM(image_fd, msg["npages"], private=True, spare=self._spare())
         finally:
             os.close(image_fd)   # the private mapping keeps the image alive
         state = base64.b64decode(msg["vcpu_state"])
