@@ -98,6 +98,7 @@ class Job:
         self.res["image"] = image = yield self.json("bless", MASTER, "--name", IMAGE, timed="bless")
         params = workload.Params(**image["meta"]["params"])
         self.checks["image_has_data"] = image["nonzero_pages"] > params.data_npages // 2
+        yield self.lazy_refused()
         t = time.monotonic()
         launched = yield self.json("launch", IMAGE, "-n", str(CLONES), timed="launch_3_clones")
         names = [c["name"] for c in launched["clones"]]
@@ -139,6 +140,16 @@ class Job:
             self.res.setdefault("bad_input", {})[" ".join(args)] = [rc, err.strip()]
             self.checks["clear_error: " + " ".join(args)] = (
                 rc == 1 and "Traceback" not in err and "no-such" in err)
+
+    @defer.inlineCallbacks
+    def lazy_refused(self):
+        """Lazy fill asked of a Xen without MEM_PAGING: a clear error that
+        says why, and no domain left behind."""
+        before = xl_names()
+        rc, _, err = yield self.xenclone("launch", IMAGE, "--fill", "lazy")
+        self.res["lazy_on_stock"] = [rc, err.strip()]
+        self.checks["lazy_on_stock_refused"] = (
+            rc == 1 and "MEM_PAGING" in err and "Traceback" not in err and xl_names() == before)
 
     @defer.inlineCallbacks
     def destroyed_behind_its_back(self):

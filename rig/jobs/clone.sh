@@ -4,34 +4,9 @@
 # blesses it and launches 3 clones through the xl-style CLI, and checks
 # every answer.  Results: clone-results.json in $RIG_OUT.
 #
-# Python dependencies come from the project's venv (.venv, made by `make
-# setup`), read-only over the project share: the same versions the test
-# suite runs, for the same python3.11 ABI.  Debian 12's own packages are
-# older than setup.cfg asks (twisted 22.4 < 23.8, attrs 22.2 < 23,
-# zope.interface 5.5 < 6, cryptography 38 < 41).
+# The daemon's setup: daemon.sh.
 set -eu
-SITE=$RIG_PROJECT/.venv/lib/python3.11/site-packages
-[ -d "$SITE" ] || { echo "clone: no $SITE: run make setup first"; exit 1; }
-W=/tmp/xenclone
-mkdir -p "$W/plugins/twisted"
-cp -r "$RIG_PROJECT/twisted/plugins" "$W/plugins/twisted/"
-export PYTHONPATH=$PYTHONPATH:$W/plugins:$SITE
-# Every CLI call is a new python under TCG: let it keep the bytecode of the
-# package copy in /opt (tmpfs), compiled once.
-unset PYTHONDONTWRITEBYTECODE
-cat > "$W/xenclone.conf" <<EOF
-backend = "xen"
-state_dir = "$W/state"
-run_dir = "$W/run"
-control_socket = "$W/run/control.sock"
-xen_guest_kernel = "$RIG_PROJECT/guest/build/guest.elf"
-EOF
-
-daemon() {
-    python3 -c 'from twisted.scripts.twistd import run; run()' -n --pidfile= \
-        -l "$RIG_OUT/xenclone-daemon.log" xenclone -c "$W/xenclone.conf" &
-    DAEMON=$!
-}
+. "$RIG_PROJECT/rig/jobs/daemon.sh"
 daemon
 trap 'kill $DAEMON 2>/dev/null || true' EXIT
 rc=0

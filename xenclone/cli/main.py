@@ -85,6 +85,8 @@ def cmd_launch(args):
     fields = {"image": args.image, "count": args.n, "paused": args.paused}
     if args.no_share:
         fields["share"] = False
+    if args.fill:
+        fields["fill"] = args.fill
     return ("launch", fields,
             lambda r: "\n".join("%d %s" % (c["domid"], c["name"]) for c in r["clones"]))
 
@@ -195,6 +197,8 @@ def _parser():
     sp.add_argument("--paused", action="store_true")
     sp.add_argument("--no-share", action="store_true",
                     help="share.onfetch=0: private copies of image pages, none shared")
+    sp.add_argument("--fill", choices=("lazy", "before-run", "auto"),
+                    help="how the clone gets its memory (default: the daemon's fill setting)")
     add("list", cmd_list, "list domains with role, image and state", True)
     add("images", cmd_images, "list images", True)
     add("info", cmd_info, "show a domain's state and page figures", True).add_argument(

@@ -48,6 +48,7 @@ class CloneSpec:
     paused = attr.ib(default=False)
     share = attr.ib(default=True)      # share.onfetch: map image pages shared
     meta = attr.ib(factory=dict)
+    fill = attr.ib(default=None)       # lazy | before-run | auto; None: the backend's
 
 
 @attr.s(eq=False)
@@ -399,19 +400,22 @@ class Controller:
         share = msg.get("share", self.share_onfetch)
         if not isinstance(share, bool):
             raise WireError("bad-argument", "share must be true or false")
+        fill = msg.get("fill")
+        if fill not in (None, "lazy", "before-run", "auto"):
+            raise WireError("bad-argument", "fill must be lazy, before-run or auto")
 
         @defer.inlineCallbacks
         def launch():
             image = yield self.open_image(image_id)
             launched = []
             for _ in range(count):
-                launched.append((yield self._launch_one(image, paused, share)))
+                launched.append((yield self._launch_one(image, paused, share, fill)))
             return {"clones": launched}
 
         return launch()
 
     @defer.inlineCallbacks
-    def _launch_one(self, image, paused, share):
+    def _launch_one(self, image, paused, share, fill=None):
         t0 = time.monotonic_ns()
         clone_id = self._next_clone_id.get(image.image_id, 0) + 1
         self._next_clone_id[image.image_id] = clone_id
@@ -425,12 +429,12 @@ class Controller:
         try:
             meta = dict(dom.record(), generation=image.generation, share=share)
             region = yield self.backend.launch(
-                image, CloneSpec(domid, name, clone_id, domid, paused, share, meta))
+                image, CloneSpec(domid, name, clone_id, domid, paused, share, meta, fill))
         except Exception:
             self.domains.pop(domid, None)
             raise
         self._adopt(dom, region.domid)
-        self.pager.attach(region, image, since, share)
+        self.pager.attach(region, image, since, share and region.shares)
         self._changed()
         return {"domid": dom.domid, "name": name, "clone_id": clone_id}
 

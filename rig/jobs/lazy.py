@@ -1,0 +1,194 @@
+"""dom0 side of the rig's lazy job (the MEM_PAGING hypervisor): clones
+filled on fault through the pager, and the numbers against fill-before-run
+and ``xl save`` + ``xl restore``.  Prints one JSON object; exits non-zero,
+after printing, if any check failed.
+
+    python3 lazy.py XENCLONE_CONF
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from twisted.internet import defer, task
+
+from clone import Job, xl_names
+from xenclone import workload
+from xenclone.cli.scenarios import Session
+from xenclone.config import load_daemon_config
+
+MASTER, IMAGE, CLONES, MEMORY_MIB = "lmaster", "limg", 3, 16
+TARGET = 96                 # pages: well under what a clone's run touches
+LINUX_CFG = "/mnt/rig/domu/pvh.cfg"    # the rig's Linux PVH domU (it can suspend)
+SAVE = "/tmp/xenclone/linux.save"
+
+
+def answered_right(infos):
+    return all(i["state"] == "done" and i["result"] == i["expected"] for i in infos)
+
+
+class LazyJob(Job):
+    @defer.inlineCallbacks
+    def run(self, settings):
+        for _ in range(600):
+            if os.path.exists(settings["control_socket"]):
+                break
+            yield task.deferLater(self.reactor, 0.1, lambda: None)
+        self.s = yield Session(self.reactor, settings).open()
+        try:
+            yield self.lazy()
+        finally:
+            yield self.s.close()
+        self.res["numbers"]["xl_save_restore"] = self.save_restore()
+
+    @defer.inlineCallbacks
+    def lazy(self):
+        host = yield self.json("host")
+        caps = self.res["capabilities"] = host["capabilities"]
+        self.checks["host_reports_lazy"] = caps["fill_mode"] == "lazy" and caps["lazy_fill"]
+        cfg = os.path.join(os.path.dirname(self.conf), "lmaster.cfg")
+        with open(cfg, "w") as f:
+            f.write('name = "%s"\nmemory = %d\n' % (MASTER, MEMORY_MIB))
+        rc, out, err = yield self.xenclone("create", cfg, timed="create_master")
+        self.checks["master_created"] = rc == 0
+        image = yield self.json("bless", MASTER, "--name", IMAGE, timed="bless")
+        params = workload.Params(**image["meta"]["params"])
+
+        launched = yield self.json("launch", IMAGE, "-n", str(CLONES), "--fill", "lazy",
+                                   timed="launch_3_lazy_clones")
+        names = [c["name"] for c in launched["clones"]]
+        infos = yield defer.gatherResults([self.s.call("wait", domain=n, timeout=300)
+                                           for n in names])
+        self.res["answers"] = [{k: i.get(k) for k in (
+            "name", "domid", "state", "result", "expected", "launch_ms", "fill_mode",
+            "nominal_pages", "resident_pages", "private_pages", "zero_pages")} for i in infos]
+        self.checks["lazy_clones_answer_right"] = answered_right(infos) and all(
+            i["expected"] == workload.expected_result(params, i["clone_id"], i["input"])
+            for i in infos)
+        self.checks["lazy_clone_answers_differ"] = len({i["result"] for i in infos}) == CLONES
+        self.checks["pages_faulted_fewer_than_nominal"] = all(
+            0 < i["resident_pages"] < i["nominal_pages"] for i in infos)
+        yield self.memory_checks(params, infos)
+
+        yield self.under_target()
+        before_run = yield self.before_run()
+        host = yield self.json("host")
+        lazy = host["capabilities"]["lazy"]
+        self.res["numbers"] = {
+            "launch_ms_lazy": sorted(i["launch_ms"] for i in infos),
+            "launch_ms_before_run": before_run["launch_ms"],
+            "fault_service_us_median": lazy["service_us_median"],
+            "fault_service_us_p90": lazy["service_us_p90"],
+            "faults_served": lazy["faults_served"],
+            "setup_nominate_evict_us_per_page": lazy["setup_us_per_page"],
+            "evict_failed_pages": lazy["evict_failed"]}
+        self.checks["faults_were_served"] = lazy["faults_served"] > 0
+
+        rc, _, err = yield self.xenclone("unpause", MASTER)
+        resumed = yield self.s.call("wait", domain=MASTER, timeout=120)
+        expected = workload.expected_result(params, 0, 0)
+        self.res["master_resumed"] = dict(state=resumed["state"], result=resumed["result"],
+                                          expected=expected)
+        self.checks["master_resumes_unharmed"] = (
+            rc == 0 and resumed["state"] == "done" and resumed["result"] == expected)
+        yield self.xenclone("discard", IMAGE, "--force")
+        yield self.xenclone("destroy", MASTER)
+        left = [n for n in xl_names() if n != "Domain-0"]
+        self.res["xl_list_after_destroy"] = left
+        self.checks["all_destroyed"] = not left
+
+    @defer.inlineCallbacks
+    def under_target(self):
+        """A lazy clone held to TARGET pages from its first instruction:
+        the pager evicts from it (drop-clean, page-out) as it faults, its
+        evicted pages fault back in, and it still answers right."""
+        launched = yield self.json("launch", IMAGE, "--fill", "lazy", "--paused")
+        name = launched["clones"][0]["name"]
+        rc, _, err = yield self.xenclone("set", name, "target=%d" % TARGET)
+        self.checks["target_set"] = rc == 0
+        yield self.xenclone("unpause", name)
+        info = yield self.s.call("wait", domain=name, timeout=600)
+        self.res["under_target"] = {k: info.get(k) for k in (
+            "state", "result", "expected", "resident_pages", "target_pages", "evicted_pages",
+            "evictions", "paged_out_pages", "faults", "pageout_error")}
+        self.checks["target_clone_evicted"] = info["evicted_pages"] > 0
+        # Pages paged out and not out any more came back in through faults.
+        self.checks["target_clone_paged_back_in"] = (
+            info["evictions"].get("page-out", 0) > info["paged_out_pages"])
+        self.checks["target_clone_answers_right"] = answered_right([info])
+        yield self.xenclone("destroy", name)
+
+    @defer.inlineCallbacks
+    def before_run(self):
+        """The same image filled before it runs, on the same hypervisor."""
+        launched = yield self.json("launch", IMAGE, "--fill", "before-run")
+        name = launched["clones"][0]["name"]
+        info = yield self.s.call("wait", domain=name, timeout=300)
+        self.res["before_run"] = {k: info.get(k) for k in ("state", "result", "expected",
+                                                           "launch_ms")}
+        self.checks["before_run_answers_right"] = answered_right([info])
+        yield self.xenclone("destroy", name)
+        return info
+
+    def save_restore(self):
+        """``xl save`` + ``xl restore`` of the rig's Linux PVH domU (the
+        project's test guest never answers a suspend request)."""
+        out = {"domain": "rig-pvh, 128 MiB Linux"}
+        name = "rig-pvh"
+        try:
+            subprocess.run(["xl", "create", LINUX_CFG], check=True, capture_output=True)
+            console = "/var/log/xen/console/guest-%s.log" % name
+            deadline = time.monotonic() + 120
+            while not _marked(console):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the Linux domU did not come up in 120 s")
+                time.sleep(0.5)
+            t = time.monotonic()
+            subprocess.run(["xl", "save", name, SAVE], check=True, capture_output=True,
+                           timeout=180)
+            out["save_s"] = round(time.monotonic() - t, 2)
+            t = time.monotonic()
+            subprocess.run(["xl", "restore", SAVE], check=True, capture_output=True,
+                           timeout=180)
+            out["restore_s"] = round(time.monotonic() - t, 2)
+            out["save_plus_restore_s"] = round(out["save_s"] + out["restore_s"], 2)
+            out["image_mib"] = round(os.path.getsize(SAVE) / 2**20, 1)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            out["error"] = str(getattr(e, "stderr", None) or e).strip()[-300:]
+        finally:
+            subprocess.run(["xl", "destroy", name], capture_output=True)
+            if os.path.exists(SAVE):
+                os.unlink(SAVE)
+        return out
+
+
+def _marked(console):
+    try:
+        with open(console, "rb") as f:
+            return b"XENCLONE-DOMU-UP" in f.read()
+    except OSError:
+        return False
+
+
+def main(reactor, conf):
+    job = LazyJob(reactor, conf)
+    job.res["numbers"] = {}
+    d = job.run(load_daemon_config(conf))
+
+    def report(failure):
+        job.res["error"] = failure.getErrorMessage()
+        job.checks["completed"] = False
+
+    def done(_):
+        job.res["ok"] = all(job.checks.values())
+        print(json.dumps(job.res, indent=1, sort_keys=True))
+        if not job.res["ok"]:
+            raise SystemExit(1)
+
+    return d.addErrback(report).addCallback(done)
+
+
+if __name__ == "__main__":
+    task.react(main, sys.argv[1:])
