@@ -164,17 +164,17 @@ class Job:
             d["name"] for d in listed["domains"]] and name not in xl_names()
 
     @defer.inlineCallbacks
-    def memory_checks(self, params, infos):
+    def memory_checks(self, params, infos, master=MASTER, image=IMAGE):
         """The clones' writes stayed private: other clones, the image and
         the master still hold the image's data there."""
-        iso = yield self.s.call("isolation_check", image=IMAGE)
-        img = yield self.s.call("image_check", image=IMAGE)
+        iso = yield self.s.call("isolation_check", image=image)
+        img = yield self.s.call("image_check", image=image)
         self.res["isolation"], self.res["image_check"] = iso, img
         self.checks["clones_isolated"] = iso["isolated"]
         self.checks["image_unchanged"] = img["unchanged"]
         written = sorted(set().union(*(
             workload.pages_written(params, i["clone_id"], i["input"]) for i in infos)))
-        sums = yield self.s.call("page_sums", domain=MASTER, pfns=written)
+        sums = yield self.s.call("page_sums", domain=master, pfns=written)
         want = [workload.page_sum(workload.image_page(params, p)) for p in written]
         self.checks["master_pages_unchanged"] = bool(written) and sums["sums"] == want
 

@@ -20,7 +20,7 @@ from xenclone.cli.scenarios import Session
 from xenclone.config import load_daemon_config
 
 MASTER, IMAGE, CLONES, MEMORY_MIB = "lmaster", "limg", 3, 16
-TARGET = 96                 # pages: well under what a clone's run touches
+TARGET = 200                # pages: well under what a clone's run touches (~400)
 LINUX_CFG = "/mnt/rig/domu/pvh.cfg"    # the rig's Linux PVH domU (it can suspend)
 SAVE = "/tmp/xenclone/linux.save"
 
@@ -70,7 +70,7 @@ class LazyJob(Job):
         self.checks["lazy_clone_answers_differ"] = len({i["result"] for i in infos}) == CLONES
         self.checks["pages_faulted_fewer_than_nominal"] = all(
             0 < i["resident_pages"] < i["nominal_pages"] for i in infos)
-        yield self.memory_checks(params, infos)
+        yield self.memory_checks(params, infos, MASTER, IMAGE)
 
         yield self.under_target()
         before_run = yield self.before_run()
@@ -101,12 +101,14 @@ class LazyJob(Job):
 
     @defer.inlineCallbacks
     def under_target(self):
-        """A lazy clone held to TARGET pages from its first instruction:
-        the pager evicts from it (drop-clean, page-out) as it faults, its
-        evicted pages fault back in, and it still answers right."""
+        """A lazy clone held to TARGET pages from its first instruction (a
+        target evicts down to it once, a limit holds it there): the pager
+        evicts from it (drop-clean, page-out) as it faults, its evicted
+        pages fault back in, and it still answers right."""
         launched = yield self.json("launch", IMAGE, "--fill", "lazy", "--paused")
         name = launched["clones"][0]["name"]
-        rc, _, err = yield self.xenclone("set", name, "target=%d" % TARGET)
+        rc, _, err = yield self.xenclone("set", name, "target=%d" % TARGET,
+                                         "limit=%d" % TARGET)
         self.checks["target_set"] = rc == 0
         yield self.xenclone("unpause", name)
         info = yield self.s.call("wait", domain=name, timeout=600)

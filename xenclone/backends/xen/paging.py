@@ -245,6 +245,8 @@ class PagingSource:
             self._deliver(records)
 
     def add(self, region):
+        if not isinstance(region, PagedRegion):
+            return      # filled before it ran: it never faults
         self._regions[region.domid] = region
         self._ports[region.port] = region.domid
         region.deliver = lambda records: self.reactor.callLater(0, self._deliver, records)
