@@ -34,6 +34,7 @@ class FakeRegion:
         self.closed = False
         self.sharing = True
         self.shares = True
+        self.fill_mode = "lazy"
 
     def fileno(self):
         return -1

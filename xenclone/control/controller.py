@@ -66,6 +66,7 @@ class Domain:
     t0_ns = attr.ib(default=None)
     launch_ms = attr.ib(default=None)
     waiters = attr.ib(factory=list)
+    fill_mode = attr.ib(default=None)      # a clone's, from its region
 
     def record(self):
         """What the backend keeps for a daemon that restarts."""
@@ -434,6 +435,7 @@ class Controller:
             self.domains.pop(domid, None)
             raise
         self._adopt(dom, region.domid)
+        dom.fill_mode = region.fill_mode
         self.pager.attach(region, image, since, share and region.shares)
         self._changed()
         return {"domid": dom.domid, "name": name, "clone_id": clone_id}
@@ -453,7 +455,7 @@ class Controller:
         dom = self._domain(msg.get("domain"))
         info = dict(dom.summary(), clone_id=dom.clone_id, input=dom.input, result=dom.result,
                     launch_ms=dom.launch_ms, backend=self.backend.name,
-                    fill_mode=self.backend.fill_mode)
+                    fill_mode=dom.fill_mode or self.backend.fill_mode)
         stats = self.pager.stats(dom.domid)
         if stats is None:    # a master: its memory is all its own
             stats = {"nominal_pages": (dom.memory_mib or 0) * 256, "faults": 0}

@@ -37,6 +37,7 @@ class KvmRegion:
     through C under the region's lock, with the ioctl that goes with it."""
 
     shares = True
+    fill_mode = "lazy"
 
     def __init__(self, domid, uffd, base, npages, zero, prefilled=()):
         self.domid = domid

@@ -20,6 +20,7 @@ class FilledRegion:
 
     c_region = None
     shares = False      # each clone holds its own frames
+    fill_mode = "fill-before-run"
 
     def __init__(self, domid, npages, image, fmem, prefilled):
         self.domid = domid

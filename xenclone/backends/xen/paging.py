@@ -35,6 +35,7 @@ class PagedRegion:
 
     c_region = None
     shares = False
+    fill_mode = "lazy"
     log = Logger()
 
     def __init__(self, xc, evtchn, ring, domid, npages):
