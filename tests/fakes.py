@@ -33,7 +33,6 @@ class FakeRegion:
         self.cache = cache     # the host's copy of the image (FakeImageData)
         self.closed = False
         self.sharing = True
-        self.shares = True
         self.fill_mode = "lazy"
 
     def fileno(self):

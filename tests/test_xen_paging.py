@@ -3,6 +3,8 @@ every request is answered exactly once, faults reach the pager once per
 page, and waiting faults go back to the pager when their page changes."""
 
 import errno
+import os
+import types
 from collections import namedtuple
 
 from twisted.internet import task
@@ -65,16 +67,28 @@ class FakeXc:
         self.loads.append((gfn, bytes(data[:4])))
 
 
+def image(npages, cached=()):
+    """An image whose memfd holds ``cached`` pages (page n filled with n)."""
+    fd = os.memfd_create("test-image")
+    os.ftruncate(fd, npages * PAGE_SIZE)
+    for pfn in cached:
+        os.pwrite(fd, bytes([pfn]) * PAGE_SIZE, pfn * PAGE_SIZE)
+    return types.SimpleNamespace(npages=npages, mem_fd=fd,
+                                 read_page=lambda p: os.pread(fd, PAGE_SIZE, p * PAGE_SIZE))
+
+
 class PagedRegionTests(unittest.TestCase):
     def setUp(self):
         self.ring, self.evtchn, self.xc = FakeRing(), FakeEvtChn(), FakeXc()
-        self.region = PagedRegion(self.xc, self.evtchn, self.ring, 5, 32)
+        self.image = image(32, cached=[1])
+        self.addCleanup(os.close, self.image.mem_fd)
+        self.region = PagedRegion(self.xc, self.evtchn, self.ring, 5, self.image)
 
     def test_one_fault_per_page_and_every_request_answered(self):
         """Xen may ask several times for one page: one fault for the
         pager, and loading the page answers every request."""
         self.ring.queue = [Req(3, False), Req(3, False), Req(9, False), Req(3, False)]
-        self.assertEqual(self.region.take(), [(5, FaultKind.COPY, 3), (5, FaultKind.COPY, 9)])
+        self.assertEqual(self.region.take(), [(5, FaultKind.NOCREDIT, 3), (5, FaultKind.NOCREDIT, 9)])
         self.region.load_copy(3, b"abcd" * 1024)
         self.assertEqual([r.gfn for r in self.ring.answered], [3, 3, 3])
         self.region.load_zero(9)
@@ -113,7 +127,7 @@ class PagedRegionTests(unittest.TestCase):
         self.ring.queue = [Req(8, False)]
         self.assertEqual(self.region.take(), [(5, FaultKind.HOLD, 8)])
         self.region.release([8])
-        self.assertEqual(redelivered, [(5, FaultKind.COPY, 8)])
+        self.assertEqual(redelivered, [(5, FaultKind.NOCREDIT, 8)])
         self.assertEqual(self.ring.answered, [])
 
     def test_held_page_kept_after_all_is_answered(self):
@@ -125,9 +139,15 @@ class PagedRegionTests(unittest.TestCase):
         self.region.remember([8], PageState.PRIVATE)
         self.assertEqual(len(self.ring.answered), 1)
 
-    def test_cannot_share(self):
-        self.assertFalse(self.region.shares)
-        self.assertRaises(NotImplementedError, self.region.load_shared, 1)
+    def test_image_page_loads_only_from_the_cache(self):
+        """A page the host's cache lacks (a hole) must be fetched first."""
+        self.ring.queue = [Req(1, False), Req(2, False)]
+        self.region.take()
+        self.assertTrue(self.region.load_shared(1))
+        self.assertFalse(self.region.load_shared(2))
+        self.assertEqual(self.xc.loads, [(1, bytes([1]) * 4)])
+        self.assertEqual([r.gfn for r in self.ring.answered], [1])
+        self.assertEqual(self.region.states()[1], PageState.SHARED)
 
 
 class PagingSourceTests(unittest.TestCase):
@@ -135,7 +155,9 @@ class PagingSourceTests(unittest.TestCase):
         clock = task.Clock()
         clock.addReader = clock.removeReader = lambda r: None
         evtchn, ring = FakeEvtChn(), FakeRing()
-        region = PagedRegion(FakeXc(), evtchn, ring, 5, 16)
+        img = image(16)
+        self.addCleanup(os.close, img.mem_fd)
+        region = PagedRegion(FakeXc(), evtchn, ring, 5, img)
         source = PagingSource(clock, evtchn)
         got = []
         source.start(got.extend)
@@ -144,10 +166,10 @@ class PagingSourceTests(unittest.TestCase):
         source.doRead()          # not added yet: the request waits on the ring
         self.assertEqual(got, [])
         source.add(region)
-        self.assertEqual(got, [(5, FaultKind.COPY, 1)])
+        self.assertEqual(got, [(5, FaultKind.NOCREDIT, 1)])
         ring.queue = [Req(2, False)]
         evtchn.fired = [region.port]
         source.doRead()
-        self.assertEqual(got[-1], (5, FaultKind.COPY, 2))
+        self.assertEqual(got[-1], (5, FaultKind.NOCREDIT, 2))
         source.remove(5)
         self.assertTrue(ring.closed)

@@ -127,8 +127,6 @@ class IFaultRegion(Interface):
     c_region = Attribute("the C fast path's region struct (cffi)")
     prefilled = Attribute("pages the backend mapped at launch, before the pager")
     fill_mode = Attribute("how this clone gets its memory: 'lazy' or 'fill-before-run'")
-    shares = Attribute("whether image pages can be mapped shared into it; False "
-                       "(lazy Xen: no write protection) makes every page a private copy")
 
     def fileno():
         """The pollable handle (userfaultfd, or the event channel)."""

@@ -436,7 +436,7 @@ class Controller:
             raise
         self._adopt(dom, region.domid)
         dom.fill_mode = region.fill_mode
-        self.pager.attach(region, image, since, share and region.shares)
+        self.pager.attach(region, image, since, share)
         self._changed()
         return {"domid": dom.domid, "name": name, "clone_id": clone_id}
 

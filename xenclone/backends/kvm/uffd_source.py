@@ -36,7 +36,6 @@ class KvmRegion:
     The state array is shared with the C fast path; every change goes
     through C under the region's lock, with the ioctl that goes with it."""
 
-    shares = True
     fill_mode = "lazy"
 
     def __init__(self, domid, uffd, base, npages, zero, prefilled=()):

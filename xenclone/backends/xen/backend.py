@@ -426,7 +426,7 @@ class XenBackend:
         try:
             ring = self.xc.paging_enable(domid)
             try:
-                region = PagedRegion(self.xc, source.evtchn, ring, domid, image.npages)
+                region = PagedRegion(self.xc, source.evtchn, ring, domid, image)
             except Exception:
                 ring.close()
                 raise

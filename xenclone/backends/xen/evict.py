@@ -55,7 +55,8 @@ class Evictor:
 
     def drop_clean(self, domid, pfns, image):
         """Evict the pages that still hold the image's contents; a page the
-        guest wrote (Xen does not tell us) is found changed and kept."""
+        guest wrote (Xen does not tell us) is found changed and kept.  The
+        list's ``written`` names every page kept."""
         with self._lock:
             frozen = self._nominated(domid, pfns)
             if not frozen:
@@ -68,7 +69,9 @@ class Evictor:
                     if buf[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] == want:
                         clean.append(pfn)
             dropped = Dropped(self._evict(domid, clean))
-            dropped.written = sorted(set(frozen) - set(clean))
+            # Kept, so taken as written: found changed, or not frozen (a
+            # failed nominate or evict), so possibly changed since.
+            dropped.written = sorted(set(pfns) - set(dropped))
             return dropped
 
     def page_out(self, domid, pfns, slots, store_path, sync):

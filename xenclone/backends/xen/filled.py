@@ -19,7 +19,6 @@ class FilledRegion:
     image's non-zero pages, each now the clone's own frame."""
 
     c_region = None
-    shares = False      # each clone holds its own frames
     fill_mode = "fill-before-run"
 
     def __init__(self, domid, npages, image, fmem, prefilled):

@@ -8,13 +8,15 @@ page, cached, fetch, room, evict) and loads the page through the region
 (``xc_mem_paging_load``); loading answers every request that waits on the
 page, which resumes the vCPUs.
 
-Xen cannot write-protect a loaded page for us, so a clone cannot share
-image pages: every page it loads is its own frame (``shares`` False).
+Each page loaded is a frame of the clone's own; an image page loaded is
+accounted as the image's (clean) until an eviction finds it written: Xen
+cannot write-protect it for us, so the drop compares (``evict.py``).
 Evicted pages are never foreign-mapped here: that blocks until they are
 back, and this runs in the reactor.
 """
 
 import errno
+import os
 import time
 from collections import defaultdict, deque
 
@@ -26,7 +28,7 @@ from xenclone.backends.xen import libxc
 from xenclone.interfaces import PAGE_SIZE, FaultKind, IFaultRegion, IFaultSource, PageState
 
 ZERO_PAGE = bytes(PAGE_SIZE)
-SAMPLES = 100000        # fault service times kept per region (µs)
+SAMPLES = 100000        # fault service times kept (µs)
 
 
 @implementer(IFaultRegion)
@@ -34,13 +36,13 @@ class PagedRegion:
     """One lazy clone: its paging ring, bound event channel and page states."""
 
     c_region = None
-    shares = False
     fill_mode = "lazy"
     log = Logger()
 
-    def __init__(self, xc, evtchn, ring, domid, npages):
+    def __init__(self, xc, evtchn, ring, domid, image):
         self.domid = domid
-        self.npages = npages
+        self.npages = image.npages
+        self._image = image
         # Pages Xen kept stay out of the ledger: they never fault and are
         # never chosen to be evicted.
         self.prefilled = []
@@ -52,7 +54,7 @@ class PagedRegion:
         self._pending = defaultdict(list)   # pfn -> requests waiting for it
         self._since = {}                    # pfn -> monotonic ns of its first request
         self.deliver = None                 # the source's: redeliver a fault
-        self.service_us = deque(maxlen=SAMPLES)
+        self.service_us = deque(maxlen=SAMPLES)     # the source's, once added
         self.counters = {"requests": 0, "faults": 0, "answered_present": 0,
                          "load_kept": 0, "dropped_by_guest": 0}
 
@@ -102,7 +104,7 @@ class PagedRegion:
     def _fault_kind(self, pfn):
         state = self._state[pfn]
         if state == PageState.ABSENT:
-            return FaultKind.COPY       # the pager loads a copy: nothing is shared
+            return FaultKind.NOCREDIT   # no fast path on Xen: the pager decides
         if state == PageState.HOLD:
             return FaultKind.HOLD       # paged out, or being evicted
         return None                     # Xen still has it: a touch during a nominate
@@ -152,7 +154,16 @@ class PagedRegion:
         self._load(pfn, ZERO_PAGE, PageState.ZERO)
 
     def load_shared(self, pfn):
-        raise NotImplementedError("a Xen clone cannot share pages (shares is False)")
+        """The image's page from this host's cache; False if a hole."""
+        offset = pfn * PAGE_SIZE
+        try:
+            cached = os.lseek(self._image.mem_fd, offset, os.SEEK_DATA) == offset
+        except OSError:         # ENXIO: no data from here on
+            cached = False
+        if not cached:
+            return False
+        self._load(pfn, self._image.read_page(pfn), PageState.SHARED)
+        return True
 
     def load_copy(self, pfn, data):
         self._load(pfn, bytes(data), PageState.PRIVATE)
@@ -161,7 +172,8 @@ class PagedRegion:
         raise NotImplementedError("Xen write-protects no loaded page of a lazy clone")
 
     def share(self, on):
-        """Nothing to switch: every loaded page is a private frame."""
+        """Nothing to switch: every loaded page is a frame of the clone's;
+        the pager loads image pages as copies when sharing is off."""
 
     # -- states
 
@@ -214,6 +226,7 @@ class PagingSource:
         self._regions = {}      # domid -> PagedRegion
         self._ports = {}        # local port -> domid
         self._deliver = None
+        self.service_us = deque(maxlen=SAMPLES)   # every clone's, gone ones too
 
     def logPrefix(self):
         return "xen-paging"
@@ -251,6 +264,7 @@ class PagingSource:
         self._regions[region.domid] = region
         self._ports[region.port] = region.domid
         region.deliver = lambda records: self.reactor.callLater(0, self._deliver, records)
+        region.service_us = self.service_us
         self._serve(region)      # what came before it was added
 
     def remove(self, domid):
@@ -270,5 +284,6 @@ class PagingSource:
         self.reactor.removeReader(self)
 
     def service_times(self):
-        """Fault service times (µs) of every clone served, oldest first."""
-        return [t for r in self._regions.values() for t in r.service_us]
+        """Fault service times (µs), request to answer, of the last
+        SAMPLES faults of every clone served."""
+        return list(self.service_us)
