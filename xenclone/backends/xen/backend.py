@@ -20,6 +20,7 @@ Hypercalls are quick and run in the reactor; bulk copies (thousands of
 foreign-mapped pages) run in the reactor's thread pool.
 """
 
+import errno
 import json
 import os
 import struct
@@ -47,6 +48,8 @@ READY_TIMEOUT = 120.0   # xl create to the bless point, under TCG
 GUEST_KERNEL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "guest", "build",
                             "guest.elf")
 SHUTDOWN_CRASH = 3
+PAGE_IN_TIMEOUT = 60.0  # a read of evicted pages waits this long for the pager
+PAGE_IN_RETRY = 0.02
 FILL_MODES = ("auto", "lazy", "before-run")
 _STATE_HEAD = struct.Struct("<I")
 
@@ -121,6 +124,17 @@ class _Domain:
         return {"domid": self.domid, "name": self.name, "role": self.role,
                 "npages": self.npages, "config": self.config, "meta": self.meta,
                 "fill": self.fill}
+
+
+def _spread(times):
+    """Median and 90th percentile of fault service times (µs)."""
+    times = sorted(times)
+
+    def pct(p):
+        return round(times[min(len(times) - 1, int(p * len(times)))], 1) if times else None
+
+    return {"faults_served": len(times), "service_us_median": pct(0.5),
+            "service_us_p90": pct(0.9)}
 
 
 def _xen_errors(d):
@@ -535,9 +549,24 @@ class XenBackend:
     def _sums(self, domid, pfns):
         sums = []
         for batch in _batches(pfns):
-            with self.fm.map(domid, batch, writable=False) as m:
+            with self._map_paged(domid, batch) as m:
                 sums += m.page_sums()
         return sums
+
+    def _map_paged(self, domid, pfns):
+        """Map pages of a domain for reading, in a thread: a lazy clone's
+        evicted pages fail with ENOENT, and the attempt itself asks the
+        pager for them (a paging request), so the map is tried again until
+        the reactor has paged them in."""
+        deadline = time.monotonic() + PAGE_IN_TIMEOUT
+        while True:
+            try:
+                return self.fm.map(domid, pfns, writable=False)
+            except libxc.XenError as e:
+                paged = e.failures and all(err == errno.ENOENT for _, err in e.failures)
+                if not paged or time.monotonic() > deadline:
+                    raise
+            time.sleep(PAGE_IN_RETRY)
 
     def _checked(self, domid, pfns):
         dom = self._get(domid)
@@ -597,18 +626,14 @@ class XenBackend:
 
     def lazy_stats(self):
         """Lazy fill figures: nominate+evict at launch (µs a page, C) and
-        fault service (µs a page, request to answer)."""
-        times = sorted(self._source.service_times()) if isinstance(
-            self._source, PagingSource) else []
-
-        def pct(p):
-            return round(times[min(len(times) - 1, int(p * len(times)))], 1) if times else None
-
+        fault service (µs a page, request to answer), over every clone kept
+        and by clone."""
+        by_clone = self._source.service_times() if isinstance(self._source, PagingSource) else {}
         setup = sorted(self.setup_us_per_page)
-        return {"faults_served": len(times), "service_us_median": pct(0.5),
-                "service_us_p90": pct(0.9),
-                "setup_us_per_page": round(setup[len(setup) // 2], 2) if setup else None,
-                "evict_failed": self._evictor.evict_failed if self._evictor else 0}
+        return dict(_spread([t for times in by_clone.values() for t in times]),
+                    by_clone={str(d): _spread(times) for d, times in by_clone.items()},
+                    setup_us_per_page=round(setup[len(setup) // 2], 2) if setup else None,
+                    evict_failed=self._evictor.evict_failed if self._evictor else 0)
 
     def capabilities(self):
         phys = self.xc.physinfo()

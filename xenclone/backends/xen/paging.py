@@ -18,7 +18,7 @@ back, and this runs in the reactor.
 import errno
 import os
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -28,7 +28,8 @@ from xenclone.backends.xen import libxc
 from xenclone.interfaces import PAGE_SIZE, FaultKind, IFaultRegion, IFaultSource, PageState
 
 ZERO_PAGE = bytes(PAGE_SIZE)
-SAMPLES = 100000        # fault service times kept (µs)
+SAMPLES = 100000        # fault service times kept per clone (µs)
+CLONES_KEPT = 16        # clones whose times are kept, the latest
 
 
 @implementer(IFaultRegion)
@@ -54,7 +55,7 @@ class PagedRegion:
         self._pending = defaultdict(list)   # pfn -> requests waiting for it
         self._since = {}                    # pfn -> monotonic ns of its first request
         self.deliver = None                 # the source's: redeliver a fault
-        self.service_us = deque(maxlen=SAMPLES)     # the source's, once added
+        self.service_us = deque()           # the source's, once added
         self.counters = {"requests": 0, "faults": 0, "answered_present": 0,
                          "load_kept": 0, "dropped_by_guest": 0}
 
@@ -226,7 +227,7 @@ class PagingSource:
         self._regions = {}      # domid -> PagedRegion
         self._ports = {}        # local port -> domid
         self._deliver = None
-        self.service_us = deque(maxlen=SAMPLES)   # every clone's, gone ones too
+        self._service_us = OrderedDict()    # domid -> its times, gone clones' too
 
     def logPrefix(self):
         return "xen-paging"
@@ -264,7 +265,9 @@ class PagingSource:
         self._regions[region.domid] = region
         self._ports[region.port] = region.domid
         region.deliver = lambda records: self.reactor.callLater(0, self._deliver, records)
-        region.service_us = self.service_us
+        region.service_us = self._service_us[region.domid] = deque(maxlen=SAMPLES)
+        while len(self._service_us) > CLONES_KEPT:
+            self._service_us.popitem(last=False)
         self._serve(region)      # what came before it was added
 
     def remove(self, domid):
@@ -284,6 +287,6 @@ class PagingSource:
         self.reactor.removeReader(self)
 
     def service_times(self):
-        """Fault service times (µs), request to answer, of the last
-        SAMPLES faults of every clone served."""
-        return list(self.service_us)
+        """Fault service times (µs), request to answer, by clone (the
+        latest CLONES_KEPT clones served, gone ones too)."""
+        return {domid: list(times) for domid, times in self._service_us.items()}
