@@ -88,7 +88,8 @@ class PagedRegionTests(unittest.TestCase):
         """Xen may ask several times for one page: one fault for the
         pager, and loading the page answers every request."""
         self.ring.queue = [Req(3, False), Req(3, False), Req(9, False), Req(3, False)]
-        self.assertEqual(self.region.take(), [(5, FaultKind.NOCREDIT, 3), (5, FaultKind.NOCREDIT, 9)])
+        self.assertEqual(self.region.take(),
+                         [(5, FaultKind.NOCREDIT, 3), (5, FaultKind.NOCREDIT, 9)])
         self.region.load_copy(3, b"abcd" * 1024)
         self.assertEqual([r.gfn for r in self.ring.answered], [3, 3, 3])
         self.region.load_zero(9)

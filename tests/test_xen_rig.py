@@ -110,7 +110,9 @@ def paging_run():
     out = tempfile.mkdtemp(prefix="xenclone-rig-paging.")
     if xen.returncode != 0:
         return xen, None, out, None
-    boot = _run([os.path.join(RIG, "boot.sh"), "--no-build",
+    # Not --no-build: another worktree's build may have become the cache's
+    # current one since rig_run(); boot.sh boots the build of this tree.
+    boot = _run([os.path.join(RIG, "boot.sh"),
                  "--xen", xen.stdout.strip().splitlines()[-1],
                  "--job", os.path.join(RIG, "jobs", "paging.sh"),
                  "--out", out, "--timeout", str(PAGING_TIMEOUT - 60)], PAGING_TIMEOUT)

@@ -159,7 +159,8 @@ class CoreService(Service):
         backend = self.backend = yield self._backend(run)
         # On Xen, clones' frames come from the hypervisor's free memory.
         available = backend.free_pages if backend.name == "xen" else hostmem.available_pages
-        ledger = Ledger(host_budget_pages(s, available), POLICIES[s["eviction_policy"]](), s["credit_batch"])
+        ledger = Ledger(host_budget_pages(s, available), POLICIES[s["eviction_policy"]](),
+                        s["credit_batch"])
         self.source = self._fault_source(backend)
         store_dir = os.path.join(s["state_dir"], "pageout")
         os.makedirs(store_dir, mode=0o700, exist_ok=True)
