@@ -195,6 +195,11 @@ int xen_shim_ring_put(vm_event_back_ring_t *ring,
 void xen_shim_paging_response(const vm_event_request_t *req,
                               vm_event_response_t *rsp);
 int xen_shim_ring_unmap(void *page);
+#define XEN_SHIM_NOMINATE ...
+#define XEN_SHIM_EVICT ...
+int xen_shim_paging_evict_pages(xc_interface *xch, uint32_t domid,
+                                const uint64_t *gfns, int n, int steps,
+                                int *err);
 
 /* ---- grant_seed.c ---- */
 void xen_shim_grant_seed(void *table, uint32_t first_ref, const uint64_t *gfns,

@@ -222,9 +222,11 @@ rm -rf "$OUT"
 mv "$OUT.tmp" "$OUT"
 trap - EXIT
 ln -sfn "$KEY" "$CACHE/current"
-# Keep the cache small: drop other builds and bases (debs stay).
+# Keep the cache small: drop other builds and bases (debs stay).  A build
+# made in the last two hours may be another worktree's, booted right now.
 for old in "$CACHE"/*/.complete; do
     d=$(dirname "$old")
+    [ -n "$(find "$old" -mmin +120)" ] || continue
     [ -L "$d" ] || [ "$d" = "$OUT" ] || rm -rf "$d"
 done
 for old in "$CACHE"/base-*.tar; do

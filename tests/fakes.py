@@ -33,6 +33,7 @@ class FakeRegion:
         self.cache = cache     # the host's copy of the image (FakeImageData)
         self.closed = False
         self.sharing = True
+        self.fill_mode = "lazy"
 
     def fileno(self):
         return -1

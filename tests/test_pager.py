@@ -4,11 +4,13 @@ import os
 import shutil
 import tempfile
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from xenclone import ledger as L
+from xenclone.backends.xen.evict import Dropped
 from xenclone.interfaces import (IBackend, IFaultRegion, IFaultSource, IMemoryServer, FaultKind,
                                  PageState)
 from xenclone.ledger import Ledger
@@ -83,6 +85,23 @@ class PagerTests(unittest.TestCase):
         self.assertNotIn(20, self.r1.loaded)
         self.pager.set_knobs(1, limit=0)
         self.assertEqual(self.r1.loaded[20], "shared")
+
+    def test_drop_that_finds_a_page_written_makes_it_private(self):
+        """Xen cannot write-protect: its drop finds writes by comparing, keeps
+        those pages and names them; they are the clone's only copy now."""
+        self.ledger.set_knobs(1, limit=3)
+        self.source.deliver([(1, S, p) for p in (1, 2, 3)])
+
+        def drop_clean(domid, pfns):
+            dropped = Dropped(p for p in pfns if p != 2)
+            dropped.written = [2]
+            return defer.succeed(dropped)
+
+        self.backend.drop_clean = drop_clean
+        self.source.deliver([(1, N, 20)])
+        self.assertEqual(self.ledger.kind(1, 2), L.PRIVATE)
+        self.assertEqual(self.r1.state[2], PageState.PRIVATE)
+        self.assertEqual(self.ledger.kind(1, 1), L.EVICTED)
 
     def test_write_record_arriving_after_its_page_was_dropped_is_stale(self):
         """The fast path let a write through (the page is private in C) but

@@ -69,6 +69,8 @@ class IBackend(Interface):
         ``clone`` is a ``CloneSpec``.  Deferred[``IFaultRegion``] once the
         clone's memory is registered with its fault source; the vCPU runs
         at once unless the spec says paused (faults queue until served).
+        ``clone.fill`` (lazy, before-run, auto; None = the backend's
+        setting) is refused, before anything is built, where not offered.
         """
 
     def domains():
@@ -103,6 +105,8 @@ class IBackend(Interface):
         The pager holds the pages first (``IFaultRegion.hold``), so a write
         cannot make one private during the drop; the backend still drops
         only pages the kernel (or hypervisor) shows as clean image pages.
+        A backend that learns of writes only here (Xen) names the pages it
+        kept for that in the list's ``written`` attribute.
         """
 
     def page_out(domid, pfns, slots, store_path, sync):
@@ -122,6 +126,7 @@ class IFaultRegion(Interface):
     npages = Attribute("nominal pages")
     c_region = Attribute("the C fast path's region struct (cffi)")
     prefilled = Attribute("pages the backend mapped at launch, before the pager")
+    fill_mode = Attribute("how this clone gets its memory: 'lazy' or 'fill-before-run'")
 
     def fileno():
         """The pollable handle (userfaultfd, or the event channel)."""

@@ -550,6 +550,8 @@ class Pager:
             # The ledger may not have seen such a write yet (its record is
             # on its way, and will be found stale).
             private = {p for p in pfns if before[p] == PageState.PRIVATE}
+            # A backend that cannot write-protect (Xen) finds writes only now.
+            private |= set(getattr(dropped, "written", ()))
             written = sorted(private & kept)
             if written:
                 region.remember(written, PageState.PRIVATE)

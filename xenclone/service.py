@@ -46,13 +46,14 @@ def use_xen(choice):
     return choice == "xen"
 
 
-def host_budget_pages(settings):
-    """The configured budget, or 80% of what the kernel says is available."""
+def host_budget_pages(settings, read_available=hostmem.available_pages):
+    """The configured budget, or 80% of what is available (the kernel's
+    figure, or on Xen the hypervisor's free memory)."""
     mib = settings["host_memory_mib"]
-    return mib * 256 if mib else hostmem.available_pages() * 8 // 10
+    return mib * 256 if mib else read_available() * 8 // 10
 
 
-def host_memory_service(reactor, settings, pager):
+def host_memory_service(reactor, settings, pager, read_available=hostmem.available_pages):
     """The budget under real pressure, and the clones' burst policy."""
     s = settings
     watermarks = Watermarks(ceiling=pager.ledger.budget_pages, low=s["low_watermark_mib"] * 256,
@@ -62,7 +63,7 @@ def host_memory_service(reactor, settings, pager):
     if s["memory_limit_mib"]:
         bursts = Bursts(limit=s["memory_limit_mib"] * 256, burst=s["burst_size_mib"] * 256,
                         burst_ns=s["burst_time_ms"] * 1000000)
-    return HostMemoryService(reactor, pager, watermarks, bursts)
+    return HostMemoryService(reactor, pager, watermarks, bursts, read_available=read_available)
 
 
 def remote_args(settings):
@@ -163,13 +164,16 @@ class CoreService(Service):
         self.links.append(client)
         memory = MirroringMemoryServer(client, self._remote())
         backend = self.backend = yield self._backend(run)
-        ledger = Ledger(host_budget_pages(s), POLICIES[s["eviction_policy"]](), s["credit_batch"])
+        # On Xen, clones' frames come from the hypervisor's free memory.
+        available = backend.free_pages if backend.name == "xen" else hostmem.available_pages
+        ledger = Ledger(host_budget_pages(s, available), POLICIES[s["eviction_policy"]](),
+                        s["credit_batch"])
         self.source = self._fault_source(backend)
         store_dir = os.path.join(s["state_dir"], "pageout")
         os.makedirs(store_dir, mode=0o700, exist_ok=True)
         pager = Pager(self.reactor, ledger, self.source, backend, memory, store_dir,
                       sync=bool(s["pageout_sync"]))
-        host_memory = host_memory_service(self.reactor, s, pager)
+        host_memory = host_memory_service(self.reactor, s, pager, available)
         host_memory.setServiceParent(self.parent)
         self.controller = Controller(self.reactor, backend, memory, pager, host_memory,
                                      hoard_rate=s["hoard_rate"],
@@ -216,7 +220,7 @@ class CoreService(Service):
         if use_xen(self.settings["backend"]):
             from xenclone.backends.xen.backend import XenBackend
             return XenBackend(self.reactor, os.path.join(run, "xl"), self._on_event,
-                              self.settings["xen_guest_kernel"] or None)
+                              self.settings["xen_guest_kernel"] or None, self.settings["fill"])
         from xenclone.backends.kvm.backend import KvmBackend
         from xenclone.backends.kvm.vmmhost import default_guest_kernel
 
@@ -231,8 +235,7 @@ class CoreService(Service):
 
     def _fault_source(self, backend):
         if backend.name == "xen":
-            from xenclone.backends.xen.filled import FilledSource
-            return FilledSource()
+            return backend.fault_source()
         from xenclone.backends.kvm.uffd_source import UffdFaultSource
         return UffdFaultSource(self.reactor)
 

@@ -39,4 +39,11 @@ void xen_shim_paging_response(const vm_event_request_t *req,
                               vm_event_response_t *rsp);
 int xen_shim_ring_unmap(void *page);
 
+/* Steps of xen_shim_paging_evict_pages, per page in this order. */
+#define XEN_SHIM_NOMINATE 1
+#define XEN_SHIM_EVICT    2
+int xen_shim_paging_evict_pages(xc_interface *xch, uint32_t domid,
+                                const uint64_t *gfns, int n, int steps,
+                                int *err);
+
 #endif

@@ -3,28 +3,10 @@
 # the Xen backend; clone.py creates a PVH master from the project's guest,
 # blesses it and launches 3 clones through the xl-style CLI, and checks
 # every answer.  Results: clone-results.json in $RIG_OUT.
+#
+# The daemon's setup: daemon.sh.
 set -eu
-. "$RIG_PROJECT/rig/jobs/pyenv.sh"
-W=/tmp/xenclone
-mkdir -p "$W/plugins/twisted"
-cp -r "$RIG_PROJECT/twisted/plugins" "$W/plugins/twisted/"
-export PYTHONPATH=$PYTHONPATH:$W/plugins
-# Every CLI call is a new python under TCG: let it keep the bytecode of the
-# package copy in /opt (tmpfs), compiled once.
-unset PYTHONDONTWRITEBYTECODE
-cat > "$W/xenclone.conf" <<EOF
-backend = "xen"
-state_dir = "$W/state"
-run_dir = "$W/run"
-control_socket = "$W/run/control.sock"
-xen_guest_kernel = "$RIG_PROJECT/guest/build/guest.elf"
-EOF
-
-daemon() {
-    python3 -c 'from twisted.scripts.twistd import run; run()' -n --pidfile= \
-        -l "$RIG_OUT/xenclone-daemon.log" xenclone -c "$W/xenclone.conf" &
-    DAEMON=$!
-}
+. "$RIG_PROJECT/rig/jobs/daemon.sh"
 daemon
 trap 'kill $DAEMON 2>/dev/null || true' EXIT
 rc=0

@@ -87,6 +87,8 @@ def cmd_launch(args):
         fields["share"] = False
     if args.no_prefetch:
         fields["prefetch"] = False
+    if args.fill:
+        fields["fill"] = args.fill
     return ("launch", fields,
             lambda r: "\n".join("%d %s" % (c["domid"], c["name"]) for c in r["clones"]))
 
@@ -208,6 +210,8 @@ def _parser():
                     help="share.onfetch=0: private copies of image pages, none shared")
     sp.add_argument("--no-prefetch", action="store_true",
                     help="do not map the image's recorded working set at launch")
+    sp.add_argument("--fill", choices=("lazy", "before-run", "auto"),
+                    help="how the clone gets its memory (default: the daemon's fill setting)")
     add("list", cmd_list, "list domains with role, image and state", True)
     add("images", cmd_images, "list images", True)
     add("info", cmd_info, "show a domain's state and page figures", True).add_argument(

@@ -48,6 +48,7 @@ class CloneSpec:
     paused = attr.ib(default=False)
     share = attr.ib(default=True)      # share.onfetch: map image pages shared
     meta = attr.ib(factory=dict)
+    fill = attr.ib(default=None)       # lazy | before-run | auto; None: the backend's
 
 
 @attr.s(eq=False)
@@ -65,6 +66,7 @@ class Domain:
     t0_ns = attr.ib(default=None)
     launch_ms = attr.ib(default=None)
     waiters = attr.ib(factory=list)
+    fill_mode = attr.ib(default=None)      # a clone's, from its region
 
     def record(self):
         """What the backend keeps for a daemon that restarts."""
@@ -430,19 +432,22 @@ class Controller:
         prefetch = msg.get("prefetch", True)
         if not isinstance(share, bool) or not isinstance(prefetch, bool):
             raise WireError("bad-argument", "share and prefetch must be true or false")
+        fill = msg.get("fill")
+        if fill not in (None, "lazy", "before-run", "auto"):
+            raise WireError("bad-argument", "fill must be lazy, before-run or auto")
 
         @defer.inlineCallbacks
         def launch():
             image = yield self.open_image(image_id)
             launched = []
             for _ in range(count):
-                launched.append((yield self._launch_one(image, paused, share, prefetch)))
+                launched.append((yield self._launch_one(image, paused, share, prefetch, fill)))
             return {"clones": launched}
 
         return launch()
 
     @defer.inlineCallbacks
-    def _launch_one(self, image, paused, share, prefetch=True):
+    def _launch_one(self, image, paused, share, prefetch=True, fill=None):
         t0 = time.monotonic_ns()
         clone_id = self._next_clone_id.get(image.image_id, 0) + 1
         self._next_clone_id[image.image_id] = clone_id
@@ -456,11 +461,12 @@ class Controller:
         try:
             meta = dict(dom.record(), generation=image.generation, share=share)
             region = yield self.backend.launch(
-                image, CloneSpec(domid, name, clone_id, domid, paused, share, meta))
+                image, CloneSpec(domid, name, clone_id, domid, paused, share, meta, fill))
         except Exception:
             self.domains.pop(domid, None)
             raise
         self._adopt(dom, region.domid)
+        dom.fill_mode = region.fill_mode
         self.pager.attach(region, image, since, share)
         if self.working_sets is not None and share:
             self.working_sets.launched(dom.domid, image, region.npages, prefetch)
@@ -485,7 +491,7 @@ class Controller:
         dom = self._domain(msg.get("domain"))
         info = dict(dom.summary(), clone_id=dom.clone_id, input=dom.input, result=dom.result,
                     launch_ms=dom.launch_ms, backend=self.backend.name,
-                    fill_mode=self.backend.fill_mode)
+                    fill_mode=dom.fill_mode or self.backend.fill_mode)
         stats = self.pager.stats(dom.domid)
         if stats is None:    # a master: its memory is all its own
             stats = {"nominal_pages": (dom.memory_mib or 0) * 256, "faults": 0}

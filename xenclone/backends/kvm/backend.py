@@ -2,12 +2,14 @@
 
 import base64
 
+from twisted.internet import defer
 from zope.interface import implementer
 
 from xenclone.backends.kvm.microvm import host_features
 from xenclone.backends.kvm.uffd_source import KvmRegion
 from xenclone.image import Capture
 from xenclone.interfaces import IBackend
+from xenclone.wire import WireError
 
 
 @implementer(IBackend)
@@ -20,7 +22,8 @@ class KvmBackend:
         self._zero_maps = {}      # (image, generation) -> cffi buffer shared by clones
 
     def capabilities(self):
-        return dict(host_features(), backend="kvm", lazy_fill=True, sharing="memfd+minor+wp",
+        return dict(host_features(), backend="kvm", lazy_fill=True, fill_mode="lazy",
+                    fill_modes=["lazy"], sharing="memfd+minor+wp",
                     eviction=["drop-clean", "drop-shared", "page-out"])
 
     def create_master(self, spec):
@@ -44,6 +47,9 @@ class KvmBackend:
         self._zero_maps.pop((image.image_id, image.generation), None)
 
     def launch(self, image, clone):
+        if clone.fill == "before-run":
+            return defer.fail(WireError("unsupported", "the kvm backend fills clones lazily "
+                                        "(userfaultfd) only: fill=before-run is a Xen mode"))
         zero = self._zero_map(image)
         d = self.link.request(
             "launch", fds=[image.mem_fd], domid=clone.domid, name=clone.name,

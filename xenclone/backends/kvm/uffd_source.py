@@ -36,6 +36,8 @@ class KvmRegion:
     The state array is shared with the C fast path; every change goes
     through C under the region's lock, with the ioctl that goes with it."""
 
+    fill_mode = "lazy"
+
     def __init__(self, domid, uffd, base, npages, zero, prefilled=()):
         self.domid = domid
         self.npages = npages

@@ -7,16 +7,20 @@
   a memfd for the memory server, in batches of foreign mappings.  The xl
   settings travel with the image (inside the opaque vCPU state).
 - A clone is ``xl create -p`` of the same settings under its own name (its
-  own XenStore home and console), then **filled before it runs**: every
-  non-zero image page is copied in, its mailbox gets its id and input, the
-  master's HVM context is set and it is unpaused.  Stock Xen has no
-  MEM_PAGING, so there is no lazy fill (see docs/design.md, Xen).
+  own XenStore home and console), then filled one of two ways:
+  - **before it runs** (any Xen): every non-zero image page is copied in;
+  - **lazily** (a Xen built with MEM_PAGING): its paging ring is enabled and
+    every page but the params page evicted, in one C call; guest faults
+    then go through the pager (``paging.py``).
+  Then its mailbox gets its id and input, the master's HVM context is set
+  and it is unpaused.
 
 Xen numbers domains itself, so the controller adopts the ids given here.
 Hypercalls are quick and run in the reactor; bulk copies (thousands of
 foreign-mapped pages) run in the reactor's thread pool.
 """
 
+import errno
 import json
 import os
 import struct
@@ -29,7 +33,9 @@ from zope.interface import implementer
 
 from xenclone import workload
 from xenclone.backends.xen import libxc, xl
-from xenclone.backends.xen.filled import FilledRegion
+from xenclone.backends.xen.evict import Evictor
+from xenclone.backends.xen.filled import FilledRegion, FilledSource
+from xenclone.backends.xen.paging import PagedRegion, PagingSource
 from xenclone.image import Capture
 from xenclone.interfaces import PAGE_SIZE, DomainState, IBackend, PageState
 from xenclone.runs import runs
@@ -42,6 +48,9 @@ READY_TIMEOUT = 120.0   # xl create to the bless point, under TCG
 GUEST_KERNEL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "guest", "build",
                             "guest.elf")
 SHUTDOWN_CRASH = 3
+PAGE_IN_TIMEOUT = 60.0  # a read of evicted pages waits this long for the pager
+PAGE_IN_RETRY = 0.02
+FILL_MODES = ("auto", "lazy", "before-run")
 _STATE_HEAD = struct.Struct("<I")
 
 
@@ -79,6 +88,10 @@ class Mailbox:
             struct.pack_into("<I", self._buf, workload.MAILBOX_OFFSET
                              + 4 * workload.MAILBOX_FIELDS.index(name), fields[name])
 
+    def load(self, page):
+        """The whole params page (a lazy clone's, from its image)."""
+        self._buf[:] = page
+
     def close(self):
         self._mapping.close()
 
@@ -91,6 +104,8 @@ class _Domain:
     npages = attr.ib()
     config = attr.ib()
     mailbox = attr.ib()
+    fill = attr.ib(default="before-run")
+    image = attr.ib(default=None)       # a lazy clone's: what a clean page holds
     state = attr.ib(default=DomainState.PAUSED)
     paused = attr.ib(default=True)      # our own pause (xl create -p is one)
     result = attr.ib(default=None)
@@ -101,12 +116,25 @@ class _Domain:
     def info(self):
         return {"domid": self.domid, "name": self.name, "role": self.role,
                 "state": self.state, "npages": self.npages, "result": self.result,
-                "error": self.error, "t_first_ns": self.t_first_ns, "meta": self.meta}
+                "error": self.error, "t_first_ns": self.t_first_ns, "meta": self.meta,
+                "fill": self.fill}
 
     def record(self):
         """What a restarted daemon needs to take the domain back."""
         return {"domid": self.domid, "name": self.name, "role": self.role,
-                "npages": self.npages, "config": self.config, "meta": self.meta}
+                "npages": self.npages, "config": self.config, "meta": self.meta,
+                "fill": self.fill}
+
+
+def _spread(times):
+    """Median and 90th percentile of fault service times (µs)."""
+    times = sorted(times)
+
+    def pct(p):
+        return round(times[min(len(times) - 1, int(p * len(times)))], 1) if times else None
+
+    return {"faults_served": len(times), "service_us_median": pct(0.5),
+            "service_us_p90": pct(0.9)}
 
 
 def _xen_errors(d):
@@ -124,7 +152,7 @@ class XenBackend:
     numbers_domains = True      # Xen assigns domids: the controller adopts them
     log = Logger()
 
-    def __init__(self, reactor, work_dir, on_event, guest_kernel=None):
+    def __init__(self, reactor, work_dir, on_event, guest_kernel=None, fill="auto"):
         self.reactor = reactor
         self.work_dir = work_dir
         self.on_event = on_event
@@ -132,15 +160,49 @@ class XenBackend:
         self.xc = libxc.XenCtrl()
         self.fm = libxc.ForeignMemory()
         self.mem_paging = self.xc.mem_paging_available()
-        # Lazy fill (mem_paging) is the next step; until then every Xen
-        # fills before run, and says whether it could do better.
-        self.fill_mode = "fill-before-run"
+        self.fill = fill
+        # fill = lazy on a Xen without MEM_PAGING: launches are refused, saying why.
+        lazy = self.mem_paging and fill in ("lazy", "auto")
+        self.fill_mode = "lazy" if lazy else "fill-before-run"
+        self._source = self._evictor = None
+        self.setup_us_per_page = []     # nominate+evict at launch, per lazy clone
         self._domains = {}
         os.makedirs(work_dir, mode=0o700, exist_ok=True)
         self._take_back()
         self._watcher = task.LoopingCall(self._watch)
         self._watcher.clock = reactor
         self._watcher.start(POLL, now=False)
+
+    # -- fill modes
+
+    def _fill_of(self, asked):
+        """The fill a launch gets: auto is lazy where the hypervisor has
+        MEM_PAGING; lazy asked of one without it is refused."""
+        if asked not in FILL_MODES:
+            raise WireError("bad-argument", "fill must be one of %s, not %r"
+                            % (", ".join(FILL_MODES), asked))
+        if asked == "auto":
+            return "lazy" if self.mem_paging else "before-run"
+        if asked == "lazy" and not self.mem_paging:
+            raise WireError("no-lazy-fill", "lazy fill needs a Xen built with MEM_PAGING "
+                            "(CONFIG_MEM_PAGING=y, see rig/build-xen-paging.sh); this "
+                            "hypervisor (%s) has none: use fill=before-run" % self.xc.version())
+        return asked
+
+    def fault_source(self):
+        """The pager's fault source: the paging rings where lazy fill is
+        possible, else one that never faults."""
+        if self._source is None:
+            if self.mem_paging:
+                self._evictor = Evictor()
+                self._source = PagingSource(self.reactor, libxc.EvtChn())
+            else:
+                self._source = FilledSource()
+        return self._source
+
+    def free_pages(self):
+        """Free memory of the hypervisor (physinfo): the host budget's base."""
+        return self.xc.physinfo()["free_pages"]
 
     # -- helpers
 
@@ -174,10 +236,10 @@ class XenBackend:
         except WireError as e:
             self.log.error("domain {domid} left behind: {why}", domid=domid, why=e)
 
-    def _track(self, domid, name, role, npages, config, meta):
+    def _track(self, domid, name, role, npages, config, meta, fill="before-run"):
         mapping = self.fm.map(domid, [workload.PARAMS_PFN])
         dom = self._domains[domid] = _Domain(domid, name, role, npages, config,
-                                             Mailbox(mapping), meta=meta)
+                                             Mailbox(mapping), fill=fill, meta=meta)
         path = self._record_path(domid)
         with open(path + ".tmp", "w") as f:
             json.dump(dom.record(), f)
@@ -212,7 +274,7 @@ class XenBackend:
                 self._drop(rec["domid"])
                 continue
             dom = self._track(rec["domid"], rec["name"], rec["role"], rec["npages"],
-                              rec["config"], rec["meta"])
+                              rec["config"], rec["meta"], rec.get("fill", "before-run"))
             dom.paused = info.paused
             box = dom.mailbox.read()
             if box["done"] == workload.DONE_OK:
@@ -349,8 +411,12 @@ class XenBackend:
         if image.arch != ARCH:
             raise WireError("wrong-arch", "image is %s, the xen backend launches %s"
                             % (image.arch, ARCH))
+        fill = self._fill_of(clone.fill or self.fill)     # refused before anything is built
         config, record = unpack_state(image.vcpu_state)
         config = dict(config, name=clone.name)
+        if fill == "lazy":
+            region = yield self._launch_lazy(image, clone, config, record)
+            return region
         domid = yield self._create(config)
         try:
             filled = yield self._thread(self._fill, domid, image)
@@ -363,6 +429,51 @@ class XenBackend:
             yield self._undo(domid)
             raise
         return FilledRegion(domid, image.npages, image, self.fm, filled)
+
+    @defer.inlineCallbacks
+    def _launch_lazy(self, image, clone, config, record):
+        """Paging ring, every page evicted but the params page (kept mapped
+        for the mailbox), HVM context, unpause: the pager fills the rest."""
+        source = self.fault_source()
+        domid = yield self._create(config)
+        region = None
+        try:
+            ring = self.xc.paging_enable(domid)
+            try:
+                region = PagedRegion(self.xc, source.evtchn, ring, domid, image)
+            except Exception:
+                ring.close()
+                raise
+            dom = self._track(domid, clone.name, "clone", image.npages, config, clone.meta,
+                              fill="lazy")
+            dom.image = image
+            dom.mailbox.load(image.read_page(workload.PARAMS_PFN))
+            dom.mailbox.write(clone_id=clone.clone_id, input=clone.input, go=1)
+            pfns = [p for p in range(image.npages) if p != workload.PARAMS_PFN]
+            kept, us = yield self._thread(self._evictor.evict_all, domid, pfns)
+            self.setup_us_per_page.append(us)
+            if kept:
+                # Xen kept these (an extra reference): they get the image's
+                # contents now, as a filled clone's would, and never fault.
+                self.log.info("clone {name}: {n} pages not evicted (first errno {err})",
+                              name=clone.name, n=len(kept), err=next(iter(kept.values())))
+                yield self._thread(self._fill_pages, domid, image, sorted(kept))
+            region.keep(sorted(kept) + [workload.PARAMS_PFN])
+            self.xc.hvm_setcontext(domid, record)
+            if not clone.paused:
+                self._unpause(dom)
+        except Exception:
+            if region is not None:
+                region.close()
+            yield self._undo(domid)
+            raise
+        return region
+
+    def _fill_pages(self, domid, image, pfns):
+        for batch in _batches(pfns):
+            with self.fm.map(domid, batch) as m:
+                for i, pfn in enumerate(batch):
+                    m.buffer[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = image.read_page(pfn)
 
     # -- state
 
@@ -438,9 +549,24 @@ class XenBackend:
     def _sums(self, domid, pfns):
         sums = []
         for batch in _batches(pfns):
-            with self.fm.map(domid, batch, writable=False) as m:
+            with self._map_paged(domid, batch) as m:
                 sums += m.page_sums()
         return sums
+
+    def _map_paged(self, domid, pfns):
+        """Map pages of a domain for reading, in a thread: a lazy clone's
+        evicted pages fail with ENOENT, and the attempt itself asks the
+        pager for them (a paging request), so the map is tried again until
+        the reactor has paged them in."""
+        deadline = time.monotonic() + PAGE_IN_TIMEOUT
+        while True:
+            try:
+                return self.fm.map(domid, pfns, writable=False)
+            except libxc.XenError as e:
+                paged = e.failures and all(err == errno.ENOENT for _, err in e.failures)
+                if not paged or time.monotonic() > deadline:
+                    raise
+            time.sleep(PAGE_IN_RETRY)
 
     def _checked(self, domid, pfns):
         dom = self._get(domid)
@@ -454,7 +580,7 @@ class XenBackend:
         return d.addCallback(lambda pfns: self._thread(self._sums, domid, pfns))
 
     def page_kinds(self, domid, pfns):
-        """Every page of a filled clone is a frame of its own."""
+        """Every page of a clone that Xen holds is a frame of its own."""
         return defer.maybeDeferred(lambda: [PageState.PRIVATE] * len(self._checked(domid, pfns)))
 
     def scan(self, domid):
@@ -467,19 +593,58 @@ class XenBackend:
 
         return _xen_errors(defer.maybeDeferred(scan))
 
-    def _no_eviction(self, domid, *args):
-        return defer.fail(WireError(
-            "unsupported", "domain %r: this Xen has no MEM_PAGING, so no page of a clone can "
-            "be evicted; only its balloon target could shrink it" % (domid,)))
+    def _lazy(self, domid):
+        dom = self._get(domid)
+        if dom.fill != "lazy":
+            raise WireError("unsupported", "domain %s was filled before it ran: no page of "
+                            "it can be evicted (only lazy clones page, on a Xen with "
+                            "MEM_PAGING)" % dom.name)
+        return dom
 
-    drop_clean = page_out = _no_eviction
+    def drop_clean(self, domid, pfns):
+        """Nominate + evict the pages that still hold the image's contents."""
+        def drop():
+            dom = self._lazy(domid)
+            return self._thread(self._evictor.drop_clean, domid, list(pfns), dom.image)
+
+        return defer.maybeDeferred(drop)
+
+    def page_out(self, domid, pfns, slots, store_path, sync):
+        def page_out():
+            self._lazy(domid)
+            d = self._thread(self._evictor.page_out, domid, list(pfns), list(slots),
+                             store_path, sync)
+
+            def failed(f):
+                f.trap(OSError)
+                raise WireError("pageout-failed", "page-out of domain %d to %s failed: %s"
+                                % (domid, store_path, f.value))
+
+            return d.addErrback(failed)
+
+        return defer.maybeDeferred(page_out)
+
+    def lazy_stats(self):
+        """Lazy fill figures: nominate+evict at launch (µs a page, C) and
+        fault service (µs a page, request to answer), over every clone kept
+        and by clone."""
+        by_clone = self._source.service_times() if isinstance(self._source, PagingSource) else {}
+        setup = sorted(self.setup_us_per_page)
+        return dict(_spread([t for times in by_clone.values() for t in times]),
+                    by_clone={str(d): _spread(times) for d, times in by_clone.items()},
+                    setup_us_per_page=round(setup[len(setup) // 2], 2) if setup else None,
+                    evict_failed=self._evictor.evict_failed if self._evictor else 0)
 
     def capabilities(self):
         phys = self.xc.physinfo()
+        lazy = self.mem_paging
         return {"backend": "xen", "version": self.xc.version(), "fill_mode": self.fill_mode,
-                "lazy_fill": False, "mem_paging": self.mem_paging,
-                "sharing": "none: each clone holds its own copy of every non-zero page",
-                "eviction": [], "free_pages": phys["free_pages"],
+                "fill_modes": ["lazy", "before-run"] if lazy else ["before-run"],
+                "lazy_fill": lazy, "mem_paging": self.mem_paging,
+                "sharing": "none: each clone holds its own copy of every page it has",
+                "eviction": ["drop-clean (nominate+evict)", "page-out"] if lazy else [],
+                "lazy": self.lazy_stats() if lazy else None,
+                "free_pages": phys["free_pages"],
                 "total_pages": phys["total_pages"], "hap": "hap" in phys["capabilities"]}
 
     def forget_image(self, image):
@@ -498,6 +663,10 @@ class XenBackend:
         with the pages the fill copied, accounted as at launch."""
         def region():
             dom = self._get(domid)
+            if dom.fill == "lazy":
+                raise WireError("unsupported", "lazy clone %s cannot be taken back by a "
+                                "restarted daemon yet (its paging ring is the dead one's)"
+                                % dom.name)
             kinds = [PageState.ZERO if image.zero[p] else PageState.SHARED
                      for p in range(image.npages)]
             return FilledRegion(domid, dom.npages, image, self.fm, []), kinds
@@ -509,5 +678,8 @@ class XenBackend:
             self._watcher.stop()
         for dom in self._domains.values():
             dom.mailbox.close()
+        if self._evictor is not None:
+            self._evictor.close()
+            self._source.evtchn.close()
         self.fm.close()
         self.xc.close()

@@ -19,6 +19,7 @@ class FilledRegion:
     image's non-zero pages, each now the clone's own frame."""
 
     c_region = None
+    fill_mode = "fill-before-run"
 
     def __init__(self, domid, npages, image, fmem, prefilled):
         self.domid = domid

@@ -1,0 +1,26 @@
+# Sourced by the rig's daemon jobs (clone.sh, lazy.sh): the real xenclone
+# daemon (twistd) with the Xen backend, its config in $W/xenclone.conf, and
+# daemon() to start it ($DAEMON is its pid).  $XENCLONE_EXTRA_CONF is
+# appended to the config.
+. "$RIG_PROJECT/rig/jobs/pyenv.sh"
+W=/tmp/xenclone
+mkdir -p "$W/plugins/twisted"
+cp -r "$RIG_PROJECT/twisted/plugins" "$W/plugins/twisted/"
+export PYTHONPATH=$PYTHONPATH:$W/plugins
+# Every CLI call is a new python under TCG: let it keep the bytecode of the
+# package copy in /opt (tmpfs), compiled once.
+unset PYTHONDONTWRITEBYTECODE
+cat > "$W/xenclone.conf" <<CONF
+backend = "xen"
+state_dir = "$W/state"
+run_dir = "$W/run"
+control_socket = "$W/run/control.sock"
+xen_guest_kernel = "$RIG_PROJECT/guest/build/guest.elf"
+${XENCLONE_EXTRA_CONF:-}
+CONF
+
+daemon() {
+    python3 -c 'from twisted.scripts.twistd import run; run()' -n --pidfile= \
+        -l "$RIG_OUT/xenclone-daemon.log" xenclone -c "$W/xenclone.conf" &
+    DAEMON=$!
+}

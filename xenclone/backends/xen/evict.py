@@ -1,0 +1,113 @@
+"""Taking pages out of lazy clones with mem_paging (runs in the thread pool).
+
+Nominating a page makes it not present to the guest, so its contents are
+frozen from then on: a touch pauses the vCPU and sends a paging request
+(flagged EVICT_FAIL), and the evict that follows fails.  A page whose evict
+fails simply stays the clone's; it is counted, never an error.
+
+Everything here has its own libxc handles and one lock, so the reactor's
+handle (loads, ring answers) is never shared with a thread.
+"""
+
+import os
+import threading
+import time
+import zlib
+
+from xenclone import pageout_index
+from xenclone.backends.xen import libxc
+from xenclone.interfaces import PAGE_SIZE
+from xenclone.runs import runs
+
+ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+class Dropped(list):
+    """Pages dropped; ``written``: pages kept because the guest wrote them."""
+
+    written = ()
+
+
+class Evictor:
+    def __init__(self):
+        self.xc = libxc.XenCtrl()
+        self.fm = libxc.ForeignMemory()
+        self._lock = threading.Lock()
+        self.evict_failed = 0       # pages that stayed after an evict, all clones
+
+    def evict_all(self, domid, pfns):
+        """A fresh lazy clone, paused: nominate and evict every page in one
+        C call.  Returns ({pfn: errno} of pages Xen kept, µs per page)."""
+        with self._lock:
+            t = time.monotonic_ns()
+            errs = self.xc.paging_evict_pages(domid, pfns, nominate=True, evict=True)
+            us = (time.monotonic_ns() - t) / 1000 / max(1, len(pfns))
+        return {p: e for p, e in zip(pfns, errs) if e}, us
+
+    def _nominated(self, domid, pfns):
+        errs = self.xc.paging_evict_pages(domid, pfns, nominate=True, evict=False)
+        return [p for p, e in zip(pfns, errs) if not e]
+
+    def _evict(self, domid, pfns):
+        errs = self.xc.paging_evict_pages(domid, pfns, nominate=False, evict=True)
+        self.evict_failed += sum(1 for e in errs if e)
+        return [p for p, e in zip(pfns, errs) if not e]
+
+    def drop_clean(self, domid, pfns, image):
+        """Evict the pages that still hold the image's contents; a page the
+        guest wrote (Xen does not tell us) is found changed and kept.  The
+        list's ``written`` names every page kept."""
+        with self._lock:
+            frozen = self._nominated(domid, pfns)
+            if not frozen:
+                return []
+            clean = []
+            with self.fm.map(domid, frozen, writable=False) as m:
+                buf = memoryview(m.buffer)
+                for i, pfn in enumerate(frozen):
+                    want = ZERO_PAGE if image.zero[pfn] else image.read_page(pfn)
+                    if buf[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] == want:
+                        clean.append(pfn)
+            dropped = Dropped(self._evict(domid, clean))
+            # Kept, so taken as written: found changed, or not frozen (a
+            # failed nominate or evict), so possibly changed since.
+            dropped.written = sorted(set(pfns) - set(dropped))
+            return dropped
+
+    def page_out(self, domid, pfns, slots, store_path, sync):
+        """Write the pages to their slots of the store (and its index), then
+        evict them.  A page already nominated (an earlier drop found it
+        written) is frozen too; nothing is evicted if the store fails."""
+        with self._lock:
+            self._nominated(domid, pfns)
+            with self.fm.map(domid, pfns, writable=False) as m:
+                data = bytes(m.buffer)
+            crcs = [zlib.crc32(data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
+                    for i in range(len(pfns))]
+            fds = [os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                   for p in (store_path, pageout_index.index_path(store_path))]
+            try:
+                for i, n in runs(slots):
+                    _pwrite_all(fds[0], data[i * PAGE_SIZE:(i + n) * PAGE_SIZE],
+                                slots[i] * PAGE_SIZE)
+                for offset, record in pageout_index.records(pfns, slots, crcs):
+                    _pwrite_all(fds[1], record, offset)
+                if sync:
+                    for fd in fds:
+                        os.fdatasync(fd)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            self._evict(domid, pfns)
+        return crcs
+
+    def close(self):
+        self.fm.close()
+        self.xc.close()
+
+
+def _pwrite_all(fd, data, offset):
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
