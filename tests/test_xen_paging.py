@@ -119,7 +119,7 @@ class PagedRegionTests(unittest.TestCase):
         self.region.take()
         self.region.load_copy(6, bytes(PAGE_SIZE))
         self.assertEqual(len(self.ring.answered), 1)
-        self.assertEqual(self.region.counters["load_kept"], 1)
+        self.assertEqual(self.region.counters()["load_kept"], 1)
 
     def test_held_page_faults_as_hold_and_comes_back_when_released(self):
         redelivered = []

@@ -56,11 +56,16 @@ class PagedRegion:
         self._since = {}                    # pfn -> monotonic ns of its first request
         self.deliver = None                 # the source's: redeliver a fault
         self.service_us = deque()           # the source's, once added
-        self.counters = {"requests": 0, "faults": 0, "answered_present": 0,
-                         "load_kept": 0, "dropped_by_guest": 0}
+        self._counts = {"requests": 0, "faults": 0, "answered_present": 0,
+                        "load_kept": 0, "dropped_by_guest": 0}
 
     def fileno(self):
         return self._evtchn.fileno()
+
+    def counters(self):
+        """The paging requests this clone made, as the KVM region's
+        ``counters()`` reports its faults."""
+        return dict(self._counts)
 
     def keep(self, pfns):
         """Pages Xen kept at launch: they are the clone's already."""
@@ -78,12 +83,12 @@ class PagedRegion:
             if not reqs:
                 break
             for req in reqs:
-                self.counters["requests"] += 1
+                self._counts["requests"] += 1
                 pfn = req.gfn
                 if req.dropped or pfn >= self.npages:
                     # A page the guest gave back, or not RAM we manage:
                     # nothing to load, but the vCPU waits for the answer.
-                    self.counters["dropped_by_guest"] += 1
+                    self._counts["dropped_by_guest"] += 1
                     answer.append(req)
                     continue
                 first = not self._pending[pfn]
@@ -93,10 +98,10 @@ class PagedRegion:
                 self._since[pfn] = time.monotonic_ns()
                 kind = self._fault_kind(pfn)
                 if kind is None:
-                    self.counters["answered_present"] += 1
+                    self._counts["answered_present"] += 1
                     self._answer(pfn)
                 else:
-                    self.counters["faults"] += 1
+                    self._counts["faults"] += 1
                     records.append((self.domid, kind, pfn))
         if answer:
             self._respond(answer)
@@ -147,7 +152,7 @@ class PagedRegion:
                 raise
             # Not paged out: a nominated page the guest touched before its
             # evict keeps its frame and contents; resuming is all it needs.
-            self.counters["load_kept"] += 1
+            self._counts["load_kept"] += 1
         self._state[pfn] = state
         self._answer(pfn)
 
