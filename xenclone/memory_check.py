@@ -26,21 +26,29 @@ def _pages_c():
     return ffi, lib
 
 
-def expected_sums(params, clone_id, input, pfns):
-    """The 64-bit word sums (``xc_page_sums``) pages ``pfns`` must have."""
-    ffi, lib = _pages_c()
-    # A write changes one 32-bit word: the low or high half of a 64-bit one.
-    delta = {}
-    for (p, w), value in workload.clone_writes(params, clone_id, input).items():
-        change = (value - params.image_word(p, w)) << (32 * (w & 1))
-        delta[p] = (delta.get(p, 0) + change) & M64
-    page = ffi.new("char[]", PAGE_SIZE)
-    out = ffi.new("uint64_t[1]")
-    sums = []
-    for pfn in pfns:
-        ffi.memmove(page, bytes(PAGE_SIZE), PAGE_SIZE)
-        lib.xc_fill_dataset_range(page, pfn, 1, params.data_first_pfn, params.data_npages,
-                                  params.seed, params.zero_every)
-        lib.xc_page_sums(page, 1, out)
-        sums.append((out[0] + delta.get(pfn, 0)) & M64)
-    return sums
+class ExpectedMemory:
+    """The 64-bit word sums (``xc_page_sums``) a finished clone's data
+    pages must have.  The clone's writes are worked out once (the workload
+    is run in Python), the data set page by page in C."""
+
+    def __init__(self, params, clone_id, input):
+        self.params = params
+        # A write changes one 32-bit word: the low or high half of a 64-bit one.
+        self._delta = {}
+        for (p, w), value in workload.clone_writes(params, clone_id, input).items():
+            change = (value - params.image_word(p, w)) << (32 * (w & 1))
+            self._delta[p] = (self._delta.get(p, 0) + change) & M64
+
+    def sums(self, pfns):
+        ffi, lib = _pages_c()
+        params = self.params
+        page = ffi.new("char[]", PAGE_SIZE)
+        out = ffi.new("uint64_t[1]")
+        sums = []
+        for pfn in pfns:
+            ffi.memmove(page, bytes(PAGE_SIZE), PAGE_SIZE)
+            lib.xc_fill_dataset_range(page, pfn, 1, params.data_first_pfn, params.data_npages,
+                                      params.seed, params.zero_every)
+            lib.xc_page_sums(page, 1, out)
+            sums.append((out[0] + self._delta.get(pfn, 0)) & M64)
+        return sums

@@ -179,9 +179,9 @@ class Job:
         self.checks["master_pages_unchanged"] = bool(written) and sums["sums"] == want
 
 
-def main(reactor, conf):
-    job = Job(reactor, conf)
-    d = job.run(load_daemon_config(conf))
+def run_job(job):
+    """Run a rig job; print its results, exit 1 if a check failed."""
+    d = job.run(load_daemon_config(job.conf))
 
     def report(failure):
         job.res["error"] = failure.getErrorMessage()
@@ -194,6 +194,10 @@ def main(reactor, conf):
             raise SystemExit(1)
 
     return d.addErrback(report).addCallback(done)
+
+
+def main(reactor, conf):
+    return run_job(Job(reactor, conf))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ after printing, if any check failed.
     python3 lazy.py XENCLONE_CONF
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -14,10 +13,9 @@ import time
 
 from twisted.internet import defer, task
 
-from clone import Job, xl_names
+from clone import Job, run_job, xl_names
 from xenclone import workload
 from xenclone.cli.scenarios import Session
-from xenclone.config import load_daemon_config
 
 MASTER, IMAGE, CLONES, MEMORY_MIB = "lmaster", "limg", 3, 16
 TARGET = 200                # pages: well under what a clone's run touches (~400)
@@ -214,19 +212,7 @@ def _marked(console):
 def main(reactor, conf):
     job = LazyJob(reactor, conf)
     job.res["numbers"] = {}
-    d = job.run(load_daemon_config(conf))
-
-    def report(failure):
-        job.res["error"] = failure.getErrorMessage()
-        job.checks["completed"] = False
-
-    def done(_):
-        job.res["ok"] = all(job.checks.values())
-        print(json.dumps(job.res, indent=1, sort_keys=True))
-        if not job.res["ok"]:
-            raise SystemExit(1)
-
-    return d.addErrback(report).addCallback(done)
+    return run_job(job)
 
 
 if __name__ == "__main__":

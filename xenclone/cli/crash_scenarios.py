@@ -12,27 +12,27 @@ import subprocess
 from twisted.internet import defer
 
 from xenclone.cli.main import connect
+from xenclone.cli.memory_scenarios import answers_right, bless_master, disagreements
 from xenclone.cli.scratch_daemon import ScratchDaemon, sleep
 from xenclone.wire import WireError
 
-CHECK_TIMEOUT = 60
 
 
 @defer.inlineCallbacks
 def _finish(d, clones):
     """Wait for the clones; their answers, audits and every data page."""
-    right = lost = disagree = checked = 0
+    right, infos = yield answers_right(d, clones)
+    disagree = yield disagreements(d, clones)
+    lost = checked = 0
     for c in clones:
-        info = yield d.call("wait", domain=c["domid"], timeout=CHECK_TIMEOUT)
-        right += info["state"] == "done" and info["result"] == info["expected"]
-        disagree += (yield d.call("audit", domain=c["domid"]))["disagree"]
         check = yield d.call("memory_check", domain=c["domid"])
         lost += check["lost_pages"] + len(check["unchecked"])
         checked += check["checked_pages"]
-    return ({"answers_right": right == len(clones), "no_page_lost": lost == 0 and checked > 0,
+    return ({"answers_right": right, "no_page_lost": lost == 0 and checked > 0,
              "ledger_matches_kernel": disagree == 0},
-            {"clones": len(clones), "clones_right": right, "pages_verified": checked,
-             "pages_lost": lost, "pages_disagreeing": disagree})
+            {"clones": len(clones), "clones_right": sum(i["result"] == i["expected"]
+                                                        for i in infos),
+             "pages_verified": checked, "pages_lost": lost, "pages_disagreeing": disagree})
 
 
 @defer.inlineCallbacks
@@ -48,9 +48,8 @@ def _until(reactor, probe, seconds, what):
 def _storm(d, name, memory, count, knobs=None, **workload):
     """A master blessed, ``count`` clones launched paused, given ``knobs``
     and let go together."""
-    yield d.call("create", config=dict(workload, name=name, memory=memory))
-    yield d.call("bless", domain=name, name=name + "-img")
-    clones = (yield d.call("launch", image=name + "-img", count=count, paused=True))["clones"]
+    yield bless_master(d, name, memory, **workload)
+    clones = (yield d.call("launch", image=name, count=count, paused=True))["clones"]
     for c in clones:
         if knobs:
             yield d.call("set", domain=c["domid"], knobs=knobs)
@@ -89,7 +88,7 @@ def scenario_kill_daemon(s):
         yield d.start()
         listed = {x["domid"] for x in (yield d.call("list"))["domains"]}
         checks, figures = yield _finish(d, clones)
-        [new] = (yield d.call("launch", image="kd-img"))["clones"]
+        [new] = (yield d.call("launch", image="kd"))["clones"]
         checks.update(
             killed_mid_storm=running > 0,
             clones_kept_while_down=before == after and
@@ -108,11 +107,10 @@ def scenario_kill_memserver(s):
     d = ScratchDaemon(s.reactor, {"memserver_request_timeout_s": 2})
     try:
         yield d.start()
-        yield d.call("create", config={"name": "km", "memory": 64, "read_percent": 60})
-        yield d.call("bless", domain="km", name="km-img")
+        yield bless_master(d, "km", 64, read_percent=60)
         # The host keeps a sliver of the image: most faults fetch.
         yield d.call("set_host", budget_pages=2048)
-        clones = (yield d.call("launch", image="km-img", count=3))["clones"]
+        clones = (yield d.call("launch", image="km", count=3))["clones"]
 
         @defer.inlineCallbacks
         def fetching():
@@ -176,15 +174,14 @@ def scenario_cut_memserver(s):
     client = None
     try:
         yield server.start()
-        yield server.call("create", config={"name": "cut", "memory": 64, "read_percent": 60})
-        yield server.call("bless", domain="cut", name="cut-img")
+        yield bless_master(server, "cut", 64, read_percent=60)
         client = ScratchDaemon(s.reactor, {
             "memserver_remote": "%s:%d" % (link.server_ip, port),
             "memserver_remote_ca": os.path.join(server.state_dir, "tls", "ca.pem"),
             "memserver_remote_token_file": os.path.join(server.state_dir, "memserver.token"),
             "memserver_request_timeout_s": 2})
         yield client.start()
-        clones = (yield client.call("launch", image="cut-img", count=2))["clones"]
+        clones = (yield client.call("launch", image="cut", count=2))["clones"]
 
         @defer.inlineCallbacks
         def fetching():

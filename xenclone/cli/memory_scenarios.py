@@ -83,7 +83,7 @@ class HostSampler:
 
 
 @defer.inlineCallbacks
-def _master(s, name, memory, **workload):
+def bless_master(s, name, memory, **workload):
     yield s.call("create", config=dict({"name": name + "-master", "memory": memory}, **workload))
     image = yield s.call("bless", domain=name + "-master", name=name)
     return image
@@ -96,7 +96,7 @@ def _cleanup(s, name):
 
 
 @defer.inlineCallbacks
-def _answers_right(s, clones):
+def answers_right(s, clones):
     infos = []
     for c in clones:
         infos.append((yield s.call("wait", domain=c["domid"], timeout=600)))
@@ -104,7 +104,7 @@ def _answers_right(s, clones):
 
 
 @defer.inlineCallbacks
-def _disagreements(s, clones):
+def disagreements(s, clones):
     """Pages of these (quiet) clones where ledger, fault path and kernel
     disagree; each must be none."""
     bad = 0
@@ -116,7 +116,7 @@ def _disagreements(s, clones):
 @defer.inlineCallbacks
 def scenario_sharing(s, n=8):
     """N hoarded clones share one image: resident/allocated > 0.8*N."""
-    yield _master(s, "sel-share", 16)
+    yield bless_master(s, "sel-share", 16)
     clones = (yield s.call("launch", image="sel-share", count=n, paused=True))["clones"]
     for c in clones:
         yield s.call("hoard", domain=c["domid"], rate=10**6, wait=True)
@@ -129,7 +129,7 @@ def scenario_sharing(s, n=8):
         ledger_agrees = ledger_agrees and info["shared_pages"] == c["shared"]
     for c in clones:
         yield s.call("unpause", domain=c["domid"])
-    right, infos = yield _answers_right(s, clones)
+    right, infos = yield answers_right(s, clones)
     after = (yield s.call("host"))["kernel"]
     yield _cleanup(s, "sel-share")
     return ({"ratio_over_0.8N": ratio > 0.8 * n, "answers_right": right,
@@ -141,17 +141,17 @@ def scenario_sharing(s, n=8):
 @defer.inlineCallbacks
 def scenario_limit(s, limit=1024):
     """A clone under limit L writes 2L pages: resident <= L + 256, right."""
-    yield _master(s, "sel-limit", 32, write_pages=2 * limit)
+    yield bless_master(s, "sel-limit", 32, write_pages=2 * limit)
     [clone] = (yield s.call("launch", image="sel-limit", paused=True))["clones"]
     yield s.call("set", domain=clone["domid"],
                  knobs={"limit": limit, "evict": ["drop-clean", "page-out"]})
     sampler = KernelSampler(s)
     yield s.call("unpause", domain=clone["domid"])
-    right, [info] = yield _answers_right(s, [clone])
+    right, [info] = yield answers_right(s, [clone])
     yield sampler.sample()
     yield sampler.stop()
     peak = sampler.peak_clone(clone["domid"])
-    bad = yield _disagreements(s, [clone])
+    bad = yield disagreements(s, [clone])
     yield _cleanup(s, "sel-limit")
     return ({"answers_right": right, "within_limit": 0 < peak <= limit + SLACK,
              "paged_out": info["evictions"]["page-out"] > 0, "ledger_matches_kernel": bad == 0},
@@ -163,18 +163,18 @@ def scenario_limit(s, limit=1024):
 @defer.inlineCallbacks
 def scenario_pageout(s):
     """Most pages written, evicted to a low target, hoarded back: intact."""
-    yield _master(s, "sel-pageout", 16, write_pages=3000)
+    yield bless_master(s, "sel-pageout", 16, write_pages=3000)
     [clone] = (yield s.call("launch", image="sel-pageout"))["clones"]
-    right, [info] = yield _answers_right(s, [clone])
+    right, [info] = yield answers_right(s, [clone])
     pfns = list(range(info["nominal_pages"]))
     before = (yield s.call("page_sums", domain=clone["domid"], pfns=pfns))["sums"]
     yield s.call("set", domain=clone["domid"], knobs={"evict": ["drop-clean", "page-out"]})
     evicted = yield s.call("evict", domain=clone["domid"], to=200)
     low = (yield s.call("host"))["kernel"]["clones"][str(clone["domid"])]
-    bad = yield _disagreements(s, [clone])
+    bad = yield disagreements(s, [clone])
     yield s.call("hoard", domain=clone["domid"], rate=10**6, wait=True)
     after = (yield s.call("page_sums", domain=clone["domid"], pfns=pfns))["sums"]
-    bad += yield _disagreements(s, [clone])
+    bad += yield disagreements(s, [clone])
     yield _cleanup(s, "sel-pageout")
     return ({"answers_right": right, "paged_out": evicted["paged_out_pages"] > 0 or
              evicted["evictions"]["page-out"] > 0,
@@ -200,7 +200,7 @@ def scenario_load(s):
 def _under_budget(s, name, n, memory, write_pages, at_once=False):
     """``n`` clones of a ``memory`` MiB master under a host budget of half
     the image; ``at_once``: all launched paused, then let go together."""
-    image = yield _master(s, name, memory, write_pages=write_pages)
+    image = yield bless_master(s, name, memory, write_pages=write_pages)
     budget = image["nonzero_pages"] // 2
     before = (yield s.call("host"))["ledger"]["budget_pages"]
     yield s.call("set_host", budget_pages=budget)
@@ -213,9 +213,9 @@ def _under_budget(s, name, n, memory, write_pages, at_once=False):
         clones = (yield s.call("launch", image=name, count=n, paused=at_once))["clones"]
         if at_once:
             yield defer.gatherResults([s.call("unpause", domain=c["domid"]) for c in clones])
-        right, _ = yield _answers_right(s, clones)
+        right, _ = yield answers_right(s, clones)
         kernel = (yield s.call("host"))["kernel"]
-        bad = yield _disagreements(s, clones)
+        bad = yield disagreements(s, clones)
     finally:
         sampler.stop()
         yield s.call("set_host", budget_pages=before)

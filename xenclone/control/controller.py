@@ -310,11 +310,12 @@ class Controller:
                 unchecked.append(dom.name)
                 continue
             params = workload.Params(**dom.params)
+            expected = memory_check.ExpectedMemory(params, dom.clone_id, dom.input)
             pfns = list(memory_check.data_pfns(params))
             for first in range(0, len(pfns), 4096):
                 part = pfns[first:first + 4096]
                 got = yield self.backend.page_sums(dom.domid, part)
-                want = memory_check.expected_sums(params, dom.clone_id, dom.input, part)
+                want = expected.sums(part)
                 lost += [[dom.name, p] for p, g, w in zip(part, got, want) if g != w]
                 checked += len(part)
         return {"clones": len(clones) - len(unchecked), "checked_pages": checked,

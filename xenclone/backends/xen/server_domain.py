@@ -28,7 +28,6 @@ from xenclone.wire import WireError
 NAME = "xenclone-memserver"
 FIRST_GFN = 1024        # below 4 MiB: the (never run) kernel and boot pages
 FIRST_REF = 64          # libxl seeds refs 0 and 1; Linux reserves up to 8
-XS_IMAGES = "xenclone/images"   # under the domain's XenStore home
 DEFAULT_GNTTAB_MAX_FRAMES = 64  # Xen's default cap: about 128 MiB of v1 grants
 
 
