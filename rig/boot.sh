@@ -86,7 +86,8 @@ else
 fi
 # noreboot is left out on purpose: if dom0 dies, Xen reboots after 5 s and
 # -no-reboot turns that into QEMU exiting, instead of waiting for the timeout.
-XEN_ARGS="dom0_mem=1024M,max:1024M dom0_max_vcpus=2 console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all"
+# gnttab_max_frames: room for the memory-server domain's grants (daemon.sh).
+XEN_ARGS="dom0_mem=1024M,max:1024M dom0_max_vcpus=2 gnttab_max_frames=128 console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all"
 DOM0_ARGS="console=hvc0 earlyprintk=xen rdinit=/init panic=1"
 # A comma inside a -initrd module's arguments is written ",,".
 share() { echo "local,path=$1,mount_tag=$2,security_model=none,id=$2$3"; }

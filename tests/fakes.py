@@ -269,6 +269,9 @@ class FakeMemoryServer:
     def images(self):
         return defer.succeed([])
 
+    def domain(self, action, force=False):
+        return defer.succeed({"running": False, "memory_mib": 0})
+
 
 class FakeImageData:
     """An OpenImage whose cache writes are recorded instead of stored."""

@@ -9,6 +9,7 @@ import stat
 import sys
 import tempfile
 
+import attr
 from twisted.internet import defer, reactor, ssl
 from twisted.internet.endpoints import SSL4ClientEndpoint, UNIXClientEndpoint, connectProtocol
 from twisted.trial import unittest
@@ -204,6 +205,24 @@ class LocalSocketTests(_ServerCase):
             e = yield self.assertFailure(d, WireError)
             self.assertEqual(e.code, code, str(e))
         yield self.client.ping()      # the link survived every error
+
+    @defer.inlineCallbacks
+    def test_no_server_domain_here(self):
+        """Without Xen: status says none runs; start, stop and a bless by
+        domid are refused, each saying why."""
+        yield self.start()
+        status = yield self.client.domain("status")
+        self.assertEqual(status, {"running": False, "memory_mib": 0})
+        for action in ("start", "stop"):
+            e = yield self.assertFailure(self.client.domain(action), WireError)
+            self.assertEqual(e.code, "no-server-domain")
+            self.assertIn("memserver_domain_mib", str(e))
+        by_domid = attr.evolve(self.cap, mem_fd=None, domid=5)
+        e = yield self.assertFailure(self.client.put("img1", by_domid), WireError)
+        self.assertEqual(e.code, "no-xen")
+        e = yield self.assertFailure(self.client.request("put", fds=[self.cap.mem_fd],
+                                                         domid=5, name="x"), WireError)
+        self.assertEqual(e.code, "bad-request")
 
     def test_bad_arguments_exit_2(self):
         import subprocess

@@ -13,6 +13,7 @@ from xenclone import ledger as L
 from xenclone.backends.xen.evict import Dropped
 from xenclone.interfaces import (IBackend, IFaultRegion, IFaultSource, IMemoryServer, FaultKind,
                                  PageState)
+from xenclone.image import OpenImage
 from xenclone.ledger import Ledger
 from xenclone.pager import Pager
 from xenclone.policy.sharing import SharingPolicy
@@ -318,3 +319,30 @@ class PagerTests(unittest.TestCase):
     def test_faults_of_unknown_clones_are_ignored(self):
         self.source.deliver([(99, S, 1)])
         self.assertEqual(self.ledger.host_stats()["resident_pages"], 0)
+
+
+class BringInTests(unittest.TestCase):
+    """A mirrored image brought in whole, for clones filled before they run."""
+
+    def test_fetches_every_missing_non_zero_page_in_runs(self):
+        memserver = FakeMemoryServer()
+        ledger = Ledger(10000, SharingPolicy())
+        pager = Pager(Clock(), ledger, FakeSource(), FakeBackend(), memserver, self.mktemp())
+        npages = 600
+        zero = bytearray(npages)
+        zero[5] = zero[300] = 1
+        fd = os.memfd_create("mirror")
+        os.ftruncate(fd, npages * 4096)
+        image = OpenImage("m", "g", "fake", b"", npages, fd, bytes(zero),
+                          origin={"server": "h:1", "image": "m"})
+        image.store_page(7, b"\x07" * 4096)             # fetched by an earlier fault
+        pager.track_image(image)
+        fetched = self.successResultOf(pager.bring_in(image))
+        self.assertEqual(fetched, npages - 3)
+        self.assertEqual([f[1:] for f in memserver.fetches],
+                         [(0, 5), (6, 1), (8, 256), (264, 36), (301, 256), (557, 43)])
+        self.assertEqual(image.read_page(9), bytes([8]) * 4096)    # the run from 8's data
+        self.assertEqual(image.read_page(7), b"\x07" * 4096)
+        self.assertEqual(sorted(image.cached_pages()),
+                         [p for p in range(npages) if not zero[p]])
+        self.assertEqual(len(ledger.images["m"].cached), npages - 2)

@@ -4,7 +4,6 @@ page, and waiting faults go back to the pager when their page changes."""
 
 import errno
 import os
-import types
 from collections import namedtuple
 
 from twisted.internet import task
@@ -12,6 +11,7 @@ from twisted.trial import unittest
 
 from xenclone.backends.xen import libxc
 from xenclone.backends.xen.paging import PagedRegion, PagingSource
+from xenclone.image import OpenImage
 from xenclone.interfaces import PAGE_SIZE, FaultKind, PageState
 
 Req = namedtuple("Req", "gfn dropped")
@@ -73,8 +73,7 @@ def image(npages, cached=()):
     os.ftruncate(fd, npages * PAGE_SIZE)
     for pfn in cached:
         os.pwrite(fd, bytes([pfn]) * PAGE_SIZE, pfn * PAGE_SIZE)
-    return types.SimpleNamespace(npages=npages, mem_fd=fd,
-                                 read_page=lambda p: os.pread(fd, PAGE_SIZE, p * PAGE_SIZE))
+    return OpenImage("img", "g1", "xen-pvh-x86", b"", npages, fd, bytes(npages))
 
 
 class PagedRegionTests(unittest.TestCase):

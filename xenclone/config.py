@@ -297,6 +297,10 @@ DAEMON = Table("xenclone daemon configuration", [
         "also how far the budget may be overshot", minimum=1),
     Key("memserver_dir", "", 'where the memory server keeps images ("" = '
         '<state_dir>/images)', path=True),
+    Key("memserver_domain_mib", 0, "Xen: keep images in a memory-server domain of "
+        "this many MiB instead of dom0 (0 = in dom0).  It needs max_grant_frames of "
+        "about MiB/2; Xen caps that at its gnttab_max_frames boot option (64 by "
+        "default, so about 130 MiB)", minimum=0),
     Key("memserver_tcp", "", 'serve images to other hosts over TLS at '
         '"host:port" ("" = local only)', check=_host_port),
     Key("memserver_token_file", "", 'access token for remote pagers ("" = '

@@ -23,8 +23,10 @@ def check_name(name, what="name"):
 class Capture:
     """A paused domain's state, handed from a backend to the memory server.
 
-    ``mem_fd`` is a memfd holding guest RAM (page ``p`` at offset
-    ``p * 4096``); the receiver must not keep it beyond the copy.
+    Guest RAM is either ``mem_fd``, a memfd (page ``p`` at offset
+    ``p * 4096``) the receiver must not keep beyond the copy, or, on Xen,
+    ``domid``: a paused domain the memory server reads through foreign
+    mappings itself, so the image never passes through a dom0 buffer.
     """
 
     arch = attr.ib()          # e.g. "kvm-x86-32": which backend can restore it
@@ -32,6 +34,11 @@ class Capture:
     mem_fd = attr.ib()
     npages = attr.ib()
     meta = attr.ib(factory=dict)   # master name, config, workload params
+    domid = attr.ib(default=None)
+
+    def close(self):
+        if self.mem_fd is not None:
+            os.close(self.mem_fd)
 
 
 @attr.s(frozen=True)
@@ -43,6 +50,10 @@ class OpenImage:
     ``zero`` has one byte per page, 1 where the image page is all zero.
     ``origin`` is None for a local image; for a mirror, the remote memory
     server (``server``) and its name for the image (``image``).
+    ``server_domain`` is None, or where the image lives on Xen: the
+    memory-server domain ``domid`` granted its pages as refs ``first_ref``
+    onwards (page p is ref first_ref + p).  Its memfd is then empty, and a
+    backend that can map grants sets ``pages`` to read them.
     """
 
     image_id = attr.ib()
@@ -54,6 +65,21 @@ class OpenImage:
     zero = attr.ib()
     meta = attr.ib(factory=dict)
     origin = attr.ib(default=None)
+    server_domain = attr.ib(default=None)
+    pages = attr.ib(default=None, eq=False)     # .read_page(pfn), if granted
+
+    def has_page(self, pfn):
+        """Whether this host holds the page's contents (granted, or in the
+        cache: a hole there is a page the cache let go, or never fetched)."""
+        if self.pages is not None:
+            return True
+        offset = pfn * PAGE_SIZE
+        try:
+            return os.lseek(self.mem_fd, offset, os.SEEK_DATA) == offset
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                return False
+            raise
 
     def cached_pages(self):
         """The pages this host's cache holds, as the kernel shows them
@@ -72,13 +98,17 @@ class OpenImage:
         return pages
 
     def read_page(self, pfn):
-        """A page of this host's cache of the image (the caller knows it
-        is cached: a hole reads as zeros)."""
+        """A page of this host's copy of the image (the caller knows it
+        is there: a hole reads as zeros)."""
+        if self.pages is not None:
+            return self.pages.read_page(pfn)
         return os.pread(self.mem_fd, PAGE_SIZE, pfn * PAGE_SIZE)
 
     def store_page(self, pfn, data):
-        """Put a fetched page back into this host's cache of the image."""
-        os.pwrite(self.mem_fd, data, pfn * PAGE_SIZE)
+        """Put a fetched page back into this host's cache of the image (an
+        image in the server domain has every page there already)."""
+        if self.pages is None:
+            os.pwrite(self.mem_fd, data, pfn * PAGE_SIZE)
 
     def drop_pages(self, pfns):
         """Let this host's cache of the image go of these pages (the disk

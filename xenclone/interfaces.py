@@ -20,6 +20,7 @@ class DomainState:
     DONE = "done"                      # the guest reported and halted
     WAITING_FOR_MEMSERVER = "waiting-for-memory-server"
     PAUSED_BY_TIMEOUT = "paused-by-timeout"
+    IMAGE_GONE = "paused-image-gone"   # its image's memory-server domain was destroyed
     CRASHED = "crashed"
     DESTROYED = "destroyed"
 
@@ -189,6 +190,10 @@ class IMemoryServer(Interface):
 
     def images():
         """Deferred[list of image info dicts]."""
+
+    def domain(action, force=False):
+        """Deferred[dict]: the memory-server domain's status after
+        ``action`` (status, start, or stop: ``force`` drops its images)."""
 
 
 class IEvictionPolicy(Interface):

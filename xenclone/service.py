@@ -84,6 +84,19 @@ def remote_args(settings):
             "--key", os.path.join(tls_dir, "memserver.key")]
 
 
+def xen_args(settings):
+    """On Xen the memory server reads masters itself, and may keep images
+    in a memory-server domain (any PVH kernel will do: it never runs)."""
+    if not use_xen(settings["backend"]):
+        if settings["memserver_domain_mib"]:
+            raise ConfigError("memserver_domain_mib", None, "a memory-server domain needs "
+                              "the xen backend")
+        return []
+    from xenclone.backends.xen.backend import GUEST_KERNEL
+    return ["--xen", "--server-domain-mib", str(settings["memserver_domain_mib"]),
+            "--server-kernel", os.path.abspath(settings["xen_guest_kernel"] or GUEST_KERNEL)]
+
+
 class _ControlFactory(Factory):
     def __init__(self, controller):
         self.controller = controller
@@ -151,8 +164,8 @@ class CoreService(Service):
         os.makedirs(s["memserver_dir"], mode=0o700, exist_ok=True)
         ms_socket = os.path.join(run, "memserver.sock")
         memserver = HelperProcess(self.reactor, "memory server", "xenclone.memserver.server",
-                                  ["--dir", s["memserver_dir"]] + remote_args(s), ms_socket,
-                                  os.path.join(run, "memserver.log"))
+                                  ["--dir", s["memserver_dir"]] + remote_args(s) + xen_args(s),
+                                  ms_socket, os.path.join(run, "memserver.log"))
         # Up (started if need be); requests go through the client below.
         probe = yield memserver.connect(FrameProtocol)
         yield probe.close()

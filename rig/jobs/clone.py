@@ -14,7 +14,7 @@ import time
 from twisted.internet import defer, task, utils
 
 from xenclone import workload
-from xenclone.backends.xen import libxc
+from xenclone.backends.xen import libxc, server_domain
 from xenclone.cli.scenarios import Session
 from xenclone.config import load_daemon_config
 
@@ -73,10 +73,14 @@ class Job:
         # which it does not offer, through the control socket.
         self.s = yield Session(self.reactor, settings).open()
         try:
-            yield self.bad_input()
-            yield self.clone()
+            yield self.steps()
         finally:
             yield self.s.close()
+
+    @defer.inlineCallbacks
+    def steps(self):
+        yield self.bad_input()
+        yield self.clone()
 
     @defer.inlineCallbacks
     def clone(self):
@@ -128,7 +132,7 @@ class Job:
 
         yield self.xenclone("discard", IMAGE, "--force")
         yield self.xenclone("destroy", MASTER)
-        left = [n for n in xl_names() if n != "Domain-0"]
+        left = [n for n in xl_names() if n not in ("Domain-0", server_domain.NAME)]
         self.res["xl_list_after_destroy"] = left
         self.checks["all_destroyed"] = not left
 

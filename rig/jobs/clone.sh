@@ -2,7 +2,8 @@
 # The rig's clone job, run by dom0: the real xenclone daemon (twistd) with
 # the Xen backend; clone.py creates a PVH master from the project's guest,
 # blesses it and launches 3 clones through the xl-style CLI, and checks
-# every answer.  Results: clone-results.json in $RIG_OUT.
+# every answer; then the daemon restart and the memory-server domain jobs.
+# Results: clone-, xenstore-, restart- and memserver-results.json in $RIG_OUT.
 #
 # The daemon's setup: daemon.sh.
 set -eu
@@ -27,4 +28,7 @@ wait $DAEMON 2>/dev/null || true
 daemon
 python3 "$RIG_PROJECT/rig/jobs/restart.py" "$W/xenclone.conf" after > restart-results.json || rc=1
 cat restart-results.json
+# Images in the memory-server domain (daemon.sh configures one).
+python3 "$RIG_PROJECT/rig/jobs/memserver.py" "$W/xenclone.conf" > memserver-results.json || rc=1
+cat memserver-results.json
 exit $rc

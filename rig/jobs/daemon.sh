@@ -16,6 +16,10 @@ state_dir = "$W/state"
 run_dir = "$W/run"
 control_socket = "$W/run/control.sock"
 xen_guest_kernel = "$RIG_PROJECT/guest/build/guest.elf"
+# Images live in a memory-server domain: 160 MiB needs 79 grant frames, past
+# Xen's default cap of 64, so boot.sh gives Xen gnttab_max_frames=128.
+memserver_domain_mib = 160
+memserver_tcp = "127.0.0.1:7443"
 ${XENCLONE_EXTRA_CONF:-}
 CONF
 

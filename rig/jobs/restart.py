@@ -75,6 +75,16 @@ def after(conf):
     res["answers"] = answers
     checks["answers_right"] = len(answers) == 2 and all(
         a["state"] == "done" and a["result"] == a["expected"] for a in answers)
+    # The image outlived the daemon too (in the memory-server domain).
+    listed = {i["image_id"]: i for i in xenclone(conf, "images", "--json")["images"]}
+    checks["image_kept_in_server_domain"] = "server_domain" in listed.get(IMAGE, {})
+    name = xenclone(conf, "launch", IMAGE, "--json")["clones"][0]["name"]
+    info = xenclone(conf, "wait", name, "--timeout", "300", "--json")
+    res["launched_after_restart"] = {k: info.get(k) for k in ("name", "state", "result",
+                                                               "expected")}
+    checks["image_launches_after_restart"] = (info["state"] == "done"
+                                              and info["result"] == info["expected"])
+    clones.append(name)
     for name in clones:
         xenclone(conf, "destroy", name)
     xenclone(conf, "discard", IMAGE, "--force")

@@ -182,6 +182,10 @@ def cmd_discard(args):
             lambda r: "discarded %s" % r["image"])
 
 
+def cmd_memserver(args):
+    return ("memserver", {"action": args.action, "force": args.force}, _kv)
+
+
 def _parser():
     p = argparse.ArgumentParser(prog="xenclone", description="Clone running virtual machines.")
     p.add_argument("--config", "-c", help="daemon config (xl.cfg syntax)")
@@ -245,6 +249,11 @@ def _parser():
     sp.add_argument("image", metavar="Image")
     sp.add_argument("pfn", type=int)
     sp.add_argument("-n", type=int, default=1, help="how many pages (1-256)")
+    sp = add("memserver", cmd_memserver, "the memory-server domain (Xen): status, start, "
+             "or stop (refused while it holds images or feeds clones)", True)
+    sp.add_argument("action", choices=("status", "start", "stop"))
+    sp.add_argument("--force", action="store_true",
+                    help="stop anyway: its images are lost, clones faulting from it paused")
     sp = add("discard", cmd_discard, "delete an image (refused while clones live)", True)
     sp.add_argument("image", metavar="Image")
     sp.add_argument("--force", action="store_true", help="destroy its clones first")

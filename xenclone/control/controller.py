@@ -27,7 +27,8 @@ MAX_LAUNCH = 256
 # they give (Xen's are below 0x7FF0) until the real id is adopted.
 FIRST_HANDLE = 0x10000
 LIVE = (DomainState.RUNNING, DomainState.PAUSED, DomainState.READY, DomainState.DONE,
-        DomainState.WAITING_FOR_MEMSERVER, DomainState.PAUSED_BY_TIMEOUT)
+        DomainState.WAITING_FOR_MEMSERVER, DomainState.PAUSED_BY_TIMEOUT,
+        DomainState.IMAGE_GONE)
 
 
 @attr.s(frozen=True)
@@ -100,7 +101,8 @@ AUDIT_SETTLE_ROUNDS = 20      # 50 ms apart
 _RUNS = (DomainState.RUNNING, DomainState.WAITING_FOR_MEMSERVER)
 # The daemon's state -> the backend's word for it, which does not override it.
 _REFINES = {DomainState.WAITING_FOR_MEMSERVER: DomainState.RUNNING,
-            DomainState.PAUSED_BY_TIMEOUT: DomainState.PAUSED}
+            DomainState.PAUSED_BY_TIMEOUT: DomainState.PAUSED,
+            DomainState.IMAGE_GONE: DomainState.PAUSED}
 
 
 class Controller:
@@ -416,7 +418,7 @@ class Controller:
             try:
                 info = yield self.memserver.put(name, attr.evolve(capture, meta=meta))
             finally:
-                os.close(capture.mem_fd)
+                capture.close()
             yield self.open_image(name)      # its cache counts in the budget from now
             self._set_state(dom, DomainState.PAUSED)
             if msg.get("resume"):
@@ -460,6 +462,8 @@ class Controller:
         self.domains[domid] = dom
         since = self.pager.punch_seq
         try:
+            if image.origin is not None and self._before_run(fill):
+                yield self.pager.bring_in(image)
             meta = dict(dom.record(), generation=image.generation, share=share)
             region = yield self.backend.launch(
                 image, CloneSpec(domid, name, clone_id, domid, paused, share, meta, fill))
@@ -474,6 +478,11 @@ class Controller:
         self._changed()
         return {"domid": dom.domid, "name": name, "clone_id": clone_id}
 
+    def _before_run(self, fill):
+        """Whether a launch asking for ``fill`` is filled before it runs."""
+        return fill == "before-run" or (fill in (None, "auto")
+                                         and self.backend.fill_mode == "fill-before-run")
+
     def op_list(self, msg):
         return {"domains": [d.summary() for d in sorted(self.domains.values(), key=lambda d: d.domid)]}
 
@@ -487,6 +496,45 @@ class Controller:
             return {"images": images}
 
         return self.memserver.images().addCallback(annotate)
+
+    def op_memserver(self, msg):
+        """The memory-server domain: status, start, or stop.  Stop is
+        refused while clones fault pages in from it, or while it holds
+        images, unless ``force``: then those clones are paused
+        (``paused-image-gone``) and its images are gone."""
+        action = msg.get("action")
+        if action not in ("status", "start", "stop"):
+            raise WireError("bad-argument", "memserver wants status, start or stop")
+        if action != "stop":
+            return self.memserver.domain(action)
+        force = bool(msg.get("force"))
+
+        @defer.inlineCallbacks
+        def stop():
+            status = yield self.memserver.domain("status")
+            gone = set(status.get("images", ()))
+            lazy = [d for d in self.domains.values() if d.image in gone
+                    and d.fill_mode == "lazy" and d.state in LIVE]
+            if lazy and not force:
+                raise WireError("busy", "clones %s fault their pages in from the memory-server "
+                                "domain: destroy them, or use --force to pause them"
+                                % ", ".join(d.name for d in lazy))
+            for image_id in gone & set(self._images):
+                self.backend.forget_image(self._images[image_id])     # before the grants end
+            result = yield self.memserver.domain("stop", force)
+            for dom in lazy:
+                yield self.backend.pause(dom.domid)
+                self._set_state(dom, DomainState.IMAGE_GONE)
+            for image_id in gone:
+                image = self._images.pop(image_id, None)
+                if image is not None:
+                    os.close(image.mem_fd)
+                if not any(d.image == image_id for d in self.domains.values()):
+                    self.pager.forget_image(image_id)
+            self._changed()
+            return dict(result, paused=[d.domid for d in lazy])
+
+        return stop()
 
     def op_info(self, msg):
         dom = self._domain(msg.get("domain"))
@@ -640,12 +688,14 @@ class Controller:
         def discard():
             for dom in clones:
                 yield self.op_destroy({"domain": dom.domid})
+            if image_id in self._images:
+                # Its grant mappings go before the memory server ends the grants.
+                self.backend.forget_image(self._images[image_id])
             yield self.memserver.discard(image_id)
             if self.working_sets is not None:
                 self.working_sets.forget(image_id)
             image = self._images.pop(image_id, None)
             if image is not None:
-                self.backend.forget_image(image)
                 self.pager.forget_image(image_id)
                 os.close(image.mem_fd)
             self._changed()

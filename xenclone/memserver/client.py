@@ -114,9 +114,11 @@ class MemoryServerClient(_Link):
     """The local memory server, over its Unix socket."""
 
     def put(self, name, capture):
-        d = self.request("put", fds=[capture.mem_fd], name=name, arch=capture.arch,
-                         npages=capture.npages, meta=capture.meta,
-                         vcpu_state=base64.b64encode(capture.vcpu_state).decode())
+        # A Xen capture names its paused domain: the server reads it itself.
+        where = {"fds": [capture.mem_fd]} if capture.domid is None else {"domid": capture.domid}
+        d = self.request("put", name=name, arch=capture.arch, npages=capture.npages,
+                         meta=capture.meta,
+                         vcpu_state=base64.b64encode(capture.vcpu_state).decode(), **where)
         return d.addCallback(_fields)
 
     def open(self, image_id):
@@ -129,7 +131,8 @@ class MemoryServerClient(_Link):
         return OpenImage(image_id=msg["image_id"], generation=msg["generation"],
                          arch=msg["arch"], vcpu_state=base64.b64decode(msg["vcpu_state"]),
                          npages=msg["npages"], mem_fd=msg.fds[0], zero=msg.payload,
-                         meta=msg["meta"], origin=msg.get("origin"))
+                         meta=msg["meta"], origin=msg.get("origin"),
+                         server_domain=msg.get("server_domain"))
 
     def fetch(self, image_id, pfn, count):
         d = self.request("fetch", timed=True, image=image_id, pfn=pfn, count=count)
@@ -153,6 +156,10 @@ class MemoryServerClient(_Link):
 
     def ping(self):
         return self.request("ping").addCallback(_fields)
+
+    def domain(self, action, force=False):
+        """The memory-server domain: status, start or stop."""
+        return self.request("domain", action=action, force=force).addCallback(_fields)
 
 
 class RemotePageSource(_Link):

@@ -73,3 +73,6 @@ class MirroringMemoryServer:
 
     def ping(self):
         return self.local.ping()
+
+    def domain(self, action, force=False):
+        return self.local.domain(action, force)

@@ -2,11 +2,16 @@
 
     python -m xenclone.memserver.server --dir DIR --socket PATH
         [--tcp HOST:PORT --token-file F --cert F --key F]
+        [--xen [--server-domain-mib N --server-kernel F]]
 
 The Unix socket (mode 0600) is the local fast path: ``open`` passes the
 image's memfd, so clones fault without a round trip.  The TCP port speaks
 the same frames over TLS for pagers on other hosts; a connection must say
 ``hello`` with the access token first and may then only read pages.
+
+With ``--xen`` it blesses Xen domains by domid, reading their RAM itself;
+with a memory-server domain (``domain_store.py``) images live in that
+domain's memory rather than in dom0.
 """
 
 import argparse
@@ -50,9 +55,10 @@ def _fetch(store, msg):
 class LocalHandler:
     """Every operation, for the trusted local socket."""
 
-    def __init__(self, reactor, store):
+    def __init__(self, reactor, store, domain=None):
         self.reactor = reactor
         self.store = store
+        self.domain = domain        # a ServerDomainLife, on Xen with a server domain
 
     def op_ping(self, msg):
         return {"pid": os.getpid()}
@@ -85,15 +91,19 @@ class LocalHandler:
     @defer.inlineCallbacks
     def op_put(self, msg):
         try:
-            if len(msg.fds) != 1:
-                raise WireError("bad-request", "put passes exactly one memfd")
+            domid = msg.get("domid")
+            if domid is not None and (type(domid) is not int or domid < 1 or msg.fds):
+                raise WireError("bad-request", "domid must be a domU's id, with no memfd")
+            if domid is None and len(msg.fds) != 1:
+                raise WireError("bad-request", "put passes exactly one memfd, or a domid")
             try:
                 vcpu = base64.b64decode(_field(msg, "vcpu_state", str), validate=True)
             except ValueError:      # binascii.Error, or a str that is not ASCII
                 raise WireError("bad-request", "vcpu_state is not base64")
             capture = Capture(arch=_field(msg, "arch", str), vcpu_state=vcpu,
-                              mem_fd=msg.fds[0], npages=_field(msg, "npages", int),
-                              meta=msg.get("meta") or {})
+                              mem_fd=msg.fds[0] if msg.fds else None,
+                              npages=_field(msg, "npages", int), meta=msg.get("meta") or {},
+                              domid=domid)
             name = _field(msg, "name", str)
             # A big image takes seconds to copy: keep the reactor serving.
             info = yield threads.deferToThreadPool(
@@ -112,6 +122,29 @@ class LocalHandler:
         self.store.discard(image, close=lambda fd: self.reactor.callLater(FD_GRACE, os.close, fd))
         log.info("discarded {image_id}", image_id=image)
         return {}
+
+    def op_domain(self, msg):
+        """The memory-server domain: ``action`` status, start or stop
+        (``force``: its images go with it)."""
+        action = msg.get("action")
+        if self.domain is None:
+            if action == "status":
+                return {"running": False, "memory_mib": 0}
+            raise WireError("no-server-domain", "this memory server keeps images in dom0: "
+                            "set memserver_domain_mib (on a Xen host) for a server domain")
+        if action == "status":
+            return self.domain.status()
+        if action == "start":
+            return self.domain.start().addCallback(self._loaded)
+        if action == "stop":
+            return self.domain.stop(bool(msg.get("force")))
+        raise WireError("bad-request", "action must be status, start or stop")
+
+    def _loaded(self, status):
+        """Images of an older server domain are dropped once a new one runs."""
+        for name, why in self.store.load_all():
+            log.error("image {image_id} not loaded: {why}", image_id=name, why=why)
+        return status
 
 
 class RemoteHandler:
@@ -225,11 +258,11 @@ def _one_server(socket_path):
 
 
 @defer.inlineCallbacks
-def serve(reactor, store, socket_path, tcp=None, token=None, tls=None):
+def serve(reactor, store, socket_path, tcp=None, token=None, tls=None, domain=None):
     """Listen on the Unix socket and, if ``tcp`` is (host, port), on TLS."""
     _one_server(socket_path)
     ports = [(yield UNIXServerEndpoint(reactor, socket_path, mode=0o600)
-              .listen(_LocalFactory(LocalHandler(reactor, store))))]
+              .listen(_LocalFactory(LocalHandler(reactor, store, domain))))]
     if tcp is not None:
         host, port = tcp
         ports.append((yield SSL4ServerEndpoint(reactor, port, tls, interface=host)
@@ -246,6 +279,10 @@ def _parse(argv):
     p.add_argument("--token-file", help="access token for TCP clients")
     p.add_argument("--cert", help="TLS certificate (PEM); made with a CA beside it if absent")
     p.add_argument("--key", help="TLS private key (PEM)")
+    p.add_argument("--xen", action="store_true", help="bless Xen domains by domid")
+    p.add_argument("--server-domain-mib", type=int, default=0, metavar="N",
+                   help="keep images in a memory-server domain of N MiB (Xen)")
+    p.add_argument("--server-kernel", help="the server domain's (never run) PVH kernel")
     a = p.parse_args(argv)
     a.tcp_addr = None
     if a.tcp:
@@ -264,7 +301,26 @@ def _parse(argv):
         a.tcp_addr = (host.strip("[]"), int(port))
     elif a.token_file or a.cert or a.key:
         p.error("--token-file, --cert and --key only go with --tcp")
+    if a.server_domain_mib and not (a.xen and a.server_kernel):
+        p.error("--server-domain-mib needs --xen and --server-kernel")
     return a
+
+
+def _make_store(reactor, args):
+    """(store, ServerDomainLife or None).  On Xen a store blesses domains
+    by domid; with a server domain configured, or one still running from
+    before, images go into it."""
+    if not args.xen:
+        return ImageStore(args.dir), None
+    from xenclone.backends.xen import libxc
+    from xenclone.memserver.domain_life import ServerDomainLife, still_running
+    from xenclone.memserver.domain_store import DomainImageStore, domain_reader
+    fm = libxc.ForeignMemory()
+    if not args.server_domain_mib and not still_running(args.dir):
+        return ImageStore(args.dir, domain_reader(fm)), None
+    store = DomainImageStore(args.dir, domain_reader(fm))
+    return store, ServerDomainLife(reactor, store, args.server_domain_mib, args.server_kernel,
+                                   fm, libxc.GntTab())
 
 
 def main(argv=None):
@@ -275,7 +331,7 @@ def main(argv=None):
 
     tls = None
     try:
-        store = ImageStore(args.dir)
+        store, life = _make_store(reactor, args)
         if args.tcp_addr:
             if not os.path.exists(args.cert) and not os.path.exists(args.key):
                 from xenclone.memserver.tls import write_server_files
@@ -287,22 +343,31 @@ def main(argv=None):
         print("memory server: cannot start: %s" % (e,), file=sys.stderr)
         return 1
 
-    for name, why in store.load_all():
-        log.error("image {image_id} not loaded: {why}", image_id=name, why=why)
-    log.info("loaded {count} images from {dir}", count=len(store.images()), dir=args.dir)
     status = []
 
-    def ready(ports):
+    @defer.inlineCallbacks
+    def start():
+        if life is not None:
+            # Before the images load: those in a server domain that still
+            # runs are kept, those of one that is gone are dropped.
+            try:
+                yield life.start()
+            except WireError as e:
+                life.error = str(e)
+                log.critical("no memory-server domain: {why}", why=life.error)
+        for name, why in store.load_all():
+            log.error("image {image_id} not loaded: {why}", image_id=name, why=why)
+        log.info("loaded {count} images from {dir}", count=len(store.images()), dir=args.dir)
+        ports = yield serve(reactor, store, args.socket, args.tcp_addr,
+                            getattr(args, "token", None), tls, life)
         log.info(READY + " on {where}", where=", ".join(str(p.getHost()) for p in ports))
 
     def failed(f):
-        log.critical("cannot listen: {why}", why=f.getErrorMessage())
+        log.critical("cannot start: {why}", why=f.getErrorMessage())
         status.append(1)
         reactor.stop()
 
-    reactor.callWhenRunning(lambda: serve(reactor, store, args.socket, args.tcp_addr,
-                                          getattr(args, "token", None), tls)
-                            .addCallbacks(ready, failed))
+    reactor.callWhenRunning(lambda: start().addErrback(failed))
     reactor.run()
     return status[0] if status else 0
 

@@ -40,11 +40,12 @@ _TMP = ".tmp-"                      # names never start with ".": no clash
 _TRASH = ".trash-"
 
 
-def _nonzero_runs(src_fd, npages):
-    """Yield (first_pfn, bytes) for every run of non-zero pages in ``src_fd``."""
+def nonzero_runs(read, npages):
+    """Yield (first_pfn, bytes) for every run of non-zero pages of guest
+    RAM; ``read(pfn, n)`` gives n pages from page pfn."""
     for base in range(0, npages, CHUNK // PAGE_SIZE):
         n = min(CHUNK // PAGE_SIZE, npages - base)
-        data = os.pread(src_fd, n * PAGE_SIZE, base * PAGE_SIZE)
+        data = read(base, n)
         if len(data) != n * PAGE_SIZE:
             raise WireError("bad-request", "guest memory ends before page %d" % (base + n))
         if data == _ZERO_CHUNK[:len(data)]:
@@ -62,6 +63,10 @@ def _nonzero_runs(src_fd, npages):
                 start = None
 
 
+def fd_reader(fd):
+    return lambda pfn, n: os.pread(fd, n * PAGE_SIZE, pfn * PAGE_SIZE)
+
+
 def _write_all(fd, data, offset):
     view = memoryview(data)
     while view:
@@ -69,21 +74,21 @@ def _write_all(fd, data, offset):
         view, offset = view[n:], offset + n
 
 
-def _fill(src_fd, npages, dst_fd, zero=None):
+def _fill(read, npages, dst_fd, zero=None):
     """Copy the non-zero pages; clear their entries in ``zero`` if given."""
-    for pfn, data in _nonzero_runs(src_fd, npages):
+    for pfn, data in nonzero_runs(read, npages):
         _write_all(dst_fd, data, pfn * PAGE_SIZE)
         if zero is not None:
             zero[pfn:pfn + len(data) // PAGE_SIZE] = bytes(len(data) // PAGE_SIZE)
 
 
-def _new_memfd(name, npages):
+def new_memfd(name, npages):
     fd = os.memfd_create("xenclone-" + name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, npages * PAGE_SIZE)
     return fd
 
 
-def _seal(fd):
+def seal(fd):
     # Clones map the memfd MAP_PRIVATE: nobody may resize it under them.
     fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
 
@@ -96,7 +101,22 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-class _Image:
+def new_meta(name, capture, zero):
+    """meta.json of a new image; ``zero`` is its zero map."""
+    return {
+        "image_id": name,
+        "generation": uuid.uuid4().hex[:12],
+        "arch": capture.arch,
+        "npages": capture.npages,
+        "nonzero_pages": capture.npages - zero.count(1),
+        "created": time.time(),
+        "meta": capture.meta,
+        "format": FORMAT,
+        "vcpu_state": base64.b64encode(capture.vcpu_state).decode(),
+    }
+
+
+class StoredImage:
     def __init__(self, meta, vcpu_state, memfd, zero):
         self.meta = meta
         self.vcpu_state = vcpu_state
@@ -108,10 +128,15 @@ class _Image:
 
 
 class ImageStore:
-    """Blessed images, keyed by image id (the name given at bless)."""
+    """Blessed images, keyed by image id (the name given at bless).
 
-    def __init__(self, directory):
+    ``domain_reader(domid)``, where the host runs Xen, reads a paused
+    domain's RAM for a bless by domid (``Capture.domid``).
+    """
+
+    def __init__(self, directory, domain_reader=None):
         self.dir = directory
+        self._domain_reader = domain_reader
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._images = {}
         self._reserved = set()
@@ -174,9 +199,13 @@ class ImageStore:
         if pfn < 0 or pfn + count > npages:
             raise WireError("out-of-range", "pages %d..%d outside image %r of %d pages"
                             % (pfn, pfn + count - 1, image_id, npages))
+        return self._read(img, pfn, count)
+
+    def _read(self, img, pfn, count):
         # The disk copy is the truth: pagers let pages of the RAM cache go
         # (holes in the memfd), and those must not read back as zeros.
-        fd = os.open(os.path.join(self.dir, image_id, "memory"), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(os.path.join(self.dir, img.meta["image_id"], "memory"),
+                     os.O_RDONLY | os.O_CLOEXEC)
         try:
             data = os.pread(fd, count * PAGE_SIZE, pfn * PAGE_SIZE)
         finally:
@@ -200,9 +229,17 @@ class ImageStore:
             json.dumps(capture.meta)
         except (TypeError, ValueError) as e:
             raise WireError("bad-request", "meta is not plain JSON: %s" % (e,))
-        if os.fstat(capture.mem_fd).st_size < npages * PAGE_SIZE:
+        if capture.domid is None and os.fstat(capture.mem_fd).st_size < npages * PAGE_SIZE:
             raise WireError("bad-request", "guest memory is smaller than %d pages" % npages)
         return self._add(name, lambda: self._bless(name, capture))
+
+    def _reader(self, capture):
+        """``read(pfn, n)`` over the captured guest RAM."""
+        if capture.domid is None:
+            return fd_reader(capture.mem_fd)
+        if self._domain_reader is None:
+            raise WireError("no-xen", "bless by domid needs Xen, and this host has none")
+        return self._domain_reader(capture.domid)
 
     def _add(self, name, make):
         """Run ``make`` (which builds image ``name`` on disk) with the name
@@ -225,7 +262,7 @@ class ImageStore:
         tmp = os.path.join(self.dir, _TMP + name)
         shutil.rmtree(tmp, ignore_errors=True)
         os.mkdir(tmp, 0o700)
-        memfd = _new_memfd(name, npages)
+        memfd = new_memfd(name, npages)
         try:
             zero = bytearray(b"\x01") * npages
             disk = os.open(os.path.join(tmp, "memory"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -233,31 +270,22 @@ class ImageStore:
                 os.ftruncate(disk, npages * PAGE_SIZE)
                 # RAM and disk copies run side by side (the I/O drops the GIL):
                 # a bless then costs about the slower of the two, not the sum.
+                read = self._reader(capture)
                 with ThreadPoolExecutor(1) as pool:
-                    to_disk = pool.submit(_fill, capture.mem_fd, npages, disk)
-                    _fill(capture.mem_fd, npages, memfd, zero)
+                    to_disk = pool.submit(_fill, read, npages, disk)
+                    _fill(read, npages, memfd, zero)
                     to_disk.result()
                 os.fsync(disk)
             finally:
                 os.close(disk)
-            _seal(memfd)
-            meta = {
-                "image_id": name,
-                "generation": uuid.uuid4().hex[:12],
-                "arch": capture.arch,
-                "npages": npages,
-                "nonzero_pages": npages - zero.count(1),
-                "created": time.time(),
-                "meta": capture.meta,
-                "format": FORMAT,
-                "vcpu_state": base64.b64encode(capture.vcpu_state).decode(),
-            }
+            seal(memfd)
+            meta = new_meta(name, capture, zero)
             self._commit(tmp, name, meta, zero)
         except BaseException:
             os.close(memfd)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return _Image(meta, capture.vcpu_state, memfd, zero)
+        return StoredImage(meta, capture.vcpu_state, memfd, zero)
 
     def mirror(self, name, info, vcpu_state, zero, server):
         """Record the remote image ``info`` (as ``describe`` gave it) of
@@ -326,15 +354,18 @@ class ImageStore:
             meta = json.load(f)
         if meta.get("format") != FORMAT:
             raise ValueError("unknown memory format %r" % (meta.get("format"),))
+        if meta.get("server_domain"):
+            raise ValueError("it lives in the memory-server domain, and this memory server "
+                             "runs none (config memserver_domain_mib)")
         npages = meta["npages"]
         with open(os.path.join(path, "zero"), "rb") as f:
             zero = bytearray(f.read())
         if len(zero) != npages:
             raise ValueError("zero map has %d entries for %d pages" % (len(zero), npages))
-        memfd = _new_memfd(meta["image_id"], npages)
+        memfd = new_memfd(meta["image_id"], npages)
         if meta.get("origin"):      # a mirror: filled by fetches from its origin
-            _seal(memfd)
-            return _Image(meta, base64.b64decode(meta["vcpu_state"]), memfd, zero)
+            seal(memfd)
+            return StoredImage(meta, base64.b64decode(meta["vcpu_state"]), memfd, zero)
         try:
             disk = os.open(os.path.join(path, "memory"), os.O_RDONLY)
             try:
@@ -353,8 +384,8 @@ class ImageStore:
                     pfn = end
             finally:
                 os.close(disk)
-            _seal(memfd)
-            return _Image(meta, base64.b64decode(meta["vcpu_state"]), memfd, zero)
+            seal(memfd)
+            return StoredImage(meta, base64.b64decode(meta["vcpu_state"]), memfd, zero)
         except BaseException:
             os.close(memfd)
             raise

@@ -3,9 +3,12 @@
 - A master is ``xl create -p`` of the project's guest as a PVH kernel; its
   params page and data set are written through foreign mappings, then it
   runs to its bless point (its mailbox says ready) and is paused there.
-- Bless pauses it, reads the HVM context of its vCPUs and copies its RAM to
-  a memfd for the memory server, in batches of foreign mappings.  The xl
-  settings travel with the image (inside the opaque vCPU state).
+- Bless pauses it and reads the HVM context of its vCPUs; the memory
+  server copies its RAM, in batches of foreign mappings, into dom0 or into
+  the memory-server domain.  The xl settings travel with the image
+  (inside the opaque vCPU state).
+- An image in the memory-server domain is read through grant maps
+  (``grant_cache.py``) for fills and page-ins alike.
 - A clone is ``xl create -p`` of the same settings under its own name (its
   own XenStore home and console), then filled one of two ways:
   - **before it runs** (any Xen): every non-zero image page is copied in;
@@ -35,6 +38,7 @@ from xenclone import workload
 from xenclone.backends.xen import libxc, xl
 from xenclone.backends.xen.evict import Evictor
 from xenclone.backends.xen.filled import FilledRegion, FilledSource
+from xenclone.backends.xen.grant_cache import GrantCache
 from xenclone.backends.xen.paging import PagedRegion, PagingSource
 from xenclone.image import Capture
 from xenclone.interfaces import PAGE_SIZE, DomainState, IBackend, PageState
@@ -164,7 +168,7 @@ class XenBackend:
         # fill = lazy on a Xen without MEM_PAGING: launches are refused, saying why.
         lazy = self.mem_paging and fill in ("lazy", "auto")
         self.fill_mode = "lazy" if lazy else "fill-before-run"
-        self._source = self._evictor = None
+        self._source = self._evictor = self._grants = None
         self.setup_us_per_page = []     # nominate+evict at launch, per lazy clone
         self._domains = {}
         os.makedirs(work_dir, mode=0o700, exist_ok=True)
@@ -360,31 +364,20 @@ class XenBackend:
 
     # -- bless
 
-    def _copy_out(self, domid, npages):
-        fd = os.memfd_create("xenclone-capture-%d" % domid, os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(fd, npages * PAGE_SIZE)
-            for batch in _batches(range(npages)):
-                with self.fm.map(domid, batch, writable=False) as m:
-                    os.pwrite(fd, m.buffer, batch[0] * PAGE_SIZE)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
     def capture(self, domid):
-        return _xen_errors(self._capture(domid))
+        """The paused master's vCPU state; the memory server reads its RAM
+        through foreign mappings itself (into dom0 or the server domain)."""
+        def capture():
+            dom = self._get(domid)
+            if dom.role != "master":
+                raise WireError("not-master", "domain %d is a clone; bless its image instead"
+                                % domid)
+            self._pause(dom)
+            record = self.xc.hvm_getcontext(domid)
+            return Capture(arch=ARCH, vcpu_state=pack_state(dom.config, record), mem_fd=None,
+                           npages=dom.npages, domid=domid)
 
-    @defer.inlineCallbacks
-    def _capture(self, domid):
-        dom = self._get(domid)
-        if dom.role != "master":
-            raise WireError("not-master", "domain %d is a clone; bless its image instead" % domid)
-        self._pause(dom)
-        record = self.xc.hvm_getcontext(domid)
-        fd = yield self._thread(self._copy_out, domid, dom.npages)
-        return Capture(arch=ARCH, vcpu_state=pack_state(dom.config, record), mem_fd=fd,
-                       npages=dom.npages)
+        return _xen_errors(defer.maybeDeferred(capture))
 
     # -- clones
 
@@ -392,16 +385,32 @@ class XenBackend:
         """Copy every non-zero image page into the clone; the rest are zero
         already in a fresh domain.  Returns the pfns copied."""
         pfns = [p for p in range(image.npages) if not image.zero[p]]
+        if image.origin is not None and set(pfns) - set(image.cached_pages()):
+            raise WireError("not-here", "mirrored image %s lacks pages on this host (the "
+                            "cache let them go before the fill): launch again"
+                            % image.image_id)
         for batch in _batches(pfns):
             with self.fm.map(domid, batch) as m:
                 view = memoryview(m.buffer)
                 for i, n in runs(batch):
                     pfn, want = batch[i], n * PAGE_SIZE
-                    got = os.preadv(image.mem_fd, [view[i * PAGE_SIZE:i * PAGE_SIZE + want]],
-                                    pfn * PAGE_SIZE)
+                    dst = view[i * PAGE_SIZE:i * PAGE_SIZE + want]
+                    if image.pages is not None:         # granted by the server domain
+                        dst[:] = image.pages.read(pfn, n)
+                        continue
+                    got = os.preadv(image.mem_fd, [dst], pfn * PAGE_SIZE)
                     if got != want:
                         raise WireError("short-image", "image ends at page %d" % (pfn + got // PAGE_SIZE))
         return pfns
+
+    def _readable(self, image):
+        """``image`` as this backend reads it: an image in the server
+        domain gets its pages through the grant cache."""
+        if image.server_domain is None or image.pages is not None:
+            return image
+        if self._grants is None:
+            self._grants = GrantCache(libxc.GntTab())
+        return self._grants.pages(image)
 
     def launch(self, image, clone):
         return _xen_errors(self._launch(image, clone))
@@ -412,6 +421,7 @@ class XenBackend:
             raise WireError("wrong-arch", "image is %s, the xen backend launches %s"
                             % (image.arch, ARCH))
         fill = self._fill_of(clone.fill or self.fill)     # refused before anything is built
+        image = self._readable(image)
         config, record = unpack_state(image.vcpu_state)
         config = dict(config, name=clone.name)
         if fill == "lazy":
@@ -644,11 +654,14 @@ class XenBackend:
                 "sharing": "none: each clone holds its own copy of every page it has",
                 "eviction": ["drop-clean (nominate+evict)", "page-out"] if lazy else [],
                 "lazy": self.lazy_stats() if lazy else None,
+                "grant_cache": self._grants.stats() if self._grants else None,
                 "free_pages": phys["free_pages"],
                 "total_pages": phys["total_pages"], "hap": "hap" in phys["capabilities"]}
 
     def forget_image(self, image):
-        """Nothing is kept per image: clones hold their own copies."""
+        """Clones hold their own copies; only grant maps are kept per image."""
+        if self._grants is not None:
+            self._grants.forget(image)
 
     def ping(self):
         return defer.succeed({"pid": None, "domains": len(self._domains)})
@@ -669,7 +682,7 @@ class XenBackend:
                                 % dom.name)
             kinds = [PageState.ZERO if image.zero[p] else PageState.SHARED
                      for p in range(image.npages)]
-            return FilledRegion(domid, dom.npages, image, self.fm, []), kinds
+            return FilledRegion(domid, dom.npages, self._readable(image), self.fm, []), kinds
 
         return defer.maybeDeferred(region)
 
@@ -681,5 +694,7 @@ class XenBackend:
         if self._evictor is not None:
             self._evictor.close()
             self._source.evtchn.close()
+        if self._grants is not None:
+            self._grants.close()
         self.fm.close()
         self.xc.close()

@@ -6,11 +6,9 @@ region still answers the pager's calls truthfully: a page the pager loads
 is written through a foreign mapping, and the page states follow.
 """
 
-import os
-
 from zope.interface import implementer
 
-from xenclone.interfaces import PAGE_SIZE, IFaultRegion, IFaultSource, PageState
+from xenclone.interfaces import IFaultRegion, IFaultSource, PageState
 
 
 @implementer(IFaultRegion)
@@ -43,7 +41,7 @@ class FilledRegion:
         self._state[pfn] = PageState.ZERO
 
     def load_shared(self, pfn):
-        self._write(pfn, os.pread(self._image.mem_fd, PAGE_SIZE, pfn * PAGE_SIZE))
+        self._write(pfn, self._image.read_page(pfn))
         self._state[pfn] = PageState.SHARED
         return True
 

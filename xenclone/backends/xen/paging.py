@@ -16,7 +16,6 @@ back, and this runs in the reactor.
 """
 
 import errno
-import os
 import time
 from collections import OrderedDict, defaultdict, deque
 
@@ -160,13 +159,8 @@ class PagedRegion:
         self._load(pfn, ZERO_PAGE, PageState.ZERO)
 
     def load_shared(self, pfn):
-        """The image's page from this host's cache; False if a hole."""
-        offset = pfn * PAGE_SIZE
-        try:
-            cached = os.lseek(self._image.mem_fd, offset, os.SEEK_DATA) == offset
-        except OSError:         # ENXIO: no data from here on
-            cached = False
-        if not cached:
+        """The image's page from this host's copy; False if it has none."""
+        if not self._image.has_page(pfn):
             return False
         self._load(pfn, self._image.read_page(pfn), PageState.SHARED)
         return True
