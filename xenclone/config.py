@@ -301,6 +301,9 @@ DAEMON = Table("xenclone daemon configuration", [
         "this many MiB instead of dom0 (0 = in dom0).  It needs max_grant_frames of "
         "about MiB/2; Xen caps that at its gnttab_max_frames boot option (64 by "
         "default, so about 130 MiB)", minimum=0),
+    Key("grant_cache_mib", 64, "Xen: images in the memory-server domain are read "
+        "through grant maps kept in dom0 up to this much (address space and Xen "
+        "maptrack entries, not dom0 memory)", minimum=2),
     Key("memserver_tcp", "", 'serve images to other hosts over TLS at '
         '"host:port" ("" = local only)', check=_host_port),
     Key("memserver_token_file", "", 'access token for remote pagers ("" = '

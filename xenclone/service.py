@@ -233,7 +233,8 @@ class CoreService(Service):
         if use_xen(self.settings["backend"]):
             from xenclone.backends.xen.backend import XenBackend
             return XenBackend(self.reactor, os.path.join(run, "xl"), self._on_event,
-                              self.settings["xen_guest_kernel"] or None, self.settings["fill"])
+                              self.settings["xen_guest_kernel"] or None, self.settings["fill"],
+                              grant_cache_pages=self.settings["grant_cache_mib"] * 256)
         from xenclone.backends.kvm.backend import KvmBackend
         from xenclone.backends.kvm.vmmhost import default_guest_kernel
 

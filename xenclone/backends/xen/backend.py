@@ -38,7 +38,7 @@ from xenclone import workload
 from xenclone.backends.xen import libxc, xl
 from xenclone.backends.xen.evict import Evictor
 from xenclone.backends.xen.filled import FilledRegion, FilledSource
-from xenclone.backends.xen.grant_cache import GrantCache
+from xenclone.backends.xen.grant_cache import DEFAULT_LIMIT as DEFAULT_GRANT_CACHE, GrantCache
 from xenclone.backends.xen.paging import PagedRegion, PagingSource
 from xenclone.image import Capture
 from xenclone.interfaces import PAGE_SIZE, DomainState, IBackend, PageState
@@ -156,8 +156,10 @@ class XenBackend:
     numbers_domains = True      # Xen assigns domids: the controller adopts them
     log = Logger()
 
-    def __init__(self, reactor, work_dir, on_event, guest_kernel=None, fill="auto"):
+    def __init__(self, reactor, work_dir, on_event, guest_kernel=None, fill="auto",
+                 grant_cache_pages=DEFAULT_GRANT_CACHE):
         self.reactor = reactor
+        self.grant_cache_pages = grant_cache_pages
         self.work_dir = work_dir
         self.on_event = on_event
         self.guest_kernel = os.path.abspath(guest_kernel or GUEST_KERNEL)
@@ -409,7 +411,7 @@ class XenBackend:
         if image.server_domain is None or image.pages is not None:
             return image
         if self._grants is None:
-            self._grants = GrantCache(libxc.GntTab())
+            self._grants = GrantCache(libxc.GntTab(), self.grant_cache_pages)
         return self._grants.pages(image)
 
     def launch(self, image, clone):

@@ -16,7 +16,7 @@ import attr
 from xenclone.interfaces import PAGE_SIZE
 
 BATCH = 512                 # refs per grant map (2 MiB)
-DEFAULT_LIMIT = 16384       # pages mapped at most (64 MiB of address space)
+DEFAULT_LIMIT = 16384       # pages mapped at most (64 MiB of address space; grant_cache_mib)
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
 
