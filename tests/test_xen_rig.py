@@ -119,7 +119,10 @@ def paging_run():
                  "--out", out, "--timeout", str(PAGING_TIMEOUT - 60)], PAGING_TIMEOUT)
     probe = _load(os.path.join(out, "probe.json"))
     lazy = _load(os.path.join(out, "lazy-results.json"))
-    if boot.returncode == 0 and probe and lazy and lazy.get("ok"):
+    if lazy is not None:
+        lazy["restart"] = _load(os.path.join(out, "lazy-restart-results.json"))
+    if boot.returncode == 0 and probe and lazy and lazy.get("ok") and (
+            lazy["restart"] or {}).get("ok"):
         atexit.register(shutil.rmtree, out, True)
     return xen, boot, out, probe, lazy
 
@@ -313,6 +316,16 @@ class XenLazyTests(_PagingCase, unittest.TestCase):
                          % (self.out, lazy.get("error", "")))
         self.assertEqual(self.boot.returncode, 0, "rig/boot.sh exited %s (output in %s)"
                          % (self.boot.returncode, self.out))
+
+    def test_lazy_clones_outlive_the_daemon(self):
+        """The daemon killed (-9) while 2 lazy clones wait, paused, with
+        every page evicted: a new daemon takes their paging rings back,
+        and once let go they fault their pages in and answer right."""
+        restart = self.requireLazy()["restart"]
+        self.assertIsNotNone(restart, "no lazy-restart-results.json (output in %s)" % self.out)
+        failed = [k for k, ok in restart["checks"].items() if not ok]
+        self.assertEqual(failed, [], "failed lazy restart checks (output in %s): %s"
+                         % (self.out, restart.get("error", "")))
 
     def test_lazy_numbers_measured(self):
         """Launch times lazy and before-run, fault service, setup in C and

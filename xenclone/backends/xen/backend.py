@@ -675,18 +675,42 @@ class XenBackend:
 
     def reattach(self, domid, image):
         """A filled clone has no fault handle to take back: its region,
-        with the pages the fill copied, accounted as at launch."""
+        with the pages the fill copied, accounted as at launch.  A lazy
+        clone gets a paging ring of its own again."""
         def region():
             dom = self._get(domid)
             if dom.fill == "lazy":
-                raise WireError("unsupported", "lazy clone %s cannot be taken back by a "
-                                "restarted daemon yet (its paging ring is the dead one's)"
-                                % dom.name)
+                return self._reattach_lazy(dom, self._readable(image))
             kinds = [PageState.ZERO if image.zero[p] else PageState.SHARED
                      for p in range(image.npages)]
             return FilledRegion(domid, dom.npages, self._readable(image), self.fm, []), kinds
 
         return defer.maybeDeferred(region)
+
+    def _reattach_lazy(self, dom, image):
+        """The dead daemon's paging ring ends and a new one begins, the
+        domain paused between them: Xen crashes a guest that touches a
+        paged-out page while no ring is there.  Which pages Xen holds is
+        not asked (asking pages them in): every page starts absent.  A
+        request for one Xen still has is answered as at a nominate race,
+        and a page paged out to the store is held by the page-out index."""
+        source = self.fault_source()
+        running = not dom.paused
+        self._pause(dom)
+        try:
+            self.xc.paging_disable(dom.domid)
+            ring = self.xc.paging_enable(dom.domid)
+            try:
+                region = PagedRegion(self.xc, source.evtchn, ring, dom.domid, image)
+            except Exception:
+                ring.close()
+                raise
+        finally:
+            if running:
+                self._unpause(dom)
+        dom.image = image
+        self.log.info("lazy clone {name}: paging ring taken back", name=dom.name)
+        return region, [PageState.ABSENT] * dom.npages
 
     def close(self):
         if self._watcher.running:
