@@ -34,9 +34,10 @@ PARK_TIMEOUT = 0.1      # a running vCPU leaves KVM_RUN in microseconds
 MAX_PFNS = 4096         # pages per eviction request
 MAX_SLOT = 1 << 40      # page-out store slots (4 PiB of pages)
 MASTER_TIMEOUT = 30.0
-SPARE_VMS = 4           # made ahead, off the reactor, for the size last asked: a launch
-                        # takes one (its VM, vCPU, memory slot and vCPU thread are most
-                        # of a clone's start on kvm-pvm)
+SPARE_VMS = 4           # clones-to-be made ahead, off the reactor, for the image last
+                        # launched (before that, the master's size): a launch takes one
+                        # (its VM, vCPU, memory slot, vCPU thread, mapped RAM and uffd
+                        # are most of a clone's start on kvm-pvm)
 SPARE_DELAY = 0.005     # s: the next spare is made once the launch that took one has run
 SOURCE_GUEST_KERNEL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "guest", "build",
                                    "guest.bin")
@@ -71,6 +72,7 @@ class Domain:
     store = attr.ib(default=None)     # (path, fd, index fd) of its page-out store
     meta = attr.ib(factory=dict)      # the daemon's record of it, given back by list
     xenstore = attr.ib(default=None)  # its XenStorePort, when XenStore is served
+    image = attr.ib(default=None)     # a spare's: the image its RAM maps (_image_key)
 
     def info(self):
         return {"domid": self.domid, "name": self.name, "role": self.role,
@@ -102,7 +104,8 @@ class VmmHost:
         self.domains = {}
         self.link = None          # the daemon's connection, for events
         self._spares = []         # Domains made ahead (_new_domain) for launches to come
-        self._spare_npages = None # their size
+        self._spare_for = None    # (npages, image key or None): what they are made for
+        self._spare_fd = None     # that image's memfd, ours, to map their RAM from
         self._making_spare = False
 
     # -- the vCPU threads
@@ -255,42 +258,79 @@ class VmmHost:
             raise WireError("no-domain", "no domain %r on this VMM host" % (msg.get("domid"),))
         return dom
 
-    def _new_domain(self, npages):
-        """A clone-to-be: its VM without memory, its vCPU thread at the gate."""
-        dom = Domain(None, None, "clone", MicroVM(npages, gated=True), npages)
+    def _new_domain(self, npages, image_fd=None):
+        """A clone-to-be: its VM and its vCPU thread at the gate; given its
+        image, its RAM mapped and its uffd registered too."""
+        vm = MicroVM(npages, gated=True)
+        if image_fd is not None:
+            try:
+                vm.map_memory(image_fd, private=True)
+                vm.register_uffd()
+            except Exception:
+                vm.close()
+                raise
+        dom = Domain(None, None, "clone", vm, npages,
+                     image=None if image_fd is None else _image_key(image_fd))
         self._spawn(dom)
         return dom
 
-    def _spare(self, npages):
-        """A clone-to-be made ahead, or a new one; the next is made soon,
-        not now: this launch has the CPU first."""
-        spare = self._spares.pop() if self._spares and self._spare_npages == npages else None
-        self.reactor.callLater(SPARE_DELAY, self._make_spares, npages)
-        return spare or self._new_domain(npages)
+    def _new_spare(self, npages, image_fd):
+        """_new_domain in a pool thread, with a copy of the image fd of its own."""
+        try:
+            return self._new_domain(npages, image_fd)
+        finally:
+            if image_fd is not None:
+                os.close(image_fd)
 
-    def _make_spares(self, npages):
-        if npages != self._spare_npages:
-            for dom in self._spares:      # the old size is no longer asked for
+    def _spare(self, npages, image_fd):
+        """A clone-to-be made ahead for this image (or its size), else a new
+        one.  The next are made soon, not now: this launch has the CPU first."""
+        key = _image_key(image_fd)
+        if self._spare_for != (npages, key):
+            self.reactor.callLater(SPARE_DELAY, self._aim_spares, npages, os.dup(image_fd))
+        else:
+            self.reactor.callLater(SPARE_DELAY, self._make_spares)
+        for i, dom in enumerate(self._spares):
+            if dom.npages == npages and dom.image in (None, key):
+                return self._spares.pop(i)
+        return self._new_domain(npages)
+
+    def _aim_spares(self, npages, image_fd=None):
+        """Make spares for clones of this size and image (``image_fd``,
+        ours to keep) from now on; those made for others go."""
+        key = None if image_fd is None else _image_key(image_fd)
+        if self._spare_for == (npages, key):
+            if image_fd is not None:
+                os.close(image_fd)
+        else:
+            for dom in self._spares:
                 self._let_go(dom)
-            self._spares, self._spare_npages = [], npages
-        if self._making_spare or len(self._spares) >= SPARE_VMS:
+            if self._spare_fd is not None:
+                os.close(self._spare_fd)
+            self._spares, self._spare_for, self._spare_fd = [], (npages, key), image_fd
+        self._make_spares()
+
+    def _make_spares(self):
+        if self._making_spare or self._spare_for is None or len(self._spares) >= SPARE_VMS:
             return
         self._making_spare = True
+        npages = self._spare_for[0]
+        image_fd = None if self._spare_fd is None else os.dup(self._spare_fd)
 
         def made(dom):
             self._making_spare = False
-            if dom.npages == self._spare_npages:
+            if (dom.npages, dom.image) == self._spare_for:
                 self._spares.append(dom)
             else:
                 self._let_go(dom)
-            self._make_spares(self._spare_npages)
+            self._make_spares()
 
         def failed(f):
             self._making_spare = False      # launches make their own VM
             self.log.warn("no spare VM: {why}", why=f.getErrorMessage())
 
         threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                  self._new_domain, npages).addCallbacks(made, failed)
+                                  self._new_spare, npages, image_fd).addCallbacks(made, failed)
 
     # -- ops
 
@@ -326,7 +366,7 @@ class VmmHost:
         d = self._wait(dom, timeout=MASTER_TIMEOUT)
         self._spawn(dom)
         self._start(dom)
-        self._make_spares(npages)     # its clones will need VMs
+        self._aim_spares(npages)     # its clones will need VMs
 
         def ready(parked):
             if not parked or dom.state != DomainState.READY:
@@ -365,18 +405,19 @@ class VmmHost:
                 raise WireError("exists", "domain %d exists" % domid)
             if msg["arch"] != ARCH:
                 raise WireError("wrong-arch", "image is %s, this host runs %s" % (msg["arch"], ARCH))
-            dom = self._spare(msg["npages"])
+            dom = self._spare(msg["npages"], image_fd)
             try:
-                dom.vm.map_memory(image_fd, private=True)
+                if dom.image is None:       # not made for this image
+                    dom.vm.map_memory(image_fd, private=True)
+                    dom.vm.register_uffd()
             except Exception:
                 self._let_go(dom)
                 raise
         finally:
             os.close(image_fd)   # the private mapping keeps the image alive
-        vm = dom.vm
+        vm, uffd = dom.vm, dom.vm.uffd
         state = base64.b64decode(msg["vcpu_state"])
         try:
-            uffd = vm.register_uffd()
             vm.set_state(state)
             # A clone that shares nothing gets no image page mapped for it.
             prefilled = vm.prefill(entry_pfns(state)) if msg.get("prefill", True) else []
@@ -392,6 +433,13 @@ class VmmHost:
             self._start(dom)
         return Reply({"base": vm.addr, "npages": dom.npages, "prefilled": prefilled},
                      fds=[uffd])
+
+    def op_forget_image(self, msg):
+        """The daemon discarded an image: spares made for its clones map it,
+        and let it go."""
+        if self._spare_for is not None and self._spare_for[1] == (msg.get("dev"), msg.get("ino")):
+            self._aim_spares(self._spare_for[0])
+        return {}
 
     def op_reattach(self, msg):
         """A clone's fault handle again, for a daemon that restarted (this
@@ -524,6 +572,11 @@ class VmmHost:
     def op_scan(self, msg):
         dom = self._get(msg)
         return self._in_thread(dom, dom.vm.scan).addCallback(lambda counts: {"counts": counts})
+
+
+def _image_key(fd):
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 def _is_int(v, limit):
