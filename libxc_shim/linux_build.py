@@ -32,15 +32,16 @@ CDEF = """
 #define XC_EXIT_HLT ...
 #define XC_EXIT_KICKED ...
 #define XC_EXIT_ERROR ...
-struct xc_vm { int vm_fd, vcpu_fd; void *run; uint32_t run_size; uint64_t mem_addr, mem_size; };
+struct xc_vm { int vm_fd, vcpu_fd; void *run; uint32_t run_size; uint64_t mem_addr, mem_size;
+                int gate_fd; uint32_t gate_open; };
 struct xc_exit { uint32_t kind, reason, port, size, value, suberror; int64_t t_ns; };
 int xc_kvm_open(void);
 int xc_install_kick_handler(void);
 int64_t xc_map_memfd(int fd, uint64_t size, int private_);
 int xc_unmap(uint64_t addr, uint64_t size);
-int xc_vm_create(int kvm_fd, uint64_t mem_addr, uint64_t mem_size, struct xc_vm *vm);
-int xc_vm_create_empty(int kvm_fd, struct xc_vm *vm);
-int xc_vm_set_memory(struct xc_vm *vm, uint64_t mem_addr, uint64_t mem_size);
+int xc_vm_create(int kvm_fd, uint64_t mem_size, int gated, struct xc_vm *vm);
+int64_t xc_vm_map_memfd(struct xc_vm *vm, int fd, int private_);
+void xc_vm_open_gate(struct xc_vm *vm);
 void xc_vm_destroy(struct xc_vm *vm);
 int xc_vm_set_boot_state(struct xc_vm *vm, uint32_t rip, uint32_t rsp, uint32_t eax);
 uint32_t xc_vm_state_size(void);

@@ -156,10 +156,63 @@ class KvmBackendContract(BackendContract, unittest.TestCase):
         helper = HelperProcess(reactor, "VMM host", "xenclone.backends.kvm.vmmhost", [],
                                os.path.join(tmp, "vmm.sock"), os.path.join(tmp, "vmm.log"))
         link = yield helper.connect(FrameProtocol)
-        pid = (yield link.request("ping"))["pid"]
+        pid = self.vmm_pid = (yield link.request("ping"))["pid"]
         self.addCleanup(lambda: os.kill(pid, 15))
         self.addCleanup(link.close)
         return KvmBackend(link)
+
+    def _private_maps(self, fd):
+        """How many private mappings of memfd ``fd`` the VMM host has."""
+        ino = os.fstat(fd).st_ino
+        with open("/proc/%d/maps" % self.vmm_pid) as f:
+            return sum(1 for line in f
+                       if line.split()[1].endswith("p") and int(line.split()[4]) == ino)
+
+    @defer.inlineCallbacks
+    def _until(self, check, what):
+        for _ in range(500):
+            if check():
+                return
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.fail(what)
+
+    @defer.inlineCallbacks
+    def _run_clone(self, domid, region):
+        """Run a paused clone to its answer under the real fault source."""
+        from xenclone.backends.kvm.uffd_source import UffdFaultSource
+        region.remember(region.prefilled, PageState.SHARED)     # as the pager does
+        source = UffdFaultSource(reactor)
+        source.start(lambda records: None)
+        self.addCleanup(source.stop)
+        source.add(region)
+        source.set_credits(NPAGES, {domid: NPAGES})
+        yield self.backend.unpause(domid)
+        for _ in range(3000):
+            [dom] = [d for d in (yield self.backend.domains()) if d["domid"] == domid]
+            if dom["state"] == DomainState.DONE:
+                return dom["result"]
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.fail("clone %d did not finish" % domid)
+
+    @defer.inlineCallbacks
+    def test_spares_map_the_image_last_launched_until_it_is_forgotten(self):
+        """After a launch, clones-to-be are made with that image mapped; the
+        next clone runs in one and answers right; forget_image lets the
+        rest of them go, so they no longer keep the image."""
+        from xenclone.backends.kvm.vmmhost import SPARE_VMS
+        image = yield self._image()
+        yield self.backend.launch(image, CloneSpec(2, "c", 1, 7, paused=True))
+        yield self._until(lambda: self._private_maps(image.mem_fd) == 1 + SPARE_VMS,
+                          "no spares made for the image")
+        region = yield self.backend.launch(image, CloneSpec(3, "d", 5, 6, paused=True))
+        self.addCleanup(self.backend.destroy, 3)
+        self.assertEqual(region.npages, NPAGES)
+        params = workload.Params.for_memory(NPAGES // 256)
+        self.assertEqual((yield self._run_clone(3, region)), workload.expected_result(params, 5, 6))
+        yield self.backend.destroy(2)
+        self.backend.forget_image(image)
+        yield self._until(lambda: self._private_maps(image.mem_fd) == 1,
+                          "spares still map a forgotten image")
 
     @defer.inlineCallbacks
     def test_run_page_out_and_back(self):

@@ -12,7 +12,7 @@ from xenclone import workload
 
 if os.path.exists("/dev/kvm"):
     from xenclone._linux import ffi, lib
-    from xenclone.backends.kvm.microvm import MicroVM, empty_vm, host_features
+    from xenclone.backends.kvm.microvm import MicroVM, host_features
 
 GUEST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "guest")
 GUEST_BIN = os.path.join(GUEST_DIR, "build", "guest.bin")
@@ -35,7 +35,7 @@ class Image:
         npages = params.memory_pages
         master_fd = os.memfd_create("master")
         os.ftruncate(master_fd, params.memory_bytes)
-        master = MicroVM(master_fd, npages, private=False)
+        master = MicroVM.of(master_fd, npages, private=False)
         try:
             with open(GUEST_BIN, "rb") as f:
                 master.setup_master(params, f.read())
@@ -118,8 +118,10 @@ class Pager:
         os.close(self.wake_fd)
 
 
-def launch_clone(image, spare=None):
-    clone = MicroVM(image.fd, image.params.memory_pages, private=True, spare=spare)
+def launch_clone(image, ahead=None):
+    """A clone of ``image``; in VM ``ahead`` if one was made before the launch."""
+    clone = ahead or MicroVM(image.params.memory_pages)
+    clone.map_memory(image.fd, private=True)
     uffd = clone.register_uffd()
     clone.set_state(image.state)
     return clone, uffd
@@ -195,15 +197,38 @@ class CloneTests(ImageTestCase):
         self.assertEqual(kinds, {lib.XC_SERVED, lib.XC_ZERO, lib.XC_WRITTEN})
 
     def test_a_clone_in_a_vm_made_ahead_answers_right(self):
-        """A spare VM (made before the launch, memory given at launch) runs
-        a clone as one made at launch does."""
+        """A VM made before the launch, its vCPU thread already waiting at
+        the gate, runs the clone only once the gate opens, and runs it as
+        a VM made at launch does."""
         self.pager.start()
         self.addCleanup(self.pager.stop)
-        clone, uffd = launch_clone(self.image, spare=empty_vm())
-        self.addCleanup(clone.close)
+        ahead = MicroVM(self.params.memory_pages, gated=True)
+        self.addCleanup(ahead.close)
+        got = []
+        vcpu = threading.Thread(target=lambda: got.append(run_clone(ahead, 9, 99)), daemon=True)
+        vcpu.start()
+        clone, uffd = launch_clone(self.image, ahead)
         self.pager.add(uffd, clone.addr, clone.npages, self.image.zero)
-        result, _ = run_clone(clone, 9, 99)
+        vcpu.join(0.2)
+        self.assertTrue(vcpu.is_alive())       # at the gate
+        opened = time.monotonic_ns()
+        clone.open_gate()
+        vcpu.join(30)
+        [(result, t_first)] = got
         self.assertEqual(result, workload.expected_result(self.params, 9, 99))
+        self.assertGreater(t_first, opened)
+
+    def test_a_kick_lets_a_vcpu_out_of_its_gate(self):
+        vm = MicroVM(self.params.memory_pages, gated=True)
+        self.addCleanup(vm.close)
+        exits = []
+        vcpu = threading.Thread(target=lambda: exits.append(vm.run_until_exit(lambda p: 0)),
+                                daemon=True)
+        vcpu.start()
+        time.sleep(0.05)
+        vm.kick(vcpu.ident)
+        vcpu.join(10)
+        self.assertEqual([e.kind for e in exits], ["kicked"])
 
     def test_every_write_is_seen(self):
         """The pages C saw written are exactly those the kernel shows private."""
@@ -234,7 +259,7 @@ class CloneTests(ImageTestCase):
         self.addCleanup(self.pager.stop)
         clone, _ = self.clone()
         run_clone(clone, 9, 9)
-        image = MicroVM(self.image.fd, self.params.memory_pages, private=False)
+        image = MicroVM.of(self.image.fd, self.params.memory_pages, private=False)
         self.addCleanup(image.close)
         self.assertEqual(image.page_sums(), self.image.sums)
         self.assertNotEqual(clone.page_sums(), self.image.sums)

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <linux/kvm.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 
@@ -64,15 +65,18 @@ int xc_unmap(uint64_t addr, uint64_t size)
     return munmap((void *)(uintptr_t)addr, size) < 0 ? -errno : 0;
 }
 
-/* A VM and its vCPU with no memory yet: what a launch needs ready
- * (creating them is most of a clone's start on kvm-pvm). */
-int xc_vm_create_empty(int kvm_fd, struct xc_vm *vm)
+/* Creating the VM, its vCPU and its memory slot is most of a clone's
+ * start on kvm-pvm (the slot's metadata grows with guest RAM), so a VM
+ * made ahead has them all; its RAM is backed at launch by one mmap. */
+int xc_vm_create(int kvm_fd, uint64_t mem_size, int gated, struct xc_vm *vm)
 {
     int r;
     memset(vm, 0, sizeof *vm);
-    vm->vm_fd = vm->vcpu_fd = -1;
+    vm->vm_fd = vm->vcpu_fd = vm->gate_fd = -1;
+    if (gated && (vm->gate_fd = eventfd(0, EFD_CLOEXEC)) < 0)
+        return -errno;
     if ((r = xioctl(kvm_fd, KVM_CREATE_VM, 0)) < 0)
-        return r;
+        goto fail;
     vm->vm_fd = r;
     if ((r = xioctl(vm->vm_fd, KVM_CREATE_VCPU, 0)) < 0)
         goto fail;
@@ -86,32 +90,42 @@ int xc_vm_create_empty(int kvm_fd, struct xc_vm *vm)
         vm->run = NULL;
         goto fail;
     }
+    void *ram = mmap(NULL, mem_size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                     -1, 0);
+    if (ram == MAP_FAILED) {
+        r = -errno;
+        goto fail;
+    }
+    vm->mem_addr = (uint64_t)(uintptr_t)ram;
+    vm->mem_size = mem_size;
+    struct kvm_userspace_memory_region region = {
+        .slot = 0, .guest_phys_addr = 0,
+        .memory_size = mem_size, .userspace_addr = vm->mem_addr,
+    };
+    if ((r = xioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region)) < 0)
+        goto fail;
     return 0;
 fail:
     xc_vm_destroy(vm);
     return r;
 }
 
-int xc_vm_set_memory(struct xc_vm *vm, uint64_t mem_addr, uint64_t mem_size)
+/* Over the slot's reserved range: KVM follows the new mapping (its MMU
+ * notifier drops what the old one had, nothing as the vCPU never ran). */
+int64_t xc_vm_map_memfd(struct xc_vm *vm, int fd, int private_)
 {
-    struct kvm_userspace_memory_region region = {
-        .slot = 0, .guest_phys_addr = 0,
-        .memory_size = mem_size, .userspace_addr = mem_addr,
-    };
-    int r = xioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region);
-    if (r == 0) {
-        vm->mem_addr = mem_addr;
-        vm->mem_size = mem_size;
-    }
-    return r;
+    void *p = mmap((void *)(uintptr_t)vm->mem_addr, vm->mem_size, PROT_READ | PROT_WRITE,
+                   MAP_FIXED | (private_ ? MAP_PRIVATE : MAP_SHARED), fd, 0);
+    return p == MAP_FAILED ? -errno : (int64_t)(uintptr_t)p;
 }
 
-int xc_vm_create(int kvm_fd, uint64_t mem_addr, uint64_t mem_size, struct xc_vm *vm)
+void xc_vm_open_gate(struct xc_vm *vm)
 {
-    int r = xc_vm_create_empty(kvm_fd, vm);
-    if (r == 0 && (r = xc_vm_set_memory(vm, mem_addr, mem_size)) < 0)
-        xc_vm_destroy(vm);
-    return r;
+    uint64_t one = 1;
+    __atomic_store_n(&vm->gate_open, 1, __ATOMIC_RELEASE);
+    /* Cannot fail: the counter would need 2^64 - 1 opens to fill. */
+    if (vm->gate_fd >= 0 && write(vm->gate_fd, &one, sizeof one) < 0)
+        return;
 }
 
 void xc_vm_destroy(struct xc_vm *vm)
@@ -122,8 +136,14 @@ void xc_vm_destroy(struct xc_vm *vm)
         close(vm->vcpu_fd);
     if (vm->vm_fd >= 0)
         close(vm->vm_fd);
+    if (vm->gate_fd >= 0)
+        close(vm->gate_fd);
+    /* After the VM: no MMU notifier walks its slot. */
+    if (vm->mem_size)
+        munmap((void *)(uintptr_t)vm->mem_addr, vm->mem_size);
     vm->run = NULL;
-    vm->vcpu_fd = vm->vm_fd = -1;
+    vm->vcpu_fd = vm->vm_fd = vm->gate_fd = -1;
+    vm->mem_size = 0;
 }
 
 int xc_vm_set_boot_state(struct xc_vm *vm, uint32_t rip, uint32_t rsp, uint32_t eax)
@@ -184,11 +204,25 @@ static int64_t now_ns(void)
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
+/* The vCPU thread blocks here, the GIL released, until the launch opens
+ * the gate: it then enters KVM_RUN without waiting for the GIL. */
+static int wait_gate(struct xc_vm *vm)
+{
+    uint64_t v;
+    while (!__atomic_load_n(&vm->gate_open, __ATOMIC_ACQUIRE))
+        if (read(vm->gate_fd, &v, sizeof v) < 0 && errno != EINTR)
+            return -errno;
+    return 0;
+}
+
 int xc_vm_run(struct xc_vm *vm, struct xc_exit *e)
 {
     struct kvm_run *run = vm->run;
+    int r;
+    if (vm->gate_fd >= 0 && (r = wait_gate(vm)) < 0)
+        return r;
     memset(e, 0, sizeof *e);
-    int r = ioctl(vm->vcpu_fd, KVM_RUN, 0);
+    r = ioctl(vm->vcpu_fd, KVM_RUN, 0);
     e->t_ns = now_ns();
     if (r < 0) {
         if (errno != EINTR && errno != EAGAIN)

@@ -14,7 +14,9 @@ struct xc_vm {
     int vm_fd, vcpu_fd;
     void *run;              /* mmapped struct kvm_run */
     uint32_t run_size;
-    uint64_t mem_addr, mem_size;
+    uint64_t mem_addr, mem_size;    /* guest RAM, unmapped by xc_vm_destroy */
+    int gate_fd;            /* eventfd: the first run waits for xc_vm_open_gate; -1: none */
+    uint32_t gate_open;
 };
 
 struct xc_exit {
@@ -26,15 +28,18 @@ int xc_kvm_open(void);                          /* fd or -errno */
 int xc_install_kick_handler(void);              /* no-op SIGUSR1, no SA_RESTART */
 int64_t xc_map_memfd(int fd, uint64_t size, int private_);  /* address or -errno */
 int xc_unmap(uint64_t addr, uint64_t size);
-int xc_vm_create(int kvm_fd, uint64_t mem_addr, uint64_t mem_size, struct xc_vm *vm);
-int xc_vm_create_empty(int kvm_fd, struct xc_vm *vm);     /* no memory slot yet */
-int xc_vm_set_memory(struct xc_vm *vm, uint64_t mem_addr, uint64_t mem_size);
+/* A VM, its vCPU and mem_size bytes of guest RAM in its memory slot, not
+ * backed yet (PROT_NONE) until xc_vm_map_memfd. gated: the vCPU's first
+ * run waits for xc_vm_open_gate. */
+int xc_vm_create(int kvm_fd, uint64_t mem_size, int gated, struct xc_vm *vm);
+int64_t xc_vm_map_memfd(struct xc_vm *vm, int fd, int private_);  /* address or -errno */
+void xc_vm_open_gate(struct xc_vm *vm);
 void xc_vm_destroy(struct xc_vm *vm);
 int xc_vm_set_boot_state(struct xc_vm *vm, uint32_t rip, uint32_t rsp, uint32_t eax);
 uint32_t xc_vm_state_size(void);
 int xc_vm_get_state(struct xc_vm *vm, void *buf, uint32_t len);
 int xc_vm_set_state(struct xc_vm *vm, const void *buf, uint32_t len);
-int xc_vm_run(struct xc_vm *vm, struct xc_exit *e);   /* kind or -errno */
+int xc_vm_run(struct xc_vm *vm, struct xc_exit *e);   /* kind or -errno; waits at a closed gate */
 void xc_vm_set_in(struct xc_vm *vm, uint32_t value);
 void xc_vm_request_exit(struct xc_vm *vm);    /* then pthread_kill(vcpu thread, SIGUSR1) */
 #endif

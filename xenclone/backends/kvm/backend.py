@@ -1,8 +1,10 @@
 """The embedded backend, daemon side: drives the VMM host over its socket."""
 
 import base64
+import os
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from xenclone.backends.kvm.microvm import host_features
@@ -16,6 +18,7 @@ from xenclone.wire import WireError
 class KvmBackend:
     name = "kvm"
     fill_mode = "lazy"
+    log = Logger()
 
     def __init__(self, link):
         self.link = link          # a connected wire.FrameProtocol to the VMM host
@@ -45,6 +48,11 @@ class KvmBackend:
 
     def forget_image(self, image):
         self._zero_maps.pop((image.image_id, image.generation), None)
+        # Clones made ahead for it map it: the VMM host lets them go.
+        st = os.fstat(image.mem_fd)
+        self.link.request("forget_image", dev=st.st_dev, ino=st.st_ino).addErrback(
+            lambda f: self.log.warn("VMM host did not forget image {image}: {why}",
+                                    image=image.image_id, why=f.getErrorMessage()))
 
     def launch(self, image, clone):
         if clone.fill == "before-run":

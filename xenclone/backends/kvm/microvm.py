@@ -101,42 +101,50 @@ def host_features():
     return out
 
 
-def empty_vm():
-    """A VM and its vCPU without memory, for a launch to come (``spare``)."""
-    vm = ffi.new("struct xc_vm *")
-    _check(lib.xc_vm_create_empty(kvm_fd(), vm), "create VM")
-    return vm
-
-
 class MicroVM:
-    """Guest RAM = memfd `mem_fd` (npages pages) at guest physical 0."""
+    """Guest RAM = memfd ``mem_fd`` (npages pages) at guest physical 0.
 
-    def __init__(self, mem_fd, npages, private, spare=None):
-        """``spare``: a VM from ``empty_vm()``, made before it was needed."""
+    Made in two steps, so that a VM can be made ahead of a launch: the VM,
+    its vCPU and its memory slot first (most of the cost), then
+    ``map_memory`` backs guest RAM with a memfd."""
+
+    def __init__(self, npages, gated=False):
+        """``gated``: the vCPU's first run_until_exit waits, in C, for
+        open_gate(); a thread started ahead then runs the guest at once."""
         self.npages = npages
         self.size = npages * PAGE_SIZE
-        self.private = private
+        self.private = None
         self.uffd = None
         self.in_t_ns = {}   # port -> t_ns of its latest IN exit (0x11: "first instruction")
-        self._vm = None
+        self.gate_open = not gated
         self._exit = ffi.new("struct xc_exit *")
         self._pagemap_fd = None
         self._closing = threading.Lock()   # a kick never races the VM's teardown
         self._ram = threading.Lock()       # nor an eviction the unmapping of guest RAM
-        self.addr = _check(lib.xc_map_memfd(mem_fd, self.size, int(private)), "mmap guest RAM")
+        vm = ffi.new("struct xc_vm *")
+        _check(lib.xc_vm_create(kvm_fd(), self.size, int(gated), vm), "create VM")
+        self._vm = vm
+        self.addr = vm.mem_addr
+
+    @classmethod
+    def of(cls, mem_fd, npages, private, gated=False):
+        """A VM whose RAM is ``mem_fd`` (MAP_PRIVATE if ``private``)."""
+        vm = cls(npages, gated)
         try:
-            if spare is None:
-                vm = ffi.new("struct xc_vm *")
-                _check(lib.xc_vm_create(kvm_fd(), self.addr, self.size, vm), "create VM")
-            else:
-                vm = spare
-                _check(lib.xc_vm_set_memory(vm, self.addr, self.size), "set VM memory")
-            self._vm = vm
+            vm.map_memory(mem_fd, private)
         except BaseException:
-            if spare is not None:
-                lib.xc_vm_destroy(spare)
-            lib.xc_unmap(self.addr, self.size)
+            vm.close()
             raise
+        return vm
+
+    def map_memory(self, mem_fd, private):
+        assert self.private is None
+        _check(lib.xc_vm_map_memfd(self._vm, mem_fd, int(private)), "mmap guest RAM")
+        self.private = private
+
+    def open_gate(self):
+        self.gate_open = True
+        lib.xc_vm_open_gate(self._vm)
 
     def register_uffd(self, features=CLONE_UFFD_FEATURES):
         """A uffd over all of guest RAM (MISSING|MINOR|WP); closed by close()."""
@@ -187,12 +195,14 @@ class MicroVM:
 
     def kick(self, thread_id):
         """Make the vCPU thread's run_until_exit return 'kicked' (now, or at
-        its next run if it is not inside KVM_RUN). A vCPU waiting for a uffd
-        fault sees the kick only once the fault is served (kvm-pvm)."""
+        its next run if it is not inside KVM_RUN, or at once if it waits at
+        its gate). A vCPU waiting for a uffd fault sees the kick only once
+        the fault is served (kvm-pvm)."""
         with self._closing:
             if self._vm is None:
                 return
             lib.xc_vm_request_exit(self._vm)
+            self.open_gate()    # a vCPU waiting at its gate leaves it, kicked
             # Under the lock the vCPU thread has not reached close(), so
             # it is alive and thread_id is still its own.
             signal.pthread_kill(thread_id, signal.SIGUSR1)
@@ -308,8 +318,7 @@ class MicroVM:
         with self._closing, self._ram:
             vm, self._vm = self._vm, None
             if vm is not None:
-                lib.xc_vm_destroy(vm)
-                lib.xc_unmap(self.addr, self.size)
+                lib.xc_vm_destroy(vm)      # and unmaps guest RAM
             for fd in (self.uffd, self._pagemap_fd):
                 if fd is not None:
                     os.close(fd)

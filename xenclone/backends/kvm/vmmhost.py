@@ -22,7 +22,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from xenclone import pageout_index, workload
-from xenclone.backends.kvm.microvm import MicroVM, NotHeld, VMClosed, empty_vm, entry_pfns
+from xenclone.backends.kvm.microvm import MicroVM, NotHeld, VMClosed, entry_pfns
 from xenclone.backends.kvm.xenstore_port import PORTS as XENSTORE_PORTS, XenStorePort
 from xenclone._linux import lib
 from xenclone.interfaces import DomainState
@@ -34,8 +34,11 @@ PARK_TIMEOUT = 0.1      # a running vCPU leaves KVM_RUN in microseconds
 MAX_PFNS = 4096         # pages per eviction request
 MAX_SLOT = 1 << 40      # page-out store slots (4 PiB of pages)
 MASTER_TIMEOUT = 30.0
-SPARE_VMS = 2           # made ahead, off the reactor: a launch takes one (KVM_CREATE_VM
-                        # and its vCPU are most of a clone's start on kvm-pvm)
+SPARE_VMS = 4           # clones-to-be made ahead, off the reactor, for the image last
+                        # launched (before that, the master's size): a launch takes one
+                        # (its VM, vCPU, memory slot, vCPU thread, mapped RAM and uffd
+                        # are most of a clone's start on kvm-pvm)
+SPARE_DELAY = 0.005     # s: the next spare is made once the launch that took one has run
 SOURCE_GUEST_KERNEL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "guest", "build",
                                    "guest.bin")
 INSTALLED_GUEST_KERNEL = os.path.join(sys.prefix, "share", "xenclone", "guest.bin")
@@ -50,7 +53,7 @@ def default_guest_kernel():
 
 @attr.s(eq=False)
 class Domain:
-    domid = attr.ib()
+    domid = attr.ib()             # None: a spare, not launched yet
     name = attr.ib()
     role = attr.ib()              # "master" or "clone"
     vm = attr.ib()
@@ -69,6 +72,7 @@ class Domain:
     store = attr.ib(default=None)     # (path, fd, index fd) of its page-out store
     meta = attr.ib(factory=dict)      # the daemon's record of it, given back by list
     xenstore = attr.ib(default=None)  # its XenStorePort, when XenStore is served
+    image = attr.ib(default=None)     # a spare's: the image its RAM maps (_image_key)
 
     def info(self):
         return {"domid": self.domid, "name": self.name, "role": self.role,
@@ -99,35 +103,39 @@ class VmmHost:
         self.xenstore_dir = xenstore_dir
         self.domains = {}
         self.link = None          # the daemon's connection, for events
-        self._spares = []         # VMs without memory, for launches to come
+        self._spares = []         # Domains made ahead (_new_domain) for launches to come
+        self._spare_for = None    # (npages, image key or None): what they are made for
+        self._spare_fd = None     # that image's memfd, ours, to map their RAM from
         self._making_spare = False
 
     # -- the vCPU threads
     #
-    # ``want`` says what the vCPU thread should do (run, park, stop); it
-    # changes under ``cond``.  A vCPU blocked in a page fault that nobody
-    # serves cannot be kicked out of KVM_RUN here, so waits are bounded.
+    # A domain's vCPU thread starts with its VM, before its launch, and
+    # waits at the VM's gate (in C, the GIL released); opening the gate
+    # lets it enter KVM_RUN at once.  ``want`` says what the thread should
+    # do next (run, park, stop); it changes under ``cond``.  A vCPU blocked
+    # in a page fault that nobody serves cannot be kicked out of KVM_RUN
+    # here, so waits are bounded.
+
+    def _spawn(self, dom):
+        dom.thread = threading.Thread(target=self._vcpu_loop, args=(dom,), name="vcpu",
+                                      daemon=True)
+        dom.thread.start()
 
     def _start(self, dom):
-        dom.want = "run"
-        dom.thread = threading.Thread(target=self._vcpu_loop, args=(dom,),
-                                      name="vcpu-%d" % dom.domid, daemon=True)
-        dom.thread.start()
+        dom.vm.open_gate()
+        # The thread's own reports reach the reactor after this one.
+        self._set_state(dom, DomainState.RUNNING)
+
+    def _let_go(self, dom):
+        """End a domain nobody knows of yet (a spare, a failed launch)."""
+        with dom.cond:
+            dom.want = "stop"
+        dom.vm.kick(dom.thread.ident)     # its thread closes the VM
 
     def _vcpu_loop(self, dom):
         call = self.reactor.callFromThread
-        call(self._set_state, dom, DomainState.RUNNING)
         while True:
-            with dom.cond:
-                if dom.want == "stop":
-                    break
-                if dom.want == "park":
-                    dom.parked = True
-                    call(self._parked, dom)
-                    while dom.want == "park":
-                        dom.cond.wait()
-                    dom.parked = False
-                    continue
             ex = dom.vm.run_until_exit(lambda port: self._io_in(dom, port))
             if ex.kind == "io_out":
                 self._io_out(dom, ex)
@@ -141,6 +149,15 @@ class VmmHost:
                     if dom.want == "run":
                         dom.want = "park"
                 call(self._set_state, dom, state)
+            with dom.cond:
+                if dom.want == "stop":
+                    break
+                if dom.want == "park":
+                    dom.parked = True
+                    call(self._parked, dom)
+                    while dom.want == "park":
+                        dom.cond.wait()
+                    dom.parked = False
         dom.vm.close()
         call(self._closed, dom)
 
@@ -167,6 +184,8 @@ class VmmHost:
             d.callback(True)
 
     def _closed(self, dom):
+        if dom.domid is None:      # a spare let go: nobody knew of it
+            return
         self.domains.pop(dom.domid, None)
         if dom.xenstore is not None:
             dom.xenstore.close()
@@ -202,7 +221,7 @@ class VmmHost:
 
     def _park(self, dom):
         """Stop the vCPU."""
-        if dom.thread is None or not dom.thread.is_alive() or dom.parked:
+        if not dom.vm.gate_open or not dom.thread.is_alive() or dom.parked:
             return defer.succeed(True)
         with dom.cond:
             if dom.want == "run":
@@ -212,7 +231,7 @@ class VmmHost:
         return d
 
     def _resume(self, dom):
-        if dom.thread is None:
+        if not dom.vm.gate_open:
             self._start(dom)
             return
         with dom.cond:
@@ -239,20 +258,71 @@ class VmmHost:
             raise WireError("no-domain", "no domain %r on this VMM host" % (msg.get("domid"),))
         return dom
 
-    def _spare(self):
-        """A VM made ahead, or None; starts making the next."""
-        spare = self._spares.pop() if self._spares else None
+    def _new_domain(self, npages, image_fd=None):
+        """A clone-to-be: its VM and its vCPU thread at the gate; given its
+        image, its RAM mapped and its uffd registered too."""
+        vm = MicroVM(npages, gated=True)
+        if image_fd is not None:
+            try:
+                vm.map_memory(image_fd, private=True)
+                vm.register_uffd()
+            except Exception:
+                vm.close()
+                raise
+        dom = Domain(None, None, "clone", vm, npages,
+                     image=None if image_fd is None else _image_key(image_fd))
+        self._spawn(dom)
+        return dom
+
+    def _new_spare(self, npages, image_fd):
+        """_new_domain in a pool thread, with a copy of the image fd of its own."""
+        try:
+            return self._new_domain(npages, image_fd)
+        finally:
+            if image_fd is not None:
+                os.close(image_fd)
+
+    def _spare(self, npages, image_fd):
+        """A clone-to-be made ahead for this image (or its size), else a new
+        one.  The next are made soon, not now: this launch has the CPU first."""
+        key = _image_key(image_fd)
+        if self._spare_for != (npages, key):
+            self.reactor.callLater(SPARE_DELAY, self._aim_spares, npages, os.dup(image_fd))
+        else:
+            self.reactor.callLater(SPARE_DELAY, self._make_spares)
+        for i, dom in enumerate(self._spares):
+            if dom.npages == npages and dom.image in (None, key):
+                return self._spares.pop(i)
+        return self._new_domain(npages)
+
+    def _aim_spares(self, npages, image_fd=None):
+        """Make spares for clones of this size and image (``image_fd``,
+        ours to keep) from now on; those made for others go."""
+        key = None if image_fd is None else _image_key(image_fd)
+        if self._spare_for == (npages, key):
+            if image_fd is not None:
+                os.close(image_fd)
+        else:
+            for dom in self._spares:
+                self._let_go(dom)
+            if self._spare_fd is not None:
+                os.close(self._spare_fd)
+            self._spares, self._spare_for, self._spare_fd = [], (npages, key), image_fd
         self._make_spares()
-        return spare
 
     def _make_spares(self):
-        if self._making_spare or len(self._spares) >= SPARE_VMS:
+        if self._making_spare or self._spare_for is None or len(self._spares) >= SPARE_VMS:
             return
         self._making_spare = True
+        npages = self._spare_for[0]
+        image_fd = None if self._spare_fd is None else os.dup(self._spare_fd)
 
-        def made(vm):
+        def made(dom):
             self._making_spare = False
-            self._spares.append(vm)
+            if (dom.npages, dom.image) == self._spare_for:
+                self._spares.append(dom)
+            else:
+                self._let_go(dom)
             self._make_spares()
 
         def failed(f):
@@ -260,7 +330,7 @@ class VmmHost:
             self.log.warn("no spare VM: {why}", why=f.getErrorMessage())
 
         threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                  empty_vm).addCallbacks(made, failed)
+                                  self._new_spare, npages, image_fd).addCallbacks(made, failed)
 
     # -- ops
 
@@ -281,8 +351,12 @@ class VmmHost:
         mem_fd = os.memfd_create("xenclone-master-%s" % name, os.MFD_CLOEXEC)
         try:
             os.ftruncate(mem_fd, npages * 4096)
-            vm = MicroVM(mem_fd, npages, private=False)
-            vm.setup_master(params, kernel)
+            vm = MicroVM.of(mem_fd, npages, private=False, gated=True)
+            try:
+                vm.setup_master(params, kernel)
+            except Exception:
+                vm.close()
+                raise
         except Exception:
             os.close(mem_fd)
             raise
@@ -290,8 +364,9 @@ class VmmHost:
                      xenstore=self._xenstore_port(domid))
         self.domains[domid] = dom
         d = self._wait(dom, timeout=MASTER_TIMEOUT)
+        self._spawn(dom)
         self._start(dom)
-        self._make_spares()     # its clones will need VMs
+        self._aim_spares(npages)     # its clones will need VMs
 
         def ready(parked):
             if not parked or dom.state != DomainState.READY:
@@ -330,28 +405,41 @@ class VmmHost:
                 raise WireError("exists", "domain %d exists" % domid)
             if msg["arch"] != ARCH:
                 raise WireError("wrong-arch", "image is %s, this host runs %s" % (msg["arch"], ARCH))
-            vm = MicroVM(image_fd, msg["npages"], private=True, spare=self._spare())
+            dom = self._spare(msg["npages"], image_fd)
+            try:
+                if dom.image is None:       # not made for this image
+                    dom.vm.map_memory(image_fd, private=True)
+                    dom.vm.register_uffd()
+            except Exception:
+                self._let_go(dom)
+                raise
         finally:
             os.close(image_fd)   # the private mapping keeps the image alive
+        vm, uffd = dom.vm, dom.vm.uffd
         state = base64.b64decode(msg["vcpu_state"])
         try:
-            uffd = vm.register_uffd()
             vm.set_state(state)
             # A clone that shares nothing gets no image page mapped for it.
             prefilled = vm.prefill(entry_pfns(state)) if msg.get("prefill", True) else []
         except Exception:
-            vm.close()
+            self._let_go(dom)
             raise
         # vm keeps its own uffd open, so the clone outlives the pager's copy.
-        dom = Domain(domid, msg["name"], "clone", vm, msg["npages"], meta=_meta(msg),
-                     inputs={workload.PORT_CLONE_ID: msg["clone_id"],
-                             workload.PORT_INPUT: msg["input"]},
-                     xenstore=self._xenstore_port(domid))
+        dom.domid, dom.name, dom.meta = domid, msg["name"], _meta(msg)
+        dom.inputs = {workload.PORT_CLONE_ID: msg["clone_id"], workload.PORT_INPUT: msg["input"]}
+        dom.xenstore = self._xenstore_port(domid)
         self.domains[domid] = dom
         if not msg.get("paused"):
             self._start(dom)
         return Reply({"base": vm.addr, "npages": dom.npages, "prefilled": prefilled},
                      fds=[uffd])
+
+    def op_forget_image(self, msg):
+        """The daemon discarded an image: spares made for its clones map it,
+        and let it go."""
+        if self._spare_for is not None and self._spare_for[1] == (msg.get("dev"), msg.get("ino")):
+            self._aim_spares(self._spare_for[0])
+        return {}
 
     def op_reattach(self, msg):
         """A clone's fault handle again, for a daemon that restarted (this
@@ -385,7 +473,7 @@ class VmmHost:
 
     def op_destroy(self, msg):
         dom = self._get(msg)
-        if dom.thread is None or not dom.thread.is_alive():
+        if not dom.thread.is_alive():
             dom.vm.close()
             self._closed(dom)
             return {"domid": dom.domid}
@@ -484,6 +572,11 @@ class VmmHost:
     def op_scan(self, msg):
         dom = self._get(msg)
         return self._in_thread(dom, dom.vm.scan).addCallback(lambda counts: {"counts": counts})
+
+
+def _image_key(fd):
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 def _is_int(v, limit):
