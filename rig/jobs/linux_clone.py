@@ -1,34 +1,90 @@
 """Spike (issue 4): clone a suspended Linux PVH domU on real Xen 4.17.
 
-Run by rig/jobs/linux_clone.sh in the rig's dom0 after the master
+Run by rig/jobs/linux_clone.sh (rig/jobs/linux_clone_variants.sh: a
+2-vCPU master and three clone variants) in the rig's dom0 after the master
 (rig/domu/pvh.cfg, name rig-pvh) printed XENCLONE-DOMU-UP.  Not wired into
 the daemon: plain libxc calls through the project's shim, and ctypes for
 what the shim does not bind (xc_hvm_param_get, xc_domain_resume,
-xs_resume_domain).  Prints one JSON object (the facts) and exits non-zero
-if a clone did not resume.
+xs_resume_domain).  Prints one JSON object, linux-clone-results.json, and
+exits non-zero if a clone did not resume.
 
 Steps:
 1. cooperative suspend of the master: write "suspend" to
    /local/domain/<d>/control/shutdown (libxl's protocol,
-   libxl_dom_suspend.c: PVH with HVM_PARAM_CALLBACK_IRQ set and no suspend
-   event channel goes through the XenBus control node); the guest acks by
-   clearing the node, then calls SCHEDOP_shutdown(SHUTDOWN_suspend); wait
-   for Xen's shutdown reason 2;
+   libxl_dom_suspend.c: a PVH guest with HVM_PARAM_CALLBACK_IRQ set and no
+   suspend event channel is asked through the XenBus control node); the
+   guest acks by writing "" there, then calls
+   SCHEDOP_shutdown(SHUTDOWN_suspend); wait for Xen's shutdown reason 2;
 2. capture: HVM context (all vCPUs) and RAM pfns 0..npages-1 by foreign
-   maps, noting the pfns that do not map (grant-table frames and the
-   ballooned pages under them, shared_info);
-3. for each clone: xl create -p of the same config under a new name,
+   maps, noting any pfn that does not map;
+3. for each clone: xl create -p of the master's config under a new name
    (libxl: fresh store/console pages, their event channels, introduce),
-   write every RAM page (zeros too: libxl loaded the kernel and initrd
-   into the clone), set the HVM context (rax 0: the suspend hypercall
-   returns 0, a resume in a new domain), write
+   write the master's RAM pages, set the HVM context, write
    /local/domain/<clone>/xenclone/clone-id readable by the clone, unpause;
    wait for "XENCLONE-CLONE-ID <id>" and a later tick on its console;
-4. resume the master: xc_domain_resume(fast=1) (rax := 1, "cancelled") and
-   xs_resume_domain, then its ticks and a clone-id written after resume.
+4. resume the master: xc_domain_resume(fast=1) (vCPU 0's rax := 1, the
+   "cancelled" return) and xs_resume_domain, then a clone-id written after
+   the resume shows on its console.
 
-Findings are written to the report (see the job's output
-linux-clone-results.json).
+What the rig showed (4 boots, 2026-11-27; 2 shared cores, TCG, load 1.5-4):
+- The domU reads its own XenStore home with Debian's xenstore-read
+  (xenstore-utils' binary plus libxenstore, libxentoolcore, libc and the
+  loader, copied into the busybox initramfs; it opens /dev/xen/xenbus from
+  devtmpfs).  A relative path is the domain's home.  A node dom0 writes
+  needs a read permission for the domU (here: xenstore-chmod -r
+  <home>/xenclone n0 r<domid>); a missing node: "couldn't read path".
+- Suspend works: the guest lists control/feature-suspend = 1 and
+  platform-feature-multiprocessor-suspend = 1, acks in 0.17-1.0 s, and Xen
+  reports shutdown reason 2 (suspend) 0.17-2.1 s after the write.  The
+  guest's console shows "Freezing user space processes ... Freezing
+  remaining freezable tasks completed" before it suspends.
+- Capture: every pfn 0..32767 of the 128 MiB guest maps (no holes: Linux
+  6.1 PVH keeps grant frames outside RAM; maximum_gpfn 0xfefff is the
+  console page); ~15.5k of 32768 pages are zero; tot_pages 32784.
+  getcontext + 32 read-only maps of 1024 pages + copy in Python: 3.0-8.7 s.
+  The HVM record is 2504 bytes (1 vCPU) or 4912 (2 vCPUs): HEADER, CPU,
+  LAPIC, LAPIC_REGS, PCI_IRQ, ISA_IRQ, PCI_LINK, MTRR, VMCE_VCPU,
+  TSC_ADJUST, END; vCPU 0's rax is already 0 (the suspend hypercall's
+  return: "resumed in a new domain"), rip 0xffffffff81a43c83 (the
+  hypercall page).  Nothing needs patching for a clone.
+- HVM params of the master, of a fresh clone and of a running clone are
+  the same: STORE_PFN 0xfeffc, STORE_EVTCHN 1, CONSOLE_PFN 0xfefff,
+  CONSOLE_EVTCHN 2, IOREQ 0xfeffd, BUFIOREQ 0xfeffb, PAGING/MONITOR/
+  SHARING rings 0xfeff8/9/a, IDENT_PT 0xfeffe000, TIMER_MODE 1; only
+  CALLBACK_IRQ differs (0 in a fresh clone; the guest sets it again on
+  resume).  So libxl's special pages all lie above RAM (0xfeff8-0xfefff),
+  each clone gets its own at the same gfns, and the same store and console
+  ports (1, 2: port allocation in a fresh domain is deterministic), which
+  is what Linux needs: on resume it re-binds the port numbers it had and
+  re-maps the same gfns (it does not re-read the params).  No HVM param is
+  copied or set, no event channel made, no introduce: xl create -p did it.
+- Clones resume, with 1 and 2 vCPUs: Xen logs "HVM<d> restore: CPU 0,
+  LAPIC 0, ..." and "d<d>v0: upcall vector f3" (per vCPU: the guest
+  re-registers its upcall vector); the console gets "xen:grant_table:
+  Grant tables using version 1 layout", "OOM killer enabled", "Restarting
+  tasks ... done.", then XENCLONE-CLONE-ID clone-<n> 1.0-5.5 s after the
+  unpause, then ticks (timers run; "hrtimer: interrupt took 13-148 ms" is
+  TCG).  Each clone reads its own home: clone-1, clone-2, ... and the
+  master, after its resume, "master".  The clones and the master run on
+  together (4 domains of 128 MiB; free memory before the clones: 869 MiB).
+- Fill variants (all resumed): every page written (same config);
+  only the master's non-zero pages written (the backend's _fill): a
+  fresh same-config clone has 0 pages that are non-zero where the master's
+  are zero, because what libxl loaded (kernel, initrd, start info) is
+  still non-zero in the master (freed init memory is poisoned, not
+  zeroed) -- true of this guest, not of every guest; placeholder (the
+  project's tiny guest as the clone's kernel, no ramdisk): 2 such pages
+  (pfns 0x1-0x2, libxl's start info for the placeholder) that a non-zero
+  fill would leave behind.
+- Timings: xl create of the master 4.4-14.9 s, its marker 14-59 s later;
+  xl create -p of a clone 0.8-5.5 s same config, 5.8-8.9 s placeholder
+  (no faster); fill of 32768 pages 0.6-3.7 s (13.5 s once, under load);
+  create + fill + setcontext + unpause 1.4-9.5 s (17 s once).
+- Master resume: xc_domain_resume is in libxenguest (not libxenctrl);
+  with fast=1 it returns 0 in 0.06-0.32 s with xs_resume_domain; the
+  master reads a clone-id written after its resume 0.5-2.7 s later and its
+  ticks go on (slowly under load: its busybox loop ticks every ~10
+  xenstore-read rounds).
 """
 
 import ctypes
@@ -44,7 +100,19 @@ from xenclone.backends.xen import libxc
 PAGE = 4096
 CFG = "/mnt/rig/domu/pvh.cfg"
 MASTER = "rig-pvh"
-CLONES = int(os.environ.get("LINUX_CLONES", "2"))
+# Variants (LINUX_CLONE_VARIANTS, comma-separated; one clone each):
+#   same-config   xl create -p of the master's config, every page written
+#   nonzero-only  same config, only the master's non-zero pages written (as
+#                 the backend's _fill): the clone keeps what libxl loaded
+#   placeholder   the project's tiny guest as the clone's kernel and no
+#                 ramdisk (what libxl loads is overwritten anyway), every
+#                 page written
+VARIANTS = os.environ.get("LINUX_CLONE_VARIANTS", "same-config,same-config").split(",")
+VARIANT_EXTRA = {"same-config": [], "nonzero-only": [],
+                 "placeholder": ['kernel="/mnt/project/guest/build/guest.elf"',
+                                 'ramdisk=""', 'extra=""']}
+# xl settings the master was created with (the job passes the same)
+MASTER_EXTRA = [a for a in os.environ.get("LINUX_MASTER_EXTRA", "").split(";") if a]
 CONSOLE = "/var/log/xen/console/guest-%s.log"
 SHUTDOWN_SUSPEND = 2
 BATCH = 1024
@@ -138,9 +206,11 @@ def describe(ctx):
 
 
 def with_rax(ctx, value):
+    """The record with vCPU 0's rax (the suspend hypercall's return value;
+    only vCPU 0 made it: Linux suspends in stop_machine on CPU 0) set."""
     buf = bytearray(ctx)
     for typ, inst, data, length in records(ctx):
-        if typ == CPU:
+        if typ == CPU and inst == 0:
             struct.pack_into("<Q", buf, data + RAX, value)
     return bytes(buf)
 
@@ -181,10 +251,13 @@ def capture_ram(fm, domid, npages):
     return ram, bad, zero
 
 
-def fill(fm, domid, ram, npages, skip):
+def fill(fm, domid, ram, npages, skip, nonzero_only=False):
+    """Write the master's pages into the clone: every page, or (as the
+    backend's _fill does for its own guest) only the non-zero ones."""
     bad = {}
     for first in range(0, npages, BATCH):
-        pfns = [p for p in range(first, min(first + BATCH, npages)) if p not in skip]
+        pfns = [p for p in range(first, min(first + BATCH, npages)) if p not in skip
+                and not (nonzero_only and ram.count(0, p * PAGE, (p + 1) * PAGE) == PAGE)]
         if not pfns:
             continue
         addr, errs = map_some(fm, domid, pfns, True)
@@ -197,6 +270,24 @@ def fill(fm, domid, ram, npages, skip):
             buf[i * PAGE:(i + 1) * PAGE] = ram[p * PAGE:(p + 1) * PAGE]
         lib.xenforeignmemory_unmap(fm._h, addr, len(pfns))
     return bad
+
+
+def stale_pages(fm, domid, ram, npages):
+    """Pages of a fresh clone that are not zero where the master's are:
+    what libxl loaded (kernel, initrd, start info) that a fill of only the
+    non-zero pages would leave behind."""
+    stale = []
+    for first in range(0, npages, BATCH):
+        pfns = list(range(first, min(first + BATCH, npages)))
+        addr, errs = map_some(fm, domid, pfns, False)
+        buf = ffi.buffer(ffi.cast("char *", addr), len(pfns) * PAGE)
+        for i, p in enumerate(pfns):
+            if errs[i] or ram.count(0, p * PAGE, (p + 1) * PAGE) != PAGE:
+                continue
+            if buf[i * PAGE:(i + 1) * PAGE].count(0) != PAGE:
+                stale.append(p)
+        lib.xenforeignmemory_unmap(fm._h, addr, len(pfns))
+    return stale
 
 
 def runs(pfns):
@@ -238,6 +329,7 @@ def main():
     d = int(sh("xl", "domid", MASTER))
     info = xc.domain_info(d)
     npages = 128 * 256          # pvh.cfg: memory = 128
+    res["master_extra"] = MASTER_EXTRA
     res["master"] = {"domid": d, "tot_pages": info.tot_pages, "max_pages": info.max_pages,
                      "maximum_gpfn": "0x%x" % xc.maximum_gpfn(d), "npages": npages,
                      "params": params(d),
@@ -280,19 +372,26 @@ def main():
 
     # 3. clones
     rc = 0
-    for n in range(1, CLONES + 1):
+    res["free_memory_mib"] = [l.split(":")[1].strip() for l in sh("xl", "info").splitlines()
+                              if l.startswith("free_memory")]
+    for n, variant in enumerate(VARIANTS, 1):
         name = "lx-clone-%d" % n
-        c = {"name": name, "clone_id": "clone-%d" % n}
+        c = {"name": name, "clone_id": "clone-%d" % n, "variant": variant}
         res["clones"].append(c)
         try:
             t = time.monotonic()
-            sh("xl", "create", "-p", CFG, 'name="%s"' % name)
+            sh("xl", "create", "-p", CFG, 'name="%s"' % name, *MASTER_EXTRA,
+               *VARIANT_EXTRA[variant])
             c["xl_create_s"] = round(time.monotonic() - t, 2)
             cd = c["domid"] = int(sh("xl", "domid", name))
             c["params_fresh"] = params(cd)
             c["tot_pages_fresh"] = xc.domain_info(cd).tot_pages
+            stale = stale_pages(fm, cd, ram, npages)
+            c["stale_nonzero_pages"] = len(stale)
+            c["stale_runs"] = runs(stale)[:40]
             t = time.monotonic()
-            c["fill_unmapped"] = runs(fill(fm, cd, ram, npages, bad))
+            c["fill_unmapped"] = runs(fill(fm, cd, ram, npages, bad,
+                                           nonzero_only=variant == "nonzero-only"))
             c["fill_s"] = round(time.monotonic() - t, 2)
             xc.hvm_setcontext(cd, clone_ctx)
             home = "/local/domain/%d/xenclone" % cd

@@ -10,9 +10,13 @@ DOMU=rig-pvh
 CONSOLE=/var/log/xen/console/guest-$DOMU.log
 now() { cut -d' ' -f1 /proc/uptime; }
 since() { echo "$(now) $1" | awk '{printf "%.2f", $1 - $2}'; }
-trap 'for d in $DOMU lx-clone-1 lx-clone-2; do xl destroy $d 2>/dev/null || true; done' EXIT
+trap 'for d in $DOMU lx-clone-1 lx-clone-2 lx-clone-3; do xl destroy $d 2>/dev/null || true; done' EXIT
 t=$(now)
-xl create "$RIG_FILES/domu/pvh.cfg"
+# LINUX_MASTER_EXTRA: xl settings for the master (and its clones), ';'-separated
+IFS=';'
+# shellcheck disable=SC2086
+xl create "$RIG_FILES/domu/pvh.cfg" ${LINUX_MASTER_EXTRA:-}
+unset IFS
 echo "linux-clone: xl create $(since "$t") s"
 i=0
 until grep -q XENCLONE-DOMU-UP "$CONSOLE" 2>/dev/null; do
