@@ -201,6 +201,16 @@ mkdir -p "$D/bin" "$D/dev" "$D/proc" "$D/sys"
 cp "$W/busybox/bin/busybox" "$D/bin/busybox"
 ln -s busybox "$D/bin/sh"
 install -m 0755 "$RIG/domu/init" "$D/init"
+# xenstore-read (Debian's xenstore-utils, from the dom0 root) and the shared
+# libraries it loads: the domU reads its own XenStore home with it (a clone
+# prints the clone-id dom0 wrote there).  It talks to /dev/xen/xenbus.
+mkdir -p "$D/usr/bin"
+cp "$R/usr/bin/xenstore" "$D/usr/bin/xenstore-read"
+for lib in $(chroot "$R" ldd /usr/bin/xenstore |
+             awk '$2 == "=>" {print $3} $1 ~ /^\// {print $1}'); do
+    mkdir -p "$D$(dirname "$lib")"
+    cp -L "$R$lib" "$D$lib"
+done
 (cd "$D" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) > "$OUT.tmp/share/domu/initrd.cpio"
 ln "$OUT.tmp/vmlinux" "$OUT.tmp/share/domu/vmlinux"   # same kernel, no copy
 cp "$RIG/domu/pvh.cfg" "$OUT.tmp/share/domu/pvh.cfg"
