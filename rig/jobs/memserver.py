@@ -30,7 +30,7 @@ from xenclone.config import load_daemon_config
 from xenclone.memserver.client import RemotePageSource
 from xenclone.wire import WireError
 
-MASTER, IMAGE, MIB, CLONES = "smaster", "simg", 64, 3
+MASTER, IMAGE, MIB, CLONES = "smaster", "simg", 32, 3
 SECOND = "/tmp/xenclone-second"
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 1
 
