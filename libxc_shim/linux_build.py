@@ -96,6 +96,7 @@ int xc_uffd_register(int uffd, uint64_t addr, uint64_t len, uint64_t mode);
 int xc_epoll_add(int epfd, int fd, uint32_t region_index);
 int xc_pager_serve(int epfd, struct xc_region **regions, uint32_t nregions, int wake_fd,
                    int64_t *host_credits, struct xc_fault *out, uint32_t max_out, int timeout_ms);
+void xc_add_credits(int64_t *credits, int64_t delta);
 int xc_resolve(struct xc_region *r, uint64_t pfn, uint64_t npages, int how);
 int xc_copy_page(struct xc_region *r, uint64_t pfn, const void *src);
 int xc_set_state(struct xc_region *r, const uint64_t *pfns, uint64_t n, int state, uint8_t *prev);

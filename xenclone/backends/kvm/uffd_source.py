@@ -4,14 +4,15 @@ One thread runs ``xc_pager_serve`` (the GIL released) over an epoll set of
 all clones' userfaultfds.  It maps pages into a clone while that clone has
 credits, lets writes make private copies while the host has credits, and
 hands the rest, with a record of what it did, to the pager in the reactor.
-The reactor changes regions and credits only with the serve loop stopped:
-it kicks the loop out through an eventfd and takes the lock.
+The reactor changes regions only with the serve loop stopped: it kicks
+the loop out through an eventfd and takes the lock.  Credits it adds while
+the loop runs (C spends them atomically), so a storm never waits for them.
 """
 
-import collections
 import errno
 import os
 import select
+import struct
 import threading
 
 from twisted.logger import Logger
@@ -21,6 +22,7 @@ from xenclone._linux import ffi, lib
 from xenclone.interfaces import IFaultRegion, IFaultSource
 
 MAX_OUT = 4096
+FAULT = struct.Struct("=IIQ")    # struct xc_fault
 
 
 def _check(rc):
@@ -127,6 +129,23 @@ class KvmRegion:
         os.close(self._uffd)
 
 
+class _Grant:
+    """Credits for one C counter, counted since it started: C may have spent
+    all it was granted, so what it may spend beyond the records the pager
+    has seen is granted - seen.  Setting that to n adds the difference to
+    the counter, the serve loop running."""
+
+    def __init__(self, counter):
+        self.counter = counter      # int64_t * that C spends from
+        self.granted = self.seen = 0
+
+    def set(self, n):
+        delta = self.seen + n - self.granted
+        if delta:
+            lib.xc_add_credits(self.counter, delta)
+            self.granted += delta
+
+
 @implementer(IFaultSource)
 class UffdFaultSource:
     log = Logger()
@@ -137,15 +156,14 @@ class UffdFaultSource:
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         _check(lib.xc_epoll_add(self._epoll.fileno(), self._wake, lib.XC_WAKE_DATA))
         self._regions = ffi.new("struct xc_region *[]", max_regions)
-        self._slots = [None] * max_regions    # slot -> KvmRegion
+        # slot -> KvmRegion; replaced, never changed, so that a batch keeps
+        # the slots it was served with
+        self._slots = (None,) * max_regions
         self._by_domid = {}
         self._nregions = 0
         self._host_credits = ffi.new("int64_t *")
-        # What C did that the pager has not seen yet: pages made private
-        # (WRITTEN), and per clone pages mapped (SERVED).
-        self._unseen_written = 0
-        self._unseen_served = collections.Counter()
-        self._count = threading.Lock()
+        self._host_grant = _Grant(self._host_credits)   # pages made private (WRITTEN)
+        self._grants = {}                               # domid -> pages mapped (SERVED)
         self._out = ffi.new("struct xc_fault[]", MAX_OUT)
         self._cond = threading.Condition()
         self._holders = 0
@@ -167,29 +185,24 @@ class UffdFaultSource:
                     return
                 n = lib.xc_pager_serve(self._epoll.fileno(), self._regions, self._nregions,
                                        self._wake, self._host_credits, self._out, MAX_OUT, 100)
-                records = [(self._slots[f.region].domid, f.kind, f.pfn)
-                           for f in self._out[0:max(n, 0)]]
-                written, served = self._spent(records)
-                with self._count:
-                    self._unseen_written += written
-                    self._unseen_served.update(served)
+                # Little to do holding the GIL: the reactor decodes.
+                batch = ffi.buffer(self._out, max(n, 0) * FAULT.size)[:]
+                slots = self._slots
             if n < 0:
                 self.log.error("pager serve loop: {err}", err=os.strerror(-n))
                 continue
-            if records:
-                self.reactor.callFromThread(self._delivered, records, written, served)
+            if batch:
+                self.reactor.callFromThread(self._delivered, batch, slots)
 
-    @staticmethod
-    def _spent(records):
-        written = sum(1 for r in records if r[1] == lib.XC_WRITTEN)
-        served = collections.Counter(r[0] for r in records if r[1] == lib.XC_SERVED)
-        return written, served
-
-    def _delivered(self, records, written, served):
-        with self._count:
-            self._unseen_written -= written
-            self._unseen_served.subtract(served)
-            self._unseen_served = +self._unseen_served   # drops the zero counts
+    def _delivered(self, batch, slots):
+        records = [(slots[r].domid, kind, pfn) for r, kind, pfn in FAULT.iter_unpack(batch)]
+        for domid, kind, _ in records:
+            if kind == lib.XC_SERVED:
+                grant = self._grants.get(domid)
+                if grant is not None:
+                    grant.seen += 1
+            elif kind == lib.XC_WRITTEN:
+                self._host_grant.seen += 1
         self._deliver(records)
 
     def exclusively(self, fn):
@@ -206,10 +219,11 @@ class UffdFaultSource:
     def add(self, region):
         def add():
             slot = self._slots.index(None)
-            self._slots[slot] = region
+            self._slots = self._slots[:slot] + (region,) + self._slots[slot + 1:]
             self._regions[slot] = region.c_region
             self._nregions = max(self._nregions, slot + 1)
             self._by_domid[region.domid] = slot
+            self._grants[region.domid] = _Grant(ffi.addressof(region.c_region, "credits"))
             _check(lib.xc_epoll_add(self._epoll.fileno(), region.fileno(), slot))
 
         self.exclusively(add)
@@ -221,7 +235,8 @@ class UffdFaultSource:
                 return None
             region = self._slots[slot]
             self._epoll.unregister(region.fileno())
-            self._slots[slot] = None
+            self._slots = self._slots[:slot] + (None,) + self._slots[slot + 1:]
+            self._grants.pop(domid)
             self._regions[slot] = ffi.NULL
             while self._nregions and self._slots[self._nregions - 1] is None:
                 self._nregions -= 1
@@ -232,36 +247,11 @@ class UffdFaultSource:
             region.close()
 
     def set_credits(self, host, clones):
-        if self._credits_suffice(host, clones):
-            return      # a storm is not stopped for a top-up C does not need yet
-
-        def grant():
-            # The ledger has not yet seen what is still on its way to it.
-            with self._count:
-                self._host_credits[0] = max(0, host - self._unseen_written)
-                for domid, n in clones.items():
-                    slot = self._by_domid.get(domid)
-                    if slot is not None:
-                        self._slots[slot].c_region.credits = max(
-                            0, n - self._unseen_served[domid])
-
-        self.exclusively(grant)
-
-    def _credits_suffice(self, host, clones):
-        """True when C holds at most what it is granted now (never more:
-        a shrinking grant always applies) and at least half of it.  Read
-        without stopping C, which only ever lowers them, so a value read
-        is an upper bound of the real one."""
-        with self._count:
-            want_host = max(0, host - self._unseen_written)
-            want = {}
-            for domid, n in clones.items():
-                slot = self._by_domid.get(domid)
-                if slot is not None:
-                    want[slot] = max(0, n - self._unseen_served[domid])
-        if not want_host // 2 <= self._host_credits[0] <= want_host:
-            return False
-        return all(w // 2 <= self._slots[s].c_region.credits <= w for s, w in want.items())
+        self._host_grant.set(host)
+        for domid, n in clones.items():
+            grant = self._grants.get(domid)
+            if grant is not None:
+                grant.set(n)
 
     def stop(self):
         self._stopping = True
