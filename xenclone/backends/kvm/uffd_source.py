@@ -1,27 +1,28 @@
 """The KVM fault source: every clone's userfaultfd, served by C.
 
-One thread runs ``xc_pager_serve`` (the GIL released) over an epoll set of
-all clones' userfaultfds.  It maps pages into a clone while that clone has
-credits, lets writes make private copies while the host has credits, and
-hands the rest, with a record of what it did, to the pager in the reactor.
-The reactor changes regions only with the serve loop stopped: it kicks
-the loop out through an eventfd and takes the lock.  Credits it adds while
-the loop runs (C spends them atomically), so a storm never waits for them.
-"""
+A native thread runs ``xc_pager_serve`` over an epoll set of all clones'
+userfaultfds, never waiting for Python: its records go into a ring that
+the reactor empties when an eventfd says there are some.  It maps pages
+into a clone while that clone has credits, lets writes make private copies
+while the host has credits, and hands the rest, with a record of what it
+did, to the pager in the reactor.  The reactor changes regions only with
+the thread paused; credits it adds while the thread runs (C spends them
+atomically), so a storm never waits for them."""
 
 import errno
 import os
 import select
 import struct
-import threading
 
 from twisted.logger import Logger
+from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
 from xenclone._linux import ffi, lib
 from xenclone.interfaces import IFaultRegion, IFaultSource
 
-MAX_OUT = 4096
+MAX_OUT = 4096      # records taken from the ring at a time
+RING = 1 << 16      # records C may serve ahead of the reactor
 FAULT = struct.Struct("=IIQ")    # struct xc_fault
 
 
@@ -146,56 +147,71 @@ class _Grant:
             self.granted += delta
 
 
-@implementer(IFaultSource)
+@implementer(IFaultSource, IReadDescriptor)
 class UffdFaultSource:
+    """Also the reactor's reader of the serve thread's notify eventfd."""
+
     log = Logger()
 
     def __init__(self, reactor, max_regions=4096):
         self.reactor = reactor
         self._epoll = select.epoll()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._notify = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         _check(lib.xc_epoll_add(self._epoll.fileno(), self._wake, lib.XC_WAKE_DATA))
         self._regions = ffi.new("struct xc_region *[]", max_regions)
-        # slot -> KvmRegion; replaced, never changed, so that a batch keeps
-        # the slots it was served with
-        self._slots = (None,) * max_regions
+        self._slots = [None] * max_regions    # slot -> KvmRegion
         self._by_domid = {}
-        self._nregions = 0
         self._host_credits = ffi.new("int64_t *")
         self._host_grant = _Grant(self._host_credits)   # pages made private (WRITTEN)
         self._grants = {}                               # domid -> pages mapped (SERVED)
+        self._ring = ffi.new("struct xc_fault[]", RING)
         self._out = ffi.new("struct xc_fault[]", MAX_OUT)
-        self._cond = threading.Condition()
-        self._holders = 0
-        self._stopping = False
-        self._thread = None
+        self._server = ffi.new("struct xc_server *")
+        self._pending = []      # records taken while C was paused, not delivered yet
         self._deliver = None
 
     def start(self, deliver):
         self._deliver = deliver
-        self._thread = threading.Thread(target=self._serve, name="uffd-pager", daemon=True)
-        self._thread.start()
+        _check(lib.xc_server_start(self._server, self._epoll.fileno(), self._wake, self._notify,
+                                   self._regions, 0, self._host_credits, self._ring, RING))
+        self.reactor.addReader(self)
 
-    def _serve(self):
+    def fileno(self):
+        return self._notify
+
+    def doRead(self):
+        try:
+            os.eventfd_read(self._notify)
+        except BlockingIOError:
+            pass
+        err = lib.xc_server_error(self._server)
+        if err:
+            self.log.error("pager serve loop: {err}", err=os.strerror(err))
+        self._take()
+        records, self._pending = self._pending, []
+        if records:
+            self._delivered(records)
+
+    def logPrefix(self):
+        return "uffd-pager"
+
+    def connectionLost(self, reason):
+        pass
+
+    def _take(self):
+        """Records C served, as (domid, kind, pfn), into _pending.  The
+        slots are those they were served with: slots change only while C
+        is paused, and only once the ring is empty."""
         while True:
-            with self._cond:
-                while self._holders and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                n = lib.xc_pager_serve(self._epoll.fileno(), self._regions, self._nregions,
-                                       self._wake, self._host_credits, self._out, MAX_OUT, 100)
-                # Little to do holding the GIL: the reactor decodes.
-                batch = ffi.buffer(self._out, max(n, 0) * FAULT.size)[:]
-                slots = self._slots
-            if n < 0:
-                self.log.error("pager serve loop: {err}", err=os.strerror(-n))
-                continue
-            if batch:
-                self.reactor.callFromThread(self._delivered, batch, slots)
+            n = lib.xc_server_take(self._server, self._out, MAX_OUT)
+            slots = self._slots
+            self._pending += [(slots[r].domid, kind, pfn) for r, kind, pfn
+                              in FAULT.iter_unpack(ffi.buffer(self._out, n * FAULT.size))]
+            if n < MAX_OUT:
+                return
 
-    def _delivered(self, batch, slots):
-        records = [(slots[r].domid, kind, pfn) for r, kind, pfn in FAULT.iter_unpack(batch)]
+    def _delivered(self, records):
         for domid, kind, _ in records:
             if kind == lib.XC_SERVED:
                 grant = self._grants.get(domid)
@@ -206,22 +222,23 @@ class UffdFaultSource:
         self._deliver(records)
 
     def exclusively(self, fn):
-        """Run ``fn`` with the serve loop out of C."""
-        self._holders += 1
-        os.eventfd_write(self._wake, 1)
-        with self._cond:
-            try:
-                return fn()
-            finally:
-                self._holders -= 1
-                self._cond.notify_all()
+        """Run ``fn`` with the serve loop out of C (and its records taken,
+        delivered on the reactor's next turn)."""
+        lib.xc_server_pause(self._server)
+        try:
+            self._take()
+            if self._pending:
+                os.eventfd_write(self._notify, 1)
+            return fn()
+        finally:
+            lib.xc_server_resume(self._server)
 
     def add(self, region):
         def add():
             slot = self._slots.index(None)
-            self._slots = self._slots[:slot] + (region,) + self._slots[slot + 1:]
+            self._slots[slot] = region
             self._regions[slot] = region.c_region
-            self._nregions = max(self._nregions, slot + 1)
+            self._server.nregions = max(self._server.nregions, slot + 1)
             self._by_domid[region.domid] = slot
             self._grants[region.domid] = _Grant(ffi.addressof(region.c_region, "credits"))
             _check(lib.xc_epoll_add(self._epoll.fileno(), region.fileno(), slot))
@@ -235,11 +252,11 @@ class UffdFaultSource:
                 return None
             region = self._slots[slot]
             self._epoll.unregister(region.fileno())
-            self._slots = self._slots[:slot] + (None,) + self._slots[slot + 1:]
+            self._slots[slot] = None
             self._grants.pop(domid)
             self._regions[slot] = ffi.NULL
-            while self._nregions and self._slots[self._nregions - 1] is None:
-                self._nregions -= 1
+            while self._server.nregions and self._slots[self._server.nregions - 1] is None:
+                self._server.nregions -= 1
             return region
 
         region = self.exclusively(remove)
@@ -254,9 +271,6 @@ class UffdFaultSource:
                 grant.set(n)
 
     def stop(self):
-        self._stopping = True
-        os.eventfd_write(self._wake, 1)
-        with self._cond:
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join()
+        lib.xc_server_stop(self._server)
+        if self._deliver is not None:
+            self.reactor.removeReader(self)
