@@ -37,7 +37,9 @@ class LedgerError(Exception):
 class ImageAccount:
     npages = attr.ib()
     cached = attr.ib(factory=set)      # image pages this host holds in RAM
-    mappers = attr.ib(factory=dict)    # pfn -> clones mapping it shared
+    # pfn -> clones mapping it shared: a tuple, which the GC stops tracking
+    # (a storm maps a page a fault; sets made every collection walk them all)
+    mappers = attr.ib(factory=dict)
 
 
 @attr.s
@@ -213,17 +215,17 @@ class Ledger:
         return acct, changed, olds
 
     def _map(self, img, domid, pfn):
-        holders = img.mappers.get(pfn)
-        if holders is None:
-            img.mappers[pfn] = {domid}
-        else:
-            holders.add(domid)
+        holders = img.mappers.get(pfn, ())
+        if domid not in holders:
+            img.mappers[pfn] = holders + (domid,)
 
     def _unmap(self, img, domid, pfn):
-        holders = img.mappers.get(pfn)
-        if holders is not None:
-            holders.discard(domid)
-            if not holders:
+        holders = img.mappers.get(pfn, ())
+        if domid in holders:
+            rest = tuple(d for d in holders if d != domid)
+            if rest:
+                img.mappers[pfn] = rest
+            else:
                 del img.mappers[pfn]
 
     def mapped_shared(self, domid, pfns, prefetched=False):
