@@ -16,7 +16,7 @@ import cffi
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SRC = os.path.join(HERE, "src")
-SOURCES = ["kvm_vm.c", "uffd_pager.c", "pages.c", "bench_limits.c"]
+SOURCES = ["kvm_vm.c", "uffd_pager.c", "pager_thread.c", "pages.c", "bench_limits.c"]
 
 
 def _path(p):
@@ -96,11 +96,23 @@ int xc_uffd_register(int uffd, uint64_t addr, uint64_t len, uint64_t mode);
 int xc_epoll_add(int epfd, int fd, uint32_t region_index);
 int xc_pager_serve(int epfd, struct xc_region **regions, uint32_t nregions, int wake_fd,
                    int64_t *host_credits, struct xc_fault *out, uint32_t max_out, int timeout_ms);
+void xc_add_credits(int64_t *credits, int64_t delta);
 int xc_resolve(struct xc_region *r, uint64_t pfn, uint64_t npages, int how);
 int xc_copy_page(struct xc_region *r, uint64_t pfn, const void *src);
 int xc_set_state(struct xc_region *r, const uint64_t *pfns, uint64_t n, int state, uint8_t *prev);
 int xc_punch_hole(int fd, uint64_t offset, uint64_t len);
 int64_t xc_prefetch(struct xc_region *r, const uint64_t *pfns, uint64_t n, uint8_t *got);
+
+/* pager_thread.h */
+struct xc_server { uint32_t nregions; ...; };
+int xc_server_start(struct xc_server *s, int epfd, int wake_fd, int notify_fd,
+                    struct xc_region **regions, uint32_t nregions, int64_t *host_credits,
+                    struct xc_fault *ring, uint32_t ring_size);
+void xc_server_pause(struct xc_server *s);
+void xc_server_resume(struct xc_server *s);
+void xc_server_stop(struct xc_server *s);
+uint32_t xc_server_take(struct xc_server *s, struct xc_fault *out, uint32_t max);
+int xc_server_error(struct xc_server *s);
 
 /* pages.h */
 #define XC_KIND_WP ...
@@ -135,11 +147,13 @@ def make_ffibuilder(path=_path):
     ffi.cdef(CDEF)
     ffi.set_source(
         "xenclone._linux",
-        '#include "kvm_vm.h"\n#include "uffd_pager.h"\n#include "pages.h"\n#include "bench_limits.h"\n'
+        '#include "kvm_vm.h"\n#include "uffd_pager.h"\n#include "pager_thread.h"\n'
+        '#include "pages.h"\n#include "bench_limits.h"\n'
         "#include <linux/userfaultfd.h>\n",
         sources=[path(os.path.join(SRC, s)) for s in SOURCES],
         include_dirs=[path(SRC)],
-        depends=[path(os.path.join(SRC, h)) for h in ("kvm_vm.h", "uffd_pager.h", "pages.h", "bench_limits.h")],
+        depends=[path(os.path.join(SRC, h)) for h in (
+            "kvm_vm.h", "uffd_pager.h", "pager_thread.h", "pages.h", "bench_limits.h")],
         extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
     )
     return ffi

@@ -37,7 +37,9 @@ class LedgerError(Exception):
 class ImageAccount:
     npages = attr.ib()
     cached = attr.ib(factory=set)      # image pages this host holds in RAM
-    mappers = attr.ib(factory=dict)    # pfn -> clones mapping it shared
+    # pfn -> clones mapping it shared: a tuple, which the GC stops tracking
+    # (a storm maps a page a fault; sets made every collection walk them all)
+    mappers = attr.ib(factory=dict)
 
 
 @attr.s
@@ -187,59 +189,86 @@ class Ledger:
         acct.kind[pfn] = new
         return acct, old
 
+    def _set_all(self, domid, pfns, new, refuse=None):
+        """``_set`` for a batch (a fault storm's), whole or not at all: the
+        pages whose kind changed, and their old kinds.  A page of kind
+        ``refuse`` is an error."""
+        acct = self._clones[domid]
+        kind, counts, npages = acct.kind, acct.counts, acct.npages
+        if pfns and (min(pfns) < 0 or max(pfns) >= npages):
+            pfn = next(p for p in pfns if not 0 <= p < npages)
+            raise LedgerError("clone %d: page %d out of range" % (domid, pfn))
+        if refuse is not None:
+            for pfn in pfns:
+                if kind.get(pfn) == refuse:
+                    raise LedgerError("clone %d: page %d is %s, not %s" % (domid, pfn, refuse, new))
+        changed, olds = [], []
+        for pfn in pfns:
+            old = kind.get(pfn)
+            if old != new:
+                if old is not None:
+                    counts[old] -= 1
+                counts[new] += 1
+                kind[pfn] = new
+                changed.append(pfn)
+                olds.append(old)
+        return acct, changed, olds
+
     def _map(self, img, domid, pfn):
-        img.mappers.setdefault(pfn, set()).add(domid)
+        holders = img.mappers.get(pfn, ())
+        if domid not in holders:
+            img.mappers[pfn] = holders + (domid,)
 
     def _unmap(self, img, domid, pfn):
-        holders = img.mappers.get(pfn)
-        if holders is not None:
-            holders.discard(domid)
-            if not holders:
+        holders = img.mappers.get(pfn, ())
+        if domid in holders:
+            rest = tuple(d for d in holders if d != domid)
+            if rest:
+                img.mappers[pfn] = rest
+            else:
                 del img.mappers[pfn]
 
     def mapped_shared(self, domid, pfns, prefetched=False):
         if domid not in self._clones:
             return
-        img = self.images[self._clones[domid].image_id]
-        for pfn in pfns:
-            if self._clones[domid].kind.get(pfn) == PRIVATE:
-                raise LedgerError("clone %d: page %d is private, not shared" % (domid, pfn))
-            acct, old = self._set(domid, pfn, SHARED)
-            if prefetched:
-                acct.prefetched += 1
-            else:
-                acct.faults += 1
+        pfns = list(pfns)
+        acct, changed, _ = self._set_all(domid, pfns, SHARED, refuse=PRIVATE)
+        img = self.images[acct.image_id]
+        for pfn in changed:
             self._map(img, domid, pfn)
-            if old != SHARED:
-                self.policy.paged_in((domid, pfn))
-        self._log("shared", domid, list(pfns))
+            self.policy.paged_in((domid, pfn))
+        self._count_faults(acct, len(pfns), prefetched)
+        self._log("shared", domid, pfns)
 
     def mapped_zero(self, domid, pfns, prefetched=False):
         if domid not in self._clones:
             return
-        for pfn in pfns:
-            acct, _ = self._set(domid, pfn, ZERO)
-            if prefetched:
-                acct.prefetched += 1
-            else:
-                acct.faults += 1
-        self._log("zero", domid, list(pfns))
+        pfns = list(pfns)
+        acct, _, _ = self._set_all(domid, pfns, ZERO)
+        self._count_faults(acct, len(pfns), prefetched)
+        self._log("zero", domid, pfns)
+
+    @staticmethod
+    def _count_faults(acct, n, prefetched):
+        if prefetched:
+            acct.prefetched += n
+        else:
+            acct.faults += n
 
     def written(self, domid, pfns):
         """Copy on write: the clone now holds the only copy of these pages."""
         if domid not in self._clones:
             return
-        img = self.images[self._clones[domid].image_id]
-        for pfn in pfns:
-            acct, old = self._set(domid, pfn, PRIVATE)
-            if old == PRIVATE:
-                continue
-            self._private += 1
+        pfns = list(pfns)
+        acct, changed, olds = self._set_all(domid, pfns, PRIVATE)
+        img = self.images[acct.image_id]
+        self._private += len(changed)
+        for pfn, old in zip(changed, olds):
             if old == SHARED:
                 self._unmap(img, domid, pfn)
             else:
                 self.policy.paged_in((domid, pfn))
-        self._log("written", domid, list(pfns))
+        self._log("written", domid, pfns)
         self._peak()
 
     def unwritten(self, domid, pfns):

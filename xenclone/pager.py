@@ -272,23 +272,24 @@ class Pager:
         """A batch from the fast path: (domid, kind, pfn) tuples."""
         self.observe(records)
         by_kind = defaultdict(lambda: defaultdict(list))
-        states = {}
         for domid, kind, pfn in records:
-            if domid not in self._clones:
-                continue
-            if kind in _FAST_PATH_STATE:
-                # A page held or evicted since the fast path decided: the
-                # record is stale.  The eviction accounted for it (a write
-                # allowed but not landed was dropped with the page).
-                if domid not in states:
-                    states[domid] = self._clones[domid][0].states()
-                if states[domid][pfn] != _FAST_PATH_STATE[kind]:
-                    continue
             by_kind[kind][domid].append(pfn)
+        for kind, by_clone in by_kind.items():
+            for domid in list(by_clone):
+                if domid not in self._clones:
+                    del by_clone[domid]
+                elif kind in _FAST_PATH_STATE:
+                    # A page held or evicted since the fast path decided:
+                    # the record is stale.  The eviction accounted for it
+                    # (a write allowed but not landed was dropped with the
+                    # page).
+                    states, now = self._clones[domid][0].states(), _FAST_PATH_STATE[kind]
+                    by_clone[domid] = [p for p in by_clone[domid] if states[p] == now]
         for domid, pfns in by_kind[FaultKind.SERVED].items():
             self.ledger.mapped_shared(domid, pfns)
-            for pfn in pfns:     # a retried fault the fast path served
-                self._want_map.pop((domid, pfn), None)
+            if self._want_map:
+                for pfn in pfns:     # a retried fault the fast path served
+                    self._want_map.pop((domid, pfn), None)
         for domid, pfns in by_kind[FaultKind.ZERO].items():
             self.ledger.mapped_zero(domid, pfns)
         for domid, pfns in by_kind[FaultKind.WRITTEN].items():

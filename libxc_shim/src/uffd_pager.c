@@ -277,6 +277,22 @@ int xc_punch_hole(int fd, uint64_t offset, uint64_t len)
         ? -errno : 0;
 }
 
+void xc_add_credits(int64_t *credits, int64_t delta)
+{
+    __atomic_add_fetch(credits, delta, __ATOMIC_RELAXED);
+}
+
+/* Spend one credit if there is one.  Python adds to (or takes from) the
+ * counter while this runs, so the spend is one atomic step. */
+static int take_credit(int64_t *credits)
+{
+    int64_t v = __atomic_load_n(credits, __ATOMIC_RELAXED);
+    while (v > 0)
+        if (__atomic_compare_exchange_n(credits, &v, v - 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            return 1;
+    return 0;
+}
+
 /* What to do with one fault; called with the region locked. Returns the
  * record kind, or 0 when the fault needs no record (a duplicate: woken). */
 static uint32_t decide(struct xc_region *r, uint64_t pfn, uint64_t flags, int64_t *host_credits)
@@ -287,11 +303,12 @@ static uint32_t decide(struct xc_region *r, uint64_t pfn, uint64_t flags, int64_
     if (flags & UFFD_PAGEFAULT_FLAG_WP) {
         r->wp_faults++;
         if (s == XC_PAGE_SHARED || s == XC_PAGE_ZERO) {
-            if (*host_credits <= 0)
+            if (!take_credit(host_credits))
                 return XC_NOCREDIT_WRITE;
-            if (unprotect(r, pfn, 1))
+            if (unprotect(r, pfn, 1)) {
+                xc_add_credits(host_credits, 1);
                 return XC_ERROR;
-            (*host_credits)--;
+            }
             return XC_WRITTEN;
         }
         /* private (a protection left from a hold) or absent (dropped since):
@@ -308,11 +325,12 @@ static uint32_t decide(struct xc_region *r, uint64_t pfn, uint64_t flags, int64_
     if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
         if (r->no_share)
             return XC_COPY;
-        if (r->credits <= 0)
+        if (!take_credit(&r->credits))
             return XC_NOCREDIT;
-        if (fill(r, pfn, 1, XC_CONTINUE))
+        if (fill(r, pfn, 1, XC_CONTINUE)) {
+            xc_add_credits(&r->credits, 1);
             return XC_ERROR;
-        r->credits--;
+        }
         return XC_SERVED;
     }
     if (r->zero && r->zero[pfn])    /* one zero page for everyone: costs no credit */

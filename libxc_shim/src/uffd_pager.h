@@ -64,6 +64,9 @@ int xc_epoll_add(int epfd, int fd, uint32_t region_index);
  * new array), and a uffd goes into epfd only once the array holds its region. */
 int xc_pager_serve(int epfd, struct xc_region **regions, uint32_t nregions, int wake_fd,
                    int64_t *host_credits, struct xc_fault *out, uint32_t max_out, int timeout_ms);
+/* Add delta (may be negative) to host_credits or a region's credits while
+ * xc_pager_serve runs: it spends them atomically. */
+void xc_add_credits(int64_t *credits, int64_t delta);
 int xc_resolve(struct xc_region *r, uint64_t pfn, uint64_t npages, int how);
 int xc_copy_page(struct xc_region *r, uint64_t pfn, const void *src);
 /* Set the state of n pages, atomically with C's fault handling; prev (may

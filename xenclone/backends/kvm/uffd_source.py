@@ -1,26 +1,29 @@
 """The KVM fault source: every clone's userfaultfd, served by C.
 
-One thread runs ``xc_pager_serve`` (the GIL released) over an epoll set of
-all clones' userfaultfds.  It maps pages into a clone while that clone has
-credits, lets writes make private copies while the host has credits, and
-hands the rest, with a record of what it did, to the pager in the reactor.
-The reactor changes regions and credits only with the serve loop stopped:
-it kicks the loop out through an eventfd and takes the lock.
-"""
+A native thread runs ``xc_pager_serve`` over an epoll set of all clones'
+userfaultfds, never waiting for Python: its records go into a ring that
+the reactor empties when an eventfd says there are some.  It maps pages
+into a clone while that clone has credits, lets writes make private copies
+while the host has credits, and hands the rest, with a record of what it
+did, to the pager in the reactor.  The reactor changes regions only with
+the thread paused; credits it adds while the thread runs (C spends them
+atomically), so a storm never waits for them."""
 
-import collections
 import errno
 import os
 import select
-import threading
+import struct
 
 from twisted.logger import Logger
+from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
 from xenclone._linux import ffi, lib
 from xenclone.interfaces import IFaultRegion, IFaultSource
 
-MAX_OUT = 4096
+MAX_OUT = 4096      # records taken from the ring at a time
+RING = 1 << 16      # records C may serve ahead of the reactor
+FAULT = struct.Struct("=IIQ")    # struct xc_fault
 
 
 def _check(rc):
@@ -127,89 +130,117 @@ class KvmRegion:
         os.close(self._uffd)
 
 
-@implementer(IFaultSource)
+class _Grant:
+    """Credits for one C counter, counted since it started: C may have spent
+    all it was granted, so what it may spend beyond the records the pager
+    has seen is granted - seen.  Setting that to n adds the difference to
+    the counter, the serve loop running."""
+
+    def __init__(self, counter):
+        self.counter = counter      # int64_t * that C spends from
+        self.granted = self.seen = 0
+
+    def set(self, n):
+        delta = self.seen + n - self.granted
+        if delta:
+            lib.xc_add_credits(self.counter, delta)
+            self.granted += delta
+
+
+@implementer(IFaultSource, IReadDescriptor)
 class UffdFaultSource:
+    """Also the reactor's reader of the serve thread's notify eventfd."""
+
     log = Logger()
 
     def __init__(self, reactor, max_regions=4096):
         self.reactor = reactor
         self._epoll = select.epoll()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._notify = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         _check(lib.xc_epoll_add(self._epoll.fileno(), self._wake, lib.XC_WAKE_DATA))
         self._regions = ffi.new("struct xc_region *[]", max_regions)
         self._slots = [None] * max_regions    # slot -> KvmRegion
         self._by_domid = {}
-        self._nregions = 0
         self._host_credits = ffi.new("int64_t *")
-        # What C did that the pager has not seen yet: pages made private
-        # (WRITTEN), and per clone pages mapped (SERVED).
-        self._unseen_written = 0
-        self._unseen_served = collections.Counter()
-        self._count = threading.Lock()
+        self._host_grant = _Grant(self._host_credits)   # pages made private (WRITTEN)
+        self._grants = {}                               # domid -> pages mapped (SERVED)
+        self._ring = ffi.new("struct xc_fault[]", RING)
         self._out = ffi.new("struct xc_fault[]", MAX_OUT)
-        self._cond = threading.Condition()
-        self._holders = 0
-        self._stopping = False
-        self._thread = None
+        self._server = ffi.new("struct xc_server *")
+        self._pending = []      # records taken while C was paused, not delivered yet
         self._deliver = None
 
     def start(self, deliver):
         self._deliver = deliver
-        self._thread = threading.Thread(target=self._serve, name="uffd-pager", daemon=True)
-        self._thread.start()
+        _check(lib.xc_server_start(self._server, self._epoll.fileno(), self._wake, self._notify,
+                                   self._regions, 0, self._host_credits, self._ring, RING))
+        self.reactor.addReader(self)
 
-    def _serve(self):
+    def fileno(self):
+        return self._notify
+
+    def doRead(self):
+        try:
+            os.eventfd_read(self._notify)
+        except BlockingIOError:
+            pass
+        err = lib.xc_server_error(self._server)
+        if err:
+            self.log.error("pager serve loop: {err}", err=os.strerror(err))
+        self._take()
+        records, self._pending = self._pending, []
+        if records:
+            self._delivered(records)
+
+    def logPrefix(self):
+        return "uffd-pager"
+
+    def connectionLost(self, reason):
+        pass
+
+    def _take(self):
+        """Records C served, as (domid, kind, pfn), into _pending.  The
+        slots are those they were served with: slots change only while C
+        is paused, and only once the ring is empty."""
         while True:
-            with self._cond:
-                while self._holders and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                n = lib.xc_pager_serve(self._epoll.fileno(), self._regions, self._nregions,
-                                       self._wake, self._host_credits, self._out, MAX_OUT, 100)
-                records = [(self._slots[f.region].domid, f.kind, f.pfn)
-                           for f in self._out[0:max(n, 0)]]
-                written, served = self._spent(records)
-                with self._count:
-                    self._unseen_written += written
-                    self._unseen_served.update(served)
-            if n < 0:
-                self.log.error("pager serve loop: {err}", err=os.strerror(-n))
-                continue
-            if records:
-                self.reactor.callFromThread(self._delivered, records, written, served)
+            n = lib.xc_server_take(self._server, self._out, MAX_OUT)
+            slots = self._slots
+            self._pending += [(slots[r].domid, kind, pfn) for r, kind, pfn
+                              in FAULT.iter_unpack(ffi.buffer(self._out, n * FAULT.size))]
+            if n < MAX_OUT:
+                return
 
-    @staticmethod
-    def _spent(records):
-        written = sum(1 for r in records if r[1] == lib.XC_WRITTEN)
-        served = collections.Counter(r[0] for r in records if r[1] == lib.XC_SERVED)
-        return written, served
-
-    def _delivered(self, records, written, served):
-        with self._count:
-            self._unseen_written -= written
-            self._unseen_served.subtract(served)
-            self._unseen_served = +self._unseen_served   # drops the zero counts
+    def _delivered(self, records):
+        for domid, kind, _ in records:
+            if kind == lib.XC_SERVED:
+                grant = self._grants.get(domid)
+                if grant is not None:
+                    grant.seen += 1
+            elif kind == lib.XC_WRITTEN:
+                self._host_grant.seen += 1
         self._deliver(records)
 
     def exclusively(self, fn):
-        """Run ``fn`` with the serve loop out of C."""
-        self._holders += 1
-        os.eventfd_write(self._wake, 1)
-        with self._cond:
-            try:
-                return fn()
-            finally:
-                self._holders -= 1
-                self._cond.notify_all()
+        """Run ``fn`` with the serve loop out of C (and its records taken,
+        delivered on the reactor's next turn)."""
+        lib.xc_server_pause(self._server)
+        try:
+            self._take()
+            if self._pending:
+                os.eventfd_write(self._notify, 1)
+            return fn()
+        finally:
+            lib.xc_server_resume(self._server)
 
     def add(self, region):
         def add():
             slot = self._slots.index(None)
             self._slots[slot] = region
             self._regions[slot] = region.c_region
-            self._nregions = max(self._nregions, slot + 1)
+            self._server.nregions = max(self._server.nregions, slot + 1)
             self._by_domid[region.domid] = slot
+            self._grants[region.domid] = _Grant(ffi.addressof(region.c_region, "credits"))
             _check(lib.xc_epoll_add(self._epoll.fileno(), region.fileno(), slot))
 
         self.exclusively(add)
@@ -222,9 +253,10 @@ class UffdFaultSource:
             region = self._slots[slot]
             self._epoll.unregister(region.fileno())
             self._slots[slot] = None
+            self._grants.pop(domid)
             self._regions[slot] = ffi.NULL
-            while self._nregions and self._slots[self._nregions - 1] is None:
-                self._nregions -= 1
+            while self._server.nregions and self._slots[self._server.nregions - 1] is None:
+                self._server.nregions -= 1
             return region
 
         region = self.exclusively(remove)
@@ -232,41 +264,13 @@ class UffdFaultSource:
             region.close()
 
     def set_credits(self, host, clones):
-        if self._credits_suffice(host, clones):
-            return      # a storm is not stopped for a top-up C does not need yet
-
-        def grant():
-            # The ledger has not yet seen what is still on its way to it.
-            with self._count:
-                self._host_credits[0] = max(0, host - self._unseen_written)
-                for domid, n in clones.items():
-                    slot = self._by_domid.get(domid)
-                    if slot is not None:
-                        self._slots[slot].c_region.credits = max(
-                            0, n - self._unseen_served[domid])
-
-        self.exclusively(grant)
-
-    def _credits_suffice(self, host, clones):
-        """True when C holds at most what it is granted now (never more:
-        a shrinking grant always applies) and at least half of it.  Read
-        without stopping C, which only ever lowers them, so a value read
-        is an upper bound of the real one."""
-        with self._count:
-            want_host = max(0, host - self._unseen_written)
-            want = {}
-            for domid, n in clones.items():
-                slot = self._by_domid.get(domid)
-                if slot is not None:
-                    want[slot] = max(0, n - self._unseen_served[domid])
-        if not want_host // 2 <= self._host_credits[0] <= want_host:
-            return False
-        return all(w // 2 <= self._slots[s].c_region.credits <= w for s, w in want.items())
+        self._host_grant.set(host)
+        for domid, n in clones.items():
+            grant = self._grants.get(domid)
+            if grant is not None:
+                grant.set(n)
 
     def stop(self):
-        self._stopping = True
-        os.eventfd_write(self._wake, 1)
-        with self._cond:
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join()
+        lib.xc_server_stop(self._server)
+        if self._deliver is not None:
+            self.reactor.removeReader(self)

@@ -1,0 +1,37 @@
+/* xc_pager_serve in a thread of its own, records into a ring: the serve
+ * loop never waits for Python (nor its GIL); Python takes the records when
+ * the notify eventfd says there are some. */
+#ifndef XC_PAGER_THREAD_H
+#define XC_PAGER_THREAD_H
+#include <pthread.h>
+#include <stdint.h>
+#include "uffd_pager.h"
+
+struct xc_server {              /* memory owned by Python */
+    uint32_t nregions;          /* Python changes it (and regions[]) only while paused */
+    int epfd, wake_fd, notify_fd;
+    struct xc_region **regions;
+    int64_t *host_credits;
+    struct xc_fault *ring;
+    uint32_t ring_size;
+    uint64_t head, tail;        /* records written by the thread / taken by Python */
+    uint32_t notified;          /* notify_fd written, records not taken yet */
+    int error;                  /* last -errno of xc_pager_serve, until taken */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint32_t pause_req, paused, stop, running;
+    pthread_t thread;
+};
+
+int xc_server_start(struct xc_server *s, int epfd, int wake_fd, int notify_fd,
+                    struct xc_region **regions, uint32_t nregions, int64_t *host_credits,
+                    struct xc_fault *ring, uint32_t ring_size);
+/* Returns once the thread is out of xc_pager_serve (at once if stopped);
+ * pauses nest, each one ended by a resume. */
+void xc_server_pause(struct xc_server *s);
+void xc_server_resume(struct xc_server *s);
+void xc_server_stop(struct xc_server *s);
+/* Up to max records, oldest first; also re-arms the notification. */
+uint32_t xc_server_take(struct xc_server *s, struct xc_fault *out, uint32_t max);
+int xc_server_error(struct xc_server *s);
+#endif
