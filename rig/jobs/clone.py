@@ -121,17 +121,21 @@ class Job:
         yield self.memory_checks(params, infos)
         yield self.destroyed_behind_its_back()
 
-        # The master runs on from its bless point, as clone 0 with input 0.
-        rc, _, err = yield self.xenclone("unpause", MASTER)
-        resumed = yield self.s.call("wait", domain=MASTER, timeout=120)
+        yield self.resume_and_clean_up(params, MASTER, IMAGE)
+
+    @defer.inlineCallbacks
+    def resume_and_clean_up(self, params, master, image):
+        """The master runs on from its bless point, as clone 0 with input 0;
+        then image and master go, leaving only dom0 and the server domain."""
+        rc, _, err = yield self.xenclone("unpause", master)
+        resumed = yield self.s.call("wait", domain=master, timeout=120)
         expected = workload.expected_result(params, 0, 0)
         self.res["master_resumed"] = dict(state=resumed["state"], result=resumed["result"],
                                           expected=expected)
         self.checks["master_resumes_unharmed"] = (
             rc == 0 and resumed["state"] == "done" and resumed["result"] == expected)
-
-        yield self.xenclone("discard", IMAGE, "--force")
-        yield self.xenclone("destroy", MASTER)
+        yield self.xenclone("discard", image, "--force")
+        yield self.xenclone("destroy", master)
         left = [n for n in xl_names() if n not in ("Domain-0", server_domain.NAME)]
         self.res["xl_list_after_destroy"] = left
         self.checks["all_destroyed"] = not left

@@ -13,9 +13,8 @@ import time
 
 from twisted.internet import defer, task
 
-from clone import Job, run_job, xl_names
+from clone import Job, run_job
 from xenclone import workload
-from xenclone.backends.xen import server_domain
 from xenclone.cli.scenarios import Session
 
 MASTER, IMAGE, CLONES, MEMORY_MIB = "lmaster", "limg", 3, 16
@@ -104,18 +103,7 @@ class LazyJob(Job):
             "evict_failed_pages": lazy["evict_failed"]}
         self.checks["faults_were_served"] = lazy["faults_served"] > 0
 
-        rc, _, err = yield self.xenclone("unpause", MASTER)
-        resumed = yield self.s.call("wait", domain=MASTER, timeout=120)
-        expected = workload.expected_result(params, 0, 0)
-        self.res["master_resumed"] = dict(state=resumed["state"], result=resumed["result"],
-                                          expected=expected)
-        self.checks["master_resumes_unharmed"] = (
-            rc == 0 and resumed["state"] == "done" and resumed["result"] == expected)
-        yield self.xenclone("discard", IMAGE, "--force")
-        yield self.xenclone("destroy", MASTER)
-        left = [n for n in xl_names() if n not in ("Domain-0", server_domain.NAME)]
-        self.res["xl_list_after_destroy"] = left
-        self.checks["all_destroyed"] = not left
+        yield self.resume_and_clean_up(params, MASTER, IMAGE)
 
     @defer.inlineCallbacks
     def under_target(self, params):

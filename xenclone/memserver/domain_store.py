@@ -13,8 +13,6 @@ server finds the domain (``server-domain.json``) and keeps them; images
 of a domain that is gone are dropped, with the reason logged.
 """
 
-import base64
-import json
 import os
 import shutil
 import subprocess
@@ -30,7 +28,6 @@ from xenclone.wire import WireError
 log = Logger(namespace="xenclone.memserver")
 
 _ZERO_PAGE = bytes(PAGE_SIZE)
-_TMP = ".tmp-"
 RECORD = "server-domain.json"
 CHUNK_PAGES = CHUNK // PAGE_SIZE
 XENSTORE_TIMEOUT = 10.0
@@ -103,10 +100,7 @@ class DomainImageStore(ImageStore):
                 "first_ref": run.refs.start, "count": run.count})
             memfd = new_memfd(name, npages)
             seal(memfd)
-            tmp = os.path.join(self.dir, _TMP + name)
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.mkdir(tmp, 0o700)
-            self._commit(tmp, name, meta, zero)
+            self._commit(self._fresh_tmp(name), name, meta, zero)
         except BaseException:
             if memfd is not None:
                 os.close(memfd)
@@ -146,31 +140,21 @@ class DomainImageStore(ImageStore):
             else:
                 self.server.slots.give_back(run)
 
-    def _load(self, path):
-        with open(os.path.join(path, "meta.json"), "rb") as f:
-            where = json.load(f).get("server_domain")
+    def _admit(self, path, meta):
+        """Keep the run of an image in the server domain that runs; drop
+        those of one that is gone."""
+        where = meta.get("server_domain")
         if where is None:
-            return super()._load(path)
-        if self.server is None or where["domid"] != self.server.domid:
+            return
+        if self.server is None:     # kept: a later start may find the domain
+            raise ValueError("its memory-server domain %d is not running here"
+                             % where["domid"])
+        if where["domid"] != self.server.domid:
             shutil.rmtree(path, ignore_errors=True)
             raise ValueError("it lived in memory-server domain %d, which is gone: dropped"
                              % where["domid"])
-        img = self._stored(path)
         with self._lock:
-            self.server.slots.keep(_run(img))
-        return img
-
-    def _stored(self, path):
-        """The image at ``path``, with an empty memfd (its pages are granted)."""
-        with open(os.path.join(path, "meta.json"), "rb") as f:
-            meta = json.load(f)
-        with open(os.path.join(path, "zero"), "rb") as f:
-            zero = bytearray(f.read())
-        if len(zero) != meta["npages"]:
-            raise ValueError("zero map has %d entries for %d pages" % (len(zero), meta["npages"]))
-        memfd = new_memfd(meta["image_id"], meta["npages"])
-        seal(memfd)
-        return StoredImage(meta, base64.b64decode(meta["vcpu_state"]), memfd, zero)
+            self.server.slots.keep(Run(where["slot"], where["count"]))
 
     def _read(self, img, pfn, count):
         if "server_domain" not in img.meta:

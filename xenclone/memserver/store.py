@@ -259,9 +259,7 @@ class ImageStore:
 
     def _bless(self, name, capture):
         npages = capture.npages
-        tmp = os.path.join(self.dir, _TMP + name)
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.mkdir(tmp, 0o700)
+        tmp = self._fresh_tmp(name)
         memfd = new_memfd(name, npages)
         try:
             zero = bytearray(b"\x01") * npages
@@ -306,13 +304,18 @@ class ImageStore:
                     vcpu_state=vcpu_state, origin={"server": server, "image": info["image_id"]})
 
         def make():
-            tmp = os.path.join(self.dir, _TMP + name)
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.mkdir(tmp, 0o700)
-            self._commit(tmp, name, meta, zero)
+            self._commit(self._fresh_tmp(name), name, meta, zero)
             return self._load(os.path.join(self.dir, name))
 
         return self._add(name, make)
+
+    def _fresh_tmp(self, name):
+        """An empty directory to build image ``name`` in (what an
+        interrupted bless left there goes)."""
+        tmp = os.path.join(self.dir, _TMP + name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.mkdir(tmp, 0o700)
+        return tmp
 
     def _commit(self, tmp, name, meta, zero):
         """Write the zero map and meta.json into ``tmp``, then make it the
@@ -349,21 +352,27 @@ class ImageStore:
                 self._images[name] = img
         return failed
 
+    def _admit(self, path, meta):
+        """Refuse an image on disk that this store cannot serve."""
+        if meta.get("server_domain"):
+            raise ValueError("it lives in the memory-server domain, and this memory server "
+                             "runs none (config memserver_domain_mib)")
+
     def _load(self, path):
         with open(os.path.join(path, "meta.json"), "rb") as f:
             meta = json.load(f)
         if meta.get("format") != FORMAT:
             raise ValueError("unknown memory format %r" % (meta.get("format"),))
-        if meta.get("server_domain"):
-            raise ValueError("it lives in the memory-server domain, and this memory server "
-                             "runs none (config memserver_domain_mib)")
         npages = meta["npages"]
         with open(os.path.join(path, "zero"), "rb") as f:
             zero = bytearray(f.read())
         if len(zero) != npages:
             raise ValueError("zero map has %d entries for %d pages" % (len(zero), npages))
+        self._admit(path, meta)
         memfd = new_memfd(meta["image_id"], npages)
-        if meta.get("origin"):      # a mirror: filled by fetches from its origin
+        if meta.get("origin") or meta.get("server_domain"):
+            # Its pages are elsewhere: a mirror's come from its origin, a
+            # server-domain image's through grants.  The memfd stays empty.
             seal(memfd)
             return StoredImage(meta, base64.b64decode(meta["vcpu_state"]), memfd, zero)
         try:
