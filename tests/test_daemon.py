@@ -84,6 +84,21 @@ class DaemonTests(PrivateDaemon, unittest.TestCase):
         self.assertEqual([(i["image_id"], i["clones"]) for i in images["images"]], [("img", 2)])
 
     @defer.inlineCallbacks
+    def test_fault_around_maps_pages_beside_faults_and_all_agree(self):
+        """C maps image pages beside the faults it serves: the clone
+        faults on fewer pages than it holds, answers right, and the
+        ledger, the fast path and the kernel agree on every page."""
+        yield self.s.call("create", config={"name": "m", "memory": 16})
+        yield self.s.call("bless", domain="m", name="img")
+        [c] = (yield self.s.call("launch", image="img"))["clones"]
+        info = yield self.s.call("wait", domain=c["domid"], timeout=120)
+        self.assertEqual((info["state"], info["result"]), ("done", info["expected"]))
+        self.assertGreater(info["around_pages"], info["faults"])
+        self.assertLess(info["guest_faults"], info["shared_pages"])
+        audit = yield self.s.call("audit", domain=c["domid"])
+        self.assertEqual(audit["disagree"], 0, audit["first"])
+
+    @defer.inlineCallbacks
     def test_share_onfetch_off_gives_a_clone_private_copies(self):
         """share.onfetch=0: the kernel shows every image page the clone
         touched as its own copy, while a sharing clone beside it maps the

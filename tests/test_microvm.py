@@ -96,7 +96,8 @@ class Pager:
         n = self.check(lib.xc_pager_serve(
             self.epoll.fileno(), self.region_array, len(self.regions), self.wake_fd,
             self.credits, self.out, self.max_out, timeout_ms))
-        got = [(self.out[i].region, self.out[i].kind, self.out[i].pfn) for i in range(n)]
+        got = [(o.region, o.kind, range(o.pfn, o.pfn + o.count) if o.kind == lib.XC_AROUND
+                else o.pfn) for o in (self.out[i] for i in range(n))]
         self.records.extend(got)
         return got
 

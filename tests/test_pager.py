@@ -56,7 +56,9 @@ class PagerTests(unittest.TestCase):
         verifyObject(IFaultRegion, self.r1)
 
     def test_credits_granted_at_attach(self):
-        self.assertEqual((self.source.credits, self.source.clone_credits), (4, {1: 4, 2: 4}))
+        self.assertEqual((self.source.credits, self.source.clone_credits), (4, {1: 64, 2: 64}))
+        self.pager.set_knobs(1, limit=10)
+        self.assertEqual(self.source.clone_credits, {1: 4, 2: 64})
 
     def test_fast_path_records_are_accounted(self):
         self.source.deliver([(1, S, 3), (1, Z, 0), (2, S, 3), (1, W, 3)])
@@ -117,6 +119,18 @@ class PagerTests(unittest.TestCase):
         self.pager.on_faults([(1, W, 1)])          # the record of the write
         self.assertEqual(self.ledger.kind(1, 1), L.EVICTED)
         self.assertEqual(self.ledger.host_stats()["private_pages"], 0)
+
+    def test_pages_mapped_around_a_fault_are_shared_and_not_faults(self):
+        """A run C mapped around a fault: shared in the ledger, counted as
+        fault-around, not as faults; a page of it evicted before its record
+        arrived is stale."""
+        self.source.deliver([(1, S, 5)])
+        self.r1.state[6] = self.r1.state[8] = PageState.SHARED   # 7 dropped before the record
+        self.pager.on_faults([(1, FaultKind.AROUND, range(6, 9))])
+        self.assertEqual([self.ledger.kind(1, p) for p in (6, 7, 8)], [L.SHARED, None, L.SHARED])
+        stats = self.ledger.clone_stats(1)
+        self.assertEqual((stats["faults"], stats["around_pages"], stats["resident_pages"]),
+                         (1, 2, 3))
 
     def test_clone_that_does_not_share_gets_private_copies(self):
         self.pager.set_knobs(1, share=False)

@@ -136,7 +136,7 @@ class PagerTests(unittest.TestCase):
 
     def test_constants_match_the_interface(self):
         for name in ("SERVED", "HOLD", "NOCREDIT", "FETCH", "ERROR", "ZERO", "WRITTEN",
-                     "NOCREDIT_WRITE"):
+                     "NOCREDIT_WRITE", "COPY", "AROUND"):
             self.assertEqual(getattr(lib, "XC_" + name), getattr(FaultKind, name), name)
         for name in ("ABSENT", "SHARED", "HOLD", "PRIVATE", "ZERO"):
             self.assertEqual(getattr(lib, "XC_PAGE_" + name), getattr(PageState, name), name)
@@ -183,6 +183,58 @@ class PagerTests(unittest.TestCase):
             self.assertEqual(self.m.read(pfn), [self.m.sums[pfn]])
         self.assertEqual(self.region.faults, 0)
         self.assertEqual(self.region.credits, 0)     # the caller accounts for them
+
+    def around(self, max_pages):
+        self.chunk_faults = ffi.new("uint8_t[]", 1)
+        self.region.around = self.chunk_faults
+        self.region.around_max = max_pages
+
+    def test_fault_around_maps_a_window_that_doubles_with_each_fault(self):
+        """Image pages around a fault C served are mapped in runs (zero
+        pages and present ones left to fault), one record each; the next
+        fault in the chunk maps a window twice as big."""
+        self.around(32)
+        self.region.credits = 1000
+        self.m.zero[0] = 1
+        self.assertEqual(lib.xc_resolve(self.region, 9, 1, lib.XC_CONTINUE), 0)
+        t = self.m.touch(5)
+        serve_until(self.pager, lambda: len(self.pager.records) == 4)
+        self.assertServedWith(t, self.m.sums[5])
+        A = lib.XC_AROUND
+        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 5), (0, A, range(1, 5)),
+                                              (0, A, range(6, 9)), (0, A, range(10, 16))])
+        t = self.m.touch(20)
+        serve_until(self.pager, lambda: len(self.pager.records) == 7)
+        self.assertServedWith(t, self.m.sums[20])
+        self.assertEqual(self.pager.records[4:], [(0, lib.XC_SERVED, 20), (0, A, range(16, 20)),
+                                                  (0, A, range(21, 32))])
+        for pfn in (1, 7, 15, 16, 31):
+            self.assertEqual(self.m.kind(pfn), lib.XC_PAGE_SHARED | lib.XC_KIND_WP)
+            self.assertEqual(self.m.read(pfn), [self.m.sums[pfn]])
+        self.assertEqual([self.region.state[p] for p in (0, 32)], [lib.XC_PAGE_ABSENT] * 2)
+        self.assertEqual((self.region.faults, self.region.around_fills), (2, 28))
+        self.assertEqual(self.region.credits, 1000 - 2 - 28)
+
+    def test_fault_around_keeps_a_window_of_credits_and_ends_at_a_hole(self):
+        self.around(16)
+        self.region.credits = 1 + 16 + 3
+        self.m.zero[0] = 1
+        t = self.m.touch(5)
+        serve_until(self.pager, lambda: len(self.pager.records) == 2)
+        self.assertServedWith(t, self.m.sums[5])
+        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 5),
+                                              (0, lib.XC_AROUND, range(1, 4))])
+        self.assertEqual(self.region.credits, 16)
+        self.region.credits = 1000
+        self.assertEqual(lib.xc_punch_hole(self.m.fd, 40 * PAGE, PAGE), 0)
+        t = self.m.touch(36)
+        serve_until(self.pager, lambda: len(self.pager.records) == 5)
+        self.assertServedWith(t, self.m.sums[36])
+        self.assertEqual(self.pager.records[2:], [(0, lib.XC_SERVED, 36),
+                                                  (0, lib.XC_AROUND, range(32, 36)),
+                                                  (0, lib.XC_AROUND, range(37, 40))])
+        self.assertEqual([self.region.state[p] for p in (40, 41, 47)], [lib.XC_PAGE_ABSENT] * 3)
+        self.assertEqual(self.region.credits, 1000 - 1 - 7)
 
     def test_zero_page_costs_no_credit(self):
         self.m.zero[0] = 1

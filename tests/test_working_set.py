@@ -102,6 +102,8 @@ class WorkingSetTests(unittest.TestCase):
 
 
 class KvmWorkingSetTests(PrivateDaemon, unittest.TestCase):
+    settings = {"fault_around": 0}      # every common page is a fault unless prefetched
+
     @defer.inlineCallbacks
     def _clone(self, prefetch, settle=False):
         """``settle``: keep it paused until its prefetch has landed.  The

@@ -244,6 +244,11 @@ class Table:
         return "\n".join(lines)
 
 
+def _window(value):
+    if value and (value not in (16, 32, 64, 128, 256, 512)):
+        raise ValueError("must be 0 or a power of two from 16 to 512")
+
+
 def _host_port(value):
     if value:
         host, _, port = value.rpartition(":")
@@ -293,6 +298,9 @@ DAEMON = Table("xenclone daemon configuration", [
         minimum=0, maximum=1),
     Key("hoard_rate", 5000, "default background fill rate, pages a second",
         minimum=1),
+    Key("fault_around", 512, "KVM: most pages mapped around a fault from the "
+        "image cache; the window doubles from 16 with each fault in a 2 MiB "
+        "chunk (0 = off, else a power of two from 16 to 512)", check=_window),
     Key("credit_batch", 256, "pages granted to the C fault path at a time; "
         "also how far the budget may be overshot", minimum=1),
     Key("memserver_dir", "", 'where the memory server keeps images ("" = '

@@ -37,6 +37,8 @@ class FaultKind:
     WRITTEN = 7         # a write made the page private (copy on write)
     NOCREDIT_WRITE = 8  # a write needs a host page and there is no room
     COPY = 9            # the clone does not share: Python loads a private copy
+    AROUND = 10         # mapped image pages around a fault it served (fault-around);
+                        # its record's pfn is a range of pages
 
 
 class PageState:

@@ -27,6 +27,7 @@ from xenclone.interfaces import ILedger
 SHARED, PRIVATE, ZERO, EVICTED, PAGED_OUT = "shared", "private", "zero", "evicted", "paged-out"
 DROP_CLEAN, DROP_SHARED, PAGE_OUT = "drop-clean", "drop-shared", "page-out"
 CLASSES = (DROP_CLEAN, DROP_SHARED, PAGE_OUT)
+UNCAPPED_CREDITS = 16384     # pages a clone with no limit may map between two grants
 
 
 class LedgerError(Exception):
@@ -58,6 +59,7 @@ class CloneAccount:
     share = attr.ib(default=True)      # share.onfetch: map image pages, or copy them
     faults = attr.ib(default=0)
     prefetched = attr.ib(default=0)    # pages mapped ahead of their faults (working set)
+    around = attr.ib(default=0)        # pages mapped around a fault (fault-around)
     evictions = attr.ib(factory=lambda: dict.fromkeys(CLASSES, 0))
     pageout_error = attr.ib(default=None)
 
@@ -228,7 +230,7 @@ class Ledger:
             else:
                 del img.mappers[pfn]
 
-    def mapped_shared(self, domid, pfns, prefetched=False):
+    def mapped_shared(self, domid, pfns, how="fault"):
         if domid not in self._clones:
             return
         pfns = list(pfns)
@@ -237,23 +239,27 @@ class Ledger:
         for pfn in changed:
             self._map(img, domid, pfn)
             self.policy.paged_in((domid, pfn))
-        self._count_faults(acct, len(pfns), prefetched)
+        self._count(acct, len(pfns), how)
         self._log("shared", domid, pfns)
 
-    def mapped_zero(self, domid, pfns, prefetched=False):
+    def mapped_zero(self, domid, pfns, how="fault"):
         if domid not in self._clones:
             return
         pfns = list(pfns)
         acct, _, _ = self._set_all(domid, pfns, ZERO)
-        self._count_faults(acct, len(pfns), prefetched)
+        self._count(acct, len(pfns), how)
         self._log("zero", domid, pfns)
 
     @staticmethod
-    def _count_faults(acct, n, prefetched):
-        if prefetched:
+    def _count(acct, n, how):
+        """Pages mapped: on a fault each, ahead of their faults (a working
+        set, "prefetch"), or beside one (fault-around, "around")."""
+        if how == "fault":
+            acct.faults += n
+        elif how == "prefetch":
             acct.prefetched += n
         else:
-            acct.faults += n
+            acct.around += n
 
     def written(self, domid, pfns):
         """Copy on write: the clone now holds the only copy of these pages."""
@@ -396,10 +402,19 @@ class Ledger:
             return acct.npages
         return min(caps) - acct.resident
 
+    def _capped(self, domid):
+        acct = self._clones[domid]
+        return acct.limit is not None or acct.cap is not None
+
     def take_credits(self):
-        """Credits for the fast path: host pages, and per clone mappings."""
+        """Credits for the fast path: host pages, and per clone mappings.
+        A clone with no limit or cap gets UNCAPPED_CREDITS: mapping an
+        image page the host holds costs the host nothing, and fault-around
+        needs room for its windows between two turns of the reactor."""
         host = max(0, min(self.credit_batch, self.host_room()))
-        clones = {d: max(0, min(self.credit_batch, self.clone_room(d))) for d in self._clones}
+        clones = {d: max(0, min(self.credit_batch if self._capped(d) else UNCAPPED_CREDITS,
+                                self.clone_room(d)))
+                  for d in self._clones}
         return host, clones
 
     def clone_victims(self, domid, count, exclude=()):
@@ -468,6 +483,7 @@ class Ledger:
             "evictions": dict(acct.evictions),
             "faults": acct.faults,
             "prefetched_pages": acct.prefetched,
+            "around_pages": acct.around,
             "target_pages": acct.target,
             "limit_pages": acct.limit,
             "burst_cap_pages": acct.cap,

@@ -41,7 +41,7 @@ RETRY_FIRST, RETRY_MAX = 0.05, 5.0     # seconds between fetch retries (backoff)
 # What a fast-path record says the page became; a record whose page is no
 # longer in that state is stale.
 _FAST_PATH_STATE = {FaultKind.SERVED: PageState.SHARED, FaultKind.ZERO: PageState.ZERO,
-                    FaultKind.WRITTEN: PageState.PRIVATE}
+                    FaultKind.WRITTEN: PageState.PRIVATE, FaultKind.AROUND: PageState.SHARED}
 
 
 # The ledger's kind -> the (fast path state, kernel kind) pairs that agree
@@ -67,8 +67,10 @@ def _chunks(pfns):
 class Pager:
     log = Logger()
 
-    def __init__(self, reactor, ledger, source, backend, memserver, store_dir, sync=False):
+    def __init__(self, reactor, ledger, source, backend, memserver, store_dir, sync=False,
+                 fault_around=0):
         self.reactor = reactor
+        self.fault_around = fault_around    # largest fault-around window, pages (0 = off)
         self.ledger = ledger
         self.source = source
         self.backend = backend
@@ -112,6 +114,7 @@ class Pager:
         self.track_image(image)
         self.ledger.add_clone(region.domid, image.image_id, region.npages)
         self._clones[region.domid] = (region, image)
+        self._around(region)
         self.set_knobs(region.domid, share=share)
         # Pages the backend mapped at launch, unless the cache let them go
         # since (a hole unmaps them): those fault again.
@@ -149,9 +152,14 @@ class Pager:
                               [paged_out[p][1] for p in out])
         self.ledger.reserve_slots(domid, [slot for slot, _ in paged_out.values()])
         self.set_knobs(domid, share=share)
+        self._around(region)
         self.source.add(region)
         self._grant()
         region.wake_all()
+
+    def _around(self, region):
+        if hasattr(region, "fault_around"):     # a fault source that serves in C
+            region.fault_around(self.fault_around)
 
     def track_image(self, image):
         """This host caches the image (from bless, or its first open): its
@@ -246,8 +254,8 @@ class Pager:
                 states = region.states()
                 shared = [p for p in shared if states[p] == PageState.SHARED]
                 zero = [p for p in zero if states[p] == PageState.ZERO]
-                self.ledger.mapped_shared(domid, shared, prefetched=True)
-                self.ledger.mapped_zero(domid, zero, prefetched=True)
+                self.ledger.mapped_shared(domid, shared, how="prefetch")
+                self.ledger.mapped_zero(domid, zero, how="prefetch")
                 self._grant()
             return len(shared) + len(zero)
 
@@ -269,11 +277,15 @@ class Pager:
     # -- the fault path
 
     def on_faults(self, records):
-        """A batch from the fast path: (domid, kind, pfn) tuples."""
+        """A batch from the fast path: (domid, kind, pfn) tuples; an
+        AROUND record's pfn is a range."""
         self.observe(records)
         by_kind = defaultdict(lambda: defaultdict(list))
         for domid, kind, pfn in records:
-            by_kind[kind][domid].append(pfn)
+            if kind == FaultKind.AROUND:
+                by_kind[kind][domid].extend(pfn)
+            else:
+                by_kind[kind][domid].append(pfn)
         for kind, by_clone in by_kind.items():
             for domid in list(by_clone):
                 if domid not in self._clones:
@@ -290,6 +302,8 @@ class Pager:
             if self._want_map:
                 for pfn in pfns:     # a retried fault the fast path served
                     self._want_map.pop((domid, pfn), None)
+        for domid, pfns in by_kind[FaultKind.AROUND].items():
+            self.ledger.mapped_shared(domid, pfns, how="around")
         for domid, pfns in by_kind[FaultKind.ZERO].items():
             self.ledger.mapped_zero(domid, pfns)
         for domid, pfns in by_kind[FaultKind.WRITTEN].items():

@@ -185,7 +185,7 @@ class CoreService(Service):
         store_dir = os.path.join(s["state_dir"], "pageout")
         os.makedirs(store_dir, mode=0o700, exist_ok=True)
         pager = Pager(self.reactor, ledger, self.source, backend, memory, store_dir,
-                      sync=bool(s["pageout_sync"]))
+                      sync=bool(s["pageout_sync"]), fault_around=s["fault_around"])
         host_memory = host_memory_service(self.reactor, s, pager, available)
         host_memory.setServiceParent(self.parent)
         self.controller = Controller(self.reactor, backend, memory, pager, host_memory,

@@ -293,6 +293,69 @@ static int take_credit(int64_t *credits)
     return 0;
 }
 
+/* Spend up to want credits, leaving at least keep: how many were spent. */
+static int64_t take_credits(int64_t *credits, int64_t want, int64_t keep)
+{
+    int64_t v = __atomic_load_n(credits, __ATOMIC_RELAXED);
+    for (;;) {
+        int64_t n = v - keep < want ? v - keep : want;
+        if (n <= 0)
+            return 0;
+        if (__atomic_compare_exchange_n(credits, &v, v - n, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            return n;
+    }
+}
+
+/* Fault-around that learns: after a fault C served, map the image's
+ * absent pages in an aligned window around it.  The window doubles with
+ * every fault in its 2 MiB chunk, from the kernel's 16 pages to
+ * around_max: a sparse chunk costs one small window, a dense one is mapped
+ * whole after a handful of faults instead of one fault a page.  Runs of
+ * absent non-zero pages, one CONTINUE each, a credit a page, and only
+ * while the clone keeps a window's worth of credits for real faults.  A
+ * page the host cache lacks (a hole) ends the window: it needs a fetch,
+ * which is Python's.  One record per run, at most room; how many. */
+static uint32_t around(struct xc_region *r, uint32_t idx, uint64_t pfn,
+                       struct xc_fault *out, uint32_t room)
+{
+    uint8_t *seen = &r->around[pfn / XC_AROUND_CHUNK];
+    uint64_t w = XC_AROUND_FIRST;
+    for (uint8_t k = *seen; k && w < r->around_max; k--)
+        w <<= 1;
+    if (w > r->around_max)
+        w = r->around_max;
+    if (*seen < 255)
+        (*seen)++;
+    uint64_t p = pfn & ~(w - 1), end = p + w < r->npages ? p + w : r->npages;
+    uint32_t n = 0;
+    while (p < end && n < room) {
+        if (r->state[p] != XC_PAGE_ABSENT || (r->zero && r->zero[p])) {
+            p++;
+            continue;
+        }
+        uint64_t run = 1;
+        while (p + run < end && r->state[p + run] == XC_PAGE_ABSENT && !(r->zero && r->zero[p + run]))
+            run++;
+        int64_t got = take_credits(&r->credits, (int64_t)run, (int64_t)w);
+        if (!got)
+            break;
+        int rc = fill(r, p, (uint64_t)got, XC_CONTINUE);
+        uint64_t done = 0;
+        while (done < (uint64_t)got && r->state[p + done] == XC_PAGE_SHARED)
+            done++;
+        xc_add_credits(&r->credits, got - (int64_t)done);
+        if (done) {
+            out[n++] = (struct xc_fault){ .region = idx, .kind = XC_AROUND,
+                                          .count = (uint16_t)done, .pfn = p };
+            r->around_fills += done;
+        }
+        if (rc || done < (uint64_t)got)
+            break;
+        p += done;
+    }
+    return n;
+}
+
 /* What to do with one fault; called with the region locked. Returns the
  * record kind, or 0 when the fault needs no record (a duplicate: woken). */
 static uint32_t decide(struct xc_region *r, uint64_t pfn, uint64_t flags, int64_t *host_credits)
@@ -338,9 +401,10 @@ static uint32_t decide(struct xc_region *r, uint64_t pfn, uint64_t flags, int64_
     return XC_FETCH;
 }
 
-/* Decide one page fault; returns 1 if a record was written to *out. */
-static int handle_fault(struct xc_region *r, uint32_t idx, const struct uffd_msg *m,
-                        int64_t *host_credits, struct xc_fault *out)
+/* Decide one page fault: its record, if any, then fault-around's, at
+ * most room (>= 1) in all.  Returns how many were written to out. */
+static uint32_t handle_fault(struct xc_region *r, uint32_t idx, const struct uffd_msg *m,
+                             int64_t *host_credits, struct xc_fault *out, uint32_t room)
 {
     uint64_t addr = m->arg.pagefault.address;
     if (addr < r->base || (addr - r->base) / PAGE >= r->npages) {
@@ -348,20 +412,22 @@ static int handle_fault(struct xc_region *r, uint32_t idx, const struct uffd_msg
         return 0;
     }
     uint64_t pfn = (addr - r->base) / PAGE;
+    uint32_t n = 0;
     lock(r);
     r->faults++;
     uint32_t kind = decide(r, pfn, m->arg.pagefault.flags, host_credits);
+    if (kind) {
+        out[n++] = (struct xc_fault){ .region = idx, .kind = (uint16_t)kind, .count = 1, .pfn = pfn };
+        if (kind == XC_SERVED && r->around_max && r->around)
+            n += around(r, idx, pfn, out + n, room - n);
+    }
     unlock(r);
-    if (!kind)
-        return 0;
-    out->region = idx;
-    out->kind = kind;
-    out->pfn = pfn;
-    return 1;
+    return n;
 }
 
 /* Read and decide queued faults of one region; never reads more messages
- * than there is room for records, so nothing read is ever dropped. */
+ * than there is room for records, so nothing read is ever dropped: each
+ * fault keeps one record's room for every message read after it. */
 static uint32_t drain(struct xc_region *r, uint32_t idx, int64_t *host_credits,
                       struct xc_fault *out, uint32_t room)
 {
@@ -377,7 +443,8 @@ static uint32_t drain(struct xc_region *r, uint32_t idx, int64_t *host_credits,
         size_t count = (size_t)got / sizeof msgs[0];
         for (size_t i = 0; i < count; i++)
             if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
-                n += handle_fault(r, idx, &msgs[i], host_credits, out + n);
+                n += handle_fault(r, idx, &msgs[i], host_credits, out + n,
+                                  room - n - (uint32_t)(count - 1 - i));
         if (count < want)
             break;
     }

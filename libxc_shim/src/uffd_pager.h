@@ -21,6 +21,8 @@
 #define XC_WRITTEN        7   /* a write made the page private: one host credit spent */
 #define XC_NOCREDIT_WRITE 8   /* a write needs a host page and there are no host credits */
 #define XC_COPY           9   /* the clone does not share image pages: Python copies one in */
+#define XC_AROUND        10   /* C mapped `count` image pages from pfn on around a fault it
+                                 served: one clone credit a page */
 
 /* xc_resolve() how */
 #define XC_CONTINUE  1   /* map the image page write-protected -> SHARED */
@@ -47,9 +49,16 @@ struct xc_region {          /* one clone's guest RAM as seen by the pager; memor
     uint64_t wp_faults, cow_fills;
     uint32_t lock;          /* serialises state changes with their ioctls (C and Python) */
     uint32_t no_share;      /* 1: image pages are copied in by Python, never mapped shared */
+    uint32_t around_max;    /* fault-around: largest window in pages (a power of two); 0 = off */
+    uint8_t *around;        /* per XC_AROUND_CHUNK pages: faults served there so far */
+    uint64_t around_fills;  /* pages mapped around faults */
 };
 
-struct xc_fault { uint32_t region; uint32_t kind; uint64_t pfn; };
+#define XC_AROUND_FIRST 16      /* the first window in a chunk (the kernel's fault-around) */
+#define XC_AROUND_CHUNK 512     /* windows double per fault within one 2 MiB chunk */
+
+/* count: pages in the record (XC_AROUND), else 1 */
+struct xc_fault { uint32_t region; uint16_t kind; uint16_t count; uint64_t pfn; };
 
 int xc_uffd_open(uint64_t features, uint64_t *got_features);
 int xc_uffd_register(int uffd, uint64_t addr, uint64_t len, uint64_t mode);

@@ -23,7 +23,7 @@ from xenclone.interfaces import IFaultRegion, IFaultSource
 
 MAX_OUT = 4096      # records taken from the ring at a time
 RING = 1 << 16      # records C may serve ahead of the reactor
-FAULT = struct.Struct("=IIQ")    # struct xc_fault
+FAULT = struct.Struct("=IHHQ")   # struct xc_fault
 
 
 def _check(rc):
@@ -47,6 +47,7 @@ class KvmRegion:
         self._uffd = uffd
         self._state = ffi.new("uint8_t[]", npages)
         self._zero = zero            # cffi buffer shared by the image's clones
+        self._around = None          # fault-around's per-chunk fault counts
         # Mapped (shared) at launch, before the pager.  Their state is the
         # pager's to set: a hole punched since unmapped some of them.
         self.prefilled = list(prefilled)
@@ -68,7 +69,8 @@ class KvmRegion:
     def counters(self):
         r = self.c_region
         return {"faults": r.faults, "minor_fills": r.minor_fills, "zero_fills": r.zero_fills,
-                "dup_wakes": r.dup_wakes, "wp_faults": r.wp_faults, "cow_fills": r.cow_fills}
+                "dup_wakes": r.dup_wakes, "wp_faults": r.wp_faults, "cow_fills": r.cow_fills,
+                "around_fills": r.around_fills}
 
     def load_zero(self, pfn):
         _check(lib.xc_resolve(self.c_region, pfn, 1, lib.XC_ZEROPAGE))
@@ -98,6 +100,14 @@ class KvmRegion:
 
     def share(self, on):
         self.c_region.no_share = 0 if on else 1
+
+    def fault_around(self, max_pages):
+        """C maps up to ``max_pages`` (a power of two, 0 = off) of the
+        image around a fault it serves; see ``around`` in uffd_pager.c."""
+        if self._around is None:
+            self._around = ffi.new("uint8_t[]", self.npages // lib.XC_AROUND_CHUNK + 1)
+            self.c_region.around = self._around
+        self.c_region.around_max = max_pages
 
     def load_copy(self, pfn, data):
         _check(lib.xc_copy_page(self.c_region, pfn, ffi.from_buffer(data)))
@@ -200,23 +210,26 @@ class UffdFaultSource:
         pass
 
     def _take(self):
-        """Records C served, as (domid, kind, pfn), into _pending.  The
+        """Records C served, as (domid, kind, pfn), into _pending; a run
+        mapped around a fault as (domid, AROUND, range of pfns).  The
         slots are those they were served with: slots change only while C
         is paused, and only once the ring is empty."""
         while True:
             n = lib.xc_server_take(self._server, self._out, MAX_OUT)
             slots = self._slots
-            self._pending += [(slots[r].domid, kind, pfn) for r, kind, pfn
+            self._pending += [(slots[r].domid, kind,
+                               range(pfn, pfn + count) if kind == lib.XC_AROUND else pfn)
+                              for r, kind, count, pfn
                               in FAULT.iter_unpack(ffi.buffer(self._out, n * FAULT.size))]
             if n < MAX_OUT:
                 return
 
     def _delivered(self, records):
-        for domid, kind, _ in records:
-            if kind == lib.XC_SERVED:
+        for domid, kind, pfn in records:
+            if kind == lib.XC_SERVED or kind == lib.XC_AROUND:
                 grant = self._grants.get(domid)
                 if grant is not None:
-                    grant.seen += 1
+                    grant.seen += 1 if kind == lib.XC_SERVED else len(pfn)
             elif kind == lib.XC_WRITTEN:
                 self._host_grant.seen += 1
         self._deliver(records)
