@@ -27,7 +27,8 @@ class LedgerTests(unittest.TestCase):
         self.assertEqual(self.ledger.allocated, 41)
         s = self.ledger.clone_stats(1)
         self.assertEqual((s["shared_pages"], s["private_pages"], s["resident_pages"]), (0, 1, 1))
-        self.assertEqual(self.ledger.images["img"].mappers, {})
+        self.assertEqual(self.ledger.mappers("img", 5), ())
+        self.assertEqual(self.ledger.images["img"].mapcount[5], 0)
 
     def test_zero_pages_cost_nothing(self):
         self.ledger.mapped_zero(1, [50, 51])
@@ -114,10 +115,14 @@ class LedgerTests(unittest.TestCase):
 
     def test_remove_clone_frees_its_private_pages_and_mappings(self):
         self.ledger.mapped_shared(1, [1, 2])
+        self.ledger.mapped_shared(2, [2])
+        self.assertEqual((self.ledger.mappers("img", 1), self.ledger.mappers("img", 2)),
+                         ((1,), (1, 2)))
         self.ledger.written(1, [3])
         self.ledger.remove_clone(1)
         self.assertEqual(self.ledger.allocated, 40)
-        self.assertEqual(self.ledger.images["img"].mappers, {})
+        self.assertEqual((self.ledger.mappers("img", 1), self.ledger.mappers("img", 2)), ((), (2,)))
+        self.assertEqual(list(self.ledger.images["img"].mapcount[:4]), [0, 0, 1, 0])
         self.assertRaises(LedgerError, self.ledger.remove_image, "img")
         self.ledger.remove_clone(2)
         self.ledger.remove_image("img")

@@ -17,7 +17,13 @@ Two figures matter, as in GridCentric's VMS:
 The invariant: the only copy of a written page is never dropped.  A private
 page leaves memory only as ``paged_out``, after the backend wrote it to the
 clone's page-out store.
+
+A page costs a byte of kind per clone, two bytes of mapper count per image
+and an int in the policy's order: a host of 8 clones of 1 GiB that map all
+their pages keeps 2 M pages here.
 """
+
+from array import array
 
 import attr
 from zope.interface import implementer
@@ -27,6 +33,9 @@ from xenclone.interfaces import ILedger
 SHARED, PRIVATE, ZERO, EVICTED, PAGED_OUT = "shared", "private", "zero", "evicted", "paged-out"
 DROP_CLEAN, DROP_SHARED, PAGE_OUT = "drop-clean", "drop-shared", "page-out"
 CLASSES = (DROP_CLEAN, DROP_SHARED, PAGE_OUT)
+KINDS = (None, SHARED, PRIVATE, ZERO, EVICTED, PAGED_OUT)     # a page's code is its index
+_CODE = {kind: code for code, kind in enumerate(KINDS)}
+_SHARED = _CODE[SHARED]
 UNCAPPED_CREDITS = 16384     # pages a clone with no limit may map between two grants
 
 
@@ -34,20 +43,50 @@ class LedgerError(Exception):
     pass
 
 
+def key(domid, pfn):
+    """A page's key in the eviction policy: one int, not a tuple."""
+    return domid << 32 | pfn
+
+
+def unkey(k):
+    return k >> 32, k & 0xFFFFFFFF
+
+
+class Kinds:
+    """A clone's page kinds, one byte a page."""
+
+    def __init__(self, npages):
+        self.codes = bytearray(npages)
+
+    def get(self, pfn):
+        return KINDS[self.codes[pfn]] if 0 <= pfn < len(self.codes) else None
+
+    def items(self):
+        """(pfn, kind) of every page with a kind."""
+        codes = self.codes
+        return [(pfn, KINDS[c]) for pfn, c in enumerate(codes) if c]
+
+
 @attr.s
 class ImageAccount:
     npages = attr.ib()
     cached = attr.ib(factory=set)      # image pages this host holds in RAM
-    # pfn -> clones mapping it shared: a tuple, which the GC stops tracking
-    # (a storm maps a page a fault; sets made every collection walk them all)
-    mappers = attr.ib(factory=dict)
+    clones = attr.ib(factory=dict)     # domid -> CloneAccount of its clones
+
+    def __attrs_post_init__(self):
+        self.mapcount = array("H", bytes(2 * self.npages))   # clones mapping each page
+
+    def mappers(self, pfn):
+        if not self.mapcount[pfn]:
+            return ()
+        return tuple(d for d, a in self.clones.items() if a.kind.codes[pfn] == _SHARED)
 
 
 @attr.s
 class CloneAccount:
     image_id = attr.ib()
     npages = attr.ib()
-    kind = attr.ib(factory=dict)       # pfn -> SHARED | PRIVATE | ZERO | EVICTED | PAGED_OUT
+    kind = attr.ib(default=None)       # Kinds: SHARED | PRIVATE | ZERO | EVICTED | PAGED_OUT | None
     counts = attr.ib(factory=lambda: dict.fromkeys((SHARED, PRIVATE, ZERO, EVICTED, PAGED_OUT), 0))
     slots = attr.ib(factory=dict)      # paged-out pfn -> (slot, crc)
     free_slots = attr.ib(factory=list)
@@ -62,6 +101,10 @@ class CloneAccount:
     around = attr.ib(default=0)        # pages mapped around a fault (fault-around)
     evictions = attr.ib(factory=lambda: dict.fromkeys(CLASSES, 0))
     pageout_error = attr.ib(default=None)
+
+    def __attrs_post_init__(self):
+        if self.kind is None:
+            self.kind = Kinds(self.npages)
 
     @property
     def resident(self):
@@ -125,7 +168,7 @@ class Ledger:
             raise LedgerError("clone %d is already accounted" % domid)
         if image_id not in self.images:
             raise LedgerError("clone %d: unknown image %s" % (domid, image_id))
-        self._clones[domid] = CloneAccount(image_id, npages)
+        self._clones[domid] = self.images[image_id].clones[domid] = CloneAccount(image_id, npages)
         self._log("add", domid, image_id, npages)
 
     def remove_clone(self, domid):
@@ -133,11 +176,12 @@ class Ledger:
         if acct is None:
             return
         img = self.images[acct.image_id]
+        del img.clones[domid]
         for pfn, kind in acct.kind.items():
             if kind == SHARED:
-                self._unmap(img, domid, pfn)
+                img.mapcount[pfn] -= 1
             if kind in (SHARED, PRIVATE):
-                self.policy.dropped((domid, pfn))
+                self.policy.dropped(key(domid, pfn))
         self._private -= acct.counts[PRIVATE]
         for cls, n in acct.evictions.items():
             self._evictions_gone[cls] += n
@@ -179,66 +223,53 @@ class Ledger:
     # -- what the kernel did
 
     def _set(self, domid, pfn, new):
-        acct = self._clones[domid]
-        if not 0 <= pfn < acct.npages:
-            raise LedgerError("clone %d: page %d out of range" % (domid, pfn))
-        old = acct.kind.get(pfn)
-        if old == new:
-            return acct, old
-        if old is not None:
-            acct.counts[old] -= 1
-        acct.counts[new] += 1
-        acct.kind[pfn] = new
-        return acct, old
+        acct, changed, olds = self._set_all(domid, [pfn], new)
+        return acct, olds[0] if olds else new
 
     def _set_all(self, domid, pfns, new, refuse=None):
-        """``_set`` for a batch (a fault storm's), whole or not at all: the
-        pages whose kind changed, and their old kinds.  A page of kind
-        ``refuse`` is an error."""
+        """Set the kind of a batch of pages (a fault storm's), whole or not
+        at all: the pages whose kind changed, and their old kinds.  A page
+        of kind ``refuse`` is an error.  Keeps the image's mapper counts."""
         acct = self._clones[domid]
-        kind, counts, npages = acct.kind, acct.counts, acct.npages
+        codes, counts, npages = acct.kind.codes, acct.counts, acct.npages
         if pfns and (min(pfns) < 0 or max(pfns) >= npages):
             pfn = next(p for p in pfns if not 0 <= p < npages)
             raise LedgerError("clone %d: page %d out of range" % (domid, pfn))
         if refuse is not None:
+            bad = _CODE[refuse]
             for pfn in pfns:
-                if kind.get(pfn) == refuse:
+                if codes[pfn] == bad:
                     raise LedgerError("clone %d: page %d is %s, not %s" % (domid, pfn, refuse, new))
+        code = _CODE[new]
         changed, olds = [], []
         for pfn in pfns:
-            old = kind.get(pfn)
-            if old != new:
-                if old is not None:
-                    counts[old] -= 1
-                counts[new] += 1
-                kind[pfn] = new
+            old = codes[pfn]
+            if old != code:
+                codes[pfn] = code
                 changed.append(pfn)
                 olds.append(old)
-        return acct, changed, olds
-
-    def _map(self, img, domid, pfn):
-        holders = img.mappers.get(pfn, ())
-        if domid not in holders:
-            img.mappers[pfn] = holders + (domid,)
-
-    def _unmap(self, img, domid, pfn):
-        holders = img.mappers.get(pfn, ())
-        if domid in holders:
-            rest = tuple(d for d in holders if d != domid)
-            if rest:
-                img.mappers[pfn] = rest
-            else:
-                del img.mappers[pfn]
+        mapcount = self.images[acct.image_id].mapcount
+        if code == _SHARED:
+            for pfn in changed:
+                mapcount[pfn] += 1
+        elif _SHARED in olds:
+            for pfn, old in zip(changed, olds):
+                if old == _SHARED:
+                    mapcount[pfn] -= 1
+        for old in set(olds):
+            if old:
+                counts[KINDS[old]] -= olds.count(old)
+        counts[new] += len(changed)
+        return acct, changed, [KINDS[old] for old in olds]
 
     def mapped_shared(self, domid, pfns, how="fault"):
         if domid not in self._clones:
             return
         pfns = list(pfns)
         acct, changed, _ = self._set_all(domid, pfns, SHARED, refuse=PRIVATE)
-        img = self.images[acct.image_id]
+        base = key(domid, 0)
         for pfn in changed:
-            self._map(img, domid, pfn)
-            self.policy.paged_in((domid, pfn))
+            self.policy.paged_in(base | pfn)
         self._count(acct, len(pfns), how)
         self._log("shared", domid, pfns)
 
@@ -267,13 +298,10 @@ class Ledger:
             return
         pfns = list(pfns)
         acct, changed, olds = self._set_all(domid, pfns, PRIVATE)
-        img = self.images[acct.image_id]
         self._private += len(changed)
         for pfn, old in zip(changed, olds):
-            if old == SHARED:
-                self._unmap(img, domid, pfn)
-            else:
-                self.policy.paged_in((domid, pfn))
+            if old != SHARED:
+                self.policy.paged_in(key(domid, pfn))
         self._log("written", domid, pfns)
         self._peak()
 
@@ -287,7 +315,7 @@ class Ledger:
             if acct.kind.get(pfn) == PRIVATE:
                 self._set(domid, pfn, EVICTED)
                 self._private -= 1
-                self.policy.dropped((domid, pfn))
+                self.policy.dropped(key(domid, pfn))
         self._log("unwritten", domid, list(pfns))
 
     def cached(self, image_id, pfns):
@@ -303,25 +331,23 @@ class Ledger:
         acct = self._clones.get(domid)
         if acct is None:
             return
-        img = self.images[acct.image_id]
         for pfn in pfns:
             if acct.kind.get(pfn) == PRIVATE:
                 raise LedgerError("clone %d: page %d is private and cannot be dropped" % (domid, pfn))
             if acct.kind.get(pfn) != SHARED:
                 continue
             self._set(domid, pfn, EVICTED)
-            self._unmap(img, domid, pfn)
             acct.evictions[cls] += 1
-            self.policy.dropped((domid, pfn))
+            self.policy.dropped(key(domid, pfn))
         self._log("dropped", domid, list(pfns), cls)
 
     def uncached(self, image_id, pfns):
         """Image pages left the host cache; no clone may still map them."""
         img = self.images[image_id]
         for pfn in pfns:
-            if img.mappers.get(pfn):
+            if img.mapcount[pfn]:
                 raise LedgerError("image %s page %d is still mapped by clones %s"
-                                  % (image_id, pfn, sorted(img.mappers[pfn])))
+                                  % (image_id, pfn, sorted(img.mappers(pfn))))
             if pfn in img.cached:
                 img.cached.discard(pfn)
                 self._cached -= 1
@@ -353,7 +379,7 @@ class Ledger:
             acct.slots[pfn] = (slot, crc)
             acct.evictions[PAGE_OUT] += 1
             self._private -= 1
-            self.policy.dropped((domid, pfn))
+            self.policy.dropped(key(domid, pfn))
         self._log("paged_out", domid, list(pfns), list(slots), list(crcs))
 
     def paged_in(self, domid, pfn):
@@ -366,7 +392,7 @@ class Ledger:
         self._set(domid, pfn, PRIVATE)
         acct.faults += 1
         self._private += 1
-        self.policy.paged_in((domid, pfn))
+        self.policy.paged_in(key(domid, pfn))
         self._log("paged_in", domid, pfn)
         self._peak()
 
@@ -382,6 +408,10 @@ class Ledger:
 
     def kind(self, domid, pfn):
         return self._clones[domid].kind.get(pfn)
+
+    def mappers(self, image_id, pfn):
+        """The clones that map an image page shared."""
+        return self.images[image_id].mappers(pfn)
 
     # -- room and victims
 
@@ -422,46 +452,46 @@ class Ledger:
         pages are dropped first, private ones paged out.  Pages in
         ``exclude`` (faults waiting on them) are spared."""
         acct = self._clones[domid]
+        codes, classes = acct.kind.codes, acct.classes
+        ranks = {_SHARED: 0 if DROP_CLEAN in classes else None,
+                 _CODE[PRIVATE]: 2 if PAGE_OUT in classes else None}
 
-        def rank(key):
-            if key[0] != domid or key in exclude:
+        def rank(k):
+            d, pfn = unkey(k)
+            if d != domid or (d, pfn) in exclude:
                 return None
-            kind = acct.kind.get(key[1])
-            if kind == SHARED and DROP_CLEAN in acct.classes:
-                return 0
-            if kind == PRIVATE and PAGE_OUT in acct.classes:
-                return 2
-            return None
+            return ranks.get(codes[pfn])
 
-        return self.policy.choose(count, rank)
+        return [unkey(k) for k in self.policy.choose(count, rank)]
 
     def host_victims(self, count, exclude=()):
         """Pages whose eviction frees host memory: private pages (paged out)
         and image pages whose every mapper may drop them (drop-shared)."""
-        def rank(key):
-            acct = self._clones.get(key[0])
-            if acct is None or key in exclude:
+        def rank(k):
+            domid, pfn = unkey(k)
+            acct = self._clones.get(domid)
+            if acct is None or (domid, pfn) in exclude:
                 return None
-            kind = acct.kind.get(key[1])
+            kind = acct.kind.get(pfn)
             if kind == PRIVATE and PAGE_OUT in acct.classes:
                 return 2
             if kind == SHARED:
                 img = self.images[acct.image_id]
-                mappers = img.mappers.get(key[1], ())
-                if key[1] in img.cached and all(
-                        DROP_SHARED in self._clones[m].classes and (m, key[1]) not in exclude
+                mappers = img.mappers(pfn)
+                if pfn in img.cached and all(
+                        DROP_SHARED in self._clones[m].classes and (m, pfn) not in exclude
                         for m in mappers):
                     return 0 if len(mappers) == 1 else 1
             return None
 
-        return self.policy.choose(count, rank)
+        return [unkey(k) for k in self.policy.choose(count, rank)]
 
     def unmapped_cache(self, count, exclude=()):
         """Cached image pages no clone maps: free to drop at once."""
         out = []
         for image_id, img in self.images.items():
             for pfn in img.cached:
-                if pfn not in img.mappers and (image_id, pfn) not in exclude:
+                if not img.mapcount[pfn] and (image_id, pfn) not in exclude:
                     out.append((image_id, pfn))
                     if len(out) >= count:
                         return out

@@ -644,12 +644,12 @@ class Pager:
         img = self.ledger.images[image_id]
         by_clone = defaultdict(list)
         for pfn in pfns:
-            for domid in img.mappers.get(pfn, ()):
+            for domid in img.mappers(pfn):
                 by_clone[domid].append(pfn)
         results = yield defer.gatherResults(
             [self._drop(domid, p, L.DROP_SHARED, release=False) for domid, p in by_clone.items()])
         try:
-            gone = [p for p in pfns if not img.mappers.get(p)]
+            gone = [p for p in pfns if not img.mapcount[p]]
             if gone:
                 yield self._uncache([(image_id, p) for p in gone])
         finally:
@@ -689,8 +689,8 @@ class Pager:
                 if image_id not in self._images:
                     continue            # discarded meanwhile
                 # A clone attached since may map some now.
-                mappers = self.ledger.images[image_id].mappers
-                pfns = [p for p in pfns if not mappers.get(p)]
+                mapcount = self.ledger.images[image_id].mapcount
+                pfns = [p for p in pfns if not mapcount[p]]
                 # Checked here, with no fault served: a write allowed since
                 # the kernel was asked is not known to have landed.
                 for domid, (region, image) in self._clones.items():

@@ -16,11 +16,19 @@ class SharingPolicy(ClockPolicy):
     name = "sharing"
 
     def choose(self, count, rank):
-        old, new = self._candidates(rank)
+        if count <= 0:
+            return []
+        recent = self._spared()
+        by_rank = {}
+        for r, k in self._old(rank, set(recent)):
+            by_rank.setdefault(r, []).append(k)
+            if r == 0 and len(by_rank[0]) == count:
+                return by_rank[0]    # nothing ranks better: the sweep may stop
+        out = [k for r in sorted(by_rank) for k in by_rank[r]][:count]
         # The recent window comes last whatever its class: a page just
         # faulted is about to be used, and evicting it only thrashes.
-        ordered = sorted(old, key=lambda rk: rk[0]) + sorted(new, key=lambda rk: rk[0])
-        return [k for _, k in ordered[:count]]
+        new = sorted(self._new(rank, recent), key=lambda rk: rk[0])
+        return out + [k for _, k in new][:count - len(out)]
 
 
 POLICIES = {"clock": ClockPolicy, "sharing": SharingPolicy}
