@@ -1,7 +1,7 @@
 """The Markdown table of a bench/compare.py result."""
 
 FIGURES = ("time_to_answers_s", "launch_to_first_instruction_ms", "pss_mib", "rss_mib",
-           "faults", "common_part_faults", "pages_moved", "prefetched_pages")
+           "faults", "common_part_faults", "pages_moved", "prefetched_pages", "around_pages")
 
 _COLUMNS = [("time to answers s", "time_to_answers_s", "%.3f"),
             ("(a) machinery s", "machinery_s", "%.3f"),
@@ -11,6 +11,7 @@ _COLUMNS = [("time to answers s", "time_to_answers_s", "%.3f"),
             ("faults", "faults", "%.0f"),
             ("common-part faults", "common_part_faults", "%.0f"),
             ("prefetched", "prefetched_pages", "%.0f"),
+            ("mapped around faults", "around_pages", "%.0f"),
             ("pages moved", "pages_moved", "%.0f")]
 
 

@@ -28,7 +28,12 @@ class FakeImage:
 class FakePager:
     def __init__(self):
         self.observe = None
+        self.recorded = None
         self.prefetched = []
+        self.around_restored = []
+
+    def set_fault_around(self, domid, pages=None):
+        self.around_restored.append(domid)
 
     def prefetch(self, domid, pfns):
         self.prefetched.append((domid, list(pfns)))
@@ -59,8 +64,11 @@ class WorkingSetTests(unittest.TestCase):
                          {"generation": "g1", "pages": 3, "recording": []})
 
     def test_two_recorded_clones_keep_their_common_pages(self):
+        self.assertEqual(self.pager.recorded, self.ws.will_record)
+        self.assertTrue(self.ws.will_record(FakeImage()))
         self.ws.launched(1, FakeImage(), 64)
         self.ws.launched(2, FakeImage(), 64)
+        self.assertFalse(self.ws.will_record(FakeImage()))
         self.ws.launched(3, FakeImage(), 64)      # a third is neither recorded nor helped
         self.ws.observe([(1, S, 7), (2, S, 8), (1, S, 8), (1, S, 20), (2, S, 7), (3, S, 20)])
         self.ws.finished(1)
@@ -68,6 +76,9 @@ class WorkingSetTests(unittest.TestCase):
         self.ws.finished(2)
         self.assertEqual(self.ws.get("img", "g1"), [7, 8])   # in the first's order
         self.assertEqual(self.pager.prefetched, [])
+        # recorded without fault-around, given it back when the recording ends
+        self.assertEqual(self.pager.around_restored, [1, 2])
+        self.assertFalse(self.ws.will_record(FakeImage()))
 
     def test_an_empty_recording_leaves_the_set_to_the_next_clone(self):
         self.ws.launched(1, FakeImage(), 64)      # e.g. hoarded full before it ran
@@ -102,8 +113,6 @@ class WorkingSetTests(unittest.TestCase):
 
 
 class KvmWorkingSetTests(PrivateDaemon, unittest.TestCase):
-    settings = {"fault_around": 0}      # every common page is a fault unless prefetched
-
     @defer.inlineCallbacks
     def _clone(self, prefetch, settle=False):
         """``settle``: keep it paused until its prefetch has landed.  The
@@ -132,13 +141,14 @@ class KvmWorkingSetTests(PrivateDaemon, unittest.TestCase):
         self.params = workload.Params(**blessed["meta"]["params"])
         first, first_common, common = yield self._clone(prefetch=True)   # records
         self.assertEqual(first["prefetched_pages"], 0)
+        self.assertEqual(first["around_pages"], 0)     # a recorded clone touches each page
         self.assertEqual(first_common, common)
         [image] = (yield self.s.call("images"))["images"]
         self.assertGreater(image["working_set"]["pages"], common)
         self.assertEqual(image["working_set"]["generation"], blessed["generation"])
         plain, plain_common, _ = yield self._clone(prefetch=False)
         self.assertEqual(plain["prefetched_pages"], 0)
-        self.assertEqual(plain_common, common)
+        self.assertGreater(plain["around_pages"], 0)
         reaped, reaped_common, _ = yield self._clone(prefetch=True, settle=True)
         self.assertGreaterEqual(reaped["prefetched_pages"], common)
         self.assertLessEqual(reaped_common * 5, common)

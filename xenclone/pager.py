@@ -97,6 +97,7 @@ class Pager:
         self.waiting_for_memserver = set()   # clones with a fault that waits on it
         self.on_waiting = lambda domid, waiting: None   # the controller's hook
         self.observe = lambda records: None   # sees every fault record first (working sets)
+        self.recorded = lambda image: False   # whether a new clone's faults are recorded
         source.start(self.on_faults)
 
     # -- clones
@@ -114,7 +115,7 @@ class Pager:
         self.track_image(image)
         self.ledger.add_clone(region.domid, image.image_id, region.npages)
         self._clones[region.domid] = (region, image)
-        self._around(region)
+        self.set_fault_around(region.domid, 0 if share and self.recorded(image) else None)
         self.set_knobs(region.domid, share=share)
         # Pages the backend mapped at launch, unless the cache let them go
         # since (a hole unmaps them): those fault again.
@@ -152,14 +153,17 @@ class Pager:
                               [paged_out[p][1] for p in out])
         self.ledger.reserve_slots(domid, [slot for slot, _ in paged_out.values()])
         self.set_knobs(domid, share=share)
-        self._around(region)
+        self.set_fault_around(domid)
         self.source.add(region)
         self._grant()
         region.wake_all()
 
-    def _around(self, region):
+    def set_fault_around(self, domid, pages=None):
+        """A clone's largest fault-around window (None: the daemon's).  A
+        clone whose faults are recorded as a working set gets none."""
+        region = self._clones[domid][0] if domid in self._clones else None
         if hasattr(region, "fault_around"):     # a fault source that serves in C
-            region.fault_around(self.fault_around)
+            region.fault_around(self.fault_around if pages is None else pages)
 
     def track_image(self, image):
         """This host caches the image (from bless, or its first open): its

@@ -47,6 +47,7 @@ class WorkingSets:
         self._pending = {}       # (image id, generation) -> the first recording to end
         self.faulted = {}        # domid -> bytearray: 1 where the clone faulted
         pager.observe = self.observe
+        pager.recorded = self.will_record
 
     def _path(self, image_id, generation):
         return os.path.join(self.dir, image_id, "%s.json" % generation)
@@ -62,15 +63,21 @@ class WorkingSets:
                 return None
         return self._sets[key]
 
+    def will_record(self, image):
+        """Whether the next clone of ``image`` is recorded.  The pager gives
+        it no fault-around: its set is every page it touched."""
+        key = (image.image_id, image.generation)
+        return (self.get(*key) is None and len(self._keys.get(key, ())) < RECORDERS
+                and key not in self._pending)
+
     def launched(self, domid, image, npages, prefetch=True):
         """A clone of ``image`` runs: prefetch its set, or record it."""
         self.faulted[domid] = bytearray(npages)
         key = (image.image_id, image.generation)
         pages = self.get(*key)
         if pages is None:
-            recorders = self._keys.setdefault(key, [])
-            if len(recorders) < RECORDERS and key not in self._pending:
-                recorders.append(domid)
+            if self.will_record(image):
+                self._keys.setdefault(key, []).append(domid)
                 self._recording[domid] = (image.image_id, image.generation, [])
             return None
         if not prefetch:
@@ -102,6 +109,7 @@ class WorkingSets:
         rec = self._recording.pop(domid, None)
         if rec is None:
             return
+        self.pager.set_fault_around(domid)
         image_id, generation, order = rec
         key = (image_id, generation)
         recorders = self._keys[key]
@@ -128,6 +136,7 @@ class WorkingSets:
         self._sets[(image_id, generation)] = order
         for other in self._keys.pop((image_id, generation), []):
             self._recording.pop(other, None)
+            self.pager.set_fault_around(other)
         self.log.info("{image}: working set of {n} pages recorded (last from clone {domid})",
                       image=image_id, n=len(order), domid=domid)
 
