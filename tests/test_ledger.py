@@ -30,6 +30,21 @@ class LedgerTests(unittest.TestCase):
         self.assertEqual(self.ledger.mappers("img", 5), ())
         self.assertEqual(self.ledger.images["img"].mapcount[5], 0)
 
+    def test_a_run_mapped_around_a_fault_is_accounted_whole(self):
+        self.ledger.mapped_shared(1, [4])
+        self.ledger.dropped_clean(1, [4])
+        self.ledger.mapped_shared(1, range(2, 8), how="around")     # 4 was evicted
+        s = self.ledger.clone_stats(1)
+        self.assertEqual((s["shared_pages"], s["around_pages"], s["faults"]), (6, 6, 1))
+        self.assertEqual(self.ledger.mappers("img", 4), (1,))
+        self.ledger.mapped_shared(1, range(6, 10), how="around")    # 6, 7 resident already
+        self.assertEqual(self.ledger.clone_stats(1)["shared_pages"], 8)
+        self.assertEqual(list(self.ledger.images["img"].mapcount[:11]), [0, 0] + [1] * 8 + [0])
+        self.ledger.written(1, [9])
+        self.assertRaises(LedgerError, self.ledger.mapped_shared, 1, range(8, 11), how="around")
+        self.assertRaises(LedgerError, self.ledger.mapped_shared, 1, range(60, 65), how="around")
+        self.assertEqual(self.ledger.clone_stats(1)["shared_pages"], 7)
+
     def test_zero_pages_cost_nothing(self):
         self.ledger.mapped_zero(1, [50, 51])
         self.assertEqual(self.ledger.allocated, 40)
@@ -180,6 +195,15 @@ class PolicyTests(unittest.TestCase):
             policy.paged_in(key)
         policy.dropped("a")
         self.assertEqual(policy.choose(5, lambda k: None if k == "b" else 0), ["c"])
+
+    def test_pages_mapped_ahead_are_newest_but_not_spared(self):
+        policy = ClockPolicy(protect=2)
+        for key in "ab":
+            policy.paged_in(key)
+        policy.added("xy")
+        self.assertEqual(policy.choose(3, lambda k: 0), ["x", "y", "a"])
+        policy.dropped_all("xa")
+        self.assertEqual(policy.choose(3, lambda k: 0), ["y", "b"])
 
     def test_sharing_policy_evicts_clean_then_shared_then_private(self):
         policy = SharingPolicy(protect=0)

@@ -202,10 +202,17 @@ class IEvictionPolicy(Interface):
     """Chooses victims; mechanism-free, as xenpaging's policy.h."""
 
     def paged_in(key):
-        """``key`` (clone, pfn) became resident."""
+        """``key`` (clone, pfn) became resident: a fault."""
+
+    def added(keys):
+        """``keys``, none resident before, became resident with no fault of
+        theirs (mapped ahead: fault-around, a working set)."""
 
     def dropped(key):
         """``key`` left host memory."""
+
+    def dropped_all(keys):
+        """``keys`` left host memory."""
 
     def choose(count, evictable):
         """Up to ``count`` resident keys for which ``evictable(key)``."""

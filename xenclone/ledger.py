@@ -177,11 +177,16 @@ class Ledger:
             return
         img = self.images[acct.image_id]
         del img.clones[domid]
-        for pfn, kind in acct.kind.items():
-            if kind == SHARED:
-                img.mapcount[pfn] -= 1
-            if kind in (SHARED, PRIVATE):
-                self.policy.dropped(key(domid, pfn))
+        codes, mapcount, private = acct.kind.codes, img.mapcount, _CODE[PRIVATE]
+        resident = []
+        for pfn, code in enumerate(codes):
+            if code == _SHARED:
+                mapcount[pfn] -= 1
+                resident.append(pfn)
+            elif code == private:
+                resident.append(pfn)
+        base = key(domid, 0)
+        self.policy.dropped_all([base | pfn for pfn in resident])
         self._private -= acct.counts[PRIVATE]
         for cls, n in acct.evictions.items():
             self._evictions_gone[cls] += n
@@ -262,16 +267,46 @@ class Ledger:
         counts[new] += len(changed)
         return acct, changed, [KINDS[old] for old in olds]
 
+    def _set_run(self, domid, run):
+        """Map a run of pages none of which is resident (fault-around's):
+        ``_set_all`` to SHARED in slices, or None if some page is resident."""
+        acct = self._clones[domid]
+        codes, counts = acct.kind.codes, acct.counts
+        if run.start < 0 or run.stop > acct.npages:
+            raise LedgerError("clone %d: pages %d..%d out of range"
+                              % (domid, run.start, run.stop - 1))
+        seg = codes[run.start:run.stop]
+        evicted = seg.count(_CODE[EVICTED])
+        if seg.count(0) + evicted != len(seg):
+            return None
+        codes[run.start:run.stop] = bytes([_SHARED]) * len(seg)
+        counts[EVICTED] -= evicted
+        counts[SHARED] += len(seg)
+        mapcount = self.images[acct.image_id].mapcount
+        for pfn in run:
+            mapcount[pfn] += 1
+        return acct
+
     def mapped_shared(self, domid, pfns, how="fault"):
+        """Image pages now mapped: on a fault each (``how`` "fault"), or
+        ahead of any ("prefetch": a working set; "around": fault-around,
+        whose ``pfns`` is a range)."""
         if domid not in self._clones:
             return
-        pfns = list(pfns)
-        acct, changed, _ = self._set_all(domid, pfns, SHARED, refuse=PRIVATE)
+        acct = self._set_run(domid, pfns) if isinstance(pfns, range) and pfns.step == 1 else None
+        if acct is not None:
+            changed = pfns
+        else:
+            pfns = list(pfns)
+            acct, changed, _ = self._set_all(domid, pfns, SHARED, refuse=PRIVATE)
         base = key(domid, 0)
-        for pfn in changed:
-            self.policy.paged_in(base | pfn)
+        if how == "fault":
+            for pfn in changed:
+                self.policy.paged_in(base | pfn)
+        else:
+            self.policy.added([base | pfn for pfn in changed])
         self._count(acct, len(pfns), how)
-        self._log("shared", domid, pfns)
+        self._log("shared", domid, list(pfns))
 
     def mapped_zero(self, domid, pfns, how="fault"):
         if domid not in self._clones:

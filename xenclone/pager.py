@@ -60,6 +60,13 @@ _AGREE = {
 }
 
 
+def _still(run, states, now):
+    """The pages of a run still in state ``now``: the run itself if all are."""
+    if bytes(states[run.start:run.stop]).count(now) == len(run):
+        return run
+    return [p for p in run if states[p] == now]
+
+
 def _chunks(pfns):
     return [pfns[i:i + BATCH] for i in range(0, len(pfns), BATCH)]
 
@@ -286,10 +293,7 @@ class Pager:
         self.observe(records)
         by_kind = defaultdict(lambda: defaultdict(list))
         for domid, kind, pfn in records:
-            if kind == FaultKind.AROUND:
-                by_kind[kind][domid].extend(pfn)
-            else:
-                by_kind[kind][domid].append(pfn)
+            by_kind[kind][domid].append(pfn)      # AROUND: runs, kept whole
         for kind, by_clone in by_kind.items():
             for domid in list(by_clone):
                 if domid not in self._clones:
@@ -300,14 +304,18 @@ class Pager:
                     # (a write allowed but not landed was dropped with the
                     # page).
                     states, now = self._clones[domid][0].states(), _FAST_PATH_STATE[kind]
-                    by_clone[domid] = [p for p in by_clone[domid] if states[p] == now]
+                    if kind == FaultKind.AROUND:
+                        by_clone[domid] = [_still(run, states, now) for run in by_clone[domid]]
+                    else:
+                        by_clone[domid] = [p for p in by_clone[domid] if states[p] == now]
         for domid, pfns in by_kind[FaultKind.SERVED].items():
             self.ledger.mapped_shared(domid, pfns)
             if self._want_map:
                 for pfn in pfns:     # a retried fault the fast path served
                     self._want_map.pop((domid, pfn), None)
-        for domid, pfns in by_kind[FaultKind.AROUND].items():
-            self.ledger.mapped_shared(domid, pfns, how="around")
+        for domid, mapped in by_kind[FaultKind.AROUND].items():
+            for run in mapped:
+                self.ledger.mapped_shared(domid, run, how="around")
         for domid, pfns in by_kind[FaultKind.ZERO].items():
             self.ledger.mapped_zero(domid, pfns)
         for domid, pfns in by_kind[FaultKind.WRITTEN].items():

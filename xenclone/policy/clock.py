@@ -29,8 +29,19 @@ class ClockPolicy:
         if self._recent is not None:
             self._recent.append(key)
 
+    def added(self, keys):
+        """Pages resident with no fault of theirs (fault-around, a working
+        set): newest, but not spared, as nothing touched them yet.  None of
+        them was resident."""
+        self._ring.update(dict.fromkeys(keys))
+
     def dropped(self, key):
         self._ring.pop(key, None)
+
+    def dropped_all(self, keys):
+        pop = self._ring.pop
+        for k in keys:
+            pop(k, None)
 
     def _spared(self):
         """Each recent page once, by its latest fault, least recent first."""
