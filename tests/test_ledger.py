@@ -173,50 +173,43 @@ class LedgerTests(unittest.TestCase):
 class PolicyTests(unittest.TestCase):
     def test_clock_spares_recent_pages_while_others_exist(self):
         policy = ClockPolicy(protect=2)
-        for key in "abcd":
-            policy.paged_in(key)
+        policy.paged_in("abcd")
         self.assertEqual(policy.choose(2, lambda k: 0), ["a", "b"])
 
     def test_clock_takes_recent_pages_last_under_pressure(self):
         policy = ClockPolicy(protect=2)
-        for key in "abc":
-            policy.paged_in(key)
+        policy.paged_in("abc")
         self.assertEqual(policy.choose(3, lambda k: 0), ["a", "b", "c"])
 
     def test_clock_never_offers_a_page_twice(self):
         policy = ClockPolicy(protect=4)
-        for key in "abab":
-            policy.paged_in(key)
+        policy.paged_in("abab")
         self.assertEqual(policy.choose(5, lambda k: 0), ["a", "b"])
 
     def test_clock_skips_unevictable_and_dropped(self):
         policy = ClockPolicy(protect=0)
-        for key in "abc":
-            policy.paged_in(key)
+        policy.paged_in("abc")
         policy.dropped("a")
         self.assertEqual(policy.choose(5, lambda k: None if k == "b" else 0), ["c"])
 
     def test_pages_mapped_ahead_are_newest_but_not_spared(self):
         policy = ClockPolicy(protect=2)
-        for key in "ab":
-            policy.paged_in(key)
+        policy.paged_in("ab")
         policy.added("xy")
         self.assertEqual(policy.choose(3, lambda k: 0), ["x", "y", "a"])
-        policy.dropped_all("xa")
+        policy.dropped("xa")
         self.assertEqual(policy.choose(3, lambda k: 0), ["y", "b"])
 
     def test_sharing_policy_evicts_clean_then_shared_then_private(self):
         policy = SharingPolicy(protect=0)
         rank = {"p": 2, "s": 1, "c": 0, "q": 2}
-        for key in "pscq":
-            policy.paged_in(key)
+        policy.paged_in("pscq")
         self.assertEqual(policy.choose(4, rank.get), ["c", "s", "p", "q"])
 
     def test_sharing_policy_spares_recent_pages_of_any_class(self):
         policy = SharingPolicy(protect=1)
         rank = {"p": 2, "c": 0}
-        for key in "pc":
-            policy.paged_in(key)
+        policy.paged_in("pc")
         self.assertEqual(policy.choose(2, rank.get), ["p", "c"])
 
 

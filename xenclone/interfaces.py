@@ -201,17 +201,14 @@ class IMemoryServer(Interface):
 class IEvictionPolicy(Interface):
     """Chooses victims; mechanism-free, as xenpaging's policy.h."""
 
-    def paged_in(key):
-        """``key`` (clone, pfn) became resident: a fault."""
+    def paged_in(keys):
+        """``keys`` (clone, pfn) became resident, in this order: faults."""
 
     def added(keys):
         """``keys``, none resident before, became resident with no fault of
         theirs (mapped ahead: fault-around, a working set)."""
 
-    def dropped(key):
-        """``key`` left host memory."""
-
-    def dropped_all(keys):
+    def dropped(keys):
         """``keys`` left host memory."""
 
     def choose(count, evictable):

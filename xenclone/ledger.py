@@ -186,7 +186,7 @@ class Ledger:
             elif code == private:
                 resident.append(pfn)
         base = key(domid, 0)
-        self.policy.dropped_all([base | pfn for pfn in resident])
+        self.policy.dropped([base | pfn for pfn in resident])
         self._private -= acct.counts[PRIVATE]
         for cls, n in acct.evictions.items():
             self._evictions_gone[cls] += n
@@ -300,11 +300,11 @@ class Ledger:
             pfns = list(pfns)
             acct, changed, _ = self._set_all(domid, pfns, SHARED, refuse=PRIVATE)
         base = key(domid, 0)
+        keys = [base | pfn for pfn in changed]
         if how == "fault":
-            for pfn in changed:
-                self.policy.paged_in(base | pfn)
+            self.policy.paged_in(keys)
         else:
-            self.policy.added([base | pfn for pfn in changed])
+            self.policy.added(keys)
         self._count(acct, len(pfns), how)
         self._log("shared", domid, list(pfns))
 
@@ -334,9 +334,8 @@ class Ledger:
         pfns = list(pfns)
         acct, changed, olds = self._set_all(domid, pfns, PRIVATE)
         self._private += len(changed)
-        for pfn, old in zip(changed, olds):
-            if old != SHARED:
-                self.policy.paged_in(key(domid, pfn))
+        base = key(domid, 0)
+        self.policy.paged_in([base | pfn for pfn, old in zip(changed, olds) if old != SHARED])
         self._log("written", domid, pfns)
         self._peak()
 
@@ -350,7 +349,7 @@ class Ledger:
             if acct.kind.get(pfn) == PRIVATE:
                 self._set(domid, pfn, EVICTED)
                 self._private -= 1
-                self.policy.dropped(key(domid, pfn))
+                self.policy.dropped([key(domid, pfn)])
         self._log("unwritten", domid, list(pfns))
 
     def cached(self, image_id, pfns):
@@ -373,7 +372,7 @@ class Ledger:
                 continue
             self._set(domid, pfn, EVICTED)
             acct.evictions[cls] += 1
-            self.policy.dropped(key(domid, pfn))
+            self.policy.dropped([key(domid, pfn)])
         self._log("dropped", domid, list(pfns), cls)
 
     def uncached(self, image_id, pfns):
@@ -414,7 +413,7 @@ class Ledger:
             acct.slots[pfn] = (slot, crc)
             acct.evictions[PAGE_OUT] += 1
             self._private -= 1
-            self.policy.dropped(key(domid, pfn))
+            self.policy.dropped([key(domid, pfn)])
         self._log("paged_out", domid, list(pfns), list(slots), list(crcs))
 
     def paged_in(self, domid, pfn):
@@ -427,7 +426,7 @@ class Ledger:
         self._set(domid, pfn, PRIVATE)
         acct.faults += 1
         self._private += 1
-        self.policy.paged_in(key(domid, pfn))
+        self.policy.paged_in([key(domid, pfn)])
         self._log("paged_in", domid, pfn)
         self._peak()
 

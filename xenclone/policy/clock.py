@@ -22,12 +22,13 @@ class ClockPolicy:
         self._ring = {}
         self._recent = deque(maxlen=protect) if protect else None
 
-    def paged_in(self, key):
-        ring = self._ring
-        ring.pop(key, None)
-        ring[key] = None
+    def paged_in(self, keys):
+        ring, pop = self._ring, self._ring.pop
+        for k in keys:
+            pop(k, None)    # paged in again: to the end
+            ring[k] = None
         if self._recent is not None:
-            self._recent.append(key)
+            self._recent.extend(keys)
 
     def added(self, keys):
         """Pages resident with no fault of theirs (fault-around, a working
@@ -35,10 +36,7 @@ class ClockPolicy:
         them was resident."""
         self._ring.update(dict.fromkeys(keys))
 
-    def dropped(self, key):
-        self._ring.pop(key, None)
-
-    def dropped_all(self, keys):
+    def dropped(self, keys):
         pop = self._ring.pop
         for k in keys:
             pop(k, None)
