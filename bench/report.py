@@ -28,7 +28,7 @@ def _goal(v):
 
 
 def markdown(out):
-    lines = ["# xenclone vs QEMU on this host", "",
+    lines = ["# xenclone vs QEMU and CRIU on this host", "",
              "Median (min–max) over the runs whose answers were all right; "
              "(a) = lazy run less the all-resident run of the same side.", ""]
     head = ["workload", "side", "right/runs"] + [c[0] for c in _COLUMNS]
