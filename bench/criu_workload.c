@@ -8,16 +8,20 @@
  *
  * Started as the first process of a PID namespace of its own, so that
  * clones of it restore side by side, each in a new one; a session leader,
- * so that its session is in the dump.  Fills the image, writes 'R' on fd 1
- * and blocks reading fd 0: it is dumped there.  A clone (restored) reads its clone id and input (two
- * little-endian uint32) from fd 0, writes 'G', runs the guest's
- * workload and writes 'D' and the 4-byte answer, as the guest does under
- * QEMU (xenclone/workload.py computes the expected one); then waits for
+ * so that its session is in the dump; with no parent-death signal, which
+ * CRIU would restore and the kernel deliver as soon as a detached restore
+ * exits (``unshare --kill-child`` sets one: restores died at once).
+ * Fills the image, writes 'R' on fd 1 and blocks reading fd 0: it is
+ * dumped there.  A clone (restored) reads its clone id and input (two
+ * little-endian uint32) from fd 0, writes 'G', runs the guest's workload
+ * and writes 'D' and the 4-byte answer, as the guest does under QEMU
+ * (xenclone/workload.py computes the expected one); then waits for
  * EOF on fd 0. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #define PAGE 4096u
@@ -57,13 +61,20 @@ int main(int argc, char **argv)
                 "CLONE_READS WRITE_PAGES SEED ZERO_EVERY\n", argv[0]);
         return 2;
     }
-    if (setsid() < 0) {
-        perror("setsid");
+    if (setsid() < 0 || prctl(PR_SET_PDEATHSIG, 0) < 0) {
+        perror("setsid, PR_SET_PDEATHSIG");
         return 1;
     }
     uint32_t a[8];
-    for (int i = 0; i < 8; i++)
-        a[i] = (uint32_t)strtoul(argv[i + 1], NULL, 0);
+    for (int i = 0; i < 8; i++) {
+        char *end;
+        unsigned long v = strtoul(argv[i + 1], &end, 0);
+        if (!*argv[i + 1] || *end || v > UINT32_MAX) {
+            fprintf(stderr, "not a 32-bit number: %s\n", argv[i + 1]);
+            return 2;
+        }
+        a[i] = (uint32_t)v;
+    }
     uint32_t pages = a[0], first = a[1], n = a[2], common = a[3], reads = a[4],
              writes = a[5], seed = a[6], zero_every = a[7];
     if (!n || first + (uint64_t)n > pages) {
