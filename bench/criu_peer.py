@@ -29,6 +29,7 @@ eager clone; for lazy clones their anonymous pages once all have answered,
 which the daemons copied in by then (asked for or pushed).
 """
 
+import contextlib
 import os
 import selectors
 import shutil
@@ -149,17 +150,30 @@ class Clone:
         self.out += data
 
     def result(self):
-        i = self.out.find(b"D")
-        return int.from_bytes(self.out[i + 1:i + 5], "little") if 0 <= i <= len(self.out) - 5 \
-            else None
+        """Its answer, once 'G', 'D' and the answer's 4 bytes came."""
+        if len(self.out) < 6:
+            return None
+        if self.out[:2] != b"GD":
+            raise RuntimeError("clone %d wrote %r" % (self.id, self.out))
+        return int.from_bytes(self.out[2:6], "little")
 
     def answered(self):
         return self.restored() and self.result() is not None
 
     def kill(self):
+        """Kill the clone, and its restore if it is still going."""
         if self.restore is not None and self.restore.poll() is None:
+            # criu's child is the first process of the clone's PID
+            # namespace, which dies with it
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError), \
+                    open("/proc/%d/task/%d/children" % ((self.restore.pid,) * 2)) as f:
+                for pid in f.read().split():
+                    os.kill(int(pid), signal.SIGKILL)
             self.restore.kill()
             self.restore.wait()
+        elif self.restore is not None and self.pidfd is None and not self.restore.returncode:
+            with contextlib.suppress(OSError):
+                self.restored()    # for its pid
         if self.pidfd is not None:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             sel = selectors.DefaultSelector()
@@ -296,7 +310,7 @@ def run(peer, mode, count, first_id=1):
     """One run of ``count`` clones in ``mode`` ("resident" or one of MODES):
     the figures, from the kernel and from CRIU, once every clone answered."""
     clones = [peer.clone(c, 1000 + c) for c in range(first_id, first_id + count)]
-    daemons = []
+    daemons, ok = [], False
     try:
         if mode == "lazy":
             daemons = [LazyDaemon(peer.criu, peer.images, c.dir) for c in clones]
@@ -322,11 +336,12 @@ def run(peer, mode, count, first_id=1):
         else:
             moved = peer.saved_pages * count
         first = sorted(c.marks[b"G"] - c.t0 for c in clones if mode != "resident")
+        ok = True
     finally:
         for c in clones:
             c.kill()
-        for d in daemons:
-            d.finish()
+        for d in daemons:          # one whose restore failed would wait for it
+            d.finish(30 if ok else 0)
         for c in clones:
             shutil.rmtree(c.dir, ignore_errors=True)
     return {"answers_right": right, "time_to_answers_s": t_end - t0,
