@@ -38,7 +38,7 @@ QUICK = [(1, 256, 10), QUICK_GOAL]
 LAUNCH_SAMPLES = 5                        # single launches timed at 1 GiB
 QEMU_MODES = ("resident",) + qemu_peer.MODES
 CRIU_MODES = ("resident",) + criu_peer.MODES
-# CRIU's lazy restore of 8 x 1 GiB takes 40-100 s a run here (criu_peer.py
+# CRIU's lazy restore of 8 x 1 GiB takes 40-120 s a run here (criu_peer.py
 # says why): one run of it, whatever --runs says, to keep make bench short.
 CRIU_ONE_RUN = (8, 1024)
 SIDES = ("xenclone", "qemu", "criu")
@@ -178,7 +178,7 @@ def bench(reactor, args):
             one = (clones, mib) == CRIU_ONE_RUN
             sides["criu"] = criu_runs(clones, mib, pct, 1 if one else runs)
             if one and runs > 1:
-                notes.append("criu: 1 run of %s (a lazy restore there takes 40-100 s), "
+                notes.append("criu: 1 run of %s (a lazy restore there takes 40-120 s), "
                              "%d of the other sides" % (key, runs))
         raw[key] = sides
         results[key] = workload_figures(sides)
