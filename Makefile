@@ -33,18 +33,24 @@ test: setup
 soak: setup
 	$(VENV)/bin/python bench/soak.py --seconds 300
 
-# xenclone against QEMU (eager restore, post-copy, template clones) and the
-# limits, same guest and workloads: bench/results/compare-<time>.json + .md
+# xenclone against QEMU (eager restore, post-copy, template clones), CRIU
+# (eager and lazy restore) and the limits, same guest and workloads:
+# bench/results/compare-<time>.json + .md
 bench: setup bench-deps
 	cd bench && ../$(VENV)/bin/python compare.py
 
 bench-quick: setup bench-deps
 	cd bench && ../$(VENV)/bin/python compare.py --quick
 
-# QEMU is a peer; CRIU is looked for (bench/get-criu.sh unpacks one that works here).
+# QEMU and CRIU are peers: Debian 12's CRIU fails on this kernel, so
+# bench/get-criu.sh unpacks Debian 13's privately (without it the bench
+# runs without CRIU and says so).
+XENCLONE_CRIU_ROOT ?= /var/cache/xenclone-bench/criu-root
 bench-deps:
 	dpkg -s qemu-system-x86 >/dev/null 2>&1 || (apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null)
+	test -x $(XENCLONE_CRIU_ROOT)/usr/sbin/criu || ./bench/get-criu.sh || \
+	  echo "bench: no CRIU (bench/get-criu.sh failed)"
 
 # Hostile peers against the real memory server and daemon: FUZZ_EXAMPLES
 # cases per target (three targets), then a summary.

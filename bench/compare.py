@@ -1,6 +1,6 @@
-"""Issue #7: xenclone against QEMU (and CRIU), same guest, same workloads.
+"""Issue #7: xenclone against QEMU and CRIU, same guest, same workloads.
 
-    .venv/bin/python bench/compare.py [--quick] [--runs N]
+    .venv/bin/python bench/compare.py [--quick] [--runs N] [--only SIDE ...]
 
 Every side runs every workload (clones x master MiB x % of pages read);
 each run records time from launch to all answers, launch to first
@@ -37,6 +37,11 @@ FULL = [(c, m, p) for p in (10, 100) for m in (256, 1024) for c in (1, 8)]
 QUICK = [(1, 256, 10), QUICK_GOAL]
 LAUNCH_SAMPLES = 5                        # single launches timed at 1 GiB
 QEMU_MODES = ("resident",) + qemu_peer.MODES
+CRIU_MODES = ("resident",) + criu_peer.MODES
+# CRIU's lazy restore of 8 x 1 GiB takes 40-120 s a run here (criu_peer.py
+# says why): one run of it, whatever --runs says, to keep make bench short.
+CRIU_ONE_RUN = (8, 1024)
+SIDES = ("xenclone", "qemu", "criu")
 
 
 def xenclone_runs(clones, mib, pct, runs, launches=0):
@@ -59,6 +64,15 @@ def qemu_runs(clones, mib, pct, runs):
     try:
         peer.bless()
         return {m: [qemu_peer.run(peer, m, clones) for _ in range(runs)] for m in QEMU_MODES}
+    finally:
+        peer.close()
+
+
+def criu_runs(clones, mib, pct, runs):
+    peer = criu_peer.Peer(mib, pct)
+    try:
+        peer.bless()
+        return {m: [criu_peer.run(peer, m, clones) for _ in range(runs)] for m in CRIU_MODES}
     finally:
         peer.close()
 
@@ -99,13 +113,14 @@ def summary(results, storm, launch_ms, goal):
     s = {"goal_workload": key}
     fig = results.get(key)
     if fig:
-        xc = fig["xenclone lazy"]
-        for peer in qemu_peer.MODES:
-            q = fig.get("qemu " + peer)
-            s["machinery_%s_over_xenclone" % peer] = _ratio(_median(q, "machinery_s"),
-                                                          _median(xc, "machinery_s"))
-            s["end_to_end_%s_over_xenclone" % peer] = _ratio(_median(q, "time_to_answers_s"),
-                                                           _median(xc, "time_to_answers_s"))
+        xc = fig.get("xenclone lazy")
+        peers = [(p, "qemu " + p) for p in qemu_peer.MODES] + [
+            ("criu_" + p, "criu " + p) for p in criu_peer.MODES]
+        for name, row in peers:
+            s["machinery_%s_over_xenclone" % name] = _ratio(
+                _median(fig.get(row), "machinery_s"), _median(xc, "machinery_s"))
+            s["end_to_end_%s_over_xenclone" % name] = _ratio(
+                _median(fig.get(row), "time_to_answers_s"), _median(xc, "time_to_answers_s"))
         s["xenclone_machinery_vs_template"] = _ratio(_median(xc, "machinery_s"),
                                                      _median(fig.get("qemu template"), "machinery_s"))
         s["xenclone_pss_vs_template"] = _ratio(_median(xc, "pss_mib"),
@@ -147,19 +162,28 @@ def bench(reactor, args):
         storm_runs.append((yield fault_storm.measure(reactor, npages=8192 if args.quick else 32768)))
     limits = {mib: fault_storm.limits(mib << 20) for mib in sorted({w[1] for w in workloads})}
     goal = QUICK_GOAL if args.quick else GOAL
-    results, raw, launch_ms = {}, {}, []
+    results, raw, launch_ms, notes = {}, {}, [], []
     for clones, mib, pct in workloads:
         key = "%dx%dMiB-%d%%" % (clones, mib, pct)
         runs = args.runs if (clones, mib, pct) == goal else 1
         launches = LAUNCH_SAMPLES if (clones, pct) == (1, 10) and mib == workloads[-1][1] else 0
         print("bench: %s, %d run(s)" % (key, runs), file=sys.stderr, flush=True)
-        sides = {"xenclone": xenclone_runs(clones, mib, pct, runs, launches)}
-        launch_ms += sides["xenclone"].pop("launch_ms")
-        if qemu_peer.available():
+        sides = {}
+        if "xenclone" in args.only:
+            sides["xenclone"] = xenclone_runs(clones, mib, pct, runs, launches)
+            launch_ms += sides["xenclone"].pop("launch_ms")
+        if "qemu" in args.only and qemu_peer.available():
             sides["qemu"] = qemu_runs(clones, mib, pct, runs)
+        if "criu" in args.only and criu_peer.available():
+            one = (clones, mib) == CRIU_ONE_RUN
+            sides["criu"] = criu_runs(clones, mib, pct, 1 if one else runs)
+            if one and runs > 1:
+                notes.append("criu: 1 run of %s (a lazy restore there takes 40-120 s), "
+                             "%d of the other sides" % (key, runs))
         raw[key] = sides
         results[key] = workload_figures(sides)
     out = {"summary": summary(results, storm_runs, launch_ms, goal), "figures": results,
+           "notes": notes,
            "limits": {"memcpy_first_touch": limits, "fault_storm": storm_runs},
            "peers": {"qemu": qemu_peer.version(), "criu": criu_peer.status()}}
     path = results_file.write("compare", out["summary"], raw, host=os.uname().release,
@@ -174,6 +198,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="a small subset (make bench-quick)")
     p.add_argument("--runs", type=int, default=3, help="runs of the goal workload")
+    p.add_argument("--only", nargs="+", choices=SIDES, default=SIDES,
+                   help="run these sides alone (the limits are always measured)")
     args = p.parse_args()
     from twisted.internet import defer
     task.react(lambda reactor: defer.inlineCallbacks(bench)(reactor, args))

@@ -29,9 +29,11 @@ def _goal(v):
 
 
 def markdown(out):
-    lines = ["# xenclone vs QEMU on this host", "",
+    lines = ["# xenclone vs QEMU and CRIU on this host", "",
              "Median (min–max) over the runs whose answers were all right; "
              "(a) = lazy run less the all-resident run of the same side.", ""]
+    for note in out.get("notes", []):
+        lines += ["Note: " + note, ""]
     head = ["workload", "side", "right/runs"] + [c[0] for c in _COLUMNS]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for workload, sides in out["figures"].items():
@@ -57,6 +59,8 @@ def markdown(out):
                          r["pager_faults_per_s"], r["pager_vs_raw"]))
     lines += ["", "## Peers", ""]
     for name, what in out["peers"].items():
+        if isinstance(what, dict):
+            what = "; ".join("%s: %s" % kv for kv in what.items())
         lines.append("- %s: %s" % (name, what))
     return "\n".join(lines) + "\n"
 
