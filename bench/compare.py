@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -202,7 +203,16 @@ def main():
                    help="run these sides alone (the limits are always measured)")
     args = p.parse_args()
     from twisted.internet import defer
-    task.react(lambda reactor: defer.inlineCallbacks(bench)(reactor, args))
+
+    def run(reactor):
+        # Stopped (a CI timeout, kill): the peers' finally blocks still
+        # remove their tmpfs images, gigabytes of RAM otherwise.  Set once
+        # the reactor runs, as it installs its own (a stop that would wait
+        # for the blocking peer runs to end).
+        reactor.callWhenRunning(signal.signal, signal.SIGTERM, lambda *_: sys.exit(143))
+        return defer.inlineCallbacks(bench)(reactor, args)
+
+    task.react(run)
 
 
 if __name__ == "__main__":
