@@ -170,47 +170,76 @@ class LedgerTests(unittest.TestCase):
         self.assertEqual(again.host_stats(), ledger.host_stats())
 
 
+_NAMES = "abcdpqsxy"
+
+
+def keys(names):
+    """Policy keys (the ledger's: domid << 32 | pfn) of pages named by
+    letters, of two clones."""
+    return [L.key(1 + _NAMES.index(n) % 2, _NAMES.index(n)) for n in names]
+
+
+def names(ks):
+    return [_NAMES[pfn] for _, pfn in map(L.unkey, ks)]
+
+
+def by_name(rank):
+    """A rank function over keys from one over names."""
+    return lambda k: rank(names([k])[0])
+
+
 class PolicyTests(unittest.TestCase):
     def test_clock_spares_recent_pages_while_others_exist(self):
         policy = ClockPolicy(protect=2)
-        policy.paged_in("abcd")
-        self.assertEqual(policy.choose(2, lambda k: 0), ["a", "b"])
+        policy.paged_in(keys("abcd"))
+        self.assertEqual(names(policy.choose(2, lambda k: 0)), ["a", "b"])
 
     def test_clock_takes_recent_pages_last_under_pressure(self):
         policy = ClockPolicy(protect=2)
-        policy.paged_in("abc")
-        self.assertEqual(policy.choose(3, lambda k: 0), ["a", "b", "c"])
+        policy.paged_in(keys("abc"))
+        self.assertEqual(names(policy.choose(3, lambda k: 0)), ["a", "b", "c"])
 
     def test_clock_never_offers_a_page_twice(self):
         policy = ClockPolicy(protect=4)
-        policy.paged_in("abab")
-        self.assertEqual(policy.choose(5, lambda k: 0), ["a", "b"])
+        policy.paged_in(keys("abab"))
+        self.assertEqual(names(policy.choose(5, lambda k: 0)), ["a", "b"])
 
     def test_clock_skips_unevictable_and_dropped(self):
         policy = ClockPolicy(protect=0)
-        policy.paged_in("abc")
-        policy.dropped("a")
-        self.assertEqual(policy.choose(5, lambda k: None if k == "b" else 0), ["c"])
+        policy.paged_in(keys("abc"))
+        policy.dropped(keys("a"))
+        self.assertEqual(names(policy.choose(5, by_name(lambda n: None if n == "b" else 0))), ["c"])
 
     def test_pages_mapped_ahead_are_newest_but_not_spared(self):
         policy = ClockPolicy(protect=2)
-        policy.paged_in("ab")
-        policy.added("xy")
-        self.assertEqual(policy.choose(3, lambda k: 0), ["x", "y", "a"])
-        policy.dropped("xa")
-        self.assertEqual(policy.choose(3, lambda k: 0), ["y", "b"])
+        policy.paged_in(keys("ab"))
+        policy.added(keys("xy"))
+        self.assertEqual(names(policy.choose(3, lambda k: 0)), ["x", "y", "a"])
+        policy.dropped(keys("xa"))
+        self.assertEqual(names(policy.choose(3, lambda k: 0)), ["y", "b"])
+
+    def test_clock_order_survives_compaction_and_a_clone_gone_leaves_nothing(self):
+        policy = ClockPolicy(protect=0)
+        policy.added(L.key(7, p) for p in range(2000))
+        policy.dropped([L.key(7, p) for p in range(1500)])
+        policy.paged_in([L.key(7, 5)])
+        self.assertLess(len(policy._keys), 2000)        # the log lost its stale entries
+        order = [pfn for _, pfn in map(L.unkey, policy.choose(1000, lambda k: 0))]
+        self.assertEqual(order, list(range(1500, 2000)) + [5])
+        policy.dropped([L.key(7, p) for p in order])
+        self.assertEqual((policy._stamps, policy.choose(5, lambda k: 0)), ({}, []))
 
     def test_sharing_policy_evicts_clean_then_shared_then_private(self):
         policy = SharingPolicy(protect=0)
         rank = {"p": 2, "s": 1, "c": 0, "q": 2}
-        policy.paged_in("pscq")
-        self.assertEqual(policy.choose(4, rank.get), ["c", "s", "p", "q"])
+        policy.paged_in(keys("pscq"))
+        self.assertEqual(names(policy.choose(4, by_name(rank.get))), ["c", "s", "p", "q"])
 
     def test_sharing_policy_spares_recent_pages_of_any_class(self):
         policy = SharingPolicy(protect=1)
         rank = {"p": 2, "c": 0}
-        policy.paged_in("pc")
-        self.assertEqual(policy.choose(2, rank.get), ["p", "c"])
+        policy.paged_in(keys("pc"))
+        self.assertEqual(names(policy.choose(2, by_name(rank.get))), ["p", "c"])
 
 
 class InterfaceTests(unittest.TestCase):

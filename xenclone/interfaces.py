@@ -202,7 +202,8 @@ class IEvictionPolicy(Interface):
     """Chooses victims; mechanism-free, as xenpaging's policy.h."""
 
     def paged_in(keys):
-        """``keys`` (clone, pfn) became resident, in this order: faults."""
+        """``keys`` (ints, ``domid << 32 | pfn``) became resident, in this
+        order: faults."""
 
     def added(keys):
         """``keys``, none resident before, became resident with no fault of

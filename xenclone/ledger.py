@@ -19,8 +19,8 @@ page leaves memory only as ``paged_out``, after the backend wrote it to the
 clone's page-out store.
 
 A page costs a byte of kind per clone, two bytes of mapper count per image
-and an int in the policy's order: a host of 8 clones of 1 GiB that map all
-their pages keeps 2 M pages here.
+and 24 bytes in the policy's arrays: a host of 8 clones of 1 GiB that map
+all their pages keeps 2 M pages here.
 """
 
 from array import array
@@ -300,7 +300,10 @@ class Ledger:
             pfns = list(pfns)
             acct, changed, _ = self._set_all(domid, pfns, SHARED, refuse=PRIVATE)
         base = key(domid, 0)
-        keys = [base | pfn for pfn in changed]
+        if isinstance(changed, range):
+            keys = range(base + changed.start, base + changed.stop)
+        else:
+            keys = [base | pfn for pfn in changed]
         if how == "fault":
             self.policy.paged_in(keys)
         else:

@@ -1,10 +1,13 @@
 """Clock sweep that spares recently paged-in pages (xenpaging's default)."""
 
+from array import array
 from collections import deque
 
 from zope.interface import implementer
 
 from xenclone.interfaces import IEvictionPolicy
+
+_PFN = 0xFFFFFFFF
 
 
 @implementer(IEvictionPolicy)
@@ -13,48 +16,120 @@ class ClockPolicy:
     pages brought in: a page just faulted is likely touched again soon, and
     evicting it would make the clone fault on it at once.
 
-    The order is a plain dict (insertion-ordered, a page moved to its end
-    when paged in again): a host holds millions of pages here."""
+    Keys are ``domid << 32 | pfn`` (the ledger's).  A host holds millions
+    of pages, so the order is kept in arrays, 24 bytes a page: a log of
+    keys and the sequence number of each entry, oldest first, and per clone
+    the sequence number of each page's latest entry (0: not resident).  An
+    entry whose number is not its page's latest is stale (the page left,
+    or came in again later); the log is compacted once most of it is."""
 
     name = "clock"
 
     def __init__(self, protect=64):
-        self._ring = {}
+        self._keys = array("Q")
+        self._seqs = array("Q")
+        self._stamps = {}            # domid -> array("Q"): latest seq of each page
+        self._live = {}              # domid -> its pages with a stamp
+        self._seq = 0
         self._recent = deque(maxlen=protect) if protect else None
 
-    def paged_in(self, keys):
-        ring, pop = self._ring, self._ring.pop
+    def _stamps_of(self, domid, npages):
+        st = self._stamps.get(domid)
+        if st is None:
+            st = self._stamps[domid] = array("Q")
+            self._live[domid] = 0
+        if npages > len(st):
+            st.frombytes(bytes(8 * (npages - len(st))))
+        return st
+
+    def _log_run(self, keys):
+        """_log of a run of one clone's pages (fault-around's), in slices."""
+        domid, first = keys.start >> 32, keys.start & _PFN
+        st = self._stamps_of(domid, first + len(keys))
+        self._live[domid] += st[first:first + len(keys)].count(0)
+        seqs = range(self._seq + 1, self._seq + 1 + len(keys))
+        st[first:first + len(keys)] = array("Q", seqs)
+        self._seq += len(keys)
+        self._keys.extend(keys)
+        self._seqs.extend(seqs)
+
+    def _log(self, keys):
+        if (isinstance(keys, range) and keys.step == 1 and keys
+                and keys.start >> 32 == (keys.stop - 1) >> 32):
+            return self._log_run(keys)
+        keys = list(keys)
+        live, seq, st, at = self._live, self._seq, (), None
         for k in keys:
-            pop(k, None)    # paged in again: to the end
-            ring[k] = None
+            domid, pfn = k >> 32, k & _PFN
+            if domid != at or pfn >= len(st):     # a batch is mostly one clone's
+                st, at = self._stamps_of(domid, pfn + 1), domid
+            if not st[pfn]:
+                live[domid] += 1
+            seq += 1
+            st[pfn] = seq
+        self._keys.extend(keys)
+        self._seqs.extend(range(self._seq + 1, seq + 1))
+        self._seq = seq
+
+    def paged_in(self, keys):
+        keys = list(keys)
+        self._log(keys)
         if self._recent is not None:
             self._recent.extend(keys)
 
     def added(self, keys):
         """Pages resident with no fault of theirs (fault-around, a working
-        set): newest, but not spared, as nothing touched them yet.  None of
-        them was resident."""
-        self._ring.update(dict.fromkeys(keys))
+        set): newest, but not spared, as nothing touched them yet."""
+        self._log(keys)
 
     def dropped(self, keys):
-        pop = self._ring.pop
+        stamps, live = self._stamps, self._live
         for k in keys:
-            pop(k, None)
+            domid, pfn = k >> 32, k & _PFN
+            st = stamps.get(domid)
+            if st is not None and pfn < len(st) and st[pfn]:
+                st[pfn] = 0
+                live[domid] -= 1
+                if not live[domid]:          # the clone holds nothing: its array goes
+                    del stamps[domid], live[domid]
+        if len(self._keys) > 1024 and len(self._keys) > 2 * sum(self._live.values()):
+            self._compact()
+
+    def _compact(self):
+        keys, seqs = array("Q"), array("Q")
+        for k, seq in self._entries():
+            keys.append(k)
+            seqs.append(seq)
+        self._keys, self._seqs = keys, seqs
+
+    def _entries(self):
+        """(key, seq) of the live entries, oldest first."""
+        stamps = self._stamps
+        for k, seq in zip(self._keys, self._seqs):
+            st = stamps.get(k >> 32)
+            pfn = k & _PFN
+            if st is not None and pfn < len(st) and st[pfn] == seq:
+                yield k, seq
 
     def _spared(self):
         """Each recent page once, by its latest fault, least recent first."""
         return list(dict.fromkeys(reversed(self._recent or ())))[::-1]
 
+    def _resident(self, k):
+        st = self._stamps.get(k >> 32)
+        pfn = k & _PFN
+        return st is not None and pfn < len(st) and st[pfn] != 0
+
     def _old(self, rank, spared):
         """(rank, key) of evictable pages outside the recent window, oldest first."""
-        for k in self._ring:
+        for k, _ in self._entries():
             if k not in spared:
                 r = rank(k)
                 if r is not None:
                     yield r, k
 
     def _new(self, rank, recent):
-        return [(r, k) for k in recent if k in self._ring for r in (rank(k),) if r is not None]
+        return [(r, k) for k in recent if self._resident(k) for r in (rank(k),) if r is not None]
 
     def choose(self, count, rank):
         if count <= 0:
