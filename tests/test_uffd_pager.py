@@ -215,6 +215,23 @@ class PagerTests(unittest.TestCase):
         self.assertEqual((self.region.faults, self.region.around_fills), (2, 28))
         self.assertEqual(self.region.credits, 1000 - 2 - 28)
 
+    def test_a_prefetched_working_set_widens_fault_around_where_it_is_dense(self):
+        self.around(512)
+        self.region.credits = 1000
+        self.m.zero[0] = 1
+        pfns = [2, 9]
+        got = ffi.new("uint8_t[]", len(pfns))
+        self.assertEqual(lib.xc_prefetch(self.region, pfns, len(pfns), got), 2)
+        self.assertEqual(self.chunk_faults[0], 2)
+        t = self.m.touch(40)
+        serve_until(self.pager, lambda: self.pager.records)
+        self.assertServedWith(t, self.m.sums[40])
+        serve_until(self.pager, lambda: len(self.pager.records) == 5)
+        A = lib.XC_AROUND
+        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 40),      # 16 << 2 = 64 pages
+                                              (0, A, range(1, 2)), (0, A, range(3, 9)),
+                                              (0, A, range(10, 40)), (0, A, range(41, 64))])
+
     def test_fault_around_keeps_a_window_of_credits_and_ends_at_a_hole(self):
         self.around(16)
         self.region.credits = 1 + 16 + 3

@@ -212,7 +212,10 @@ int xc_copy_page(struct xc_region *r, uint64_t pfn, const void *src)
  * fill alone: absent, and a zero page or one the image cache holds (a hole
  * that is not a zero page needs a fetch, which is Python's: skipped).
  * got[i] gets the state page pfns[i] was put in, or 0.  Costs no credit:
- * the caller accounts what was mapped.  Returns how many were mapped. */
+ * the caller accounts what was mapped.  Each page mapped counts as a fault
+ * in its chunk for fault-around: where the set is dense, so is the clone's
+ * reading, and its first fault there maps a big window.  Returns how many
+ * were mapped. */
 int64_t xc_prefetch(struct xc_region *r, const uint64_t *pfns, uint64_t n, uint8_t *got)
 {
     int64_t mapped = 0;
@@ -235,6 +238,11 @@ int64_t xc_prefetch(struct xc_region *r, const uint64_t *pfns, uint64_t n, uint8
             fill(r, p, len, zero ? XC_ZEROPAGE : XC_CONTINUE);
         while (done < len && r->state[p + done] != XC_PAGE_ABSENT)
             got[i + done] = r->state[p + done], done++;
+        for (uint64_t k = 0; r->around && k < done; k++) {
+            uint8_t *seen = &r->around[(p + k) / XC_AROUND_CHUNK];
+            if (*seen < 255)
+                (*seen)++;
+        }
         unlock(r);
         mapped += done;
         i += done < len ? done + 1 : (len ? len : 1);   /* past a page that failed or was present */
