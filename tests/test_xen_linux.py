@@ -195,7 +195,8 @@ class AdoptedConfigTests(unittest.TestCase):
         self.assertEqual(domid, 7)
         self.assertEqual(config, {"name": "rig-pvh", "type": "pvh", "memory": 128,
                                   "maxmem": 128, "vcpus": 2, "kernel": "/k", "ramdisk": "/r",
-                                  "extra": "console=hvc0", "on_crash": "preserve"})
+                                  "extra": "console=hvc0", "on_crash": "preserve",
+                                  "on_reboot": "preserve"})
         self.assertEqual(linux.npages(config), 32768)
 
     def refused(self, text, *words):

@@ -101,7 +101,7 @@ class Job:
         self.refused("unknown_domain_refused", ("bless", "no-such-domain"), ["unknown domain"])
         self.refused("dom0_refused", ("bless", "0"), ["Domain-0"])
         # A PV domU (the same kernel booted PV), made paused: refused, untouched.
-        p = run("xl", "create", "-p", CFG, 'name="%s"' % PV, 'type="pv"', "memory=64")
+        p = run("xl", "create", "-p", CFG, 'name="%s"' % PV, 'type="pv"')
         if p.returncode != 0:
             self.res["errors"]["pv_create"] = p.stderr.strip()[-400:]
             self.checks["pv_refused"] = False
@@ -111,7 +111,9 @@ class Job:
         run("xl", "destroy", PV)
 
     def bless(self):
-        wait_console(MASTER, "XENCLONE-TICK", 120)       # its init loop runs
+        # Its init loop runs (in the last boot: xl restarts a domU that reboots).
+        up = console(MASTER).rfind("XENCLONE-DOMU-UP")
+        wait_console(MASTER, "XENCLONE-TICK", 120, max(up, 0))
         domid = int(run("xl", "domid", MASTER).stdout)
         info = self.json("bless", MASTER, timed="bless")
         self.res["bless"] = {k: info.get(k) for k in ("image_id", "npages", "nonzero_pages")}
@@ -175,14 +177,15 @@ class Job:
         """``xenclone create`` of a Linux kernel: a master of xenclone's own."""
         cfg = os.path.join(os.path.dirname(self.conf), MADE + ".cfg")
         with open(cfg, "w") as f:
-            f.write('name = "%s"\nmemory = 64\nkernel = "/mnt/rig/domu/vmlinux"\n'
+            f.write('name = "%s"\nmemory = 128\nkernel = "/mnt/rig/domu/vmlinux"\n'
                     'ramdisk = "/mnt/rig/domu/initrd.cpio"\nextra = "console=hvc0 '
                     'rdinit=/init"\n' % MADE)
         rc, out, err = self.xenclone("create", cfg, timed="create_linux_master")
         self.res["create"] = {"rc": rc, "out": out.strip(), "stderr": err.strip()}
         made = self.listed().get(MADE, {})
+        up = wait_console(MADE, "XENCLONE-DOMU-UP", 120) if rc == 0 else None
         self.checks["created_linux_master"] = (rc == 0 and made.get("state") == "running"
-                                               and "XENCLONE-DOMU-UP" in console(MADE))
+                                               and up is not None)
         bad = cfg + ".vif"
         with open(bad, "w") as f:
             f.write('name = "lx-vif"\nkernel = "/mnt/rig/domu/vmlinux"\n'
@@ -199,6 +202,9 @@ class Job:
         left = [n for n in xl_names() if n.startswith(MASTER) or n in (PV, MADE)]
         self.res["left_in_xl_list"] = left
         self.checks["nothing_left"] = not left
+        # For a look at a guest that stopped: Xen logs a triple fault as a reboot.
+        self.res["xen_triple_faults"] = [line for line in run("xl", "dmesg").stdout.splitlines()
+                                         if "Triple fault" in line]
 
 
 def main():

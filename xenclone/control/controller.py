@@ -527,6 +527,8 @@ class Controller:
                 image, CloneSpec(domid, name, clone_id, domid, paused, share, meta, fill))
         except Exception:
             self.domains.pop(domid, None)
+            if self._next_clone_id[image.image_id] == clone_id:    # a refusal uses no id
+                self._next_clone_id[image.image_id] = clone_id - 1
             raise
         self._adopt(dom, region.domid)
         dom.fill_mode = region.fill_mode

@@ -142,6 +142,7 @@ class _Domain:
     result = attr.ib(default=None)
     error = attr.ib(default=None)
     t_first_ns = attr.ib(default=None)  # monotonic: first unpaused (a clone's launch ends)
+    first_told = attr.ib(default=False)  # a Linux domain's t_first_ns reported
     meta = attr.ib(factory=dict)        # the daemon's record of it
 
     def info(self):
@@ -516,6 +517,10 @@ class XenBackend:
                             % (image.arch, ARCH))
         config, kind, record = unpack_state(image.vcpu_state)
         config = dict(config, name=clone.name)
+        if kind == LINUX:
+            # Kept for a look if it stops: xl would boot a rebooted clone
+            # afresh from the kernel, as no clone of the image.
+            config.update(on_reboot="preserve", on_crash="preserve")
         # Refused before anything is built.
         fill = self._fill_of(clone.fill or self.fill) if kind == GUEST else self._linux_fill(clone)
         xs = (yield self._xenstore()) if kind == LINUX else None
@@ -619,7 +624,11 @@ class XenBackend:
             if dom.state != DomainState.RUNNING:
                 continue
             if dom.kind == LINUX:
-                if self._linux_stopped(dom, info.shutdown_reason):
+                # It runs on with no result to report: its first unpause is
+                # told at once (the controller's launch_ms).
+                first = dom.t_first_ns is not None and not dom.first_told
+                if self._linux_stopped(dom, info.shutdown_reason) or first:
+                    dom.first_told = True
                     self._event(dom)
                 continue
             box = dom.mailbox.read()
@@ -640,9 +649,9 @@ class XenBackend:
             return False
         if why == SHUTDOWN_SUSPEND:     # asked by us (bless) or by another toolstack
             dom.suspended, dom.state = True, DomainState.PAUSED
-        elif why in (SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT):
+        elif why == SHUTDOWN_POWEROFF:
             dom.state = DomainState.DONE
-        else:
+        else:       # a reboot too (a triple fault is one): a clone does not boot again
             dom.state = DomainState.CRASHED
             dom.error = "guest stopped: Xen shutdown reason %d" % why
         return True

@@ -148,7 +148,7 @@ def master_config(spec_boot, name):
         config["ramdisk"] = spec_boot["ramdisk"]
     if spec_boot.get("extra"):
         config["extra"] = spec_boot["extra"]
-    config["on_crash"] = "preserve"
+    config.update(on_crash="preserve", on_reboot="preserve")
     return config
 
 
