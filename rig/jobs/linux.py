@@ -90,12 +90,11 @@ class Job:
             if self.xenclone("list")[0] == 0:
                 break
             time.sleep(0.5)
-        self.bad_input()
-        self.bless()
-        self.launch()
-        self.master_resumes()
-        self.create_from_config()
-        self.clean_up()
+        self.res["steps_end_s"] = ends = {"daemon_up": since(T0)}
+        for step in (self.bad_input, self.bless, self.launch, self.master_resumes,
+                     self.create_from_config, self.clean_up):
+            step()
+            ends[step.__name__] = since(T0)
 
     def bad_input(self):
         self.refused("unknown_domain_refused", ("bless", "no-such-domain"), ["unknown domain"])
