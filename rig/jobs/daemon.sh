@@ -4,7 +4,8 @@
 # appended to the config; $XENCLONE_W (default /tmp/xenclone) is its work
 # directory, and $XENCLONE_SERVER_DOMAIN_MIB (default 160; 0: images in
 # dom0) the memory-server domain's size, $XENCLONE_LOG (default
-# xenclone-daemon.log) its log in $RIG_OUT.
+# xenclone-daemon.log) its log in $RIG_OUT, $XENCLONE_MEMSERVER_TCP
+# (default 127.0.0.1:7443; "": none) where its memory server serves TLS.
 . "$RIG_PROJECT/rig/jobs/pyenv.sh"
 W=${XENCLONE_W:-/tmp/xenclone}
 mkdir -p "$W/plugins/twisted"
@@ -22,7 +23,7 @@ xen_guest_kernel = "$RIG_PROJECT/guest/build/guest.elf"
 # Images live in a memory-server domain: 160 MiB needs 79 grant frames, past
 # Xen's default cap of 64, so boot.sh gives Xen gnttab_max_frames=128.
 memserver_domain_mib = ${XENCLONE_SERVER_DOMAIN_MIB:-160}
-memserver_tcp = "127.0.0.1:7443"
+memserver_tcp = "${XENCLONE_MEMSERVER_TCP-127.0.0.1:7443}"
 ${XENCLONE_EXTRA_CONF:-}
 CONF
 
