@@ -290,6 +290,14 @@ class TakeOverTests(unittest.TestCase):
         self.assertEqual(backend.released, [7])
         self.assertEqual(c.op_list({})["domains"], [])
 
+    def test_bad_image_name_lets_the_domain_go(self):
+        backend = _LinuxBackend()
+        c = self.controller(backend)
+        f = self.failureResultOf(c.op_bless({"domain": "rig-pvh", "name": "a/b"}), WireError)
+        self.assertEqual(f.value.code, "bad-argument")
+        self.assertEqual(backend.released, [7])
+        self.assertEqual(c.op_list({})["domains"], [])
+
     def test_unknown_domain(self):
         c = self.controller(_LinuxBackend())
         f = self.failureResultOf(c.op_bless({"domain": "nope"}), WireError)

@@ -446,11 +446,22 @@ class Controller:
         except WireError:
             if not ILinuxBackend.providedBy(self.backend):
                 raise
-            return self._take_over(msg.get("domain")).addCallback(
-                lambda dom: self._bless(dom, msg, adopted=True))
+            return self._take_over(msg.get("domain")).addCallback(self._bless_taken, msg)
         return self._bless(dom, msg)
 
-    def _bless(self, dom, msg, adopted=False):
+    def _bless_taken(self, dom, msg):
+        """A domain taken over for this bless goes back as it was if the
+        bless fails before it suspended (a bad image name, no ack)."""
+        def let_go(f):
+            if dom.state != DomainState.PAUSED:
+                self.domains.pop(dom.domid, None)
+                self._changed()
+                return self.backend.release(dom.domid).addCallback(lambda _: f)
+            return f
+
+        return defer.maybeDeferred(self._bless, dom, msg).addErrback(let_go)
+
+    def _bless(self, dom, msg):
         if dom.role != "master":
             raise WireError("not-master", "%s is a clone: launch more from its image instead" % dom.name)
         if dom.state not in (DomainState.READY, DomainState.RUNNING, DomainState.PAUSED):
@@ -459,14 +470,6 @@ class Controller:
             name = check_name(msg.get("name") or dom.name, "image name")
         except ValueError as e:
             raise WireError("bad-argument", str(e))
-
-        def let_go(f):
-            """A domain taken over for this bless goes back as it was."""
-            if adopted and dom.state != DomainState.PAUSED:
-                self.domains.pop(dom.domid, None)
-                self._changed()
-                return self.backend.release(dom.domid).addCallback(lambda _: f)
-            return f
 
         @defer.inlineCallbacks
         def bless():
@@ -483,7 +486,7 @@ class Controller:
                 yield self.backend.unpause(dom.domid)
             return info
 
-        return bless().addErrback(let_go)
+        return bless()
 
     def op_launch(self, msg):
         image_id = _image_arg(msg)
