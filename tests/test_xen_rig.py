@@ -38,9 +38,8 @@ from twisted.trial import unittest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RIG = os.path.join(ROOT, "rig")
 # Generous but bounded: from scratch (packages, debootstrap) takes about a
-# minute here, the boot with every job 12-15 min (the Linux job 4-5 of
-# them); a loaded machine (another TCG guest and benchmarks on the 2 cores)
-# took over 14 min before the Linux job.
+# minute here, the boot with every job 12-15 min quiet (the Linux job 4-5
+# of them), 21 min with benchmarks on the 2 cores (load 3-9).
 BUILD_TIMEOUT = 900
 BOOT_TIMEOUT = 1800
 # Xen from source: ~1.5 min here, more on a loaded machine; then the boot
