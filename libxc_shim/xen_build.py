@@ -99,6 +99,17 @@ int xc_domain_populate_physmap_exact(xc_interface *xch, uint32_t domid,
                                      unsigned int extent_order,
                                      unsigned int mem_flags,
                                      xen_pfn_t *extent_start);
+int xc_hvm_param_get(xc_interface *handle, uint32_t dom, uint32_t param,
+                     uint64_t *value);
+#define HVM_PARAM_CALLBACK_IRQ ...
+#define HVM_PARAM_STORE_PFN ...
+#define HVM_PARAM_STORE_EVTCHN ...
+#define HVM_PARAM_CONSOLE_PFN ...
+#define HVM_PARAM_CONSOLE_EVTCHN ...
+
+/* ---- xenguest: a cooperative (fast) resume of a suspended guest ---- */
+int xc_domain_resume(xc_interface *xch, uint32_t domid, int fast);
+
 int xc_domain_decrease_reservation_exact(xc_interface *xch, uint32_t domid,
                                          unsigned long nr_extents,
                                          unsigned int extent_order,
@@ -234,8 +245,8 @@ ffibuilder.set_source(
     sources=[os.path.join(PREFIX, "libxc_shim", "src", f)
              for f in ("xen_shim.c", "grant_seed.c", "pages.c")],
     include_dirs=[os.path.join(PREFIX, "libxc_shim", "src")],
-    libraries=["xenctrl", "xenforeignmemory", "xengnttab", "xenevtchn",
-               "xentoollog"],
+    libraries=["xenctrl", "xenguest", "xenforeignmemory", "xengnttab",
+               "xenevtchn", "xentoollog"],
     extra_compile_args=["-O2", "-Wall"],
 )
 

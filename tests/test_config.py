@@ -182,18 +182,23 @@ class DomainTests(unittest.TestCase):
 
     def test_defaults_and_required_name(self):
         cfg = config.loads_domain_config("name = 'm'\n", "m.cfg")
-        self.assertEqual(cfg, {"name": "m", "memory": 128, "vcpus": 1,
-                               "workload": "scan", "read_percent": 10,
+        self.assertEqual(cfg, {"name": "m", "type": "pvh", "memory": 128, "vcpus": 1,
+                               "kernel": "", "ramdisk": "", "extra": "", "disk": [],
+                               "vif": [], "workload": "scan", "read_percent": 10,
                                "write_pages": 8, "zero_every": 16, "seed": 1, "hostile": 0})
         e = self.assertRaises(ConfigError, config.loads_domain_config,
                               "memory = 64\n", "m.cfg")
         self.assertEqual(str(e), "m.cfg: 'name' is required")
 
     def test_domain_errors(self):
-        for text, msg in [("vcpus = 2", "vcpus: must be at most 1"),
+        for text, msg in [("vcpus = 200", "vcpus: must be at most 128"),
                           ("read_percent = 101", "must be at most 100"),
                           ("workload = 'boot'", "expected one of scan"),
-                          ("kernel = '/boot/x'", "unknown key 'kernel'")]:
+                          ("kernel = 'boot/x'", "kernel: must be an absolute path"),
+                          ("type = 'pv'", "PV and HVM guests are not supported"),
+                          ("vif = ['bridge=xenbr0']", "vif: devices are not handled yet"),
+                          ("disk = ['phy:/dev/vg/a,xvda,w']", "disk: devices are not handled"),
+                          ("bootloader = 'pygrub'", "unknown key 'bootloader'")]:
             e = self.assertRaises(ConfigError, config.loads_domain_config,
                                   "name='m'\n" + text, "m.cfg")
             self.assertTrue(str(e).startswith("m.cfg:2: "), str(e))

@@ -128,7 +128,9 @@ class StateTests(unittest.TestCase):
     def test_xl_settings_travel_with_the_hvm_record(self):
         config = {"name": "m", "type": "pvh", "memory": 16, "kernel": "/k"}
         record = bytes(range(256)) * 3
-        self.assertEqual(unpack_state(pack_state(config, record)), (config, record))
+        self.assertEqual(unpack_state(pack_state(config, record)), (config, "guest", record))
+        self.assertEqual(unpack_state(pack_state(config, record, "linux")),
+                         (config, "linux", record))
 
     def test_config_text_is_xl_syntax(self):
         config = {"name": "a.1", "type": "pvh", "memory": 16, "extra": 'say "hi"'}

@@ -358,10 +358,27 @@ DAEMON = Table("xenclone daemon configuration", [
         choices=("debug", "info", "warn", "error", "critical")),
 ])
 
+def _pvh_only(value):
+    if value != "pvh":
+        raise ValueError('only PVH guests (type = "pvh"): PV and HVM guests are not supported')
+
+
+def _no_devices(value):
+    if value:
+        raise ValueError("devices are not handled yet: a master has no vif or disk")
+
+
 DOMAIN = Table("xenclone domain configuration", [
     Key("name", REQUIRED, "domain name", kind=str),
+    Key("type", "pvh", "guest type: pvh only", check=_pvh_only),
     Key("memory", 128, "guest memory in MiB", minimum=4, maximum=64 * 1024),
-    Key("vcpus", 1, "virtual CPUs (only 1 for now)", minimum=1, maximum=1),
+    Key("vcpus", 1, "virtual CPUs (the project's guest: 1)", minimum=1, maximum=128),
+    Key("kernel", "", "a Linux PVH kernel (xen backend): the master is that guest, "
+        "not the project's", path=True),
+    Key("ramdisk", "", "its initramfs", path=True),
+    Key("extra", "", "its kernel command line"),
+    Key("disk", [], "not handled yet: must be empty", check=_no_devices),
+    Key("vif", [], "not handled yet: must be empty", check=_no_devices),
     Key("workload", "scan", "guest workload: scan (touch and checksum pages)",
         choices=("scan",)),
     Key("read_percent", 10, "percent of pages the workload reads per pass",

@@ -122,6 +122,19 @@ class IBackend(Interface):
         shared, private, zero, absent."""
 
 
+class ILinuxBackend(Interface):
+    """A backend (Xen) that also runs Linux masters: ``create_master`` of
+    a ``MasterSpec`` with ``boot`` (a kernel), and domains another
+    toolstack made (a Linux PVH domU of xl's) taken over to be blessed."""
+
+    def adopt(ref):
+        """Make the domain (a name or an id of the hypervisor's) a master
+        of this backend; Deferred[dict] as ``domains()`` lists it."""
+
+    def release(domid):
+        """Stop managing an adopted domain, which runs on; Deferred."""
+
+
 class IFaultRegion(Interface):
     """One clone's guest memory as the pager sees it."""
 

@@ -33,7 +33,8 @@ from xenclone.policy.budget import Bursts, Watermarks
 from xenclone.policy.sharing import POLICIES
 from xenclone.wire import FrameProtocol, WireError
 from xenclone.working_set import WorkingSets
-from xenclone.xenstore.plane import XenStorePlane, guest_socket_dir
+from xenclone.xenstore.plane import (XenStorePlane, guest_socket_dir, xenstore_mode,
+                                     xenstore_socket)
 
 log = Logger()
 
@@ -232,9 +233,13 @@ class CoreService(Service):
     def _backend(self, run):
         if use_xen(self.settings["backend"]):
             from xenclone.backends.xen.backend import XenBackend
+            # Guests' control nodes are in xenstored, whatever the daemon publishes in.
+            xenstored = (xenstore_socket(self.settings)
+                         if xenstore_mode(self.settings) == "xenstored" else None)
             return XenBackend(self.reactor, os.path.join(run, "xl"), self._on_event,
                               self.settings["xen_guest_kernel"] or None, self.settings["fill"],
-                              grant_cache_pages=self.settings["grant_cache_mib"] * 256)
+                              grant_cache_pages=self.settings["grant_cache_mib"] * 256,
+                              xenstore_path=xenstored)
         from xenclone.backends.kvm.backend import KvmBackend
         from xenclone.backends.kvm.vmmhost import default_guest_kernel
 

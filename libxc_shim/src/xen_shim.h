@@ -11,6 +11,7 @@
 #define XEN_SHIM_H
 
 #include <xenctrl.h>          /* defines __XEN_TOOLS__, xen_rmb/xen_wmb */
+#include <xenguest.h>         /* xc_domain_resume */
 #include <xenforeignmemory.h>
 #include <xengnttab.h>
 #include <xenevtchn.h>

@@ -1,9 +1,10 @@
 #!/bin/sh
 # Every rig job in one boot (a boot costs ~15 s before a job can start):
-# the smoke job, the memory-server domain's grants, then the clone job (the
-# long one).  Exits non-zero if any failed.
+# the smoke job, the memory-server domain's grants, the clone job (the long
+# one), then the Linux PVH master's.  Exits non-zero if any failed.
 rc=0
 sh "$RIG_PROJECT/rig/jobs/smoke.sh" || rc=1
 sh "$RIG_PROJECT/rig/jobs/grant.sh" || rc=1
 sh "$RIG_PROJECT/rig/jobs/clone.sh" || rc=1
+sh "$RIG_PROJECT/rig/jobs/linux.sh" || rc=1
 exit $rc

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from xenclone import memory_check, workload
 from xenclone.image import check_name
-from xenclone.interfaces import PAGE_SIZE, DomainState
+from xenclone.interfaces import PAGE_SIZE, DomainState, ILinuxBackend
 from xenclone.ledger import LedgerError
 from xenclone.wire import WireError
 
@@ -36,8 +36,9 @@ class MasterSpec:
     domid = attr.ib()
     name = attr.ib()
     npages = attr.ib()
-    params = attr.ib()
+    params = attr.ib()                 # the project's guest: its workload (else None)
     meta = attr.ib(factory=dict)       # the daemon's record, kept by the backend
+    boot = attr.ib(default=None)       # a Linux master: memory, vcpus, kernel, ramdisk, extra
 
 
 @attr.s(frozen=True)
@@ -377,6 +378,11 @@ class Controller:
         if any(d.name == name for d in self.domains.values()):
             raise WireError("exists", "a domain named %r exists" % name)
         memory = _int(cfg, "memory", MIN_MEMORY_MIB, MAX_MEMORY_MIB)
+        if cfg.get("kernel"):
+            return self._create_linux(name, memory, cfg)
+        if cfg.get("vcpus", 1) != 1 or cfg.get("ramdisk") or cfg.get("extra"):
+            raise WireError("bad-config", "the project's guest takes 1 vCPU and no ramdisk or "
+                            "extra; name a kernel for a Linux master")
         try:
             params = workload.Params.for_memory(
                 memory, read_percent=cfg.get("read_percent", 10),
@@ -389,6 +395,26 @@ class Controller:
         spec = MasterSpec(dom.domid, name, memory * 1024 * 1024 // PAGE_SIZE, dom.params,
                           dom.record())
 
+        return self._create_master(dom, spec)
+
+    def _create_linux(self, name, memory, cfg):
+        """A Linux PVH master: no workload, it runs once its kernel is up."""
+        if not ILinuxBackend.providedBy(self.backend):
+            raise WireError("unsupported", "Linux masters need the xen backend, not %s"
+                            % self.backend.name)
+        boot = {"memory": memory, "vcpus": _int(cfg, "vcpus", 1, 128, default=1)}
+        for key in ("kernel", "ramdisk", "extra"):
+            value = cfg.get(key) or None
+            if value is not None and not isinstance(value, str):
+                raise WireError("bad-config", "%s must be a string" % key)
+            boot[key] = value
+        dom = Domain(self._allocate(), name, "master", memory)
+        self.domains[dom.domid] = dom
+        spec = MasterSpec(dom.domid, name, memory * 1024 * 1024 // PAGE_SIZE, None,
+                          dom.record(), boot)
+        return self._create_master(dom, spec)
+
+    def _create_master(self, dom, spec):
         def failed(f):
             self.domains.pop(dom.domid, None)
             return f
@@ -400,8 +426,42 @@ class Controller:
 
         return self.backend.create_master(spec).addCallbacks(created, failed)
 
+    @defer.inlineCallbacks
+    def _take_over(self, ref):
+        """A domain the daemon does not know, taken over from the
+        hypervisor's toolstack (a Linux PVH domU of xl's) to be blessed."""
+        if not isinstance(ref, (str, int)) or isinstance(ref, bool):
+            raise WireError("bad-argument", "domain must be a name or an id")
+        info = yield self.backend.adopt(ref)
+        dom = Domain(info["domid"], info["name"], "master", info["npages"] * PAGE_SIZE // 2**20,
+                     state=info["state"])
+        self.domains[dom.domid] = dom
+        self.reserve_domid(dom.domid)
+        self._changed()
+        return dom
+
     def op_bless(self, msg):
-        dom = self._domain(msg.get("domain"))
+        try:
+            dom = self._domain(msg.get("domain"))
+        except WireError:
+            if not ILinuxBackend.providedBy(self.backend):
+                raise
+            return self._take_over(msg.get("domain")).addCallback(self._bless_taken, msg)
+        return self._bless(dom, msg)
+
+    def _bless_taken(self, dom, msg):
+        """A domain taken over for this bless goes back as it was if the
+        bless fails before it suspended (a bad image name, no ack)."""
+        def let_go(f):
+            if dom.state != DomainState.PAUSED:
+                self.domains.pop(dom.domid, None)
+                self._changed()
+                return self.backend.release(dom.domid).addCallback(lambda _: f)
+            return f
+
+        return defer.maybeDeferred(self._bless, dom, msg).addErrback(let_go)
+
+    def _bless(self, dom, msg):
         if dom.role != "master":
             raise WireError("not-master", "%s is a clone: launch more from its image instead" % dom.name)
         if dom.state not in (DomainState.READY, DomainState.RUNNING, DomainState.PAUSED):
@@ -414,7 +474,8 @@ class Controller:
         @defer.inlineCallbacks
         def bless():
             capture = yield self.backend.capture(dom.domid)
-            meta = {"master": dom.name, "memory_mib": dom.memory_mib, "params": dom.params}
+            meta = dict(capture.meta, master=dom.name, memory_mib=dom.memory_mib,
+                        params=dom.params)
             try:
                 info = yield self.memserver.put(name, attr.evolve(capture, meta=meta))
             finally:
@@ -469,6 +530,8 @@ class Controller:
                 image, CloneSpec(domid, name, clone_id, domid, paused, share, meta, fill))
         except Exception:
             self.domains.pop(domid, None)
+            if self._next_clone_id[image.image_id] == clone_id:    # a refusal uses no id
+                self._next_clone_id[image.image_id] = clone_id - 1
             raise
         self._adopt(dom, region.domid)
         dom.fill_mode = region.fill_mode

@@ -392,6 +392,11 @@ class XenStoreClient(_Ops):
     def release(self, domid):
         return self._ok(Op.RELEASE, str(domid))
 
+    def resume(self, domid):
+        """Tell xenstored a suspended domain runs again (xs_resume_domain):
+        it clears the domain's shutdown mark."""
+        return self._ok(Op.RESUME, str(domid))
+
     def set_target(self, domid, target):
         return self._ok(Op.SET_TARGET, str(domid), str(target))
 

@@ -1,8 +1,12 @@
 """The Xen backend: PVH domains of real Xen, through ``libxc.py`` and ``xl.py``.
 
-- A master is ``xl create -p`` of the project's guest as a PVH kernel; its
-  params page and data set are written through foreign mappings, then it
-  runs to its bless point (its mailbox says ready) and is paused there.
+- A master is one of two kinds:
+  - ``guest``: ``xl create -p`` of the project's guest as a PVH kernel; its
+    params page and data set are written through foreign mappings, then it
+    runs to its bless point (its mailbox says ready) and is paused there;
+  - ``linux``: a Linux PVH guest (``linux.py``), made by ``xenclone create``
+    with a kernel or taken over from xl by ``bless``; ready once its PV
+    drivers offer suspend, and suspended cooperatively to be blessed.
 - Bless pauses it and reads the HVM context of its vCPUs; the memory
   server copies its RAM, in batches of foreign mappings, into dom0 or into
   the memory-server domain.  The xl settings travel with the image
@@ -15,8 +19,11 @@
   - **lazily** (a Xen built with MEM_PAGING): its paging ring is enabled and
     every page but the params page evicted, in one C call; guest faults
     then go through the pager (``paging.py``).
-  Then its mailbox gets its id and input, the master's HVM context is set
-  and it is unpaused.
+  Then its mailbox gets its id and input (a Linux clone: its XenStore
+  ``xenclone/clone-id``), the master's HVM context is set and it is
+  unpaused.  A Linux clone resumes in its own domain: ``xl create -p`` gave
+  it store and console pages and event channels at the master's gfns and
+  ports, which is all its resume path looks for.
 
 Xen numbers domains itself, so the controller adopts the ids given here.
 Hypercalls are quick and run in the reactor; bulk copies (thousands of
@@ -35,15 +42,17 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from xenclone import workload
-from xenclone.backends.xen import libxc, xl
+from xenclone.backends.xen import libxc, linux, xl
 from xenclone.backends.xen.evict import Evictor
 from xenclone.backends.xen.filled import FilledRegion, FilledSource
 from xenclone.backends.xen.grant_cache import DEFAULT_LIMIT as DEFAULT_GRANT_CACHE, GrantCache
 from xenclone.backends.xen.paging import PagedRegion, PagingSource
 from xenclone.image import Capture
-from xenclone.interfaces import PAGE_SIZE, DomainState, IBackend, PageState
+from xenclone.interfaces import PAGE_SIZE, DomainState, IBackend, ILinuxBackend, PageState
 from xenclone.runs import runs
 from xenclone.wire import WireError
+from xenclone.xenstore.client import Disconnected, XenStoreClient
+from xenclone.xenstore.wire import XenStoreError
 
 ARCH = "xen-pvh-x86"
 BATCH = 1024            # pages per foreign mapping (4 MiB of dom0 address space)
@@ -51,28 +60,44 @@ POLL = 0.05             # seconds between looks at the guests' mailboxes
 READY_TIMEOUT = 120.0   # xl create to the bless point, under TCG
 GUEST_KERNEL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "guest", "build",
                             "guest.elf")
-SHUTDOWN_CRASH = 3
+SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT, SHUTDOWN_SUSPEND, SHUTDOWN_CRASH = 0, 1, 2, 3
+GUEST, LINUX = "guest", "linux"     # master kinds
 PAGE_IN_TIMEOUT = 60.0  # a read of evicted pages waits this long for the pager
 PAGE_IN_RETRY = 0.02
 FILL_MODES = ("auto", "lazy", "before-run")
 _STATE_HEAD = struct.Struct("<I")
 
 
-def pack_state(config, hvm_context):
-    """The image's opaque vCPU state: the xl settings, then Xen's HVM record."""
-    head = json.dumps({"xl": config}, sort_keys=True).encode()
+def pack_state(config, hvm_context, kind=GUEST):
+    """The image's opaque vCPU state: the xl settings and the master's
+    kind, then Xen's HVM record."""
+    head = json.dumps({"xl": config, "kind": kind}, sort_keys=True).encode()
     return _STATE_HEAD.pack(len(head)) + head + hvm_context
 
 
 def unpack_state(blob):
+    """``(xl settings, kind, HVM record)``."""
     n, = _STATE_HEAD.unpack_from(blob)
     head = json.loads(blob[_STATE_HEAD.size:_STATE_HEAD.size + n])
-    return head["xl"], blob[_STATE_HEAD.size + n:]
+    return head["xl"], head.get("kind", GUEST), blob[_STATE_HEAD.size + n:]
 
 
 def _batches(pfns):
     pfns = list(pfns)
     return [pfns[i:i + BATCH] for i in range(0, len(pfns), BATCH)]
+
+
+def _zero_runs(batch, zero):
+    """``(index, count, is_zero)`` of the runs of consecutive pfns in
+    ``batch`` that are all zero pages of the image, or all not."""
+    out = []
+    for i, n in runs(batch):
+        start = i
+        for j in range(i + 1, i + n + 1):
+            if j == i + n or bool(zero[batch[j]]) != bool(zero[batch[start]]):
+                out.append((start, j - start, bool(zero[batch[start]])))
+                start = j
+    return out
 
 
 class Mailbox:
@@ -107,7 +132,9 @@ class _Domain:
     role = attr.ib()
     npages = attr.ib()
     config = attr.ib()
-    mailbox = attr.ib()
+    mailbox = attr.ib()                 # None for a Linux domain
+    kind = attr.ib(default=GUEST)
+    suspended = attr.ib(default=False)  # a Linux master, suspended to be blessed
     fill = attr.ib(default="before-run")
     image = attr.ib(default=None)       # a lazy clone's: what a clean page holds
     state = attr.ib(default=DomainState.PAUSED)
@@ -115,19 +142,20 @@ class _Domain:
     result = attr.ib(default=None)
     error = attr.ib(default=None)
     t_first_ns = attr.ib(default=None)  # monotonic: first unpaused (a clone's launch ends)
+    first_told = attr.ib(default=False)  # a Linux domain's t_first_ns reported
     meta = attr.ib(factory=dict)        # the daemon's record of it
 
     def info(self):
         return {"domid": self.domid, "name": self.name, "role": self.role,
                 "state": self.state, "npages": self.npages, "result": self.result,
                 "error": self.error, "t_first_ns": self.t_first_ns, "meta": self.meta,
-                "fill": self.fill}
+                "fill": self.fill, "kind": self.kind}
 
     def record(self):
         """What a restarted daemon needs to take the domain back."""
         return {"domid": self.domid, "name": self.name, "role": self.role,
                 "npages": self.npages, "config": self.config, "meta": self.meta,
-                "fill": self.fill}
+                "fill": self.fill, "kind": self.kind}
 
 
 def _spread(times):
@@ -142,23 +170,27 @@ def _spread(times):
 
 
 def _xen_errors(d):
-    """libxc failures reach the operator as WireErrors, with libxc's text."""
+    """libxc and xenstored failures reach the operator as WireErrors, with
+    their own text."""
     def translate(f):
-        f.trap(libxc.XenError)
-        raise WireError("xen-error", str(f.value))
+        f.trap(libxc.XenError, XenStoreError, Disconnected)
+        code = "xen-error" if f.check(libxc.XenError) else "xenstore-error"
+        raise WireError(code, str(f.value))
 
     return d.addErrback(translate)
 
 
-@implementer(IBackend)
+@implementer(IBackend, ILinuxBackend)
 class XenBackend:
     name = "xen"
     numbers_domains = True      # Xen assigns domids: the controller adopts them
     log = Logger()
 
     def __init__(self, reactor, work_dir, on_event, guest_kernel=None, fill="auto",
-                 grant_cache_pages=DEFAULT_GRANT_CACHE):
+                 grant_cache_pages=DEFAULT_GRANT_CACHE, xenstore_path=None):
         self.reactor = reactor
+        self._xenstore_path = xenstore_path     # xenstored's socket; None: the default
+        self._xs = None
         self.grant_cache_pages = grant_cache_pages
         self.work_dir = work_dir
         self.on_event = on_event
@@ -226,6 +258,18 @@ class XenBackend:
         self.on_event(dict(dom.info(), event="state"))
 
     @defer.inlineCallbacks
+    def _xenstore(self):
+        """xenstored, where Linux guests' control nodes live (connected on
+        first use, reconnected by the client when it drops)."""
+        if self._xs is None:
+            self._xs = XenStoreClient(self.reactor, self._xenstore_path)
+        try:
+            yield self._xs.connect().addTimeout(10, self.reactor)
+        except defer.TimeoutError:
+            raise WireError("no-xenstore", "cannot reach xenstored at %s" % self._xs.path)
+        return self._xs
+
+    @defer.inlineCallbacks
     def _create(self, config):
         path = os.path.join(self.work_dir, "%s.cfg" % config["name"])
         with open(path, "w") as f:
@@ -242,10 +286,10 @@ class XenBackend:
         except WireError as e:
             self.log.error("domain {domid} left behind: {why}", domid=domid, why=e)
 
-    def _track(self, domid, name, role, npages, config, meta, fill="before-run"):
-        mapping = self.fm.map(domid, [workload.PARAMS_PFN])
-        dom = self._domains[domid] = _Domain(domid, name, role, npages, config,
-                                             Mailbox(mapping), fill=fill, meta=meta)
+    def _track(self, domid, name, role, npages, config, meta, fill="before-run", kind=GUEST):
+        box = Mailbox(self.fm.map(domid, [workload.PARAMS_PFN])) if kind == GUEST else None
+        dom = self._domains[domid] = _Domain(domid, name, role, npages, config, box,
+                                             kind=kind, fill=fill, meta=meta)
         path = self._record_path(domid)
         with open(path + ".tmp", "w") as f:
             json.dump(dom.record(), f)
@@ -259,7 +303,7 @@ class XenBackend:
         """Forget a domain: its mapping (which alone would keep a dying
         domain) and its record."""
         dom = self._domains.pop(domid, None)
-        if dom is not None:
+        if dom is not None and dom.mailbox is not None:
             dom.mailbox.close()
         if os.path.exists(self._record_path(domid)):
             os.unlink(self._record_path(domid))
@@ -280,8 +324,16 @@ class XenBackend:
                 self._drop(rec["domid"])
                 continue
             dom = self._track(rec["domid"], rec["name"], rec["role"], rec["npages"],
-                              rec["config"], rec["meta"], rec.get("fill", "before-run"))
+                              rec["config"], rec["meta"], rec.get("fill", "before-run"),
+                              rec.get("kind", GUEST))
             dom.paused = info.paused
+            if dom.kind == LINUX:
+                dom.suspended = info.shutdown_reason == SHUTDOWN_SUSPEND
+                dom.state = (DomainState.PAUSED if dom.paused or dom.suspended
+                             else DomainState.RUNNING)
+                self.log.info("took back {role} {name} (domain {domid}, {state})",
+                              role=dom.role, name=dom.name, domid=dom.domid, state=dom.state)
+                continue
             box = dom.mailbox.read()
             if box["done"] == workload.DONE_OK:
                 dom.state, dom.result = DomainState.DONE, box["result"]
@@ -325,7 +377,33 @@ class XenBackend:
             m.buffer[:] = params.pack().ljust(PAGE_SIZE, b"\0")
 
     def create_master(self, spec):
+        if spec.boot is not None:
+            return _xen_errors(self._create_linux_master(spec))
         return _xen_errors(self._create_master(spec))
+
+    @defer.inlineCallbacks
+    def _create_linux_master(self, spec):
+        """``xl create`` of a Linux PVH kernel; ready once its PV drivers
+        offer suspend.  It runs on until it is blessed."""
+        if spec.boot["memory"] > linux.MAX_MEMORY_MIB:
+            raise WireError("bad-config", "a Linux master has at most %d MiB (its RAM must lie "
+                            "below libxl's MMIO hole)" % linux.MAX_MEMORY_MIB)
+        for what in ("kernel", "ramdisk"):
+            path = spec.boot.get(what)
+            if path and not os.path.isfile(path):
+                raise WireError("bad-config", "%s: no file %s" % (what, path))
+        config = linux.master_config(spec.boot, spec.name)
+        xs = yield self._xenstore()
+        domid = yield self._create(config)
+        try:
+            dom = self._track(domid, spec.name, "master", spec.npages, config, spec.meta,
+                              kind=LINUX)
+            self._unpause(dom)
+            yield linux.wait_ready(self.reactor, xs, self.xc, domid, spec.name)
+        except Exception:
+            yield self._undo(domid)
+            raise
+        return dom.info()
 
     @defer.inlineCallbacks
     def _create_master(self, spec):
@@ -368,41 +446,56 @@ class XenBackend:
 
     def capture(self, domid):
         """The paused master's vCPU state; the memory server reads its RAM
-        through foreign mappings itself (into dom0 or the server domain)."""
-        def capture():
-            dom = self._get(domid)
-            if dom.role != "master":
-                raise WireError("not-master", "domain %d is a clone; bless its image instead"
-                                % domid)
-            self._pause(dom)
-            record = self.xc.hvm_getcontext(domid)
-            return Capture(arch=ARCH, vcpu_state=pack_state(dom.config, record), mem_fd=None,
-                           npages=dom.npages, domid=domid)
+        through foreign mappings itself (into dom0 or the server domain).
+        A Linux master is suspended first (its ack and suspend times go
+        into the image's meta)."""
+        return _xen_errors(self._capture(domid))
 
-        return _xen_errors(defer.maybeDeferred(capture))
+    @defer.inlineCallbacks
+    def _capture(self, domid):
+        dom = self._get(domid)
+        if dom.role != "master":
+            raise WireError("not-master", "domain %d is a clone; bless its image instead"
+                            % domid)
+        meta = {}
+        if dom.kind == LINUX and not dom.suspended:
+            xs = yield self._xenstore()
+            times = yield linux.suspend(self.reactor, xs, self.xc, domid, dom.name)
+            dom.suspended = True
+            meta["suspend"] = times
+            self.log.info("{name} suspended: acked in {ack_s} s, suspended in {suspend_s} s",
+                          name=dom.name, **times)
+        self._pause(dom)
+        record = self.xc.hvm_getcontext(domid)
+        return Capture(arch=ARCH, vcpu_state=pack_state(dom.config, record, dom.kind),
+                       mem_fd=None, npages=dom.npages, domid=domid, meta=meta)
 
     # -- clones
 
     def _fill(self, domid, image):
-        """Copy every non-zero image page into the clone; the rest are zero
-        already in a fresh domain.  Returns the pfns copied."""
+        """Copy every non-zero image page into the clone and zero the rest:
+        what libxl loaded into the fresh domain (kernel, ramdisk, start
+        info) is not where the master has it.  Returns the pfns copied."""
         pfns = [p for p in range(image.npages) if not image.zero[p]]
         if image.origin is not None and set(pfns) - set(image.cached_pages()):
             raise WireError("not-here", "mirrored image %s lacks pages on this host (the "
                             "cache let them go before the fill): launch again"
                             % image.image_id)
-        for batch in _batches(pfns):
+        for batch in _batches(range(image.npages)):
             with self.fm.map(domid, batch) as m:
                 view = memoryview(m.buffer)
-                for i, n in runs(batch):
+                for i, n, zero in _zero_runs(batch, image.zero):
                     pfn, want = batch[i], n * PAGE_SIZE
                     dst = view[i * PAGE_SIZE:i * PAGE_SIZE + want]
-                    if image.pages is not None:         # granted by the server domain
+                    if zero:
+                        dst[:] = bytes(want)
+                    elif image.pages is not None:       # granted by the server domain
                         dst[:] = image.pages.read(pfn, n)
-                        continue
-                    got = os.preadv(image.mem_fd, [dst], pfn * PAGE_SIZE)
-                    if got != want:
-                        raise WireError("short-image", "image ends at page %d" % (pfn + got // PAGE_SIZE))
+                    else:
+                        got = os.preadv(image.mem_fd, [dst], pfn * PAGE_SIZE)
+                        if got != want:
+                            raise WireError("short-image", "image ends at page %d"
+                                            % (pfn + got // PAGE_SIZE))
         return pfns
 
     def _readable(self, image):
@@ -422,18 +515,28 @@ class XenBackend:
         if image.arch != ARCH:
             raise WireError("wrong-arch", "image is %s, the xen backend launches %s"
                             % (image.arch, ARCH))
-        fill = self._fill_of(clone.fill or self.fill)     # refused before anything is built
-        image = self._readable(image)
-        config, record = unpack_state(image.vcpu_state)
+        config, kind, record = unpack_state(image.vcpu_state)
         config = dict(config, name=clone.name)
+        if kind == LINUX:
+            # Kept for a look if it stops: xl would boot a rebooted clone
+            # afresh from the kernel, as no clone of the image.
+            config.update(on_reboot="preserve", on_crash="preserve")
+        # Refused before anything is built.
+        fill = self._fill_of(clone.fill or self.fill) if kind == GUEST else self._linux_fill(clone)
+        xs = (yield self._xenstore()) if kind == LINUX else None
+        image = self._readable(image)
         if fill == "lazy":
             region = yield self._launch_lazy(image, clone, config, record)
             return region
         domid = yield self._create(config)
         try:
             filled = yield self._thread(self._fill, domid, image)
-            dom = self._track(domid, clone.name, "clone", image.npages, config, clone.meta)
-            dom.mailbox.write(clone_id=clone.clone_id, input=clone.input, go=1)
+            dom = self._track(domid, clone.name, "clone", image.npages, config, clone.meta,
+                              kind=kind)
+            if kind == LINUX:
+                yield linux.write_clone_id(xs, domid, clone.clone_id)
+            else:
+                dom.mailbox.write(clone_id=clone.clone_id, input=clone.input, go=1)
             self.xc.hvm_setcontext(domid, record)
             if not clone.paused:
                 self._unpause(dom)
@@ -441,6 +544,14 @@ class XenBackend:
             yield self._undo(domid)
             raise
         return FilledRegion(domid, image.npages, image, self.fm, filled)
+
+    def _linux_fill(self, clone):
+        """Linux clones are filled before they run; lazy fill (paging) of
+        a Linux guest is not done yet."""
+        if (clone.fill or self.fill) == "lazy":
+            raise WireError("no-lazy-fill", "lazy fill of Linux clones is not supported "
+                            "yet: use fill=before-run (or auto)")
+        return "before-run"
 
     @defer.inlineCallbacks
     def _launch_lazy(self, image, clone, config, record):
@@ -512,6 +623,14 @@ class XenBackend:
                 continue
             if dom.state != DomainState.RUNNING:
                 continue
+            if dom.kind == LINUX:
+                # It runs on with no result to report: its first unpause is
+                # told at once (the controller's launch_ms).
+                first = dom.t_first_ns is not None and not dom.first_told
+                if self._linux_stopped(dom, info.shutdown_reason) or first:
+                    dom.first_told = True
+                    self._event(dom)
+                continue
             box = dom.mailbox.read()
             if box["done"] == workload.DONE_OK:
                 dom.state, dom.result = DomainState.DONE, box["result"]
@@ -522,6 +641,20 @@ class XenBackend:
             else:
                 continue
             self._event(dom)
+
+    def _linux_stopped(self, dom, why):
+        """A running Linux guest's state from Xen's shutdown reason: whether
+        it changed."""
+        if why is None:
+            return False
+        if why == SHUTDOWN_SUSPEND:     # asked by us (bless) or by another toolstack
+            dom.suspended, dom.state = True, DomainState.PAUSED
+        elif why == SHUTDOWN_POWEROFF:
+            dom.state = DomainState.DONE
+        else:       # a reboot too (a triple fault is one): a clone does not boot again
+            dom.state = DomainState.CRASHED
+            dom.error = "guest stopped: Xen shutdown reason %d" % why
+        return True
 
     def pause(self, domid):
         def pause():
@@ -534,19 +667,69 @@ class XenBackend:
         return _xen_errors(defer.maybeDeferred(pause))
 
     def unpause(self, domid):
-        def unpause():
-            dom = self._get(domid)
-            if dom.state in (DomainState.DONE, DomainState.CRASHED):
-                raise WireError("not-runnable", "domain %d is %s" % (domid, dom.state))
+        return _xen_errors(self._unpause_domain(domid))
+
+    @defer.inlineCallbacks
+    def _unpause_domain(self, domid):
+        dom = self._get(domid)
+        if dom.state in (DomainState.DONE, DomainState.CRASHED):
+            raise WireError("not-runnable", "domain %d is %s" % (domid, dom.state))
+        if dom.kind == LINUX:
+            if dom.suspended:
+                # A blessed Linux master runs on: its suspend is cancelled.
+                xs = yield self._xenstore()
+                yield linux.resume(xs, self.xc, domid)
+                dom.suspended = False
+        else:
             box = dom.mailbox.read()
             if box["ready"] and not box["go"]:
                 # A master at its bless point runs on as clone 0, input 0,
                 # as it does on KVM.
                 dom.mailbox.write(go=1)
-            self._unpause(dom)
-            return dom.info()
+        self._unpause(dom)
+        return dom.info()
 
-        return _xen_errors(defer.maybeDeferred(unpause))
+    # -- domains xenclone did not make
+
+    def adopt(self, ref):
+        """Take over a Linux PVH domain that xl made (by name or domid), as
+        a master: ``bless`` of a domain the daemon does not know."""
+        return _xen_errors(self._adopt(ref))
+
+    @defer.inlineCallbacks
+    def _adopt(self, ref):
+        if str(ref) in ("0", "Domain-0"):
+            raise WireError("unsupported", "Domain-0 cannot be blessed")
+        try:
+            text = yield xl.run(self.reactor, ["list", "-l", str(ref)], timeout=30)
+        except WireError as e:
+            if e.code != "xl-failed":
+                raise
+            raise WireError("no-domain", "unknown domain %r (neither xenclone's nor Xen's)"
+                            % (ref,))
+        domid, config = linux.adopted_config(text, ref)
+        info = self.xc.domain_info(domid)
+        if not info.hvm:
+            raise WireError("unsupported", "%s is a PV guest: PV domains are not supported, "
+                            "only PVH" % config["name"])
+        if domid in self._domains:
+            raise WireError("exists", "domain %d is xenclone's already" % domid)
+        npages = linux.npages(config)
+        # The daemon's record of a master that has no workload: its size.
+        dom = self._track(domid, config["name"], "master", npages, config,
+                          {"memory_mib": config["memory"]}, kind=LINUX)
+        dom.paused = info.paused
+        dom.suspended = info.shutdown_reason == SHUTDOWN_SUSPEND
+        dom.state = (DomainState.PAUSED if dom.paused or dom.suspended
+                     else DomainState.RUNNING)
+        self.log.info("took over {name} (domain {domid}, {mib} MiB) from xl", name=dom.name,
+                      domid=domid, mib=config["memory"])
+        return dom.info()
+
+    def release(self, domid):
+        """Stop managing an adopted domain (a bless of it failed); it runs on."""
+        self._drop(domid)
+        return defer.succeed(None)
 
     def destroy(self, domid):
         def destroy():
@@ -716,7 +899,10 @@ class XenBackend:
         if self._watcher.running:
             self._watcher.stop()
         for dom in self._domains.values():
-            dom.mailbox.close()
+            if dom.mailbox is not None:
+                dom.mailbox.close()
+        if self._xs is not None:
+            self._xs.close()
         if self._evictor is not None:
             self._evictor.close()
             self._source.evtchn.close()

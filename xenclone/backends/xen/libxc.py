@@ -169,6 +169,11 @@ class DomainInfo(namedtuple(
         return bool(self.flags & _lib.XEN_DOMINF_paused)
 
     @property
+    def hvm(self):
+        """An HVM container (HVM or PVH); False for a PV guest."""
+        return bool(self.flags & _lib.XEN_DOMINF_hvm_guest)
+
+    @property
     def shutdown_reason(self):
         """None while the domain runs, else Xen's SHUTDOWN_* code
         (0 poweroff, 1 reboot, 2 suspend, 3 crash, 4 watchdog, 5 soft reset)."""
@@ -338,6 +343,23 @@ class XenCtrl:
                    _lib.xc_domain_decrease_reservation_exact, domid,
                    len(arr), order, arr,
                    detail="dom %d, %d extents" % (domid, len(arr)))
+
+    def hvm_param(self, domid, name):
+        """An HVM param by its short name (``"STORE_PFN"`` for
+        ``HVM_PARAM_STORE_PFN``; those the shim binds)."""
+        value = _ffi.new("uint64_t *")
+        self._call("xc_hvm_param_get", _lib.xc_hvm_param_get, domid,
+                   getattr(_lib, "HVM_PARAM_" + name), value,
+                   detail="dom %d %s" % (domid, name))
+        return value[0]
+
+    def resume(self, domid, fast=True):
+        """Resume a suspended guest (libxenguest).  ``fast``: the
+        cooperative way, its suspend hypercall returns 1 (cancelled), so
+        the guest carries on in the same domain with its devices as they
+        were; the slow way makes it reconnect them as after a restore."""
+        self._call("xc_domain_resume", _lib.xc_domain_resume, domid,
+                   1 if fast else 0, detail="dom %d" % domid)
 
     # ---- mem_paging (needs a Xen built with MEM_PAGING) ----
     def paging_enable(self, domid):
