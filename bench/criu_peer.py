@@ -44,7 +44,9 @@ from xenclone import workload
 import kernel_memory
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.path.join(HERE, "criu_workload.c")
+SHIM = os.path.join(os.path.dirname(HERE), "libxc_shim", "src")
+# The workload, with the shim's data-set words (pages.c) rather than a copy.
+SOURCES = [os.path.join(HERE, "criu_workload.c"), os.path.join(SHIM, "pages.c")]
 PRIVATE_ROOT = os.environ.get("XENCLONE_CRIU_ROOT", "/var/cache/xenclone-bench/criu-root")
 MODES = ("eager", "lazy")
 
@@ -251,7 +253,8 @@ class Peer:
     def bless(self):
         """Build and start the workload, let it fill its image, dump it."""
         exe = os.path.join(self.dir, "criu_workload")
-        subprocess.run(["gcc", "-O2", "-Wall", "-static", "-o", exe, SOURCE], check=True)
+        subprocess.run(["gcc", "-O2", "-Wall", "-static", "-I", SHIM, "-o", exe] + SOURCES,
+                       check=True)
         p = self.params
         args = [str(v) for v in (p.memory_pages, p.data_first_pfn, p.data_npages,
                                  p.common_reads, p.clone_reads, p.write_pages, p.seed,

@@ -24,18 +24,9 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
-#define PAGE 4096u
+#include "pages.h"     /* xc_mix: the data set, the same as the guest's */
 
-static uint32_t mix(uint32_t seed, uint32_t pfn, uint32_t w)
-{
-    uint32_t h = seed ^ (pfn * 0x9E3779B1u) ^ (w * 0x85EBCA77u);
-    h ^= h >> 16;
-    h *= 0x7FEB352Du;
-    h ^= h >> 15;
-    h *= 0x846CA68Bu;
-    h ^= h >> 16;
-    return h;
-}
+#define PAGE 4096u
 
 static int read_full(int fd, void *buf, size_t len)
 {
@@ -91,7 +82,7 @@ int main(int argc, char **argv)
     for (uint32_t p = first; p < first + n; p++)
         if (!zero_every || p % zero_every)
             for (uint32_t w = 0; w < PAGE / 4; w++)
-                WORD(p, w) = mix(seed, p, w);
+                WORD(p, w) = xc_mix(seed, p, w);
     say("R", 1);
 
     uint32_t clone[2];

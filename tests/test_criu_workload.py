@@ -10,8 +10,9 @@ from twisted.trial import unittest
 
 from xenclone import workload
 
-SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "bench", "criu_workload.c")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIM = os.path.join(ROOT, "libxc_shim", "src")
+SOURCES = [os.path.join(ROOT, "bench", "criu_workload.c"), os.path.join(SHIM, "pages.c")]
 
 
 class CriuWorkloadTests(unittest.TestCase):
@@ -21,7 +22,8 @@ class CriuWorkloadTests(unittest.TestCase):
         self.dir = tempfile.mkdtemp(prefix="xc-criu-workload-")
         self.addCleanup(shutil.rmtree, self.dir)
         self.exe = os.path.join(self.dir, "criu_workload")
-        subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", self.exe, SOURCE], check=True)
+        subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-I", SHIM, "-o", self.exe] + SOURCES,
+                       check=True)
 
     def answer(self, params, clone_id, input):
         p = params
