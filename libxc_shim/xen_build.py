@@ -147,6 +147,13 @@ typedef struct {
 typedef vm_event_request_t vm_event_response_t;
 typedef struct { ...; } vm_event_back_ring_t;
 
+/* ---- HVM save record: vCPU state a Linux clone's lazy fill reads ---- */
+struct hvm_save_descriptor { uint16_t typecode; uint16_t instance; uint32_t length; };
+struct hvm_hw_cpu { uint64_t cr3; uint64_t cr4; uint64_t gs_base; uint64_t shadow_gs;
+                    uint64_t msr_efer; ...; };
+#define XEN_SHIM_HVM_CPU ...
+#define XEN_SHIM_HVM_END ...
+
 /* ---- xenforeignmemory ---- */
 xenforeignmemory_handle *xenforeignmemory_open(xentoollog_logger *logger,
                                                unsigned open_flags);

@@ -16,8 +16,8 @@ initramfs dom0, and runs rig/jobs/all.sh there, in one boot:
   their own clone-id from XenStore, the master resumed, a PV domU and bad
   input refused clearly.
 
-The MEM_PAGING hypervisor is booted second, with the probe and the lazy
-job (rig/jobs/paging.sh).
+The MEM_PAGING hypervisor is booted second, with the probe, the lazy job
+and the Linux job again, its clones lazy there (rig/jobs/paging.sh).
 
 It runs by default, as CI must; set XENCLONE_SKIP_RIG=1 to skip it (it
 needs root, about 2.5 GiB of RAM for QEMU and a minute or two).
@@ -43,9 +43,9 @@ RIG = os.path.join(ROOT, "rig")
 BUILD_TIMEOUT = 900
 BOOT_TIMEOUT = 1800
 # Xen from source: ~1.5 min here, more on a loaded machine; then the boot
-# with the probe and the lazy job (a few minutes under TCG).
+# with the probe, the lazy job and the Linux job (10-15 min under TCG).
 XEN_BUILD_TIMEOUT = 1800
-PAGING_TIMEOUT = 1200
+PAGING_TIMEOUT = 1800
 
 
 def skip_reason():
@@ -109,13 +109,14 @@ def rig_run():
 @functools.cache
 def paging_run():
     """The second variant: Xen built with MEM_PAGING (cached), booted with
-    the probe and the lazy job.  Returns (xen build, boot, out directory,
-    probe or None, lazy results or None)."""
+    the probe, the lazy job and the Linux job.  Returns (xen build, boot,
+    out directory, probe, lazy results, Linux results), each None if
+    missing."""
     rig_run()     # the stock build first: it fetches the .deb whose config we reuse
     xen = _run([os.path.join(RIG, "build-xen-paging.sh")], XEN_BUILD_TIMEOUT)
     out = tempfile.mkdtemp(prefix="xenclone-rig-paging.")
     if xen.returncode != 0:
-        return xen, None, out, None
+        return xen, None, out, None, None, None
     # Not --no-build: another worktree's build may have become the cache's
     # current one since rig_run(); boot.sh boots the build of this tree.
     boot = _run([os.path.join(RIG, "boot.sh"),
@@ -124,12 +125,13 @@ def paging_run():
                  "--out", out, "--timeout", str(PAGING_TIMEOUT - 60)], PAGING_TIMEOUT)
     probe = _load(os.path.join(out, "probe.json"))
     lazy = _load(os.path.join(out, "lazy-results.json"))
+    linux = _load(os.path.join(out, JOB_RESULTS["linux"]))
     if lazy is not None:
         lazy["restart"] = _load(os.path.join(out, "lazy-restart-results.json"))
     if boot.returncode == 0 and probe and lazy and lazy.get("ok") and (
-            lazy["restart"] or {}).get("ok"):
+            lazy["restart"] or {}).get("ok") and linux and linux.get("ok"):
         atexit.register(shutil.rmtree, out, True)
-    return xen, boot, out, probe, lazy
+    return xen, boot, out, probe, lazy, linux
 
 
 class _RigCase:
@@ -318,7 +320,7 @@ class _PagingCase:
         reason = skip_reason()
         if reason:
             raise unittest.SkipTest(reason)
-        self.xen, self.boot, self.out, self.probe, self.lazy = paging_run()
+        self.xen, self.boot, self.out, self.probe, self.lazy, self.linux = paging_run()
 
 
 class XenPagingTests(_PagingCase, unittest.TestCase):
@@ -379,3 +381,26 @@ class XenLazyTests(_PagingCase, unittest.TestCase):
         self.assertIn("save_plus_restore_s", numbers["xl_save_restore"], numbers)
         # Kept in the trial log: the rig's own output is removed when it passed.
         Logger().info("rig lazy numbers: {numbers}", numbers=json.dumps(numbers, sort_keys=True))
+
+
+class XenLazyLinuxTests(_PagingCase, unittest.TestCase):
+    """The Linux job on the MEM_PAGING boot: the same Linux PVH master, its
+    2 clones filled lazily through the paging ring while their kernels run
+    the Xen resume path."""
+
+    def test_linux_job_passes_with_lazy_clones(self):
+        self.assertIsNotNone(self.linux, "no linux-results.json (output in %s):\n%s"
+                             % (self.out, "\n".join((self.boot.stdout + self.boot.stderr)
+                                                     .splitlines()[-40:])))
+        failed = [k for k, ok in self.linux["checks"].items() if not ok]
+        self.assertEqual(failed, [], "failed Linux checks (output in %s): %s"
+                         % (self.out, self.linux.get("error", "")))
+        self.assertEqual(self.linux["fill"], "lazy")
+
+    def test_lazy_linux_clones_fault_in_part_of_their_memory(self):
+        clones = (self.linux or {}).get("clones")
+        self.assertTrue(clones, "no Linux clones (output in %s)" % self.out)
+        for c in clones:
+            self.assertEqual(c["fill_mode"], "lazy", c)
+            self.assertEqual(c["ids_printed"], [str(c["clone_id"])], c["console_tail"])
+            self.assertLess(c["faults"], 128 * 256, c)

@@ -18,6 +18,11 @@
 #include <xentoollog.h>
 #include <xen/vm_event.h>
 #include <xen/hvm/params.h>
+#include <xen/hvm/save.h>
+
+/* Save-record type codes are sizeof-expressions (HVM_SAVE_CODE). */
+#define XEN_SHIM_HVM_CPU HVM_SAVE_CODE(CPU)
+#define XEN_SHIM_HVM_END HVM_SAVE_CODE(END)
 
 /* A name for the anonymous union of event payloads: cffi needs one to
  * declare it partially (only mem_paging is bound). */

@@ -521,12 +521,11 @@ class XenBackend:
             # Kept for a look if it stops: xl would boot a rebooted clone
             # afresh from the kernel, as no clone of the image.
             config.update(on_reboot="preserve", on_crash="preserve")
-        # Refused before anything is built.
-        fill = self._fill_of(clone.fill or self.fill) if kind == GUEST else self._linux_fill(clone)
+        fill = self._fill_of(clone.fill or self.fill)   # refused before anything is built
         xs = (yield self._xenstore()) if kind == LINUX else None
         image = self._readable(image)
         if fill == "lazy":
-            region = yield self._launch_lazy(image, clone, config, record)
+            region = yield self._launch_lazy(image, clone, config, record, kind, xs)
             return region
         domid = yield self._create(config)
         try:
@@ -545,19 +544,17 @@ class XenBackend:
             raise
         return FilledRegion(domid, image.npages, image, self.fm, filled)
 
-    def _linux_fill(self, clone):
-        """Linux clones are filled before they run; lazy fill (paging) of
-        a Linux guest is not done yet."""
-        if (clone.fill or self.fill) == "lazy":
-            raise WireError("no-lazy-fill", "lazy fill of Linux clones is not supported "
-                            "yet: use fill=before-run (or auto)")
-        return "before-run"
-
     @defer.inlineCallbacks
-    def _launch_lazy(self, image, clone, config, record):
-        """Paging ring, every page evicted but the params page (kept mapped
-        for the mailbox), HVM context, unpause: the pager fills the rest."""
+    def _launch_lazy(self, image, clone, config, record, kind, xs):
+        """Paging ring, every page evicted but those the guest needs before
+        it can fault (the project's guest's params page, kept mapped for its
+        mailbox; a Linux kernel's per-CPU areas), HVM context, unpause: the
+        pager fills the rest.  A page Xen itself replaces on a Linux resume
+        (the shared info frame's gfn) comes back to the pager as a drop."""
         source = self.fault_source()
+        # Refused before anything is built.
+        resident = (linux.resume_pages(libxc.hvm_cpus(record), image.read_page, image.npages)
+                    if kind == LINUX else [workload.PARAMS_PFN])
         domid = yield self._create(config)
         region = None
         try:
@@ -568,20 +565,26 @@ class XenBackend:
                 ring.close()
                 raise
             dom = self._track(domid, clone.name, "clone", image.npages, config, clone.meta,
-                              fill="lazy")
+                              fill="lazy", kind=kind)
             dom.image = image
-            dom.mailbox.load(image.read_page(workload.PARAMS_PFN))
-            dom.mailbox.write(clone_id=clone.clone_id, input=clone.input, go=1)
-            pfns = [p for p in range(image.npages) if p != workload.PARAMS_PFN]
-            kept, us = yield self._thread(self._evictor.evict_all, domid, pfns)
+            if kind == LINUX:
+                yield linux.write_clone_id(xs, domid, clone.clone_id)
+            else:
+                dom.mailbox.load(image.read_page(workload.PARAMS_PFN))
+                dom.mailbox.write(clone_id=clone.clone_id, input=clone.input, go=1)
+            stay = set(resident)
+            kept, us = yield self._thread(self._evictor.evict_all, domid,
+                                          [p for p in range(image.npages) if p not in stay])
             self.setup_us_per_page.append(us)
             if kept:
                 # Xen kept these (an extra reference): they get the image's
                 # contents now, as a filled clone's would, and never fault.
                 self.log.info("clone {name}: {n} pages not evicted (first errno {err})",
                               name=clone.name, n=len(kept), err=next(iter(kept.values())))
-                yield self._thread(self._fill_pages, domid, image, sorted(kept))
-            region.keep(sorted(kept) + [workload.PARAMS_PFN])
+            fill = sorted(kept) + (resident if kind == LINUX else [])
+            if fill:
+                yield self._thread(self._fill_pages, domid, image, fill)
+            region.keep(sorted(kept) + resident)
             self.xc.hvm_setcontext(domid, record)
             if not clone.paused:
                 self._unpause(dom)

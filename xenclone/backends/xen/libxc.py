@@ -107,6 +107,34 @@ def load():
     return _ffi, _lib
 
 
+CpuState = namedtuple("CpuState", "vcpu cr3 cr4 efer gs_base shadow_gs")
+
+
+def hvm_cpus(record):
+    """Each vCPU's paging root and GS bases in an HVM save record (the
+    layout from Xen's own headers).  Needs the built shim, not a Xen host."""
+    try:
+        from xenclone import _xen
+    except ImportError as e:
+        raise XenUnavailable("xenclone._xen is not built (%s)" % e) from None
+    ffi, lib = _xen.ffi, _xen.lib
+    head, out, at = ffi.sizeof("struct hvm_save_descriptor"), [], 0
+    while at + head <= len(record):
+        desc = ffi.cast("struct hvm_save_descriptor *", ffi.from_buffer(record[at:at + head]))
+        code, instance, length = desc.typecode, desc.instance, desc.length
+        body = record[at + head:at + head + length]
+        if code == lib.XEN_SHIM_HVM_END:
+            break
+        if code == lib.XEN_SHIM_HVM_CPU:
+            if len(body) < ffi.sizeof("struct hvm_hw_cpu"):
+                raise ValueError("HVM CPU record %d is %d bytes" % (instance, len(body)))
+            cpu = ffi.cast("struct hvm_hw_cpu *", ffi.from_buffer(body))
+            out.append(CpuState(instance, cpu.cr3, cpu.cr4, cpu.msr_efer, cpu.gs_base,
+                                cpu.shadow_gs))
+        at += head + length
+    return out
+
+
 def _opened(handle, op):
     """Raise XenError if an ``*_open`` returned NULL, else return handle."""
     if handle == _ffi.NULL:

@@ -22,6 +22,7 @@ import json
 
 from twisted.internet import defer, task
 
+from xenclone.backends.xen import pagewalk
 from xenclone.interfaces import PAGE_SIZE
 from xenclone.wire import WireError
 from xenclone.xenstore.wire import XenStoreError
@@ -31,6 +32,10 @@ READY_TIMEOUT = 300.0       # xl create to feature-suspend: 15-60 s under TCG
 SUSPEND_TIMEOUT = 60.0      # libxl's, for the ack and again for the suspend
 POLL = 0.1
 MAX_MEMORY_MIB = 3072       # RAM must be pfns 0..n-1, below libxl's PVH MMIO hole
+# A vCPU's per-CPU unit: Debian's 6.1 kernel has 208 KiB static in 256 KiB
+# units ("pcpu-alloc: s212992 ... u262144"); vcpu_info is in the static part.
+PERCPU_PAGES = 64
+KERNEL_HALF = 0xFFFF800000000000
 # libxl device lists a clone would have to reconnect or recreate.
 DEVICES = {"disks": "vbd (disk)", "nics": "vif (network)", "pcidevs": "pci",
            "vfbs": "vfb", "vkbs": "vkb", "p9s": "9pfs", "channels": "channel",
@@ -186,6 +191,29 @@ def adopted_config(text, ref):
     boot = {"memory": mib, "vcpus": b_info.get("max_vcpus", 1), "kernel": b_info["kernel"],
             "ramdisk": b_info.get("ramdisk"), "extra": b_info.get("cmdline")}
     return domid, master_config(boot, name)
+
+
+def resume_pages(cpus, read_page, npages):
+    """Pages a lazy clone must have before its kernel resumes: each vCPU's
+    per-CPU area (its GS base).  The resume re-registers the vCPU's
+    ``vcpu_info``, which lives there, and Xen refuses a guest frame that
+    is paged out (register_vcpu_info fails EINVAL, and Linux panics)
+    rather than wait for the pager."""
+    pfns = set()
+    for cpu in cpus:
+        if cpu.cr4 & pagewalk.CR4_LA57:
+            raise WireError("no-lazy-fill", "vCPU %d uses 5-level paging: lazy fill of this "
+                            "Linux image is not done; use fill=before-run" % cpu.vcpu)
+        # In the kernel (the suspend hypercall) GS is the kernel's; a vCPU
+        # caught between swapgs pairs has it in the shadow.
+        base = cpu.gs_base if cpu.gs_base >= KERNEL_HALF else cpu.shadow_gs
+        try:
+            for i in range(PERCPU_PAGES):
+                pfns.add(pagewalk.virt_to_pfn(base + i * PAGE_SIZE, cpu.cr3, read_page, npages))
+        except pagewalk.NotMapped as e:
+            raise WireError("no-lazy-fill", "vCPU %d's per-CPU area is not found in the "
+                            "image (%s): use fill=before-run" % (cpu.vcpu, e))
+    return sorted(p for p in pfns if p < npages)
 
 
 def npages(config):
