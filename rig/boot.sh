@@ -19,7 +19,7 @@
 #                MEM_PAGING build of rig/build-xen-paging.sh)
 # --kvm          -accel kvm -cpu host, for hosts with VMX/SVM and nested
 #                virtualization (default: TCG, which is what works on
-#                machines whose /dev/kvm cannot run Xen)
+#                machines whose /dev/kvm cannot run Xen); or ACCEL=kvm
 # --no-build     do not run rig/build.sh first (use $CACHE/current)
 # --verbose      stream the console to stderr while it runs
 #
@@ -36,6 +36,7 @@ MEM=2048
 TIMEOUT=600
 XEN=""
 KVM=0
+[ "${ACCEL:-tcg}" = kvm ] && KVM=1      # as --kvm (make xen-test ACCEL=kvm)
 BUILD=1
 VERBOSE=0
 while [ $# -gt 0 ]; do

@@ -315,6 +315,19 @@ class PagerTests(unittest.TestCase):
         self.assertEqual(self.ledger.kind(3, 15), L.SHARED)
         self.assertEqual(r3.state[15], PageState.SHARED)
 
+    def test_clone_filled_before_run_is_never_a_victim(self):
+        """Its frames are its own (stock Xen): under host pressure the
+        lazy clones' pages go, none of its."""
+        r3 = FakeRegion(3, 64, self.image)
+        r3.fill_mode, r3.prefilled = "fill-before-run", list(range(1, 41))
+        self.backend.states[3] = "running"
+        self.pager.attach(r3, self.image)
+        self.source.deliver([(1, S, p) for p in range(41, 51)])
+        self.pager.rebudget(30)
+        self.assertEqual(self.ledger.clone(3).classes, set())
+        self.assertEqual(self.ledger.clone(3).resident, 40)
+        self.assertEqual(self.ledger.clone(1).resident, 0)
+
     def test_prefilled_page_punched_before_attach_is_left_to_fault(self):
         """The cache let a page go between launch and attach: the hole
         unmapped it from the new clone, so it is neither shared in C (a

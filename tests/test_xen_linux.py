@@ -180,6 +180,24 @@ class ReadyTests(unittest.TestCase):
         self.assertEqual(self.xs.perms["/local/domain/9/xenclone"], ["n0", "r9"])
 
 
+class BalloonTargetTests(unittest.TestCase):
+    """memory/target in KiB, as xl mem-set writes it."""
+
+    def setUp(self):
+        self.xs = FakeXenStore()
+
+    def test_target_read_and_written_in_kib(self):
+        self.xs.nodes["/local/domain/9/memory/target"] = b"131072"
+        self.assertEqual(self.successResultOf(linux.balloon_target(self.xs, 9)), 32768)
+        self.successResultOf(linux.set_balloon_target(self.xs, 9, 16384))
+        self.assertEqual(self.xs.nodes["/local/domain/9/memory/target"], b"65536")
+
+    def test_no_target_or_nonsense_is_none(self):
+        self.assertIsNone(self.successResultOf(linux.balloon_target(self.xs, 9)))
+        self.xs.nodes["/local/domain/9/memory/target"] = b"lots"
+        self.assertIsNone(self.successResultOf(linux.balloon_target(self.xs, 9)))
+
+
 def xl_long(kind="pvh", **extra):
     """``xl list -l`` of a domain xl made."""
     config = {"c_info": {"type": kind, "name": "rig-pvh"},

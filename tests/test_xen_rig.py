@@ -13,8 +13,9 @@ initramfs dom0, and runs rig/jobs/all.sh there, in one boot:
   refused;
 - linux.sh: a Linux PVH domU made by plain xl, blessed by name through the
   daemon's CLI (a cooperative suspend), 2 clones that resume and print
-  their own clone-id from XenStore, the master resumed, a PV domU and bad
-  input refused clearly.
+  their own clone-id from XenStore, their memory given back through their
+  balloon drivers (the operator's target, then real pressure), the master
+  resumed, a PV domU and bad input refused clearly.
 
 The MEM_PAGING hypervisor is booted second, with the probe, the lazy job
 and the Linux job again, its clones lazy there (rig/jobs/paging.sh).
@@ -303,6 +304,17 @@ class XenLinuxTests(_RigCase, unittest.TestCase):
         self.assertLessEqual(suspend["ack_s"], suspend["suspend_s"])
         self.assertLess(suspend["suspend_s"], 120)
         self.assertIsNotNone(results["master_resume"]["id_seen_s"], results["master_resume"])
+
+    def test_filled_clones_give_frames_back_through_their_balloons(self):
+        """Stock Xen: the operator's target, then real pressure (a paused
+        domain takes the hypervisor's free memory) lowers both clones to
+        their floor and its end raises them again; they run on."""
+        balloon = self.requireResults("linux").get("balloon")
+        self.assertIsNotNone(balloon, "the Linux job did not balloon")
+        self.assertEqual(balloon["operator"]["rc"], 0, balloon)
+        for step in ("pressure_down_s", "back_up_s", "ticks_after"):
+            self.assertIsNotNone(balloon[step], balloon)
+        Logger().info("rig balloon: {balloon}", balloon=json.dumps(balloon, sort_keys=True))
 
     def test_pv_and_bad_input_refused_clearly(self):
         errors = self.requireResults("linux")["errors"]

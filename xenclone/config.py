@@ -288,6 +288,10 @@ DAEMON = Table("xenclone daemon configuration", [
         "for a burst", minimum=0),
     Key("burst_time_ms", 1000, "how long a burst may last; then the clone is "
         "evicted to its limit and held there as long again", minimum=1),
+    Key("balloon_floor_percent", 75, "Xen without MEM_PAGING: below "
+        "low_watermark_mib of the hypervisor's free memory, Linux clones are "
+        "asked (memory/target) to give frames back, down to this percent of "
+        "their memory", minimum=1, maximum=100),
     Key("eviction_policy", "sharing", "how victims are chosen: clock (oldest "
         "first, recent faults spared) or sharing (clean pages first, private "
         "pages last)", choices=("clock", "sharing")),

@@ -135,6 +135,19 @@ class ILinuxBackend(Interface):
         """Stop managing an adopted domain, which runs on; Deferred."""
 
 
+class IBalloonBackend(Interface):
+    """A backend whose clones' frames only the guest can give back (Xen
+    without MEM_PAGING): a guest's balloon driver follows its target."""
+
+    def balloonable():
+        """{domid: (nominal pages, target pages)} of the running clones
+        that can balloon and whose pages the pager cannot evict."""
+
+    def balloon(domid, pages):
+        """Ask the clone to hold ``pages`` (its balloon target); Deferred.
+        Fails ``no-balloon`` for a guest without a balloon driver."""
+
+
 class IFaultRegion(Interface):
     """One clone's guest memory as the pager sees it."""
 

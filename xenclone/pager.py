@@ -122,6 +122,7 @@ class Pager:
         self.track_image(image)
         self.ledger.add_clone(region.domid, image.image_id, region.npages)
         self._clones[region.domid] = (region, image)
+        self._unpaged(region)
         self.set_fault_around(region.domid, 0 if share and self.recorded(image) else None)
         self.set_knobs(region.domid, share=share)
         # Pages the backend mapped at launch, unless the cache let them go
@@ -134,6 +135,13 @@ class Pager:
         self.source.add(region)
         self._grant()
 
+    def _unpaged(self, region):
+        """A clone filled before it ran holds frames of its own that the
+        hypervisor cannot take (only its balloon can give some back): never
+        a victim."""
+        if region.fill_mode != "lazy":
+            self.ledger.set_knobs(region.domid, classes=())
+
     def reattach(self, region, image, kinds, paged_out, share=True):
         """Take back a clone a previous daemon served.  Its pages are what
         the kernel shows (``kinds``, one per page); an absent page the
@@ -143,6 +151,7 @@ class Pager:
         self.track_image(image)
         self.ledger.add_clone(domid, image.image_id, region.npages)
         self._clones[domid] = (region, image)
+        self._unpaged(region)
         by_kind = defaultdict(list)
         for pfn, kind in enumerate(kinds):
             if kind == PageState.ABSENT and pfn in paged_out:

@@ -20,15 +20,18 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from xenclone import hostmem
+from xenclone.control.balloons import BalloonService
 from xenclone.control.controller import Controller
 from xenclone.control.hostmemory import HostMemoryService
 from xenclone.control.recovery import recover
 from xenclone.helpers import HelperProcess
+from xenclone.interfaces import IBalloonBackend
 from xenclone.ledger import Ledger
 from xenclone.config import ConfigError
 from xenclone.memserver.client import MemoryServerClient, RemotePageSource
 from xenclone.memserver.mirror import MirroringMemoryServer
 from xenclone.pager import Pager
+from xenclone.policy.balloon import Balloons
 from xenclone.policy.budget import Bursts, Watermarks
 from xenclone.policy.sharing import POLICIES
 from xenclone.wire import FrameProtocol, WireError
@@ -65,6 +68,15 @@ def host_memory_service(reactor, settings, pager, read_available=hostmem.availab
         bursts = Bursts(limit=s["memory_limit_mib"] * 256, burst=s["burst_size_mib"] * 256,
                         burst_ns=s["burst_time_ms"] * 1000000)
     return HostMemoryService(reactor, pager, watermarks, bursts, read_available=read_available)
+
+
+def balloon_service(reactor, settings, backend):
+    """Balloon targets for the clones the hypervisor cannot page, with the
+    host's watermarks on its free memory."""
+    s = settings
+    policy = Balloons(low=s["low_watermark_mib"] * 256, high=s["high_watermark_mib"] * 256,
+                      floor_percent=s["balloon_floor_percent"])
+    return BalloonService(reactor, backend, policy, backend.free_pages)
 
 
 def remote_args(settings):
@@ -189,12 +201,17 @@ class CoreService(Service):
                       sync=bool(s["pageout_sync"]), fault_around=s["fault_around"])
         host_memory = host_memory_service(self.reactor, s, pager, available)
         host_memory.setServiceParent(self.parent)
+        balloons = None
+        if IBalloonBackend.providedBy(backend):
+            balloons = balloon_service(self.reactor, s, backend)
+            balloons.setServiceParent(self.parent)
         self.controller = Controller(self.reactor, backend, memory, pager, host_memory,
                                      hoard_rate=s["hoard_rate"],
                                      share_onfetch=bool(s["share_onfetch"]),
                                      memserver_timeout=s["memserver_timeout_s"],
                                      working_sets=WorkingSets(
-                                         pager, os.path.join(s["state_dir"], "working-sets")))
+                                         pager, os.path.join(s["state_dir"], "working-sets")),
+                                     balloons=balloons)
         # What a previous daemon left running is served again before any
         # new request comes in.
         yield recover(self.controller)

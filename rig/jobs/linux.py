@@ -18,8 +18,11 @@ import subprocess
 import sys
 import time
 
-MASTER, PV, MADE = "rig-pvh", "rig-pv", "lx-made"
+MASTER, PV, MADE, HOG = "rig-pvh", "rig-pv", "lx-made", "rig-hog"
 CLONES = 2
+BALLOON_MIB = 100                   # the operator's target for the first clone
+BALLOON_PAGES = BALLOON_MIB * 256
+HOG_LEAVES_MIB = 160                # below the daemon's low watermark (256 MiB)
 CFG = "/mnt/rig/domu/pvh.cfg"
 CONSOLE = "/var/log/xen/console/guest-%s.log"
 CLI = "import sys; from xenclone.cli.main import entry; sys.argv[0] = 'xenclone'; entry()"
@@ -57,6 +60,34 @@ def triple_faulted(domid):
     """Such a guest says nothing of xenclone."""
     mark = re.compile(r"\bd%dv\d+ Triple fault" % domid)
     return any(mark.search(line) for line in triple_faults())
+
+
+def wait_for(ok, timeout):
+    """Seconds until ``ok()``, or None."""
+    t = time.monotonic()
+    while time.monotonic() - t < timeout:
+        if ok():
+            return since(t)
+        time.sleep(0.5)
+    return None
+
+
+def xl_mem_mib(name):
+    """The domain's memory as xl lists it (its frames, in MiB)."""
+    rows = run("xl", "list", name).stdout.splitlines()[1:]
+    return int(rows[0].split()[2]) if rows else 0
+
+
+def xen_free_mib():
+    for line in run("xl", "info").stdout.splitlines():
+        if line.startswith("free_memory"):
+            return int(line.split(":")[1])
+    return 0
+
+
+def target_kib(domid):
+    value = run("xenstore-read", "/local/domain/%d/memory/target" % domid).stdout.strip()
+    return int(value) if value.isdigit() else None
 
 
 def wait_console(name, needle, timeout, after=0):
@@ -105,8 +136,8 @@ class Job:
         self.fill_mode = self.json("host")["capabilities"]["fill_mode"]
         self.fill = "lazy" if self.fill_mode == "lazy" else "before-run"
         self.res["fill"] = self.fill
-        for step in (self.bad_input, self.bless, self.launch, self.master_resumes,
-                     self.create_from_config, self.clean_up):
+        for step in (self.bad_input, self.bless, self.launch, self.balloon,
+                     self.master_resumes, self.create_from_config, self.clean_up):
             step()
             ends[step.__name__] = since(T0)
 
@@ -210,6 +241,57 @@ class Job:
         names = xl_names()
         self.checks["clones_in_xl_list"] = bool(rows) and all(r["name"] in names for r in rows)
 
+    def balloon(self):
+        """Stock Xen: a filled clone's frames are its own, and only its
+        balloon driver gives some back.  The operator's target first; then
+        real pressure (a paused domain takes all but HOG_LEAVES_MIB of the
+        hypervisor's free memory): the daemon lowers both clones' targets
+        to their floor (75% of their memory: a 128 MiB Debian guest has 68
+        MiB for itself, and at 64 MiB it died of OOM in the rig), and once
+        the domain is gone raises them again, the first only to the
+        operator's target."""
+        rows = self.res["clones"]
+        if self.fill != "before-run" or len(rows) != CLONES:
+            return
+        out = self.res["balloon"] = {"free_mib_before": xen_free_mib(), "triple_faulted": []}
+
+        def live():     # a clone TCG triple-faulted is left out, and listed
+            out["triple_faulted"] = [r["name"] for r in rows if triple_faulted(r["domid"])]
+            return [r for r in rows if r["name"] not in out["triple_faulted"]]
+
+        def settle(ok, timeout):
+            return wait_for(lambda: all(ok(r) for r in live()), timeout)
+
+        one, floor = rows[0], 128 * 75 // 100      # balloon_floor_percent
+        rc, _, err = self.xenclone("set", one["name"], "target=%d" % BALLOON_PAGES)
+        out["operator"] = {"rc": rc, "stderr": err.strip(), "down_s": settle(
+            lambda r: r is not one or xl_mem_mib(r["name"]) <= BALLOON_MIB + 2, 120)}
+        hog = xen_free_mib() - HOG_LEAVES_MIB
+        p = run("xl", "create", "-p", CFG, 'name="%s"' % HOG, "memory=%d" % hog,
+                "maxmem=%d" % hog, timeout=300)
+        out["hog_mib"], out["hog_rc"] = hog, p.returncode
+        out["pressure_down_s"] = settle(lambda r: xl_mem_mib(r["name"]) <= floor + 2, 120)
+        out["free_mib_under_pressure"] = xen_free_mib()
+        out["targets_under_pressure_kib"] = {r["name"]: target_kib(r["domid"]) for r in live()}
+        run("xl", "destroy", HOG)
+        # The operator's target is the most the end of pressure gives back.
+        want = {one["name"]: BALLOON_MIB, rows[1]["name"]: 128}
+        out["back_up_s"] = settle(lambda r: xl_mem_mib(r["name"]) >= want[r["name"]] - 2, 120)
+        survivors = live()
+        out["mem_mib_after"] = {r["name"]: xl_mem_mib(r["name"]) for r in survivors}
+        out["targets_after_kib"] = {r["name"]: target_kib(r["domid"]) for r in survivors}
+        ticks = [console(r["name"]).count("XENCLONE-TICK") for r in survivors]
+        out["ticks_after"] = wait_for(lambda: all(
+            console(r["name"]).count("XENCLONE-TICK") > n for r, n in zip(survivors, ticks)), 60)
+        self.checks["balloon_clone_survived_tcg"] = bool(survivors)
+        self.checks["balloon_operator_target"] = rc == 0 and out["operator"]["down_s"] is not None
+        self.checks["balloon_pressure_lowers_targets"] = (
+            p.returncode == 0 and out["pressure_down_s"] is not None
+            and set(out["targets_under_pressure_kib"].values()) <= {floor * 1024})
+        self.checks["balloon_targets_grow_back"] = out["back_up_s"] is not None and all(
+            v == want[n] * 1024 for n, v in out["targets_after_kib"].items())
+        self.checks["ballooned_clones_run_on"] = out["ticks_after"] is not None
+
     def master_resumes(self):
         before = len(console(MASTER))
         t = time.monotonic()
@@ -273,7 +355,8 @@ class Job:
         self.xenclone("discard", MASTER, "--force")
         self.xenclone("destroy", MASTER)
         self.xenclone("destroy", MADE)
-        left = [n for n in xl_names() if n.startswith(MASTER) or n in (PV, MADE)]
+        run("xl", "destroy", HOG)
+        left = [n for n in xl_names() if n.startswith(MASTER) or n in (PV, MADE, HOG)]
         self.res["left_in_xl_list"] = left
         self.checks["nothing_left"] = not left
         # For a look at a guest that stopped: Xen logs a triple fault as a reboot.

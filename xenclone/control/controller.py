@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from xenclone import memory_check, workload
 from xenclone.image import check_name
-from xenclone.interfaces import PAGE_SIZE, DomainState, ILinuxBackend
+from xenclone.interfaces import PAGE_SIZE, DomainState, IBalloonBackend, ILinuxBackend
 from xenclone.ledger import LedgerError
 from xenclone.wire import WireError
 
@@ -110,7 +110,7 @@ class Controller:
     log = Logger()
 
     def __init__(self, reactor, backend, memserver, pager, host_memory, hoard_rate=5000,
-                 share_onfetch=True, memserver_timeout=0, working_sets=None):
+                 share_onfetch=True, memserver_timeout=0, working_sets=None, balloons=None):
         self.reactor = reactor
         self.working_sets = working_sets      # REAP: record, then prefetch (or None)
         self.memserver_timeout = memserver_timeout    # s; 0: wait for ever
@@ -118,6 +118,7 @@ class Controller:
         pager.on_waiting = self._memserver_waiting
         self.backend = backend
         self.host_memory = host_memory
+        self.balloons = balloons              # BalloonService where only guests give frames back
         self.hoard_rate = hoard_rate
         self.share_onfetch = share_onfetch
         self.memserver = memserver
@@ -364,6 +365,7 @@ class Controller:
             "ledger": self.pager.ledger.host_stats(), "kernel": kernel,
             "stalled": self.pager.stalled, "waiting": self.pager.waiting(),
             "pressure": self.host_memory.state(),
+            "balloons": self.balloons.last if self.balloons is not None else None,
             "policy": self.pager.ledger.policy.name})
         return d
 
@@ -657,14 +659,26 @@ class Controller:
                                 % (key, ", ".join(sorted(known))))
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise WireError("bad-argument", "%s must be %s" % (key, kind.__name__))
-        try:
-            self.pager.set_knobs(dom.domid, target=knobs.get("target"), limit=knobs.get("limit"),
-                                 classes=knobs.get("evict"), share=knobs.get("share.onfetch"))
-        except LedgerError as e:
-            raise WireError("bad-argument", str(e))
-        d = defer.succeed(0)
-        if knobs.get("target"):
-            d = self.pager.evict_to(dom.domid, knobs["target"])
+        # A clone the hypervisor cannot page (Xen without MEM_PAGING) gives
+        # frames back only through its guest's balloon driver.
+        balloon = bool(knobs.get("target")) and IBalloonBackend.providedBy(self.backend) and (
+            dom.fill_mode or self.backend.fill_mode) != "lazy"
+
+        def apply(_=None):
+            try:
+                self.pager.set_knobs(dom.domid, target=None if balloon else knobs.get("target"),
+                                     limit=knobs.get("limit"), classes=knobs.get("evict"),
+                                     share=knobs.get("share.onfetch"))
+            except LedgerError as e:
+                raise WireError("bad-argument", str(e))
+
+        if balloon:     # refused (no balloon driver): nothing is changed
+            d = self.backend.balloon(dom.domid, knobs["target"], operator=True)
+            d.addCallback(apply)
+        else:
+            apply()
+            d = self.pager.evict_to(dom.domid, knobs["target"]) if knobs.get(
+                "target") else defer.succeed(0)
         return d.addCallback(lambda _: self.op_info({"domain": dom.domid}))
 
     def op_page_sums(self, msg):

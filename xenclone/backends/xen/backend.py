@@ -48,7 +48,8 @@ from xenclone.backends.xen.filled import FilledRegion, FilledSource
 from xenclone.backends.xen.grant_cache import DEFAULT_LIMIT as DEFAULT_GRANT_CACHE, GrantCache
 from xenclone.backends.xen.paging import PagedRegion, PagingSource
 from xenclone.image import Capture
-from xenclone.interfaces import PAGE_SIZE, DomainState, IBackend, ILinuxBackend, PageState
+from xenclone.interfaces import (PAGE_SIZE, DomainState, IBackend, IBalloonBackend,
+                                 ILinuxBackend, PageState)
 from xenclone.runs import runs
 from xenclone.wire import WireError
 from xenclone.xenstore.client import Disconnected, XenStoreClient
@@ -180,7 +181,7 @@ def _xen_errors(d):
     return d.addErrback(translate)
 
 
-@implementer(IBackend, ILinuxBackend)
+@implementer(IBackend, ILinuxBackend, IBalloonBackend)
 class XenBackend:
     name = "xen"
     numbers_domains = True      # Xen assigns domids: the controller adopts them
@@ -290,11 +291,14 @@ class XenBackend:
         box = Mailbox(self.fm.map(domid, [workload.PARAMS_PFN])) if kind == GUEST else None
         dom = self._domains[domid] = _Domain(domid, name, role, npages, config, box,
                                              kind=kind, fill=fill, meta=meta)
-        path = self._record_path(domid)
+        self._write_record(dom)
+        return dom
+
+    def _write_record(self, dom):
+        path = self._record_path(dom.domid)
         with open(path + ".tmp", "w") as f:
             json.dump(dom.record(), f)
         os.replace(path + ".tmp", path)
-        return dom
 
     def _record_path(self, domid):
         return os.path.join(self.work_dir, "domain-%d.json" % domid)
@@ -832,6 +836,48 @@ class XenBackend:
                     by_clone={str(d): _spread(times) for d, times in by_clone.items()},
                     setup_us_per_page=round(setup[len(setup) // 2], 2) if setup else None,
                     evict_failed=self._evictor.evict_failed if self._evictor else 0)
+
+    # -- balloon targets: a filled clone's frames are its own, only its
+    # guest can give some back
+
+    def balloonable(self):
+        return _xen_errors(self._balloonable())
+
+    @defer.inlineCallbacks
+    def _balloonable(self):
+        out = {}
+        for dom in list(self._domains.values()):
+            if not (dom.kind == LINUX and dom.role == "clone" and dom.fill != "lazy"
+                    and dom.state == DomainState.RUNNING):
+                continue
+            xs = yield self._xenstore()
+            target = yield linux.balloon_target(xs, dom.domid)
+            if target is not None:
+                ceiling = dom.meta.get("balloon_ceiling_pages", dom.npages)
+                out[dom.domid] = (dom.npages, ceiling, target)
+        return out
+
+    def balloon(self, domid, pages, operator=False):
+        """Set the clone's balloon target; the operator's target is also
+        the most that memory pressure's end gives back."""
+        return _xen_errors(self._balloon(domid, pages, operator))
+
+    @defer.inlineCallbacks
+    def _balloon(self, domid, pages, operator):
+        dom = self._get(domid)
+        if dom.role != "clone" or dom.kind != LINUX or dom.fill == "lazy":
+            raise WireError("no-balloon", "%s has no balloon driver to give frames back: only "
+                            "Linux clones filled before run are ballooned (a lazy clone's "
+                            "pages are evicted)" % dom.name)
+        if not 1 <= pages <= dom.npages:
+            raise WireError("bad-argument", "a target of %s must be 1 to %d pages"
+                            % (dom.name, dom.npages))
+        xs = yield self._xenstore()
+        yield linux.set_balloon_target(xs, domid, pages)
+        if operator:
+            dom.meta["balloon_ceiling_pages"] = pages
+            self._write_record(dom)
+        self.log.info("{name}: balloon target {pages} pages", name=dom.name, pages=pages)
 
     def capabilities(self):
         phys = self.xc.physinfo()

@@ -143,6 +143,26 @@ def write_clone_id(xs, domid, clone_id):
     yield xs.set_perms(path + "/clone-id", perms)
 
 
+@defer.inlineCallbacks
+def balloon_target(xs, domid):
+    """The domain's balloon target (``memory/target``, KiB) in pages, or
+    None if it has none.  Linux's balloon driver (CONFIG_XEN_BALLOON, in
+    Debian's kernels) follows it and says nothing back: no feature flag,
+    unlike Windows PV drivers' ``control/feature-balloon``."""
+    try:
+        kib = yield xs.read(home(domid) + "/memory/target")
+    except XenStoreError:
+        return None
+    return int(kib) * 1024 // PAGE_SIZE if kib.strip().isdigit() else None
+
+
+@defer.inlineCallbacks
+def set_balloon_target(xs, domid, pages):
+    """Ask the guest's balloon driver to hold ``pages`` (``memory/target``,
+    in KiB, as ``xl mem-set`` writes it)."""
+    yield xs.write(home(domid) + "/memory/target", str(pages * PAGE_SIZE // 1024))
+
+
 def master_config(spec_boot, name):
     """xl settings of a Linux master xenclone creates (``xenclone create``
     with a kernel)."""

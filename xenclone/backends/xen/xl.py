@@ -21,6 +21,7 @@ log = Logger()
 class _Collect(protocol.ProcessProtocol):
     def __init__(self, done):
         self.done = done
+        self.ended = defer.Deferred()   # fires once the process is reaped, even if killed
         self.out, self.err = [], []
 
     def outReceived(self, data):
@@ -30,6 +31,7 @@ class _Collect(protocol.ProcessProtocol):
         self.err.append(data)
 
     def processEnded(self, reason):
+        self.ended.callback(None)
         if not self.done.called:
             code = reason.value.exitCode if reason.check(error.ProcessTerminated) else 0
             self.done.callback((code, b"".join(self.out).decode(errors="replace"),
@@ -48,7 +50,8 @@ def run(reactor, args, timeout=TIMEOUT):
             pass
 
     done = defer.Deferred(kill)
-    proc = reactor.spawnProcess(_Collect(done), XL, argv, env=None)
+    collect = _Collect(done)
+    proc = reactor.spawnProcess(collect, XL, argv, env=None)
     log.debug("xl {args}", args=" ".join(args))
 
     def finished(result):
@@ -61,7 +64,11 @@ def run(reactor, args, timeout=TIMEOUT):
 
     def timed_out(f):
         f.trap(defer.TimeoutError, defer.CancelledError)
-        raise WireError("xl-timeout", "%s: no answer in %.0f s" % (" ".join(argv), timeout))
+
+        def gone(_):        # killed: the answer once it is reaped, not before
+            raise WireError("xl-timeout", "%s: no answer in %.0f s" % (" ".join(argv), timeout))
+
+        return collect.ended.addBoth(gone)
 
     done.addTimeout(timeout, reactor)
     return done.addCallbacks(finished, timed_out)
