@@ -135,6 +135,16 @@ def paging_run():
     return xen, boot, out, probe, lazy, linux
 
 
+def _linux_numbers(results):
+    """The Linux job's figures, kept in the trial log (a passing boot's
+    output is removed)."""
+    keep = ("launch_ms", "id_seen_s_after_request", "faults", "fill_mode")
+    return {"timings_s": results.get("timings_s"), "suspend": results.get("suspend"),
+            "clones": [{k: c.get(k) for k in keep} for c in results.get("clones", ())],
+            "lazy": results.get("lazy"), "balloon": results.get("balloon"),
+            "triple_faults": results.get("xen_triple_faults")}
+
+
 class _RigCase:
     """Reads the one rig run's results."""
 
@@ -297,6 +307,8 @@ class XenLinuxTests(_RigCase, unittest.TestCase):
             self.assertEqual(c["ids_printed"], [str(c["clone_id"])], c["console_tail"])
             self.assertIsNotNone(c["tick_after_id_s"], c["console_tail"])
             self.assertGreater(c["launch_ms"], 0)
+        Logger().info("rig Linux numbers: {numbers}", numbers=json.dumps(
+            _linux_numbers(self.results["linux"]), sort_keys=True))
 
     def test_master_suspended_cooperatively_then_resumed(self):
         results = self.requireResults("linux")
@@ -314,7 +326,6 @@ class XenLinuxTests(_RigCase, unittest.TestCase):
         self.assertEqual(balloon["operator"]["rc"], 0, balloon)
         for step in ("pressure_down_s", "back_up_s", "ticks_after"):
             self.assertIsNotNone(balloon[step], balloon)
-        Logger().info("rig balloon: {balloon}", balloon=json.dumps(balloon, sort_keys=True))
 
     def test_pv_and_bad_input_refused_clearly(self):
         errors = self.requireResults("linux")["errors"]
@@ -416,3 +427,5 @@ class XenLazyLinuxTests(_PagingCase, unittest.TestCase):
             self.assertEqual(c["fill_mode"], "lazy", c)
             self.assertEqual(c["ids_printed"], [str(c["clone_id"])], c["console_tail"])
             self.assertLess(c["faults"], 128 * 256, c)
+        Logger().info("rig lazy Linux numbers: {numbers}", numbers=json.dumps(
+            _linux_numbers(self.linux), sort_keys=True))

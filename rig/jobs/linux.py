@@ -22,7 +22,7 @@ MASTER, PV, MADE, HOG = "rig-pvh", "rig-pv", "lx-made", "rig-hog"
 CLONES = 2
 BALLOON_MIB = 100                   # the operator's target for the first clone
 BALLOON_PAGES = BALLOON_MIB * 256
-HOG_LEAVES_MIB = 160                # below the daemon's low watermark (256 MiB)
+HOG_LEAVES_MIB = 160                # below the daemon's low watermark (200 MiB, linux.sh)
 CFG = "/mnt/rig/domu/pvh.cfg"
 CONSOLE = "/var/log/xen/console/guest-%s.log"
 CLI = "import sys; from xenclone.cli.main import entry; sys.argv[0] = 'xenclone'; entry()"

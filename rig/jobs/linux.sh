@@ -9,6 +9,10 @@
 set -eu
 export XENCLONE_W=/tmp/xenclone-linux XENCLONE_SERVER_DOMAIN_MIB=0 XENCLONE_MEMSERVER_TCP=
 export XENCLONE_LOG=xenclone-linux-daemon.log
+# Watermarks on the hypervisor's free memory that the balloon step's
+# pressure (linux.py) crosses both ways, whatever the other jobs left.
+export XENCLONE_EXTRA_CONF="low_watermark_mib = 200
+high_watermark_mib = 300"
 . "$RIG_PROJECT/rig/jobs/daemon.sh"
 DOMU=rig-pvh
 CONSOLE=/var/log/xen/console/guest-$DOMU.log
