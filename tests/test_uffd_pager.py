@@ -189,11 +189,11 @@ class PagerTests(unittest.TestCase):
         self.region.around = self.chunk_faults
         self.region.around_max = max_pages
 
-    def test_fault_around_maps_a_window_that_doubles_with_each_fault(self):
+    def test_fault_around_maps_a_window_that_grows_fourfold_with_each_fault(self):
         """Image pages around a fault C served are mapped in runs (zero
         pages and present ones left to fault), one record each; the next
-        fault in the chunk maps a window twice as big."""
-        self.around(32)
+        fault in the chunk maps a window four times as big."""
+        self.around(64)
         self.region.credits = 1000
         self.m.zero[0] = 1
         self.assertEqual(lib.xc_resolve(self.region, 9, 1, lib.XC_CONTINUE), 0)
@@ -207,13 +207,13 @@ class PagerTests(unittest.TestCase):
         serve_until(self.pager, lambda: len(self.pager.records) == 7)
         self.assertServedWith(t, self.m.sums[20])
         self.assertEqual(self.pager.records[4:], [(0, lib.XC_SERVED, 20), (0, A, range(16, 20)),
-                                                  (0, A, range(21, 32))])
-        for pfn in (1, 7, 15, 16, 31):
+                                                  (0, A, range(21, 64))])
+        for pfn in (1, 7, 15, 16, 63):
             self.assertEqual(self.m.kind(pfn), lib.XC_PAGE_SHARED | lib.XC_KIND_WP)
             self.assertEqual(self.m.read(pfn), [self.m.sums[pfn]])
-        self.assertEqual([self.region.state[p] for p in (0, 32)], [lib.XC_PAGE_ABSENT] * 2)
-        self.assertEqual((self.region.faults, self.region.around_fills), (2, 28))
-        self.assertEqual(self.region.credits, 1000 - 2 - 28)
+        self.assertEqual(self.region.state[0], lib.XC_PAGE_ABSENT)
+        self.assertEqual((self.region.faults, self.region.around_fills), (2, 60))
+        self.assertEqual(self.region.credits, 1000 - 2 - 60)
 
     def test_a_prefetched_working_set_widens_fault_around_where_it_is_dense(self):
         self.around(512)
@@ -228,7 +228,7 @@ class PagerTests(unittest.TestCase):
         self.assertServedWith(t, self.m.sums[40])
         serve_until(self.pager, lambda: len(self.pager.records) == 5)
         A = lib.XC_AROUND
-        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 40),      # 16 << 2 = 64 pages
+        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 40),      # 16 << 4: all 64 pages
                                               (0, A, range(1, 2)), (0, A, range(3, 9)),
                                               (0, A, range(10, 40)), (0, A, range(41, 64))])
 

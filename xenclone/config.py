@@ -303,7 +303,7 @@ DAEMON = Table("xenclone daemon configuration", [
     Key("hoard_rate", 5000, "default background fill rate, pages a second",
         minimum=1),
     Key("fault_around", 512, "KVM: most pages mapped around a fault from the "
-        "image cache; the window doubles from 16 with each fault in a 2 MiB "
+        "image cache; the window grows fourfold from 16 with each fault in a 2 MiB "
         "chunk (0 = off, else a power of two from 16 to 512)", check=_window),
     Key("credit_batch", 256, "pages granted to the C fault path at a time; "
         "also how far the budget may be overshot", minimum=1),
