@@ -92,12 +92,7 @@ def target_kib(domid):
 
 def wait_console(name, needle, timeout, after=0):
     """Seconds until ``needle`` shows in the console past offset ``after``."""
-    t = time.monotonic()
-    while time.monotonic() - t < timeout:
-        if needle in console(name)[after:]:
-            return since(t)
-        time.sleep(0.25)
-    return None
+    return wait_for(lambda: needle in console(name)[after:], timeout)
 
 
 class Job:

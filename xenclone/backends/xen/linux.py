@@ -18,6 +18,7 @@
   same settings.
 """
 
+import functools
 import json
 
 from twisted.internet import defer, task
@@ -220,6 +221,7 @@ def resume_pages(cpus, read_page, npages):
     is paged out (register_vcpu_info fails EINVAL, and Linux panics)
     rather than wait for the pager."""
     pfns = set()
+    read_page = functools.lru_cache(maxsize=None)(read_page)   # the same few tables
     for cpu in cpus:
         if cpu.cr4 & pagewalk.CR4_LA57:
             raise WireError("no-lazy-fill", "vCPU %d uses 5-level paging: lazy fill of this "
