@@ -118,6 +118,9 @@ void xc_server_resume(struct xc_server *s);
 void xc_server_stop(struct xc_server *s);
 uint32_t xc_server_take(struct xc_server *s, struct xc_fault *out, uint32_t max);
 int xc_server_error(struct xc_server *s);
+struct xc_group { uint32_t region; uint16_t kind; uint16_t pad; uint32_t count; uint64_t first; };
+uint32_t xc_group_records(const struct xc_fault *in, uint32_t n, struct xc_group *groups,
+                          uint64_t *pfns);
 
 /* pages.h */
 #define XC_KIND_WP ...

@@ -227,10 +227,11 @@ class KvmBackendContract(BackendContract, unittest.TestCase):
         kinds = set()
 
         def deliver(records):
-            for _, kind, pfn in records:
+            for _, kind, pfns in records:       # the source's: pfns a list (or range)
                 kinds.add(kind)
-                if kind == FaultKind.HOLD and pfn in stored:
-                    region.load_copy(pfn, stored.pop(pfn))
+                for pfn in pfns if kind == FaultKind.HOLD else ():
+                    if pfn in stored:
+                        region.load_copy(pfn, stored.pop(pfn))
 
         source = UffdFaultSource(reactor)
         source.start(deliver)

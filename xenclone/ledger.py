@@ -229,30 +229,27 @@ class Ledger:
 
     def _set(self, domid, pfn, new):
         acct, changed, olds = self._set_all(domid, [pfn], new)
-        return acct, olds[0] if olds else new
+        return acct, KINDS[olds[0]] if olds else new
 
     def _set_all(self, domid, pfns, new, refuse=None):
         """Set the kind of a batch of pages (a fault storm's), whole or not
-        at all: the pages whose kind changed, and their old kinds.  A page
-        of kind ``refuse`` is an error.  Keeps the image's mapper counts."""
+        at all: the pages whose kind changed, and their old kinds' codes
+        (bytes).  A page
+        of kind ``refuse`` is an error.  Keeps the image's mapper counts.
+        A storm brings thousands a turn: the loops are the builtins' own."""
         acct = self._clones[domid]
         codes, counts, npages = acct.kind.codes, acct.counts, acct.npages
         if pfns and (min(pfns) < 0 or max(pfns) >= npages):
             pfn = next(p for p in pfns if not 0 <= p < npages)
             raise LedgerError("clone %d: page %d out of range" % (domid, pfn))
-        if refuse is not None:
-            bad = _CODE[refuse]
-            for pfn in pfns:
-                if codes[pfn] == bad:
-                    raise LedgerError("clone %d: page %d is %s, not %s" % (domid, pfn, refuse, new))
         code = _CODE[new]
-        changed, olds = [], []
-        for pfn in pfns:
-            old = codes[pfn]
-            if old != code:
-                codes[pfn] = code
-                changed.append(pfn)
-                olds.append(old)
+        if refuse is not None and _CODE[refuse] in bytes(map(codes.__getitem__, pfns)):
+            pfn = next(p for p in pfns if codes[p] == _CODE[refuse])
+            raise LedgerError("clone %d: page %d is %s, not %s" % (domid, pfn, refuse, new))
+        changed = list(dict.fromkeys([p for p in pfns if codes[p] != code]))
+        olds = bytes(map(codes.__getitem__, changed))
+        for pfn in changed:
+            codes[pfn] = code
         mapcount = self.images[acct.image_id].mapcount
         if code == _SHARED:
             for pfn in changed:
@@ -265,7 +262,7 @@ class Ledger:
             if old:
                 counts[KINDS[old]] -= olds.count(old)
         counts[new] += len(changed)
-        return acct, changed, [KINDS[old] for old in olds]
+        return acct, changed, olds
 
     def _set_run(self, domid, run):
         """Map a run of pages none of which is resident (fault-around's):
@@ -338,7 +335,7 @@ class Ledger:
         acct, changed, olds = self._set_all(domid, pfns, PRIVATE)
         self._private += len(changed)
         base = key(domid, 0)
-        self.policy.paged_in([base | pfn for pfn, old in zip(changed, olds) if old != SHARED])
+        self.policy.paged_in([base | pfn for pfn, old in zip(changed, olds) if old != _SHARED])
         self._log("written", domid, pfns)
         self._peak()
 

@@ -297,12 +297,16 @@ class Pager:
     # -- the fault path
 
     def on_faults(self, records):
-        """A batch from the fast path: (domid, kind, pfn) tuples; an
-        AROUND record's pfn is a range."""
+        """A batch from the fast path: (domid, kind, pfn) tuples, where
+        pfn may be a list of one clone's pages of that kind (a storm's, in
+        one record), and an AROUND record's is a range."""
         self.observe(records)
         by_kind = defaultdict(lambda: defaultdict(list))
         for domid, kind, pfn in records:
-            by_kind[kind][domid].append(pfn)      # AROUND: runs, kept whole
+            if kind == FaultKind.AROUND or isinstance(pfn, int):
+                by_kind[kind][domid].append(pfn)      # AROUND: runs, kept whole
+            else:
+                by_kind[kind][domid] += pfn
         for kind, by_clone in by_kind.items():
             for domid in list(by_clone):
                 if domid not in self._clones:

@@ -88,14 +88,17 @@ class WorkingSets:
         return d
 
     def observe(self, records):
-        for domid, kind, pfn in records:
+        """The pager's records: a pfn, or a list of them (on_faults)."""
+        for domid, kind, pfns in records:
             seen = self.faulted.get(domid)
-            if seen is None or kind not in _FIRST_TOUCH or seen[pfn]:
+            if seen is None or kind not in _FIRST_TOUCH:
                 continue
-            seen[pfn] = 1
             rec = self._recording.get(domid)
-            if rec is not None:
-                rec[2].append(pfn)
+            for pfn in (pfns,) if isinstance(pfns, int) else pfns:
+                if not seen[pfn]:
+                    seen[pfn] = 1
+                    if rec is not None:
+                        rec[2].append(pfn)
 
     def faults_on(self, domid, pfns):
         """How many of ``pfns`` the clone faulted on."""

@@ -137,3 +137,45 @@ int xc_server_error(struct xc_server *s)
 {
     return __atomic_exchange_n(&s->error, 0, __ATOMIC_RELAXED);
 }
+
+/* The group of (region, kind), or a new one; last is where the previous
+ * record went, most often this one's too. */
+static uint32_t group_of(struct xc_group *groups, uint32_t *ngroups, uint32_t *last,
+                         const struct xc_fault *f)
+{
+    if (f->kind != XC_AROUND) {
+        if (*ngroups && groups[*last].region == f->region && groups[*last].kind == f->kind)
+            return *last;
+        for (uint32_t g = 0; g < *ngroups; g++)
+            if (groups[g].region == f->region && groups[g].kind == f->kind)
+                return *last = g;
+    }
+    groups[*ngroups] = (struct xc_group){ .region = f->region, .kind = f->kind };
+    return *last = (*ngroups)++;
+}
+
+uint32_t xc_group_records(const struct xc_fault *in, uint32_t n, struct xc_group *groups,
+                          uint64_t *pfns)
+{
+    uint32_t ngroups = 0, last = 0;
+    for (uint32_t i = 0; i < n; i++) {     /* sizes, then where each group starts */
+        struct xc_group *g = &groups[group_of(groups, &ngroups, &last, &in[i])];
+        g->count += in[i].kind == XC_AROUND ? in[i].count : 1;
+        if (in[i].kind == XC_AROUND)
+            g->first = in[i].pfn;
+    }
+    uint64_t at = 0;
+    for (uint32_t g = 0; g < ngroups; g++)
+        if (groups[g].kind != XC_AROUND) {
+            groups[g].first = at;
+            at += groups[g].count;
+            groups[g].count = 0;
+        }
+    for (uint32_t i = 0; i < n; i++) {    /* finds, never adds: every group exists */
+        if (in[i].kind == XC_AROUND)
+            continue;
+        uint32_t g = group_of(groups, &ngroups, &last, &in[i]);
+        pfns[groups[g].first + groups[g].count++] = in[i].pfn;
+    }
+    return ngroups;
+}

@@ -21,6 +21,7 @@
 #define MSG_BATCH 64
 #define BUSY_POLL_NS 50000      /* faults C serves come in storms: spin this long after the last */
 #define MAX_BATCH_NS 1000000    /* but let Python see records within a millisecond */
+#define HOT_ROUNDS 16          /* busy-poll: one round in this many asks epoll for other regions */
 #define MAX_EAGAIN 1000         /* EAGAIN = mm changing under us; retry a bounded number of times */
 
 static int64_t now_ns(void)
@@ -439,7 +440,7 @@ static uint32_t handle_fault(struct xc_region *r, uint32_t idx, const struct uff
  * than there is room for records, so nothing read is ever dropped: each
  * fault keeps one record's room for every message read after it. */
 static uint32_t drain(struct xc_region *r, uint32_t idx, int64_t *host_credits,
-                      struct xc_fault *out, uint32_t room)
+                      struct xc_fault *out, uint32_t room, uint32_t *msgs_read)
 {
     struct uffd_msg msgs[MSG_BATCH];
     uint32_t n = 0;
@@ -451,6 +452,7 @@ static uint32_t drain(struct xc_region *r, uint32_t idx, int64_t *host_credits,
         if (got <= 0)
             break;                  /* EAGAIN: drained */
         size_t count = (size_t)got / sizeof msgs[0];
+        *msgs_read += (uint32_t)count;
         for (size_t i = 0; i < count; i++)
             if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
                 n += handle_fault(r, idx, &msgs[i], host_credits, out + n,
@@ -467,20 +469,41 @@ static int waits_for_python(uint32_t kind)
     return kind != XC_SERVED && kind != XC_ZERO && kind != XC_WRITTEN;
 }
 
+/* Drain the regions faults came from lately, straight from their uffds:
+ * during a storm that skips an epoll_wait a round.  How many messages. */
+static uint32_t drain_hot(struct xc_region **regions, uint32_t nregions, const uint32_t *hot,
+                          uint32_t nhot, int64_t *host_credits, struct xc_fault *out,
+                          uint32_t *n_out, uint32_t max_out)
+{
+    uint32_t msgs = 0;
+    for (uint32_t i = 0; i < nhot && *n_out < max_out; i++)
+        if (hot[i] < nregions && regions[hot[i]])
+            *n_out += drain(regions[hot[i]], hot[i], host_credits, out + *n_out,
+                            max_out - *n_out, &msgs);
+    return msgs;
+}
+
 int xc_pager_serve(int epfd, struct xc_region **regions, uint32_t nregions, int wake_fd,
                    int64_t *host_credits, struct xc_fault *out, uint32_t max_out, int timeout_ms)
 {
     struct epoll_event evs[MSG_BATCH];
+    uint32_t hot[MSG_BATCH], nhot = 0, rounds = 0;
     int64_t start = now_ns(), first_record = 0, last_event = 0;
     int64_t deadline = start + (int64_t)timeout_ms * 1000000;
     uint32_t n_out = 0, checked = 0;
     for (;;) {
-        int wait_ms;
+        int wait_ms, nev = 0, woke = 0, hot_only = 0;
+        uint32_t msgs = 0;
         if (n_out) {                /* busy-poll while the storm lasts */
             int64_t t = now_ns();
             if (t - last_event > BUSY_POLL_NS || t - first_record > MAX_BATCH_NS)
                 return n_out;
             wait_ms = 0;
+            /* the storm's regions alone; epoll for the others now and then */
+            if (nhot && ++rounds % HOT_ROUNDS) {
+                msgs = drain_hot(regions, nregions, hot, nhot, host_credits, out, &n_out, max_out);
+                hot_only = 1;
+            }
         } else if (timeout_ms < 0) {
             wait_ms = -1;
         } else {
@@ -489,13 +512,15 @@ int xc_pager_serve(int epfd, struct xc_region **regions, uint32_t nregions, int 
                 return 0;
             wait_ms = (int)((left + 999999) / 1000000);
         }
-        int nev = epoll_wait(epfd, evs, MSG_BATCH, wait_ms);
-        if (nev < 0) {
-            if (errno == EINTR)
-                continue;
-            return n_out ? (int)n_out : -errno;
+        if (!hot_only) {
+            nev = epoll_wait(epfd, evs, MSG_BATCH, wait_ms);
+            if (nev < 0) {
+                if (errno == EINTR)
+                    continue;
+                return n_out ? (int)n_out : -errno;
+            }
+            nhot = 0;
         }
-        int woke = 0;
         for (int i = 0; i < nev; i++) {
             uint32_t idx = (uint32_t)evs[i].data.u64;
             if (idx == XC_WAKE_DATA) {
@@ -504,20 +529,21 @@ int xc_pager_serve(int epfd, struct xc_region **regions, uint32_t nregions, int 
                     ;
                 woke = 1;
             } else if (idx < nregions && regions[idx]) {
-                n_out += drain(regions[idx], idx, host_credits, out + n_out, max_out - n_out);
-                if (n_out >= max_out)
-                    return n_out;
+                hot[nhot++] = idx;
+                n_out += drain(regions[idx], idx, host_credits, out + n_out, max_out - n_out, &msgs);
             }
+            if (n_out >= max_out)
+                return n_out;
         }
         while (checked < n_out)     /* no busy-poll while a vCPU waits for Python */
             if (waits_for_python(out[checked++].kind))
                 return n_out;
-        if (nev > 0) {
+        if (msgs || nev > 0) {
             last_event = now_ns();
             if (n_out && !first_record)
                 first_record = last_event;
         }
-        if (woke)
+        if (woke || n_out >= max_out)
             return n_out;
     }
 }

@@ -12,7 +12,6 @@ atomically), so a storm never waits for them."""
 import errno
 import os
 import select
-import struct
 
 from twisted.logger import Logger
 from twisted.internet.interfaces import IReadDescriptor
@@ -23,7 +22,6 @@ from xenclone.interfaces import IFaultRegion, IFaultSource
 
 MAX_OUT = 4096      # records taken from the ring at a time
 RING = 1 << 16      # records C may serve ahead of the reactor
-FAULT = struct.Struct("=IHHQ")   # struct xc_fault
 
 
 def _check(rc):
@@ -177,6 +175,8 @@ class UffdFaultSource:
         self._grants = {}                               # domid -> pages mapped (SERVED)
         self._ring = ffi.new("struct xc_fault[]", RING)
         self._out = ffi.new("struct xc_fault[]", MAX_OUT)
+        self._groups = ffi.new("struct xc_group[]", MAX_OUT)
+        self._pfns = ffi.new("uint64_t[]", MAX_OUT)
         self._server = ffi.new("struct xc_server *")
         self._pending = []      # records taken while C was paused, not delivered yet
         self._deliver = None
@@ -210,28 +210,31 @@ class UffdFaultSource:
         pass
 
     def _take(self):
-        """Records C served, as (domid, kind, pfn), into _pending; a run
-        mapped around a fault as (domid, AROUND, range of pfns).  The
-        slots are those they were served with: slots change only while C
-        is paused, and only once the ring is empty."""
+        """Records C served into _pending, grouped: (domid, kind, pfns)
+        with a list of the pages of one clone and kind, in the order they
+        were served; a run mapped around a fault as (domid, AROUND, range).
+        The slots are those they were served with: slots change only while
+        C is paused, and only once the ring is empty."""
+        groups, pfns, slots = self._groups, self._pfns, self._slots
         while True:
             n = lib.xc_server_take(self._server, self._out, MAX_OUT)
-            slots = self._slots
-            self._pending += [(slots[r].domid, kind,
-                               range(pfn, pfn + count) if kind == lib.XC_AROUND else pfn)
-                              for r, kind, count, pfn
-                              in FAULT.iter_unpack(ffi.buffer(self._out, n * FAULT.size))]
+            for i in range(lib.xc_group_records(self._out, n, groups, pfns)):
+                g = groups[i]
+                first, count, kind = g.first, g.count, g.kind
+                self._pending.append((slots[g.region].domid, kind,
+                                      range(first, first + count) if kind == lib.XC_AROUND
+                                      else ffi.unpack(pfns + first, count)))
             if n < MAX_OUT:
                 return
 
     def _delivered(self, records):
-        for domid, kind, pfn in records:
+        for domid, kind, pfns in records:
             if kind == lib.XC_SERVED or kind == lib.XC_AROUND:
                 grant = self._grants.get(domid)
                 if grant is not None:
-                    grant.seen += 1 if kind == lib.XC_SERVED else len(pfn)
+                    grant.seen += len(pfns)
             elif kind == lib.XC_WRITTEN:
-                self._host_grant.seen += 1
+                self._host_grant.seen += len(pfns)
         self._deliver(records)
 
     def exclusively(self, fn):
