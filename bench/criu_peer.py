@@ -188,8 +188,13 @@ class Clone:
                 os.close(fd)
 
 
+class TooSlow(RuntimeError):
+    pass
+
+
 def wait_for(clones, done, timeout=600.0):
-    """Read every clone's marks until ``done(clone)`` holds for all."""
+    """Read every clone's marks until ``done(clone)`` holds for all
+    (``TooSlow`` after ``timeout`` seconds)."""
     sel = selectors.DefaultSelector()
     for c in clones:
         sel.register(c.out_r, selectors.EVENT_READ, c)
@@ -197,7 +202,7 @@ def wait_for(clones, done, timeout=600.0):
     try:
         while not all(done(c) for c in clones):
             if time.monotonic() > deadline:
-                raise RuntimeError("CRIU clones did not finish in %d s" % timeout)
+                raise TooSlow("CRIU clones did not finish in %d s" % timeout)
             for key, _ in sel.select(0.01):
                 key.data.feed()
     finally:
@@ -309,9 +314,11 @@ class Peer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run(peer, mode, count, first_id=1):
+def run(peer, mode, count, first_id=1, limit_s=600.0):
     """One run of ``count`` clones in ``mode`` ("resident" or one of MODES):
-    the figures, from the kernel and from CRIU, once every clone answered."""
+    the figures, from the kernel and from CRIU, once every clone answered;
+    a run not done in ``limit_s`` seconds is stopped and counts as wrong,
+    with ``over_limit_s``."""
     clones = [peer.clone(c, 1000 + c) for c in range(first_id, first_id + count)]
     daemons, ok = [], False
     try:
@@ -328,7 +335,10 @@ def run(peer, mode, count, first_id=1):
             t0 = time.perf_counter()
             for c in clones:
                 c.go()
-        wait_for(clones, Clone.answered)
+        try:
+            wait_for(clones, Clone.answered, limit_s - (time.perf_counter() - t0))
+        except TooSlow:
+            return {"answers_right": False, "over_limit_s": limit_s}
         t_end = max(c.marks[b"D"] for c in clones)
         right = all(c.result() == peer.expected(c.id, c.input) for c in clones)
         mem = kernel_memory.measure([c.pid for c in clones] + [d.proc.pid for d in daemons],

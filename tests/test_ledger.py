@@ -63,6 +63,13 @@ class LedgerTests(unittest.TestCase):
         self.ledger.written(2, range(0, 60))
         self.assertEqual(self.ledger.take_credits()[0], 0)
 
+    def test_a_clone_with_no_limit_may_map_its_whole_room(self):
+        """However big: a clone out of credits between two reactor turns
+        would fault a page at a time through Python."""
+        self.ledger.add_image("big", 1 << 20, cached=())
+        self.ledger.add_clone(3, "big", 1 << 20)
+        self.assertEqual(self.ledger.take_credits()[1][3], 1 << 20)
+
     def test_the_only_copy_of_a_written_page_is_never_dropped(self):
         self.ledger.mapped_shared(1, [5])
         self.ledger.written(1, [5])
@@ -228,6 +235,14 @@ class PolicyTests(unittest.TestCase):
         self.assertEqual(order, list(range(1500, 2000)) + [5])
         policy.dropped([L.key(7, p) for p in order])
         self.assertEqual((policy._stamps, policy.choose(5, lambda k: 0)), ({}, []))
+
+    def test_clock_numbers_entries_afresh_before_they_run_out(self):
+        policy = ClockPolicy(protect=0)
+        policy.paged_in(keys("ab"))
+        policy._seq = 0xFFFFFFFF - 1        # as after 4G page-ins
+        policy.paged_in(keys("ca"))
+        self.assertEqual(list(policy._seqs), [1, 2, 3, 4])
+        self.assertEqual(names(policy.choose(3, lambda k: 0)), ["b", "c", "a"])
 
     def test_sharing_policy_evicts_clean_then_shared_then_private(self):
         policy = SharingPolicy(protect=0)

@@ -36,7 +36,6 @@ CLASSES = (DROP_CLEAN, DROP_SHARED, PAGE_OUT)
 KINDS = (None, SHARED, PRIVATE, ZERO, EVICTED, PAGED_OUT)     # a page's code is its index
 _CODE = {kind: code for code, kind in enumerate(KINDS)}
 _SHARED = _CODE[SHARED]
-UNCAPPED_CREDITS = 16384     # pages a clone with no limit may map between two grants
 
 
 class LedgerError(Exception):
@@ -472,12 +471,14 @@ class Ledger:
 
     def take_credits(self):
         """Credits for the fast path: host pages, and per clone mappings.
-        A clone with no limit or cap gets UNCAPPED_CREDITS: mapping an
-        image page the host holds costs the host nothing, and fault-around
-        needs room for its windows between two turns of the reactor."""
+        A clone with no limit or cap gets its whole room: mapping an image
+        page the host holds costs the host nothing, and a clone whose
+        credits ran out between two reactor turns faults one page at a
+        time through Python, fault-around stepping back (8 x 1 GiB x 10%
+        with a working set: 49.7k faults with 16,384 at a time, 14.1k)."""
         host = max(0, min(self.credit_batch, self.host_room()))
-        clones = {d: max(0, min(self.credit_batch if self._capped(d) else UNCAPPED_CREDITS,
-                                self.clone_room(d)))
+        clones = {d: max(0, min(self.credit_batch, self.clone_room(d)) if self._capped(d)
+                         else self.clone_room(d))
                   for d in self._clones}
         return host, clones
 

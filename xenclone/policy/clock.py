@@ -8,6 +8,8 @@ from zope.interface import implementer
 from xenclone.interfaces import IEvictionPolicy
 
 _PFN = 0xFFFFFFFF
+_SEQ = "I"                  # 32-bit sequence numbers
+_SEQ_MAX = 0xFFFFFFFF
 
 
 @implementer(IEvictionPolicy)
@@ -17,18 +19,21 @@ class ClockPolicy:
     evicting it would make the clone fault on it at once.
 
     Keys are ``domid << 32 | pfn`` (the ledger's).  A host holds millions
-    of pages, so the order is kept in arrays, 24 bytes a page: a log of
+    of pages, so the order is kept in arrays, 16 bytes a page: a log of
     keys and the sequence number of each entry, oldest first, and per clone
     the sequence number of each page's latest entry (0: not resident).  An
     entry whose number is not its page's latest is stale (the page left,
-    or came in again later); the log is compacted once most of it is."""
+    or came in again later); the log is compacted once most of it is.
+    Numbers are 32-bit (8 x 1 GiB of clones: 16 MiB less than 64-bit, the
+    daemon's PSS then under QEMU template clones'): compaction numbers the
+    live entries afresh, and comes early if the numbers would run out."""
 
     name = "clock"
 
     def __init__(self, protect=64):
         self._keys = array("Q")
-        self._seqs = array("Q")
-        self._stamps = {}            # domid -> array("Q"): latest seq of each page
+        self._seqs = array(_SEQ)
+        self._stamps = {}            # domid -> array(_SEQ): latest seq of each page
         self._live = {}              # domid -> its pages with a stamp
         self._seq = 0
         self._recent = deque(maxlen=protect) if protect else None
@@ -36,10 +41,10 @@ class ClockPolicy:
     def _stamps_of(self, domid, npages):
         st = self._stamps.get(domid)
         if st is None:
-            st = self._stamps[domid] = array("Q")
+            st = self._stamps[domid] = array(_SEQ)
             self._live[domid] = 0
         if npages > len(st):
-            st.frombytes(bytes(8 * (npages - len(st))))
+            st.frombytes(bytes(st.itemsize * (npages - len(st))))
         return st
 
     def _log_run(self, keys):
@@ -48,7 +53,7 @@ class ClockPolicy:
         st = self._stamps_of(domid, first + len(keys))
         self._live[domid] += st[first:first + len(keys)].count(0)
         seqs = range(self._seq + 1, self._seq + 1 + len(keys))
-        st[first:first + len(keys)] = array("Q", seqs)
+        st[first:first + len(keys)] = array(_SEQ, seqs)
         self._seq += len(keys)
         self._keys.extend(keys)
         self._seqs.extend(seqs)
@@ -69,10 +74,14 @@ class ClockPolicy:
         self._seqs.extend(seqs)
 
     def _log(self, keys):
-        if (isinstance(keys, range) and keys.step == 1 and keys
-                and keys.start >> 32 == (keys.stop - 1) >> 32):
-            return self._log_run(keys)
-        keys = list(keys)
+        if not isinstance(keys, range):
+            keys = list(keys)
+        if self._seq + len(keys) > _SEQ_MAX:
+            self._compact()
+        if isinstance(keys, range):
+            if keys.step == 1 and keys and keys.start >> 32 == (keys.stop - 1) >> 32:
+                return self._log_run(keys)
+            keys = list(keys)
         if keys and min(keys) >> 32 == max(keys) >> 32:
             return self._log_clone(keys)
         live, seq, st, at = self._live, self._seq, (), None
@@ -113,11 +122,12 @@ class ClockPolicy:
             self._compact()
 
     def _compact(self):
-        keys, seqs = array("Q"), array("Q")
-        for k, seq in self._entries():
-            keys.append(k)
-            seqs.append(seq)
-        self._keys, self._seqs = keys, seqs
+        """The live entries alone, numbered 1, 2, ... afresh."""
+        keys = array("Q", (k for k, _ in self._entries()))
+        stamps = self._stamps
+        for seq, k in enumerate(keys, 1):
+            stamps[k >> 32][k & _PFN] = seq
+        self._keys, self._seqs, self._seq = keys, array(_SEQ, range(1, len(keys) + 1)), len(keys)
 
     def _entries(self):
         """(key, seq) of the live entries, oldest first."""
