@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 from twisted.internet import task
 
@@ -160,6 +161,7 @@ def _ge(v, limit):
 
 
 def bench(reactor, args):
+    started = time.monotonic()
     workloads = QUICK if args.quick else FULL
     storm_runs = []
     for _ in range(max(3, args.runs)):
@@ -171,7 +173,8 @@ def bench(reactor, args):
         key = "%dx%dMiB-%d%%" % (clones, mib, pct)
         runs = args.runs if (clones, mib, pct) == goal else 1
         launches = LAUNCH_SAMPLES if (clones, pct) == (1, 10) and mib == workloads[-1][1] else 0
-        print("bench: %s, %d run(s)" % (key, runs), file=sys.stderr, flush=True)
+        print("bench: %s, %d run(s), %.0f s in" % (key, runs, time.monotonic() - started),
+              file=sys.stderr, flush=True)
         sides = {}
         if "xenclone" in args.only:
             sides["xenclone"] = xenclone_runs(clones, mib, pct, runs, launches)
@@ -201,6 +204,7 @@ def bench(reactor, args):
     with open(path[:-len(".json")] + ".md", "w") as f:
         f.write(table)
     print(table)
+    print("bench: done, %.0f s" % (time.monotonic() - started), file=sys.stderr)
 
 
 def main():
