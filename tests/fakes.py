@@ -101,11 +101,12 @@ class FakeSource:
     def deliver(self, records):
         """As the C fast path does: the page state first, then the record."""
         states = {FaultKind.SERVED: PageState.SHARED, FaultKind.ZERO: PageState.ZERO,
-                  FaultKind.WRITTEN: PageState.PRIVATE, FaultKind.AROUND: PageState.SHARED}
+                  FaultKind.WRITTEN: PageState.PRIVATE, FaultKind.AROUND: PageState.SHARED,
+                  FaultKind.AROUND_ZERO: PageState.ZERO}
         for domid, kind, pfn in records:
             region = self.regions.get(domid)
             if region is not None and kind in states:
-                for p in pfn if kind == FaultKind.AROUND else [pfn]:
+                for p in pfn if kind in FaultKind.RUNS else [pfn]:
                     region.state[p] = states[kind]
         self._deliver(records)
 

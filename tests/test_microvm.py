@@ -9,6 +9,7 @@ import time
 from twisted.trial import unittest
 
 from xenclone import workload
+from xenclone.interfaces import FaultKind
 
 if os.path.exists("/dev/kvm"):
     from xenclone._linux import ffi, lib
@@ -96,7 +97,7 @@ class Pager:
         n = self.check(lib.xc_pager_serve(
             self.epoll.fileno(), self.region_array, len(self.regions), self.wake_fd,
             self.credits, self.out, self.max_out, timeout_ms))
-        got = [(o.region, o.kind, range(o.pfn, o.pfn + o.count) if o.kind == lib.XC_AROUND
+        got = [(o.region, o.kind, range(o.pfn, o.pfn + o.count) if o.kind in FaultKind.RUNS
                 else o.pfn) for o in (self.out[i] for i in range(n))]
         self.records.extend(got)
         return got

@@ -132,6 +132,12 @@ class PagerTests(unittest.TestCase):
         self.assertEqual((stats["faults"], stats["around_pages"], stats["resident_pages"]),
                          (1, 2, 3))
 
+    def test_zero_pages_mapped_around_a_fault_are_zero_and_not_faults(self):
+        self.source.deliver([(1, S, 5), (1, FaultKind.AROUND_ZERO, range(10, 13))])
+        self.assertEqual([self.ledger.kind(1, p) for p in (10, 12, 13)], [L.ZERO, L.ZERO, None])
+        stats = self.ledger.clone_stats(1)
+        self.assertEqual((stats["faults"], stats["around_pages"], stats["zero_pages"]), (1, 3, 3))
+
     def test_clone_that_does_not_share_gets_private_copies(self):
         self.pager.set_knobs(1, share=False)
         self.assertFalse(self.r1.sharing)

@@ -136,7 +136,7 @@ class PagerTests(unittest.TestCase):
 
     def test_constants_match_the_interface(self):
         for name in ("SERVED", "HOLD", "NOCREDIT", "FETCH", "ERROR", "ZERO", "WRITTEN",
-                     "NOCREDIT_WRITE", "COPY", "AROUND"):
+                     "NOCREDIT_WRITE", "COPY", "AROUND", "AROUND_ZERO"):
             self.assertEqual(getattr(lib, "XC_" + name), getattr(FaultKind, name), name)
         for name in ("ABSENT", "SHARED", "HOLD", "PRIVATE", "ZERO"):
             self.assertEqual(getattr(lib, "XC_PAGE_" + name), getattr(PageState, name), name)
@@ -198,21 +198,24 @@ class PagerTests(unittest.TestCase):
         self.m.zero[0] = 1
         self.assertEqual(lib.xc_resolve(self.region, 9, 1, lib.XC_CONTINUE), 0)
         t = self.m.touch(5)
-        serve_until(self.pager, lambda: len(self.pager.records) == 4)
+        serve_until(self.pager, lambda: len(self.pager.records) == 5)
         self.assertServedWith(t, self.m.sums[5])
-        A = lib.XC_AROUND
-        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 5), (0, A, range(1, 5)),
-                                              (0, A, range(6, 9)), (0, A, range(10, 16))])
+        A, AZ = lib.XC_AROUND, lib.XC_AROUND_ZERO
+        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 5), (0, AZ, range(0, 1)),
+                                              (0, A, range(1, 5)), (0, A, range(6, 9)),
+                                              (0, A, range(10, 16))])
         t = self.m.touch(20)
-        serve_until(self.pager, lambda: len(self.pager.records) == 7)
+        serve_until(self.pager, lambda: len(self.pager.records) == 8)
         self.assertServedWith(t, self.m.sums[20])
-        self.assertEqual(self.pager.records[4:], [(0, lib.XC_SERVED, 20), (0, A, range(16, 20)),
+        self.assertEqual(self.pager.records[5:], [(0, lib.XC_SERVED, 20), (0, A, range(16, 20)),
                                                   (0, A, range(21, 64))])
         for pfn in (1, 7, 15, 16, 63):
             self.assertEqual(self.m.kind(pfn), lib.XC_PAGE_SHARED | lib.XC_KIND_WP)
             self.assertEqual(self.m.read(pfn), [self.m.sums[pfn]])
-        self.assertEqual(self.region.state[0], lib.XC_PAGE_ABSENT)
-        self.assertEqual((self.region.faults, self.region.around_fills), (2, 60))
+        # the zero page in the window is mapped too, and costs no credit
+        self.assertEqual(self.region.state[0], lib.XC_PAGE_ZERO)
+        self.assertEqual(self.m.kind(0), lib.XC_PAGE_ZERO | lib.XC_KIND_WP)
+        self.assertEqual((self.region.faults, self.region.around_fills), (2, 61))
         self.assertEqual(self.region.credits, 1000 - 2 - 60)
 
     def test_a_prefetched_working_set_widens_fault_around_where_it_is_dense(self):
@@ -226,9 +229,10 @@ class PagerTests(unittest.TestCase):
         t = self.m.touch(40)
         serve_until(self.pager, lambda: self.pager.records)
         self.assertServedWith(t, self.m.sums[40])
-        serve_until(self.pager, lambda: len(self.pager.records) == 5)
+        serve_until(self.pager, lambda: len(self.pager.records) == 6)
         A = lib.XC_AROUND
         self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 40),      # 16 << 4: all 64 pages
+                                              (0, lib.XC_AROUND_ZERO, range(0, 1)),
                                               (0, A, range(1, 2)), (0, A, range(3, 9)),
                                               (0, A, range(10, 40)), (0, A, range(41, 64))])
 
@@ -237,17 +241,18 @@ class PagerTests(unittest.TestCase):
         self.region.credits = 1 + 16 + 3
         self.m.zero[0] = 1
         t = self.m.touch(5)
-        serve_until(self.pager, lambda: len(self.pager.records) == 2)
+        serve_until(self.pager, lambda: len(self.pager.records) == 3)
         self.assertServedWith(t, self.m.sums[5])
         self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 5),
+                                              (0, lib.XC_AROUND_ZERO, range(0, 1)),
                                               (0, lib.XC_AROUND, range(1, 4))])
         self.assertEqual(self.region.credits, 16)
         self.region.credits = 1000
         self.assertEqual(lib.xc_punch_hole(self.m.fd, 40 * PAGE, PAGE), 0)
         t = self.m.touch(36)
-        serve_until(self.pager, lambda: len(self.pager.records) == 5)
+        serve_until(self.pager, lambda: len(self.pager.records) == 6)
         self.assertServedWith(t, self.m.sums[36])
-        self.assertEqual(self.pager.records[2:], [(0, lib.XC_SERVED, 36),
+        self.assertEqual(self.pager.records[3:], [(0, lib.XC_SERVED, 36),
                                                   (0, lib.XC_AROUND, range(32, 36)),
                                                   (0, lib.XC_AROUND, range(37, 40))])
         self.assertEqual([self.region.state[p] for p in (40, 41, 47)], [lib.XC_PAGE_ABSENT] * 3)

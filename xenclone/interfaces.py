@@ -39,6 +39,9 @@ class FaultKind:
     COPY = 9            # the clone does not share: Python loads a private copy
     AROUND = 10         # mapped image pages around a fault it served (fault-around);
                         # its record's pfn is a range of pages
+    AROUND_ZERO = 11    # ... or zero pages there (a range too); costs nothing
+
+    RUNS = (AROUND, AROUND_ZERO)    # kinds whose record's pfn is a range
 
 
 class PageState:

@@ -41,7 +41,8 @@ RETRY_FIRST, RETRY_MAX = 0.05, 5.0     # seconds between fetch retries (backoff)
 # What a fast-path record says the page became; a record whose page is no
 # longer in that state is stale.
 _FAST_PATH_STATE = {FaultKind.SERVED: PageState.SHARED, FaultKind.ZERO: PageState.ZERO,
-                    FaultKind.WRITTEN: PageState.PRIVATE, FaultKind.AROUND: PageState.SHARED}
+                    FaultKind.WRITTEN: PageState.PRIVATE, FaultKind.AROUND: PageState.SHARED,
+                    FaultKind.AROUND_ZERO: PageState.ZERO}
 
 
 # The ledger's kind -> the (fast path state, kernel kind) pairs that agree
@@ -299,13 +300,13 @@ class Pager:
     def on_faults(self, records):
         """A batch from the fast path: (domid, kind, pfn) tuples, where
         pfn may be a list of one clone's pages of that kind (a storm's, in
-        one record), and an AROUND record's is a range."""
+        one record), and a fault-around record's is a range."""
         self.observe(records)
         by_kind = defaultdict(lambda: defaultdict(list))
         for domid, kind, pfn in records:
             if kind == FaultKind.AROUND or isinstance(pfn, int):
-                by_kind[kind][domid].append(pfn)      # AROUND: runs, kept whole
-            else:
+                by_kind[kind][domid].append(pfn)      # fault-around: runs, kept whole
+            else:       # a list, or zero pages around a fault: mostly 1-page runs
                 by_kind[kind][domid] += pfn
         for kind, by_clone in by_kind.items():
             for domid in list(by_clone):
@@ -329,6 +330,8 @@ class Pager:
         for domid, mapped in by_kind[FaultKind.AROUND].items():
             for run in mapped:
                 self.ledger.mapped_shared(domid, run, how="around")
+        for domid, pfns in by_kind[FaultKind.AROUND_ZERO].items():
+            self.ledger.mapped_zero(domid, pfns, how="around")
         for domid, pfns in by_kind[FaultKind.ZERO].items():
             self.ledger.mapped_zero(domid, pfns)
         for domid, pfns in by_kind[FaultKind.WRITTEN].items():

@@ -138,12 +138,17 @@ int xc_server_error(struct xc_server *s)
     return __atomic_exchange_n(&s->error, 0, __ATOMIC_RELAXED);
 }
 
+static int is_run(uint16_t kind)
+{
+    return kind == XC_AROUND || kind == XC_AROUND_ZERO;
+}
+
 /* The group of (region, kind), or a new one; last is where the previous
  * record went, most often this one's too. */
 static uint32_t group_of(struct xc_group *groups, uint32_t *ngroups, uint32_t *last,
                          const struct xc_fault *f)
 {
-    if (f->kind != XC_AROUND) {
+    if (!is_run(f->kind)) {
         if (*ngroups && groups[*last].region == f->region && groups[*last].kind == f->kind)
             return *last;
         for (uint32_t g = 0; g < *ngroups; g++)
@@ -160,19 +165,19 @@ uint32_t xc_group_records(const struct xc_fault *in, uint32_t n, struct xc_group
     uint32_t ngroups = 0, last = 0;
     for (uint32_t i = 0; i < n; i++) {     /* sizes, then where each group starts */
         struct xc_group *g = &groups[group_of(groups, &ngroups, &last, &in[i])];
-        g->count += in[i].kind == XC_AROUND ? in[i].count : 1;
-        if (in[i].kind == XC_AROUND)
+        g->count += is_run(in[i].kind) ? in[i].count : 1;
+        if (is_run(in[i].kind))
             g->first = in[i].pfn;
     }
     uint64_t at = 0;
     for (uint32_t g = 0; g < ngroups; g++)
-        if (groups[g].kind != XC_AROUND) {
+        if (!is_run(groups[g].kind)) {
             groups[g].first = at;
             at += groups[g].count;
             groups[g].count = 0;
         }
     for (uint32_t i = 0; i < n; i++) {    /* finds, never adds: every group exists */
-        if (in[i].kind == XC_AROUND)
+        if (is_run(in[i].kind))
             continue;
         uint32_t g = group_of(groups, &ngroups, &last, &in[i]);
         pfns[groups[g].first + groups[g].count++] = in[i].pfn;

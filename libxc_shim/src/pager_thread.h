@@ -37,7 +37,7 @@ int xc_server_error(struct xc_server *s);
 
 /* Records regrouped for Python, which pays per object it builds: one group
  * per region and kind, its pages in order at pfns[first], count of them; an
- * XC_AROUND record stays a group of its own, first = its first pfn. */
+ * XC_AROUND(_ZERO) record stays a group of its own, first = its first pfn. */
 struct xc_group { uint32_t region; uint16_t kind; uint16_t pad; uint32_t count; uint64_t first; };
 /* groups and pfns: room for n each.  Returns how many groups. */
 uint32_t xc_group_records(const struct xc_fault *in, uint32_t n, struct xc_group *groups,

@@ -23,6 +23,7 @@
 #define XC_COPY           9   /* the clone does not share image pages: Python copies one in */
 #define XC_AROUND        10   /* C mapped `count` image pages from pfn on around a fault it
                                  served: one clone credit a page */
+#define XC_AROUND_ZERO   11   /* ... or `count` zero pages there (no credit) */
 
 /* xc_resolve() how */
 #define XC_CONTINUE  1   /* map the image page write-protected -> SHARED */
@@ -57,7 +58,7 @@ struct xc_region {          /* one clone's guest RAM as seen by the pager; memor
 #define XC_AROUND_FIRST 16      /* the first window in a chunk (the kernel's fault-around) */
 #define XC_AROUND_CHUNK 512     /* windows double per fault within one 2 MiB chunk */
 
-/* count: pages in the record (XC_AROUND), else 1 */
+/* count: pages in the record (XC_AROUND, XC_AROUND_ZERO), else 1 */
 struct xc_fault { uint32_t region; uint16_t kind; uint16_t count; uint64_t pfn; };
 
 int xc_uffd_open(uint64_t features, uint64_t *got_features);

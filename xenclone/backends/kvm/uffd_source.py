@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
 from xenclone._linux import ffi, lib
-from xenclone.interfaces import IFaultRegion, IFaultSource
+from xenclone.interfaces import FaultKind, IFaultRegion, IFaultSource
 
 MAX_OUT = 4096      # records taken from the ring at a time
 RING = 1 << 16      # records C may serve ahead of the reactor
@@ -212,7 +212,8 @@ class UffdFaultSource:
     def _take(self):
         """Records C served into _pending, grouped: (domid, kind, pfns)
         with a list of the pages of one clone and kind, in the order they
-        were served; a run mapped around a fault as (domid, AROUND, range).
+        were served; a run mapped around a fault as (domid, AROUND or
+        AROUND_ZERO, range).
         The slots are those they were served with: slots change only while
         C is paused, and only once the ring is empty."""
         groups, pfns, slots = self._groups, self._pfns, self._slots
@@ -222,7 +223,7 @@ class UffdFaultSource:
                 g = groups[i]
                 first, count, kind = g.first, g.count, g.kind
                 self._pending.append((slots[g.region].domid, kind,
-                                      range(first, first + count) if kind == lib.XC_AROUND
+                                      range(first, first + count) if kind in FaultKind.RUNS
                                       else ffi.unpack(pfns + first, count)))
             if n < MAX_OUT:
                 return
