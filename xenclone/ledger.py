@@ -233,9 +233,9 @@ class Ledger:
     def _set_all(self, domid, pfns, new, refuse=None):
         """Set the kind of a batch of pages (a fault storm's), whole or not
         at all: the pages whose kind changed, and their old kinds' codes
-        (bytes).  A page
-        of kind ``refuse`` is an error.  Keeps the image's mapper counts.
-        A storm brings thousands a turn: the loops are the builtins' own."""
+        (bytes).  A page of kind ``refuse`` is an error.  Keeps the image's
+        mapper counts.  A storm brings thousands a turn: the loops are the
+        builtins' own."""
         acct = self._clones[domid]
         codes, counts, npages = acct.kind.codes, acct.counts, acct.npages
         if pfns and (min(pfns) < 0 or max(pfns) >= npages):

@@ -334,9 +334,9 @@ static int64_t take_credits(int64_t *credits, int64_t want, int64_t keep)
  * Runs of absent non-zero pages, one CONTINUE each, a credit a page, and
  * only while the clone keeps a window's worth of credits for real faults;
  * runs of zero pages, one ZEROPAGE each and no credit (left to fault, they
- * were a third of 8 x 1 GiB x 10%'s faults: 29.0k -> 18.7k).  A page the host cache lacks (a
- * hole) ends the window: it needs a fetch, which is Python's.  One record
- * per run, at most room; how many. */
+ * were a third of 8 x 1 GiB x 10%'s faults: 29.0k -> 18.7k).  A page the
+ * host cache lacks (a hole) ends the window: it needs a fetch, which is
+ * Python's.  One record per run, at most room; how many. */
 static uint32_t around(struct xc_region *r, uint32_t idx, uint64_t pfn,
                        struct xc_fault *out, uint32_t room)
 {

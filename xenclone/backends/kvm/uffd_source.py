@@ -213,9 +213,9 @@ class UffdFaultSource:
         """Records C served into _pending, grouped: (domid, kind, pfns)
         with a list of the pages of one clone and kind, in the order they
         were served; a run mapped around a fault as (domid, AROUND or
-        AROUND_ZERO, range).
-        The slots are those they were served with: slots change only while
-        C is paused, and only once the ring is empty."""
+        AROUND_ZERO, range).  The slots are those they were served with:
+        slots change only while C is paused, and only once the ring is
+        empty."""
         groups, pfns, slots = self._groups, self._pfns, self._slots
         while True:
             n = lib.xc_server_take(self._server, self._out, MAX_OUT)
