@@ -8,6 +8,7 @@ only the fields the Xen backend reads.  Built only where Debian's
     python libxc_shim/xen_build.py      # compile in place into xenclone/
 """
 
+import glob
 import os
 import shutil
 import sys
@@ -263,7 +264,12 @@ if __name__ == "__main__":
                  "xenclone._xen not built")
     with tempfile.TemporaryDirectory() as tmp:   # keep objects out of the tree
         built = ffibuilder.compile(tmpdir=tmp)
-        dest = os.path.join(ROOT, "xenclone", os.path.basename(built))
+        # The name `setup.py build_ext --inplace` gives it (cffi modules are
+        # limited-API): a build under another name would shadow the other's.
+        dest = os.path.join(ROOT, "xenclone", "_xen.abi3.so")
+        for stale in glob.glob(os.path.join(ROOT, "xenclone", "_xen.*.so")):
+            if stale != dest:
+                os.unlink(stale)
         # Replace, never overwrite in place: a running process may have the
         # old library mapped.
         shutil.copy(built, dest + ".new")
