@@ -258,6 +258,8 @@ class Job:
                 "fault_service_us": {r["name"]: lazy["by_clone"].get(str(r["domid"]))
                                      for r in rows},
                 "setup_nominate_evict_us_per_page": lazy["setup_us_per_page"]}
+        # Where they ran: dom0/init keeps guests off dom0's pCPU.
+        self.res["vcpu_list"] = run("xl", "vcpu-list").stdout.splitlines()
         names = xl_names()
         self.checks["clones_in_xl_list"] = bool(rows) and all(r["name"] in names for r in rows)
 
