@@ -92,7 +92,8 @@ XEN_ARGS="dom0_mem=1024M,max:1024M dom0_max_vcpus=2 gnttab_max_frames=128 consol
 DOM0_ARGS="console=hvc0 earlyprintk=xen rdinit=/init panic=1"
 # A comma inside a -initrd module's arguments is written ",,".
 share() { echo "local,path=$1,mount_tag=$2,security_model=none,id=$2$3"; }
-QEMU=(qemu-system-x86_64 "${ACCEL[@]}" -m "$MEM" -smp 2
+# 3 pCPUs: dom0's 2 vCPUs on 0-1, every guest on 2 (dom0/init says why).
+QEMU=(qemu-system-x86_64 "${ACCEL[@]}" -m "$MEM" -smp 3
       -nodefaults -display none -no-reboot -serial stdio -monitor none
       -kernel "$XEN" -append "$XEN_ARGS"
       -initrd "$ART/vmlinux $DOM0_ARGS,$ART/dom0.cpio"
