@@ -334,9 +334,11 @@ DAEMON = Table("xenclone daemon configuration", [
         "0 = wait for ever", minimum=0),
     Key("metrics_listen", "", 'serve Prometheus /metrics on a twisted '
         'endpoint, e.g. "tcp:9577:interface=127.0.0.1" ("" = off)'),
-    Key("fill", "auto", "how Xen clones get their memory: lazy (on fault, needs a "
-        "Xen with MEM_PAGING), before-run (copied in first) or auto (lazy where "
-        "MEM_PAGING exists); a launch may ask for one", choices=("auto", "lazy", "before-run")),
+    Key("fill", "auto", "how Xen clones get their memory: fork (VM forks of the "
+        "image's image domain, needs a Xen with MEM_SHARING: xen/patches), lazy (on "
+        "fault, needs a Xen with MEM_PAGING), before-run (copied in first) or auto "
+        "(fork, else lazy, where the hypervisor has them); a launch may ask for one",
+        choices=("auto", "fork", "lazy", "before-run")),
     Key("xen_guest_kernel", "", 'PVH kernel of masters the xen backend creates '
         '("" = the project\'s guest/build/guest.elf)', path=True),
     Key("vmm_hosts", 1, "VMM host processes that run KVM clones", minimum=1),

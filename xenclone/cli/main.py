@@ -214,7 +214,7 @@ def _parser():
                     help="share.onfetch=0: private copies of image pages, none shared")
     sp.add_argument("--no-prefetch", action="store_true",
                     help="do not map the image's recorded working set at launch")
-    sp.add_argument("--fill", choices=("lazy", "before-run", "auto"),
+    sp.add_argument("--fill", choices=("fork", "lazy", "before-run", "auto"),
                     help="how the clone gets its memory (default: the daemon's fill setting)")
     add("list", cmd_list, "list domains with role, image and state", True)
     add("images", cmd_images, "list images", True)
@@ -231,7 +231,8 @@ def _parser():
     sp.add_argument("domain", metavar="Domain")
     sp.add_argument("--timeout", type=int, default=60)
     for op, text in (("pause", "stop a domain's vCPUs"), ("unpause", "let a domain run"),
-                     ("destroy", "destroy a domain and free its memory")):
+                     ("destroy", "destroy a domain and free its memory"),
+                     ("reset", "return a fork clone to its image's state (Xen VM fork)")):
         add(op, _domain_cmd(op), text, True).add_argument("domain", metavar="Domain")
     sp = add("set", cmd_set, "set a clone's target, limit and eviction classes", True)
     sp.add_argument("domain", metavar="Domain")

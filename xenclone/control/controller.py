@@ -16,7 +16,8 @@ from twisted.logger import Logger
 
 from xenclone import memory_check, workload
 from xenclone.image import check_name
-from xenclone.interfaces import PAGE_SIZE, DomainState, IBalloonBackend, ILinuxBackend
+from xenclone.interfaces import (PAGE_SIZE, DomainState, IBalloonBackend, IForkBackend,
+                                 ILinuxBackend)
 from xenclone.ledger import LedgerError
 from xenclone.wire import WireError
 
@@ -482,7 +483,9 @@ class Controller:
                 info = yield self.memserver.put(name, attr.evolve(capture, meta=meta))
             finally:
                 capture.close()
-            yield self.open_image(name)      # its cache counts in the budget from now
+            image = yield self.open_image(name)   # its cache counts in the budget from now
+            if IForkBackend.providedBy(self.backend):
+                yield self.backend.prepare_image(image)
             self._set_state(dom, DomainState.PAUSED)
             if msg.get("resume"):
                 yield self.backend.unpause(dom.domid)
@@ -499,8 +502,8 @@ class Controller:
         if not isinstance(share, bool) or not isinstance(prefetch, bool):
             raise WireError("bad-argument", "share and prefetch must be true or false")
         fill = msg.get("fill")
-        if fill not in (None, "lazy", "before-run", "auto"):
-            raise WireError("bad-argument", "fill must be lazy, before-run or auto")
+        if fill not in (None, "fork", "lazy", "before-run", "auto"):
+            raise WireError("bad-argument", "fill must be fork, lazy, before-run or auto")
 
         @defer.inlineCallbacks
         def launch():
@@ -754,6 +757,23 @@ class Controller:
         d.addCallback(lambda _: (self._forget(dom), {"domid": dom.domid, "name": dom.name})[1])
         return d
 
+    def op_reset(self, msg):
+        """A fork clone back to its image's state (the backend refuses
+        masters and clones that are not forks)."""
+        dom = self._domain(msg.get("domain"))
+        if not IForkBackend.providedBy(self.backend):
+            raise WireError("unsupported", "reset needs a backend with VM fork (Xen with "
+                            "MEM_SHARING)")
+        if dom.role != "clone":
+            raise WireError("not-clone", "%s is a master: only clones are reset (to their "
+                            "image)" % dom.name)
+
+        def done(info):
+            self._set_state(dom, DomainState.RUNNING)
+            return {"domid": dom.domid, "name": dom.name, "state": info["state"]}
+
+        return self.backend.reset(dom.domid).addCallback(done)
+
     def op_discard(self, msg):
         image_id = _image_arg(msg)     # None would be every master's "image"
         clones = [d for d in self.domains.values() if d.image == image_id]
@@ -768,6 +788,8 @@ class Controller:
             if image_id in self._images:
                 # Its grant mappings go before the memory server ends the grants.
                 self.backend.forget_image(self._images[image_id])
+            if IForkBackend.providedBy(self.backend):
+                yield self.backend.drop_image(image_id)
             yield self.memserver.discard(image_id)
             if self.working_sets is not None:
                 self.working_sets.forget(image_id)
