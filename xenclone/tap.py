@@ -3,14 +3,17 @@
 from twisted.python import usage
 
 from xenclone.config import ConfigError, load_daemon_config
+from xenclone.config_file import config_path
 
 
 class Options(usage.Options):
-    optParameters = [["config", "c", None, "xenclone.conf (xl.cfg syntax); default: built-in defaults"]]
+    optParameters = [["config", "c", None, "xenclone.conf (xl.cfg syntax); default: "
+                      "$XENCLONE_CONFIG, else /etc/xen/xenclone.conf if it exists, "
+                      "else built-in defaults"]]
 
     def postOptions(self):
         try:
-            self["settings"] = load_daemon_config(self["config"])
+            self["settings"] = load_daemon_config(config_path(self["config"]))
         except (ConfigError, OSError) as e:
             raise usage.UsageError(str(e))
 

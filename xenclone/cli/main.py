@@ -17,6 +17,7 @@ from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 
 from xenclone.cli import top
 from xenclone.config import ConfigError, load_daemon_config, load_domain_config
+from xenclone.config_file import config_path
 from xenclone.wire import FrameProtocol, WireError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -188,7 +189,9 @@ def cmd_memserver(args):
 
 def _parser():
     p = argparse.ArgumentParser(prog="xenclone", description="Clone running virtual machines.")
-    p.add_argument("--config", "-c", help="daemon config (xl.cfg syntax)")
+    p.add_argument("--config", "-c", metavar="FILE",
+                   help="daemon config (xl.cfg syntax); default: $XENCLONE_CONFIG, else "
+                        "/etc/xen/xenclone.conf if it exists, else built-in defaults")
     p.add_argument("--via-xenstore", action="store_true",
                    help="ask through XenStore requests instead of the control socket")
     sub = p.add_subparsers(dest="command", metavar="<command>")
@@ -347,7 +350,7 @@ def main(argv=None):
         (target or parser).print_help()
         return 0 if (target or not args.topic) else EXIT_USAGE
     try:
-        settings = load_daemon_config(args.config)
+        settings = load_daemon_config(config_path(args.config))
     except (ConfigError, OSError) as e:
         print("xenclone: %s" % e, file=sys.stderr)
         return EXIT_USAGE
