@@ -15,7 +15,7 @@ import time
 from twisted.internet import defer, task
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 
-from xenclone.cli import top
+from xenclone.cli import pipe, top
 from xenclone.config import ConfigError, load_daemon_config, load_domain_config
 from xenclone.config_file import config_path
 from xenclone.wire import FrameProtocol, WireError
@@ -346,9 +346,7 @@ def main(argv=None):
         parser.print_help()
         return EXIT_USAGE
     if args.command == "help":
-        target = sub.choices.get(args.topic) if args.topic else None
-        (target or parser).print_help()
-        return 0 if (target or not args.topic) else EXIT_USAGE
+        return _help(parser, sub, args.topic)
     try:
         settings = load_daemon_config(config_path(args.config))
     except (ConfigError, OSError) as e:
@@ -375,6 +373,18 @@ def main(argv=None):
     return _react(body)
 
 
+def _help(parser, sub, topic):
+    if topic is None:
+        parser.print_help()
+        return 0
+    if topic not in sub.choices:
+        print("xenclone: help: no command %r; commands: %s"
+              % (topic, ", ".join(sorted(sub.choices))), file=sys.stderr)
+        return EXIT_USAGE
+    sub.choices[topic].print_help()
+    return 0
+
+
 def _react(body):
     code = []
 
@@ -385,7 +395,9 @@ def _react(body):
             code.append(result if isinstance(result, int) else 0)
 
         def failed(f):
-            if f.check(CliError):
+            if f.check(BrokenPipeError):     # `xenclone top | head`: the reader is done
+                code.append(pipe.closed())
+            elif f.check(CliError):
                 print("xenclone: %s" % f.value, file=sys.stderr)
                 code.append(f.value.code)
             else:
@@ -402,4 +414,9 @@ def _react(body):
 
 
 def entry():
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = pipe.closed()
+    sys.exit(code)

@@ -359,7 +359,8 @@ class Controller:
                 "private_pages": private}
 
     def op_host(self, msg):
-        d = self.kernel_view()
+        # kernel=false: the ledger's figures only, cheap enough to poll often (plots).
+        d = self.kernel_view() if msg.get("kernel", True) is not False else defer.succeed(None)
         d.addCallback(lambda kernel: {
             "backend": self.backend.name, "capabilities": self.backend.capabilities(),
             "ledger": self.pager.ledger.host_stats(), "kernel": kernel,
