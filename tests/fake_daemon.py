@@ -3,6 +3,8 @@ would, from canned figures: for runs of the real ``xenclone`` command
 that need a daemon but no clones."""
 
 import os
+import shutil
+import tempfile
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
@@ -47,8 +49,8 @@ class FakeDaemon:
 def listen(testcase, reactor, handler):
     """Serve ``handler`` on a socket in a temp dir; returns the config file
     that names it (for ``xenclone -c``)."""
-    tmp = os.path.abspath(testcase.mktemp())
-    os.makedirs(tmp)
+    tmp = tempfile.mkdtemp(prefix="xc-")      # short: AF_UNIX paths are at most 107 bytes
+    testcase.addCleanup(shutil.rmtree, tmp, True)
     path = os.path.join(tmp, "control.sock")
     factory = Factory.forProtocol(lambda: FrameProtocol(handler=handler))
     factory.noisy = False
