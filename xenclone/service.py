@@ -23,6 +23,7 @@ from xenclone import hostmem
 from xenclone.control.balloons import BalloonService
 from xenclone.control.controller import Controller
 from xenclone.control.hostmemory import HostMemoryService
+from xenclone.control.oplog import LoggedHandler, peer
 from xenclone.control.recovery import recover
 from xenclone.helpers import HelperProcess
 from xenclone.interfaces import IBalloonBackend
@@ -111,11 +112,16 @@ def xen_args(settings):
 
 
 class _ControlFactory(Factory):
+    noisy = False
+
     def __init__(self, controller):
         self.controller = controller
 
     def buildProtocol(self, addr):
-        return FrameProtocol(handler=self.controller)
+        # Operations are logged with the peer's uid and pid.
+        proto = FrameProtocol()
+        proto.handler = LoggedHandler(self.controller, lambda: peer(proto.transport))
+        return proto
 
 
 class ControlService(Service):
@@ -288,6 +294,9 @@ class CoreService(Service):
 
 
 def make_service(settings, reactor):
+    # "Starting factory"/"Stopping factory" of every connection, ours and
+    # the endpoints' wrappers, would be most of the log.
+    Factory.noisy = False
     top = MultiService()
     top.setName("xenclone")
     control = ControlService(reactor, settings["control_socket"], settings["control_group"])

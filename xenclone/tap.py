@@ -21,5 +21,9 @@ class Options(usage.Options):
 def makeService(options):
     from twisted.internet import reactor
 
+    from xenclone.daemon_log import LevelFilteredDaemon, twistd_observer
     from xenclone.service import make_service
-    return make_service(options["settings"], reactor)
+    settings = options["settings"]
+    # options.parent: twistd's own options (--logfile, --syslog, --nodaemon).
+    return LevelFilteredDaemon(make_service(settings, reactor), settings["log_level"],
+                               lambda: twistd_observer(options.parent))
