@@ -136,3 +136,9 @@ def cmd_discard(args):
 
 def cmd_memserver(args):
     return ("memserver", {"action": args.action, "force": args.force}, text.describe)
+
+
+def cmd_shutdown(args):
+    return ("shutdown", {"force": args.force}, lambda r: "%sthe daemon and its helpers (%s) "
+            "are stopping" % ("destroyed %d domains; " % len(r["destroyed"]) if r["destroyed"]
+                              else "", ", ".join(r["helpers"])))

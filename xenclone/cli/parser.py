@@ -10,7 +10,7 @@ from xenclone.cli import top, units
 from xenclone.cli.commands import (domain_cmd, cmd_audit, cmd_bless, cmd_check, cmd_create,
                                    cmd_discard, cmd_evict, cmd_hoard, cmd_host, cmd_images,
                                    cmd_info, cmd_launch, cmd_list, cmd_memserver, cmd_page,
-                                   cmd_set, cmd_wait)
+                                   cmd_set, cmd_shutdown, cmd_wait)
 
 
 def build_parser():
@@ -88,6 +88,9 @@ def build_parser():
     sp = add("discard", cmd_discard, "delete an image (refused while clones live)", True)
     sp.add_argument("image", metavar="Image")
     sp.add_argument("--force", action="store_true", help="destroy its clones first")
+    sp = add("shutdown", cmd_shutdown, "stop the daemon and its helper processes (refused "
+             "while domains live)")
+    sp.add_argument("--force", action="store_true", help="destroy every domain first")
     top.add_parser(sub).set_defaults(func=None)
     sp = sub.add_parser("demo", help="bless a master, launch clones, check every answer")
     sp.add_argument("--clones", type=int, default=16)
