@@ -680,6 +680,7 @@ class Controller:
             apply()
             d = self.pager.evict_to(dom.domid, knobs["target"]) if knobs.get(
                 "target") else defer.succeed(0)
+        d.addCallback(lambda _: self._changed())       # XenStore shows the new figures
         return d.addCallback(lambda _: self.op_info({"domain": dom.domid}))
 
     def op_page_sums(self, msg):
@@ -702,13 +703,15 @@ class Controller:
     def op_evict(self, msg):
         dom = self._clone(msg)
         pages = _int(msg, "to", 0, 2**40)
-        return self.pager.evict_to(dom.domid, pages).addCallback(
-            lambda n: dict(self.op_info({"domain": dom.domid}), evicted_now=n))
+        d = self.pager.evict_to(dom.domid, pages)
+        d.addCallback(lambda n: (self._changed(), n)[1])
+        return d.addCallback(lambda n: dict(self.op_info({"domain": dom.domid}), evicted_now=n))
 
     def op_hoard(self, msg):
         dom = self._clone(msg)
         rate = _int(msg, "rate", 1, 10**7, default=self.hoard_rate)
         done = self.pager.hoard(dom.domid, rate)
+        self._changed()
         if msg.get("wait"):
             return done.addCallback(lambda _: self.op_info({"domain": dom.domid}))
         return self.op_info({"domain": dom.domid})
