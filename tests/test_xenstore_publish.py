@@ -50,7 +50,10 @@ class RateTests(PublishCase):
         self.assertEqual(self.controller.calls, ["images"] * 2)
         self.assertEqual(self.read("/tool/xenclone/clones/5/state"), b"paused")
         yield self.update(5)
-        self.assertEqual(len(self.controller.calls), 2)              # nothing runs: idle
+        # One look more (the last update wrote something), then idle: nothing runs.
+        self.assertEqual(len(self.controller.calls), 3)
+        yield self.update(5)
+        self.assertEqual(len(self.controller.calls), 3)
 
     @defer.inlineCallbacks
     def test_running_clones_are_refreshed_every_interval(self):
@@ -59,6 +62,27 @@ class RateTests(PublishCase):
         for _ in range(3):
             yield self.update(1.0)
         self.assertEqual(len(self.controller.calls), 4)
+
+
+    @defer.inlineCallbacks
+    def test_figures_that_move_after_a_clone_ended_are_published(self):
+        figures = {"faults": 3}
+        self.controller.pager.stats = lambda domid: dict(figures)
+        self.controller.add(Dom(5, "img.1", state="running", clone_id=1))
+        yield self.update()
+        self.assertEqual(self.read("/tool/xenclone/clones/5/faults"), b"3")
+        figures["faults"] = 100
+        self.controller.domains[5].state = "done"
+        self.publisher.changed()
+        yield self.update(1.0)
+        self.assertEqual(self.read("/tool/xenclone/clones/5/state"), b"done")
+        figures["faults"] = 120             # the fault path's last batch, after the end
+        yield self.update(1.0)
+        self.assertEqual(self.read("/tool/xenclone/clones/5/faults"), b"120")
+        calls = len(self.controller.calls)
+        yield self.update(1.0)              # nothing new: then idle
+        yield self.update(5)
+        self.assertEqual(len(self.controller.calls), calls + 1)
 
 
 class TreeTests(PublishCase):

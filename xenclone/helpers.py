@@ -3,8 +3,12 @@
 The memory server and the VMM host hold what must survive a daemon crash
 (images, micro-VMs and their userfaultfds), so they are not the daemon's
 children: it connects to a running one, or starts one in its own session.
+Under systemd a helper inherits the daemon's stdout and stderr, so its log
+goes to the journal with the daemon's (``journalctl -u xenclone``);
+elsewhere to a file in ``run_dir``.
 """
 
+import os
 import socket
 import struct
 import subprocess
@@ -19,9 +23,18 @@ from xenclone.wire import WireError
 log = Logger()
 
 
+def under_journal(environ):
+    """systemd sets JOURNAL_STREAM when stdout or stderr is the journal."""
+    return bool(environ.get("JOURNAL_STREAM"))
+
+
 class HelperProcess:
-    def __init__(self, reactor, name, module, args, socket_path, log_path):
+    """``log_path``: where the helper writes when the daemon's own output
+    is not the journal (a terminal, a test)."""
+
+    def __init__(self, reactor, name, module, args, socket_path, log_path, environ=None):
         self.reactor = reactor
+        self.environ = os.environ if environ is None else environ
         self.name = name
         self.argv = [sys.executable, "-m", module, "--socket", socket_path] + list(args)
         self.socket_path = socket_path
@@ -33,11 +46,19 @@ class HelperProcess:
 
     def _spawn(self):
         log.info("starting {name}: {argv}", name=self.name, argv=" ".join(self.argv))
+        # setsid --fork: the helper is nobody's child and keeps running
+        # whatever happens to the daemon.
+        argv = ["setsid", "--fork"] + self.argv
+        if under_journal(self.environ):
+            # systemd's stream to the journal: the helper's lines land beside the daemon's.
+            subprocess.run(argv, stdin=subprocess.DEVNULL, check=True, cwd="/")
+            return
         with open(self.log_path, "ab") as out:
-            # setsid --fork: the helper is nobody's child and keeps running
-            # whatever happens to the daemon.
-            subprocess.run(["setsid", "--fork"] + self.argv, stdin=subprocess.DEVNULL,
-                           stdout=out, stderr=out, check=True, cwd="/")
+            subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=True,
+                           cwd="/")
+
+    def where_logged(self):
+        return "the journal" if under_journal(self.environ) else self.log_path
 
     @defer.inlineCallbacks
     def connect(self, make_protocol, timeout=30.0):
@@ -58,7 +79,7 @@ class HelperProcess:
             except Exception:
                 if waited >= timeout:
                     raise WireError("helper-down", "%s did not start within %.0fs; see %s"
-                                    % (self.name, timeout, self.log_path))
+                                    % (self.name, timeout, self.where_logged()))
             yield task.deferLater(self.reactor, delay, lambda: None)
             waited += delay
             delay = min(delay * 2, 0.5)

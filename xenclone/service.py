@@ -6,6 +6,10 @@
       control   the control socket (mode 0600, or 0660 for a group)
       xenstore  the XenStore control plane (xenclone/xenstore/plane.py)
 
+Once the control socket answers, systemd is told (READY=1, Type=notify).
+When the tree stops, the helpers stop too if no domain needs them
+(``control/lifecycle.py``).
+
 The reactor is passed in, never imported here.
 """
 
@@ -23,6 +27,8 @@ from xenclone import hostmem
 from xenclone.control.balloons import BalloonService
 from xenclone.control.controller import Controller
 from xenclone.control.hostmemory import HostMemoryService
+from xenclone.control.lifecycle import DaemonOps, Lifecycle
+from xenclone.control.oplog import LoggedHandler, peer
 from xenclone.control.recovery import recover
 from xenclone.helpers import HelperProcess
 from xenclone.interfaces import IBalloonBackend
@@ -34,6 +40,7 @@ from xenclone.pager import Pager
 from xenclone.policy.balloon import Balloons
 from xenclone.policy.budget import Bursts, Watermarks
 from xenclone.policy.sharing import POLICIES
+from xenclone.sd_notify import notify
 from xenclone.wire import FrameProtocol, WireError
 from xenclone.working_set import WorkingSets
 from xenclone.xenstore.plane import (XenStorePlane, guest_socket_dir, xenstore_mode,
@@ -111,11 +118,16 @@ def xen_args(settings):
 
 
 class _ControlFactory(Factory):
+    noisy = False
+
     def __init__(self, controller):
         self.controller = controller
 
     def buildProtocol(self, addr):
-        return FrameProtocol(handler=self.controller)
+        # Operations are logged with the peer's uid and pid.
+        proto = FrameProtocol()
+        proto.handler = LoggedHandler(self.controller, lambda: peer(proto.transport))
+        return proto
 
 
 class ControlService(Service):
@@ -127,14 +139,15 @@ class ControlService(Service):
         self.group = group
         self.port = None
 
-    def listen(self, controller):
+    def listen(self, handler):
         if os.path.exists(self.path):
             os.unlink(self.path)
         mode = 0o660 if self.group else 0o600
-        self.port = self.reactor.listenUNIX(self.path, _ControlFactory(controller), mode=mode)
+        self.port = self.reactor.listenUNIX(self.path, _ControlFactory(handler), mode=mode)
         if self.group:
             os.chown(self.path, 0, grp.getgrnam(self.group).gr_gid)
         log.info("control socket {path} ready", path=self.path)
+        notify("READY=1\nSTATUS=control socket %s ready" % self.path)     # Type=notify
 
     def stopService(self):
         super().stopService()
@@ -145,10 +158,11 @@ class ControlService(Service):
 class CoreService(Service):
     """Connects the helpers, then builds backend, ledger, pager, controller."""
 
-    def __init__(self, reactor, settings, control):
+    def __init__(self, reactor, settings, control, lifecycle):
         self.reactor = reactor
         self.settings = settings
         self.control = control
+        self.lifecycle = lifecycle
         self.controller = None
         self.backend = None
         self.source = None
@@ -215,7 +229,8 @@ class CoreService(Service):
         # What a previous daemon left running is served again before any
         # new request comes in.
         yield recover(self.controller)
-        self.control.listen(self.controller)
+        self.lifecycle.controller = self.controller
+        self.control.listen(DaemonOps(self.controller, self.lifecycle))
         if s["metrics_listen"]:
             from xenclone.metrics import make_metrics_service
             make_metrics_service(self.reactor, self.controller,
@@ -287,11 +302,43 @@ class CoreService(Service):
         return defer.gatherResults([link.close() for link in self.links])
 
 
-def make_service(settings, reactor):
-    top = MultiService()
+def helper_sockets(settings):
+    """(name, socket) of the helper processes this daemon runs."""
+    run = settings["run_dir"]
+    helpers = [("memory server", os.path.join(run, "memserver.sock"))]
+    if not use_xen(settings["backend"]):
+        helpers.append(("VMM host", os.path.join(run, "vmmhost.sock")))
+    if xenstore_mode(settings) == "embedded":
+        helpers.append(("XenStore", xenstore_socket(settings)))
+    return helpers
+
+
+class DaemonTree(MultiService):
+    """The whole daemon; once its services stopped, the helpers follow
+    unless domains need them (``control/lifecycle.py``)."""
+
+    def __init__(self, lifecycle):
+        super().__init__()
+        self.lifecycle = lifecycle
+
+    def stopService(self):
+        notify("STOPPING=1")
+        d = defer.maybeDeferred(super().stopService)
+        return d.addCallback(lambda _: self.lifecycle.stopping())
+
+
+def make_service(settings, reactor, stop_daemon=None):
+    """``stop_daemon``: what ``xenclone shutdown`` calls once it answered
+    (default: stop the reactor, so twistd exits)."""
+    # "Starting factory"/"Stopping factory" of every connection, ours and
+    # the endpoints' wrappers, would be most of the log.
+    Factory.noisy = False
+    lifecycle = Lifecycle(reactor, helper_sockets(settings),
+                          stop_daemon or (lambda: reactor.stop()))
+    top = DaemonTree(lifecycle)
     top.setName("xenclone")
     control = ControlService(reactor, settings["control_socket"], settings["control_group"])
-    core = CoreService(reactor, settings, control)
+    core = CoreService(reactor, settings, control, lifecycle)
     core.setName("core")
     core.setServiceParent(top)
     control.setServiceParent(top)

@@ -3,14 +3,17 @@
 from twisted.python import usage
 
 from xenclone.config import ConfigError, load_daemon_config
+from xenclone.config_file import config_path
 
 
 class Options(usage.Options):
-    optParameters = [["config", "c", None, "xenclone.conf (xl.cfg syntax); default: built-in defaults"]]
+    optParameters = [["config", "c", None, "xenclone.conf (xl.cfg syntax); default: "
+                      "$XENCLONE_CONFIG, else /etc/xen/xenclone.conf if it exists, "
+                      "else built-in defaults"]]
 
     def postOptions(self):
         try:
-            self["settings"] = load_daemon_config(self["config"])
+            self["settings"] = load_daemon_config(config_path(self["config"]))
         except (ConfigError, OSError) as e:
             raise usage.UsageError(str(e))
 
@@ -18,5 +21,9 @@ class Options(usage.Options):
 def makeService(options):
     from twisted.internet import reactor
 
+    from xenclone.daemon_log import LevelFilteredDaemon, twistd_observer
     from xenclone.service import make_service
-    return make_service(options["settings"], reactor)
+    settings = options["settings"]
+    # options.parent: twistd's own options (--logfile, --syslog, --nodaemon).
+    return LevelFilteredDaemon(make_service(settings, reactor), settings["log_level"],
+                               lambda: twistd_observer(options.parent))

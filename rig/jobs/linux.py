@@ -299,7 +299,7 @@ class Job:
             return wait_for(lambda: all(ok(r) for r in live()), timeout)
 
         one, floor = rows[0], 128 * 75 // 100      # balloon_floor_percent
-        rc, _, err = self.xenclone("set", one["name"], "target=%d" % BALLOON_PAGES)
+        rc, _, err = self.xenclone("set", one["name"], "target=%dM" % BALLOON_MIB)
         out["operator"] = {"rc": rc, "stderr": err.strip(), "down_s": settle(
             lambda r: r is not one or xl_mem_mib(r["name"]) <= BALLOON_MIB + 2, 120)}
         hog = xen_free_mib() - HOG_LEAVES_MIB

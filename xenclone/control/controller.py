@@ -360,7 +360,8 @@ class Controller:
                 "private_pages": private}
 
     def op_host(self, msg):
-        d = self.kernel_view()
+        # kernel=false: the ledger's figures only, cheap enough to poll often (plots).
+        d = self.kernel_view() if msg.get("kernel", True) is not False else defer.succeed(None)
         d.addCallback(lambda kernel: {
             "backend": self.backend.name, "capabilities": self.backend.capabilities(),
             "ledger": self.pager.ledger.host_stats(), "kernel": kernel,
@@ -682,6 +683,7 @@ class Controller:
             apply()
             d = self.pager.evict_to(dom.domid, knobs["target"]) if knobs.get(
                 "target") else defer.succeed(0)
+        d.addCallback(lambda _: self._changed())       # XenStore shows the new figures
         return d.addCallback(lambda _: self.op_info({"domain": dom.domid}))
 
     def op_page_sums(self, msg):
@@ -704,13 +706,15 @@ class Controller:
     def op_evict(self, msg):
         dom = self._clone(msg)
         pages = _int(msg, "to", 0, 2**40)
-        return self.pager.evict_to(dom.domid, pages).addCallback(
-            lambda n: dict(self.op_info({"domain": dom.domid}), evicted_now=n))
+        d = self.pager.evict_to(dom.domid, pages)
+        d.addCallback(lambda n: (self._changed(), n)[1])
+        return d.addCallback(lambda n: dict(self.op_info({"domain": dom.domid}), evicted_now=n))
 
     def op_hoard(self, msg):
         dom = self._clone(msg)
         rate = _int(msg, "rate", 1, 10**7, default=self.hoard_rate)
         done = self.pager.hoard(dom.domid, rate)
+        self._changed()
         if msg.get("wait"):
             return done.addCallback(lambda _: self.op_info({"domain": dom.domid}))
         return self.op_info({"domain": dom.domid})
