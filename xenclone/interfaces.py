@@ -156,6 +156,10 @@ class IForkBackend(Interface):
         """Return a fork clone to its image's state (its own pages
         dropped); Deferred[dict] of the clone.  A master is refused."""
 
+    def image_domains():
+        """{image id: {domid, name, pages, shared_pages}}: each image
+        domain with its memory as the hypervisor counts it."""
+
 
 class IBalloonBackend(Interface):
     """A backend whose clones' frames only the guest can give back (Xen

@@ -27,6 +27,7 @@ CLONES = 8
 WRITE_MIB = 4
 SAVE = "/tmp/fork-peer.save"
 RESTORED_ID = 9999
+GEN2 = "gen2"
 FILL_BATCH, FILL_BATCHES = 512, 6
 
 
@@ -45,7 +46,8 @@ class ForkJob(Job):
     def steps(self):
         self.res["steps_end_s"] = ends = {"daemon_up": since(T0)}
         for step in (self.bless, self.peer_restore, self.one_fork, self.fill_rate,
-                     self.eight_forks, self.reset, self.bad_input, self.clean_up):
+                     self.eight_forks, self.clone_of_clone, self.reset, self.bad_input,
+                     self.clean_up):
             step()
             ends[step.__name__] = since(T0)
 
@@ -153,6 +155,26 @@ class ForkJob(Job):
         self.res["launch_ms"] = [i.get("launch_ms") for i in self.res["eight"]]
         self.eight = clones
 
+    def clone_of_clone(self):
+        """A fork clone blessed (it runs on): the new image's domain is a
+        fork of the first's holding only the pages that differ."""
+        src = self.eight[1]
+        info = self.json("bless", src["name"], "--name", GEN2, "--resume", timed="bless_gen2")
+        held = self.json("host")["capabilities"]["image_domains"].get(GEN2) or {}
+        self.res["gen2_image_domain"] = held
+        self.checks["gen2_forks_from_first_image"] = held.get("parent_image") == MASTER
+        self.res["clone_of_clone_shared_pages"] = info.get("nonzero_pages", 0) - held.get(
+            "pages", 0)
+        clone = self.json("launch", GEN2, timed="fork_gen2")["clones"][0]
+        self.gen2 = clone
+        self.checks["gen2_clone_prints_its_id"] = wait_for(
+            lambda: "XENCLONE-CLONE-ID %d" % clone["clone_id"] in console(clone["name"]),
+            120) is not None
+        self.checks["gen2_source_runs_on"] = wait_console(
+            src["name"], "XENCLONE-TICK", 60, len(console(src["name"]))) is not None
+        self.refused("discard_of_parent_refused", ("discard", MASTER, "--force"),
+                     ["discard them first", GEN2])
+
     def reset(self):
         """A reset clone forgets what it was told and is told again."""
         c = self.eight[0]
@@ -169,6 +191,8 @@ class ForkJob(Job):
                      ["no-such-clone"])
 
     def clean_up(self):
+        self.xenclone("destroy", self.gen2["name"])
+        self.xenclone("discard", GEN2)
         names = [self.one["name"]] + [c["name"] for c in self.eight]
         # One through xl, as an administrator would; the rest through xenclone.
         p = run("xl", "destroy", names[-1])
@@ -176,7 +200,7 @@ class ForkJob(Job):
         for name in names[:-1]:
             self.xenclone("destroy", name)
         self.xenclone("discard", MASTER, "--force")
-        left = [n for n in xl_names() if n.startswith(MASTER) or n.startswith("xenclone-image")]
+        left = [n for n in xl_names() if n.startswith((MASTER, GEN2, "xenclone-image"))]
         self.res["left_in_xl_list"] = left
         self.checks["nothing_left"] = not left
         homes = run("xenstore-list", "/local/domain").stdout.split()

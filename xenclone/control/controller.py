@@ -466,7 +466,9 @@ class Controller:
         return defer.maybeDeferred(self._bless, dom, msg).addErrback(let_go)
 
     def _bless(self, dom, msg):
-        if dom.role != "master":
+        # A clone is blessed only where clones fork (a clone of a clone):
+        # the backend says which clones it can capture.
+        if dom.role != "master" and not IForkBackend.providedBy(self.backend):
             raise WireError("not-master", "%s is a clone: launch more from its image instead" % dom.name)
         if dom.state not in (DomainState.READY, DomainState.RUNNING, DomainState.PAUSED):
             raise WireError("not-running", "%s is %s and cannot be blessed" % (dom.name, dom.state))
@@ -486,7 +488,7 @@ class Controller:
                 capture.close()
             image = yield self.open_image(name)   # its cache counts in the budget from now
             if IForkBackend.providedBy(self.backend):
-                yield self.backend.prepare_image(image)
+                yield self.backend.prepare_image(image, self._images.get(dom.image))
             self._set_state(dom, DomainState.PAUSED)
             if msg.get("resume"):
                 yield self.backend.unpause(dom.domid)
@@ -555,10 +557,19 @@ class Controller:
     def op_list(self, msg):
         return {"domains": [d.summary() for d in sorted(self.domains.values(), key=lambda d: d.domid)]}
 
+    def _image_domains(self):
+        """Each image's image domain (Xen VM fork), with its memory."""
+        if not IForkBackend.providedBy(self.backend):
+            return {}
+        return self.backend.image_domains()
+
     def op_images(self, msg):
         def annotate(images):
+            held = self._image_domains()
             for info in images:
                 info["clones"] = sum(1 for d in self.domains.values() if d.image == info["image_id"])
+                if info["image_id"] in held:
+                    info["image_domain"] = held[info["image_id"]]
                 if self.working_sets is not None:
                     info["working_set"] = self.working_sets.info(info["image_id"],
                                                                  info["generation"])
@@ -575,7 +586,8 @@ class Controller:
         if action not in ("status", "start", "stop"):
             raise WireError("bad-argument", "memserver wants status, start or stop")
         if action != "stop":
-            return self.memserver.domain(action)
+            return self.memserver.domain(action).addCallback(
+                lambda status: dict(status, image_domains=self._image_domains()))
         force = bool(msg.get("force"))
 
         @defer.inlineCallbacks
@@ -616,10 +628,19 @@ class Controller:
         stats.pop("image", None)
         info.update(stats)
         info["fetched_pages"] = stats["faults"]
-        if dom.role == "clone" and dom.params:
-            info["expected"] = workload.expected_result(workload.Params(**dom.params),
-                                                        dom.clone_id, dom.input)
+        if dom.fill_mode == "fork":
+            # Xen fills a fork itself: its pages as the hypervisor counts them.
+            return self.backend.scan(dom.domid).addCallback(
+                lambda hv: dict(info, hypervisor=hv, **self._expected(dom)))
+        info.update(self._expected(dom))
         return info
+
+    @staticmethod
+    def _expected(dom):
+        if dom.role == "clone" and dom.params:
+            return {"expected": workload.expected_result(workload.Params(**dom.params),
+                                                         dom.clone_id, dom.input)}
+        return {}
 
     def _clone(self, msg):
         dom = self._domain(msg.get("domain"))
@@ -708,7 +729,8 @@ class Controller:
         pages = _int(msg, "to", 0, 2**40)
         d = self.pager.evict_to(dom.domid, pages)
         d.addCallback(lambda n: (self._changed(), n)[1])
-        return d.addCallback(lambda n: dict(self.op_info({"domain": dom.domid}), evicted_now=n))
+        return d.addCallback(lambda n: defer.maybeDeferred(self.op_info, {"domain": dom.domid})
+                             .addCallback(lambda info: dict(info, evicted_now=n)))
 
     def op_hoard(self, msg):
         dom = self._clone(msg)
@@ -780,6 +802,11 @@ class Controller:
 
     def op_discard(self, msg):
         image_id = _image_arg(msg)     # None would be every master's "image"
+        derived = sorted(i for i, d in self._image_domains().items()
+                         if d.get("parent_image") == image_id)
+        if derived:
+            raise WireError("busy", "images %s were blessed from clones of %r and share its "
+                            "pages: discard them first" % (", ".join(derived), image_id))
         clones = [d for d in self.domains.values() if d.image == image_id]
         if clones and not msg.get("force"):
             raise WireError("busy", "image %r has %d live clones; destroy them or use --force"

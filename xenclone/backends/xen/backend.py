@@ -478,10 +478,13 @@ class XenBackend:
     @defer.inlineCallbacks
     def _capture(self, domid):
         dom = self._get(domid)
-        if dom.role != "master":
-            raise WireError("not-master", "domain %d is a clone; bless its image instead"
-                            % domid)
         meta = {}
+        if dom.role != "master":
+            if not (dom.fill == "fork" and dom.kind == LINUX):
+                raise WireError("not-master", "%s is a clone; only Linux fork clones are "
+                                "blessed (a clone of a clone): bless its image's master, or "
+                                "launch more of its image" % dom.name)
+            meta["parent_image"] = dom.meta.get("image")
         if dom.kind == LINUX and not dom.suspended:
             xs = yield self._xenstore()
             times = yield linux.suspend(self.reactor, xs, self.xc, domid, dom.name)
@@ -660,13 +663,22 @@ class XenBackend:
 
     # -- image domains (IForkBackend)
 
-    def prepare_image(self, image):
+    def prepare_image(self, image, parent=None):
         """Bless's last step where the hypervisor forks and fork is wanted
-        (fill = auto or fork): the image's domain."""
+        (fill = auto or fork): the image's domain.  An image blessed from a
+        fork clone (``parent``: the image it was forked from) gets a fork
+        of the parent's image domain holding only the pages that differ,
+        so the rest stay shared with the first image."""
         if self.fill not in ("auto", "fork"):
             return defer.succeed(None)
         config, kind, record = unpack_state(image.vcpu_state)
         readable = self._readable(image)
+        parent_domid = self.images.domid(parent.image_id) if parent is not None else None
+        if parent_domid is not None:
+            return _xen_errors(self.images.prepare(
+                image.image_id, lambda name: self._derived(name, parent_domid, config, record,
+                                                          readable, self._readable(parent)),
+                lambda domid: defer.succeed(None), parent=parent.image_id))
 
         def create(name):
             return self._create(dict(config, name=name))
@@ -676,6 +688,42 @@ class XenBackend:
             return d.addCallback(lambda _: self.xc.hvm_setcontext(domid, record))
 
         return _xen_errors(self.images.prepare(image.image_id, create, fill))
+
+    @defer.inlineCallbacks
+    def _derived(self, name, parent_domid, config, record, image, parent):
+        """A fork of ``parent_domid`` (paused, never introduced to
+        xenstored; named for ``xl list``) given ``image``'s pages where they
+        differ from ``parent``'s and its vCPU state; Deferred[domid]."""
+        xs = yield self._xenstore()
+        domid, _, _ = fork.make_child(self.xc, parent_domid, config.get("vcpus", 1))
+        try:
+            yield xs.write("/local/domain/%d/name" % domid, name)
+            changed = yield self._thread(self._copy_changed, domid, image, parent)
+            self.xc.hvm_setcontext(domid, record)
+        except Exception:
+            self.xc.destroy(domid)
+            raise
+        self.log.info("derived image domain {domid}: {changed} of {n} pages differ from its "
+                      "parent's", domid=domid, changed=changed, n=image.npages)
+        return domid
+
+    def _copy_changed(self, domid, image, parent):
+        """Write the pages of ``image`` that differ from ``parent``'s into
+        the fork ``domid``; a page mapped writable is unshared, so only
+        those are mapped.  Returns how many."""
+        changed = 0
+        for batch in _batches(range(image.npages)):
+            differ = [p for p in batch if image.read_page(p) != parent.read_page(p)]
+            for start, n in runs(differ):
+                pfns = differ[start:start + n]
+                with self.fm.map(domid, pfns) as m:
+                    for i, pfn in enumerate(pfns):
+                        m.buffer[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = image.read_page(pfn)
+            changed += len(differ)
+        return changed
+
+    def image_domains(self):
+        return self.images.info()
 
     def drop_image(self, image_id):
         return _xen_errors(self.images.drop(image_id))
@@ -1018,7 +1066,7 @@ class XenBackend:
                 "fill_modes": self.fill_modes(),
                 "lazy_fill": lazy, "mem_paging": self.mem_paging,
                 "fork": forks, "fork_refused": self.images.refused,
-                "image_domains": self.images.info(),
+                "image_domains": self.image_domains(),
                 "sharing": ("fork clones share every page they have not written with their "
                             "image domain" if forks else
                             "none: each clone holds its own copy of every page it has"),

@@ -38,6 +38,7 @@ class ImageDomains:
         self.work_dir = work_dir
         self.refused = None if xc.fork_probe() else _NO_FORK[errno.ENOSYS]
         self._domids = {}       # image id -> domid
+        self._parents = {}      # image id -> the image its domain is a fork of
         self._take_back()
 
     @property
@@ -55,6 +56,8 @@ class ImageDomains:
                 rec = json.load(f)
             if self._alive(rec["domid"]):
                 self._domids[rec["image"]] = rec["domid"]
+                if rec.get("parent"):
+                    self._parents[rec["image"]] = rec["parent"]
             else:
                 os.unlink(os.path.join(self.work_dir, name))
 
@@ -94,15 +97,21 @@ class ImageDomains:
             except libxc.XenError:
                 continue
             out[image_id] = {"domid": domid, "name": fork.image_domain_name(image_id),
-                             "pages": i.tot_pages, "shared_pages": i.shr_pages}
+                             "pages": i.tot_pages, "shared_pages": i.shr_pages,
+                             "parent_image": self._parents.get(image_id)}
         return out
 
+    def children(self, image_id):
+        """Images whose domains are forks of this image's."""
+        return sorted(i for i, p in self._parents.items() if p == image_id)
+
     @defer.inlineCallbacks
-    def prepare(self, image_id, create, fill):
+    def prepare(self, image_id, create, fill, parent=None):
         """Make the image domain of ``image_id`` unless fork is refused or
-        it exists: ``create()`` gives a paused domain of the master's
+        it exists: ``create(name)`` gives a paused domain of the master's
         settings (Deferred[domid]) and ``fill(domid)`` copies the image and
-        its vCPU state into it (Deferred)."""
+        its vCPU state into it (Deferred).  ``parent``: the image whose
+        domain ``create`` forked."""
         if self.refused is not None or image_id in self._domids:
             return
         domid = yield create(fork.image_domain_name(image_id))
@@ -120,8 +129,10 @@ class ImageDomains:
             yield self._destroy(domid)
             raise
         self._domids[image_id] = domid
+        if parent is not None:
+            self._parents[image_id] = parent
         with open(self._path(image_id) + ".tmp", "w") as f:
-            json.dump({"image": image_id, "domid": domid}, f)
+            json.dump({"image": image_id, "domid": domid, "parent": parent}, f)
         os.replace(self._path(image_id) + ".tmp", self._path(image_id))
         self.log.info("image {image}: image domain {domid} ready", image=image_id, domid=domid)
 
@@ -135,7 +146,12 @@ class ImageDomains:
     @defer.inlineCallbacks
     def drop(self, image_id):
         """The image is discarded: its domain goes (its clones went first)."""
+        if self.children(image_id):
+            raise WireError("busy", "image %s has derived images (%s) whose domains fork "
+                            "from its own: discard them first"
+                            % (image_id, ", ".join(self.children(image_id))))
         domid = self._domids.pop(image_id, None)
+        self._parents.pop(image_id, None)
         if os.path.exists(self._path(image_id)):
             os.unlink(self._path(image_id))
         if domid is not None:
