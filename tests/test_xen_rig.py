@@ -119,7 +119,7 @@ def paging_run():
     out directory, probe, lazy results, Linux results), each None if
     missing."""
     rig_run()     # the stock build first: it fetches the .deb whose config we reuse
-    xen = _run([os.path.join(RIG, "build-xen-paging.sh")], XEN_BUILD_TIMEOUT)
+    xen = _run([os.path.join(ROOT, "xen", "build.sh"), "--rig"], XEN_BUILD_TIMEOUT)
     out = tempfile.mkdtemp(prefix="xenclone-rig-paging.")
     if xen.returncode != 0:
         return xen, None, out, None, None, None
@@ -408,7 +408,7 @@ class XenPagingTests(_PagingCase, unittest.TestCase):
 
     def test_probe_finds_mem_paging(self):
         tail = "\n".join((self.xen.stdout + self.xen.stderr).splitlines()[-30:])
-        self.assertEqual(self.xen.returncode, 0, "rig/build-xen-paging.sh failed:\n" + tail)
+        self.assertEqual(self.xen.returncode, 0, "xen/build.sh --rig failed:\n" + tail)
         self.assertIsNotNone(self.probe, "no probe.json (output in %s):\n%s"
                              % (self.out, self.boot.stdout + self.boot.stderr))
         self.assertTrue(self.probe["version"].startswith("4.17"), self.probe)

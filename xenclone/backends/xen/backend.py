@@ -244,7 +244,7 @@ class XenBackend:
                                                    ", ".join(self.fill_modes())))
         if asked == "lazy" and not self.mem_paging:
             raise WireError("no-lazy-fill", "lazy fill needs a Xen built with MEM_PAGING "
-                            "(CONFIG_MEM_PAGING=y, see rig/build-xen-paging.sh); this "
+                            "(CONFIG_MEM_PAGING=y, see xen/build.sh); this "
                             "hypervisor (%s) has none: use fill=before-run" % self.xc.version())
         return asked
 
