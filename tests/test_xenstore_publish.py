@@ -7,6 +7,7 @@ from twisted.trial import unittest
 
 from tests.test_xenstore_client import Events, settle, until
 from tests.xenstore_helpers import Dom, FakeController, embedded_xenstore
+from xenclone.interfaces import FIRST_HANDLE
 from xenclone.xenstore.publish import DomainHomes, Publisher, flatten
 from xenclone.xenstore.server import XenStoreServer
 from xenclone.xenstore.tree import Caller
@@ -151,6 +152,18 @@ class HomeTests(PublishCase):
         yield self.update(1.0)
         self.assertFalse(store.is_introduced(5))
         self.assertEqual(store.directory(DOM0, "/local/domain"), ["3"])
+
+    @defer.inlineCallbacks
+    def test_on_xen_a_domain_not_yet_numbered_gets_no_home(self):
+        """libxl made the homes; a clone still under the controller's handle
+        (launch in progress) has none to write in, and none is made."""
+        self.publisher.homes = self.homes = DomainHomes(self.client, False, lambda dom: False)
+        self.server.store.write(DOM0, "/local/domain/5/name", b"img.1")
+        self.controller.add(Dom(5, "img.1", clone_id=1))
+        self.controller.add(Dom(FIRST_HANDLE + 1, "img.2", clone_id=2))
+        yield self.update()
+        self.assertEqual(self.read("/local/domain/5/xenclone/clone-id"), b"1")
+        self.assertEqual(self.server.store.directory(DOM0, "/local/domain"), ["5"])
 
     @defer.inlineCallbacks
     def test_everything_again_after_a_reconnect(self):

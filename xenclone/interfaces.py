@@ -9,6 +9,10 @@ policies are plain Python with no I/O.
 from zope.interface import Attribute, Interface
 
 PAGE_SIZE = 4096
+# Backends that number domains themselves (Xen) get handles from the
+# controller above any id they give (Xen's are below 0x7FF0) until the real
+# id is adopted.
+FIRST_HANDLE = 0x10000
 
 
 class DomainState:

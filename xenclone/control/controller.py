@@ -16,17 +16,14 @@ from twisted.logger import Logger
 
 from xenclone import memory_check, workload
 from xenclone.image import check_name
-from xenclone.interfaces import (PAGE_SIZE, DomainState, IBalloonBackend, IForkBackend,
-                                 ILinuxBackend)
+from xenclone.interfaces import (FIRST_HANDLE, PAGE_SIZE, DomainState, IBalloonBackend,
+                                 IForkBackend, ILinuxBackend)
 from xenclone.ledger import LedgerError
 from xenclone.wire import WireError
 
 MIN_MEMORY_MIB = 4
 MAX_MEMORY_MIB = 64 * 1024
 MAX_LAUNCH = 256
-# Backends that number domains themselves (Xen) get handles above any id
-# they give (Xen's are below 0x7FF0) until the real id is adopted.
-FIRST_HANDLE = 0x10000
 LIVE = (DomainState.RUNNING, DomainState.PAUSED, DomainState.READY, DomainState.DONE,
         DomainState.WAITING_FOR_MEMSERVER, DomainState.PAUSED_BY_TIMEOUT,
         DomainState.IMAGE_GONE)

@@ -23,7 +23,7 @@ import re
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from xenclone.interfaces import DomainState
+from xenclone.interfaces import FIRST_HANDLE, DomainState
 from xenclone.xenstore.tree import domain_path
 from xenclone.xenstore.wire import XenStoreError
 
@@ -200,6 +200,8 @@ class DomainHomes:
             for listener in self.on_gone:
                 listener(domid)
         for dom in sorted(domains.values(), key=lambda d: d.domid):
+            if not self.toolstack and dom.domid >= FIRST_HANDLE:
+                continue    # Xen has not numbered it yet: no home to write in
             gen = generations.get(dom.image)
             if dom.domid in self.made and self.made[dom.domid] == gen:
                 continue

@@ -745,8 +745,10 @@ class XenBackend:
                             "reset" % (dom.name, dom.fill))
         xs = yield self._xenstore()
         self._pause(dom)
-        self.xc.fork_reset(domid)
+        # Its channels closed first: Xen unregisters the guest's vcpu_info
+        # on reset (xen/patches) only where no event can reach it.
         self.xc.evtchn_reset(domid)
+        self.xc.fork_reset(domid)
         yield fork.unwire(xs, self.xc, domid)
         store, console = fork.wire(self.xc, domid)
         vcpus = dom.config.get("vcpus", 1)
