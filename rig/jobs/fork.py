@@ -4,7 +4,12 @@ xl-style CLI, measured against ``xl save``/``xl restore`` of the same domU
 in the same boot; prints one JSON object and exits non-zero if a check
 failed.
 
-    python3 fork.py XENCLONE_CONF
+    python3 fork.py
+
+Its CLI calls name no config: they find the daemon through
+/etc/xen/xenclone.conf, as an administrator's would (fork.sh puts it there),
+and every operation must show in the daemon's log with who asked, what,
+which domain, the result and how long it took.
 
 Steps: bless the rig's Linux domU (an image domain appears), resume it and
 ``xl save``/``xl restore`` it (the peer), one fork clone (launch time, id
@@ -15,6 +20,7 @@ input, and destroy/discard leaving nothing behind.
 
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -24,10 +30,11 @@ from linux import (MASTER, T0, Job, console, run, since, triple_faults,  # noqa:
                    wait_console, wait_for, xen_free_mib, xl_names)
 
 CLONES = 8
-WRITE_MIB = 4
+WRITE_MIB = 2
 SAVE = "/tmp/fork-peer.save"
 RESTORED_ID = 9999
 GEN2 = "gen2"
+LOG = "xenclone-fork-daemon.log"      # fork.sh's, in $RIG_OUT (the job's directory)
 FILL_BATCH, FILL_BATCHES = 512, 6
 
 
@@ -47,7 +54,7 @@ class ForkJob(Job):
         self.res["steps_end_s"] = ends = {"daemon_up": since(T0)}
         for step in (self.bless, self.peer_restore, self.one_fork, self.fill_rate,
                      self.eight_forks, self.clone_of_clone, self.reset, self.bad_input,
-                     self.clean_up):
+                     self.clean_up, self.operations_logged):
             step()
             ends[step.__name__] = since(T0)
 
@@ -191,25 +198,39 @@ class ForkJob(Job):
                      ["no-such-clone"])
 
     def clean_up(self):
-        self.xenclone("destroy", self.gen2["name"])
-        self.xenclone("discard", GEN2)
-        names = [self.one["name"]] + [c["name"] for c in self.eight]
-        # One through xl, as an administrator would; the rest through xenclone.
-        p = run("xl", "destroy", names[-1])
+        # One through xl, as an administrator would; the rest through xenclone
+        # (a discard destroys its image's clones first).
+        p = run("xl", "destroy", self.eight[-1]["name"])
         self.res["xl_destroy"] = {"rc": p.returncode, "stderr": p.stderr.strip()[-300:]}
-        for name in names[:-1]:
-            self.xenclone("destroy", name)
+        self.checks["xl_destroy_of_a_fork"] = p.returncode == 0
+        rc, _, err = self.xenclone("destroy", self.one["name"])
+        self.checks["destroy_of_a_fork"] = rc == 0
+        self.xenclone("discard", GEN2, "--force")
         self.xenclone("discard", MASTER, "--force")
         left = [n for n in xl_names() if n.startswith((MASTER, GEN2, "xenclone-image"))]
         self.res["left_in_xl_list"] = left
         self.checks["nothing_left"] = not left
         homes = run("xenstore-list", "/local/domain").stdout.split()
         self.res["xenstore_homes_left"] = homes
+        self.checks["no_xenstore_home_left"] = homes == ["0"]
         self.res["xen_triple_faults"] = triple_faults()
 
 
+    def operations_logged(self):
+        """The daemon's log: each operation with who, what, domain, result
+        and duration (issue 20)."""
+        with open(LOG, errors="replace") as f:
+            lines = [line for line in f if "[xenclone.ops#info]" in line]
+        self.res["ops_logged"] = len(lines)
+        for op, target in (("bless", MASTER), ("launch", MASTER), ("reset", "no-such-clone"),
+                           ("discard", MASTER)):
+            mark = re.compile(r"\] uid=0 pid=\d+: %s %s: \S+.* \(\d+\.\d{3} s\)$"
+                              % (op, re.escape(target)))
+            self.checks["logged_%s" % op] = any(mark.search(line.rstrip()) for line in lines)
+
+
 def main():
-    job = ForkJob(sys.argv[1])
+    job = ForkJob(None)
     try:
         job.steps()
     except Exception as e:          # keep every fact gathered so far

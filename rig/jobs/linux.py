@@ -105,7 +105,8 @@ class Job:
     def xenclone(self, *args, timed=None):
         """The xl-style CLI: (exit code, stdout, stderr)."""
         t = time.monotonic()
-        p = run(sys.executable, "-c", CLI, "-c", self.conf, *args, timeout=600)
+        conf = ("-c", self.conf) if self.conf else ()    # None: the default config path
+        p = run(sys.executable, "-c", CLI, *conf, *args, timeout=600)
         if timed:
             self.res["timings_s"][timed] = since(t)
         return p.returncode, p.stdout, p.stderr
