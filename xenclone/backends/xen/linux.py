@@ -44,7 +44,7 @@ def home(domid):
 
 
 @defer.inlineCallbacks
-def _read(xs, path):
+def read_node(xs, path):
     """The node's value, or None where it does not exist."""
     try:
         value = yield xs.read(path)
@@ -63,7 +63,7 @@ def _sleep(reactor):
 def wait_ready(reactor, xs, xc, domid, name, timeout=READY_TIMEOUT):
     """Until the guest offers ``control/feature-suspend``."""
     deadline = reactor.seconds() + timeout
-    while (yield _read(xs, home(domid) + "/control/feature-suspend")) != b"1":
+    while (yield read_node(xs, home(domid) + "/control/feature-suspend")) != b"1":
         why = xc.domain_info(domid).shutdown_reason
         if why is not None:
             raise WireError("not-ready", "%s shut down (Xen reason %d) before its PV drivers "
@@ -79,7 +79,7 @@ def _cancel(xs, path):
     """Withdraw a suspend request the guest has not acked; False if it
     acked after all."""
     def withdraw(tx):
-        d = _read(tx, path)
+        d = read_node(tx, path)
 
         def check(value):
             if value != b"suspend":
@@ -108,7 +108,7 @@ def suspend(reactor, xs, xc, domid, name, timeout=SUSPEND_TIMEOUT):
             raise WireError("not-suspended", "%s shut down (Xen reason %d) instead of "
                             "suspending" % (name, why))
         if acked is None:
-            if (yield _read(xs, path)) != b"suspend":
+            if (yield read_node(xs, path)) != b"suspend":
                 acked, deadline = now, now + timeout
             elif now > deadline:
                 if (yield _cancel(xs, path)):
