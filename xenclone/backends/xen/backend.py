@@ -891,7 +891,10 @@ class XenBackend:
                 raise
             raise WireError("no-domain", "unknown domain %r (neither xenclone's nor Xen's)"
                             % (ref,))
-        domid, config = linux.adopted_config(text, ref)
+        domid, config, found = linux.adopted_config(text, ref)
+        if found:   # issue 18: until launch gives each clone its own vifs and disks
+            raise WireError("unsupported", "%s has vif or disk devices: launch does not give "
+                            "clones their own yet" % config["name"])
         info = self.xc.domain_info(domid)
         if not info.hvm:
             raise WireError("unsupported", "%s is a PV guest: PV domains are not supported, "
