@@ -45,8 +45,10 @@ def _fields(msg):
 def _print(args, result, text):
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2, sort_keys=True))
-    else:
-        print(text(result))
+        return
+    print(text(result))
+    if result.get("warning"):     # as xl warns: the result stands
+        print("xenclone: warning: %s: %s" % (args.command, result["warning"]), file=sys.stderr)
 
 
 @defer.inlineCallbacks
