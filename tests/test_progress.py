@@ -69,6 +69,7 @@ class DaemonSideTests(unittest.TestCase):
 
     def test_launch_streams_changes_then_the_end(self):
         d = self.handler.op_launch({"id": 7, "image": "web", "count": 3, "progress": True})
+        self.assertEqual(self.link.events, [])      # an op done within POLL_S shows nothing
         self.clock.advance(0.25)
         self.controller.domains[2] = clone(2)       # launching: not attached yet
         self.clock.advance(0.25)
@@ -100,12 +101,22 @@ class DaemonSideTests(unittest.TestCase):
 
     def test_failure_ends_without_a_last_event(self):
         d = self.handler.op_launch({"image": "web", "count": 2, "progress": True})
+        self.clock.advance(0.25)
         self.ops.pending.errback(WireError("unknown-image", "no image 'web'"))
         self.failureResultOf(d, WireError)
         self.assertEqual(self.figures(), [(0, 2, "launching")])
 
+    def test_quick_op_shows_nothing_but_its_end(self):
+        d = self.handler.op_launch({"image": "web", "count": 1, "progress": True})
+        self.controller.domains[2] = clone(2)
+        self.attached.add(2)
+        self.ops.pending.callback({"clones": [2]})
+        self.successResultOf(d)
+        self.assertEqual(self.figures(), [(1, 1, "launching")])
+
     def test_gone_command_or_broken_probe_never_fails_the_op(self):
         d = self.handler.op_launch({"image": "web", "count": 2, "progress": True})
+        self.clock.advance(0.25)
         self.controller.domains = None     # the probe now raises: logged, not raised
         self.clock.advance(0.25)
         self.link.connected = False        # and the command goes: nothing more is read

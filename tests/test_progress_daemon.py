@@ -22,7 +22,7 @@ class ProgressLinesTests(PrivateDaemon, unittest.TestCase):
         yield self.s.call("create", config={"name": "pm", "memory": 16})
         out, err, code = yield self.cli("bless", "pm", "--name", "pimg")
         self.assertEqual(code, 0, err)
-        self.assertEqual(err.decode().splitlines(), ["bless pm: capturing and storing"])
+        self.assertNotIn(b"bless pm:", err)    # without a total, nothing once it is done
         out, err, code = yield self.cli("launch", "pimg", "-n", "3")
         self.assertEqual(code, 0, err)
         self.assertEqual([line.split()[1] for line in out.decode().splitlines()],

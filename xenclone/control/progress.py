@@ -2,10 +2,11 @@
 
     request {"op": "launch", "count": 16, "progress": true, "id": 7}
       -> WithProgress: a probe of the controller's state for that op,
-         read every POLL_S while the op runs
+         read every POLL_S while the op runs (a quicker op shows nothing)
       -> event {"event": "progress", "request": 7, "of": "launch",
                 "done": 3, "total": 16, "unit": "clones", "stage": "launching"}
-         each time the figures change, and the last figures when it is done
+         each time the figures change, and, where there is a total, the
+         figures it ended with
       -> the reply, as without progress
 
 The controller is not touched: a probe reads what it already keeps
@@ -133,13 +134,13 @@ class WithProgress:
             return d
         last = [None]
 
-        def send():
+        def send(ended=False):
             if not self.proto.connected:
                 return          # the command went away: the op runs on
             try:
                 figures = read()
-                if figures == last[0]:
-                    return
+                if figures == last[0] or (ended and figures[1] is None):
+                    return      # nothing new; or the end of an op without a total
                 last[0] = figures
                 done, total, unit, stage = figures
                 self.proto.send_event("progress", request=msg.get("id"), of=op, done=done,
@@ -149,12 +150,12 @@ class WithProgress:
 
         poll = task.LoopingCall(send)
         poll.clock = self.clock
-        poll.start(self.interval)
+        poll.start(self.interval, now=False)     # an op done sooner shows nothing
 
         def finished(result):
             poll.stop()
             if not isinstance(result, Failure):
-                send()      # the figures the op ended with, before its reply
+                send(ended=True)    # the figures it ended with, before its reply
             return result
 
         return d.addBoth(finished)
