@@ -83,7 +83,9 @@ class CommandTests(unittest.TestCase):
         self.assertEqual(self.daemon.calls, [
             ("set", {"id": 1, "op": "set", "domain": "web.1",
                      "knobs": {"limit": 524288, "target": 131072}}),
-            ("evict", {"id": 1, "op": "evict", "domain": "web.1", "to": 16384})])
+            # evict asks for progress (control/progress.py); nothing streams here.
+            ("evict", {"id": 1, "op": "evict", "domain": "web.1", "to": 16384,
+                       "progress": True})])
 
     @defer.inlineCallbacks
     def test_bad_size_is_a_usage_error(self):

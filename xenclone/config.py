@@ -16,6 +16,8 @@ import os
 import sys
 from collections import namedtuple
 
+from xenclone import xl_keys
+
 REQUIRED = object()
 Entry = namedtuple("Entry", "key value line")
 
@@ -437,7 +439,18 @@ def load_daemon_config(path=None):
 
 
 def loads_domain_config(text, filename="<string>"):
-    return DOMAIN.apply(parse(text, filename), filename)
+    """xenclone's keys, defaults filled in, and the xl.cfg(5) keys the
+    file sets, checked as xl would (``xl_keys``)."""
+    entries = parse(text, filename)
+    try:
+        own, xl = xl_keys.split_entries(entries, DOMAIN.keys)
+        cfg = DOMAIN.apply(own, filename)
+        cfg.update((e.key, e.value) for e in xl)
+        xl_keys.check_sizes(cfg, {e.key for e in entries})
+    except xl_keys.XlKeyError as e:
+        line = e.line or next((x.line for x in entries if x.key == e.key), None)
+        raise ConfigError(filename, line, str(e))
+    return cfg
 
 
 def load_domain_config(path):

@@ -29,6 +29,7 @@ from xenclone.control.controller import Controller
 from xenclone.control.hostmemory import HostMemoryService
 from xenclone.control.lifecycle import DaemonOps, Lifecycle
 from xenclone.control.oplog import LoggedHandler, peer
+from xenclone.control.progress import WithProgress
 from xenclone.control.recovery import recover
 from xenclone.helpers import HelperProcess
 from xenclone.interfaces import IBalloonBackend
@@ -120,13 +121,16 @@ def xen_args(settings):
 class _ControlFactory(Factory):
     noisy = False
 
-    def __init__(self, controller):
+    def __init__(self, controller, reactor):
         self.controller = controller
+        self.reactor = reactor
 
     def buildProtocol(self, addr):
-        # Operations are logged with the peer's uid and pid.
+        # Operations are logged with the peer's uid and pid; long ones
+        # report progress on this link to the command that asks.
         proto = FrameProtocol()
-        proto.handler = LoggedHandler(self.controller, lambda: peer(proto.transport))
+        logged = LoggedHandler(self.controller, lambda: peer(proto.transport))
+        proto.handler = WithProgress(logged, self.controller, proto, self.reactor)
         return proto
 
 
@@ -143,7 +147,8 @@ class ControlService(Service):
         if os.path.exists(self.path):
             os.unlink(self.path)
         mode = 0o660 if self.group else 0o600
-        self.port = self.reactor.listenUNIX(self.path, _ControlFactory(handler), mode=mode)
+        self.port = self.reactor.listenUNIX(self.path, _ControlFactory(handler, self.reactor),
+                                            mode=mode)
         if self.group:
             os.chown(self.path, 0, grp.getgrnam(self.group).gr_gid)
         log.info("control socket {path} ready", path=self.path)

@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 the operation failed, 2 bad usage or config,
 3 the daemon cannot be reached.
 """
 
+import functools
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ import time
 from twisted.internet import defer, task
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 
-from xenclone.cli import pipe, top
+from xenclone.cli import pipe, progress, top
 from xenclone.cli.errors import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, CliError
 from xenclone.cli.parser import build_parser
 from xenclone.config import ConfigError, load_daemon_config
@@ -45,14 +46,19 @@ def _fields(msg):
 def _print(args, result, text):
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2, sort_keys=True))
-    else:
-        print(text(result))
+        return
+    print(text(result))
+    if result.get("warning"):     # as xl warns: the result stands
+        print("xenclone: warning: %s: %s" % (args.command, result["warning"]), file=sys.stderr)
 
 
 @defer.inlineCallbacks
 def _run_command(reactor, args, settings):
     op, fields, fmt = args.func(args)
-    ask = _ask_xenstore if args.via_xenstore else _ask_control
+    if args.via_xenstore:
+        ask = _ask_xenstore
+    else:
+        ask = functools.partial(_ask_control, shown=progress.wanted(op, fields, args))
     try:
         result = yield ask(reactor, settings, op, fields)
     except WireError as e:
@@ -67,11 +73,18 @@ _FOUND_FAULT = {"audit": lambda r: r["disagree"] > 0,
 
 
 @defer.inlineCallbacks
-def _ask_control(reactor, settings, op, fields):
+def _ask_control(reactor, settings, op, fields, shown=False):
+    """The reply's fields; ``shown``: the op's progress on stderr meanwhile."""
     proto = yield connect(reactor, settings["control_socket"])
+    shown = shown and progress.display(reactor, fields.get("domain") or fields.get("image"))
+    if shown:
+        proto.on_event = lambda msg: msg.get("event") == "progress" and shown.event(msg.fields)
+        fields = dict(fields, progress=True)
     try:
         return _fields((yield proto.request(op, **fields)))
     finally:
+        if shown:
+            shown.close()
         proto.transport.loseConnection()
 
 

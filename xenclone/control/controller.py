@@ -14,7 +14,7 @@ import attr
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from xenclone import memory_check, workload
+from xenclone import memory_check, workload, xl_keys
 from xenclone.image import check_name
 from xenclone.interfaces import (FIRST_HANDLE, PAGE_SIZE, DomainState, IBalloonBackend,
                                  IForkBackend, ILinuxBackend)
@@ -378,6 +378,10 @@ class Controller:
             raise WireError("bad-config", str(e))
         if any(d.name == name for d in self.domains.values()):
             raise WireError("exists", "a domain named %r exists" % name)
+        cfg, warning = xl_keys.for_master(cfg, name, self.log)    # the command prints it too
+        return self._create(name, cfg).addCallback(lambda r: dict(r, warning=warning))
+
+    def _create(self, name, cfg):
         memory = _int(cfg, "memory", MIN_MEMORY_MIB, MAX_MEMORY_MIB)
         if cfg.get("kernel"):
             return self._create_linux(name, memory, cfg)
@@ -395,7 +399,6 @@ class Controller:
         self.domains[dom.domid] = dom
         spec = MasterSpec(dom.domid, name, memory * 1024 * 1024 // PAGE_SIZE, dom.params,
                           dom.record())
-
         return self._create_master(dom, spec)
 
     def _create_linux(self, name, memory, cfg):
@@ -756,10 +759,6 @@ class Controller:
         d.addTimeout(timeout, self.reactor)
         d.addCallbacks(lambda dom: self.op_info({"domain": dom.domid}), timed_out)
         return d
-
-    def _simple(self, call, msg):
-        dom = self._domain(msg.get("domain"))
-        return call(dom.domid).addCallback(lambda _: dom.summary())
 
     def op_pause(self, msg):
         dom = self._domain(msg.get("domain"))
