@@ -91,6 +91,7 @@ class DocCommandTests(unittest.TestCase):
         self.assertEqual([s.split(": ", 1)[1] for s in self.skipped], [
             "xenclone launch web --fill before-run: Xen only (Xen only: fork | lazy | "
             "before-run | auto)",
+            "xenclone reset web.1: Xen only (Xen only: a fork clone back to its image)",
             "xenclone memserver status: Xen only (Xen only: the memory-server domain)"])
 
     @defer.inlineCallbacks
