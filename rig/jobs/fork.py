@@ -189,9 +189,10 @@ class ForkJob(Job):
         rc, _, err = self.xenclone("reset", c["name"], timed="reset")
         self.res["errors"]["reset"] = err.strip()
         seen = wait_console(c["name"], "XENCLONE-CLONE-ID %d" % c["clone_id"], 120, mark)
-        ticks = seen is not None and wait_console(c["name"], "XENCLONE-TICK", 60, mark)
-        self.res["reset_ok"] = rc == 0 and seen is not None and ticks is not None
-        self.res["reset_tot_pages_after"] = self.json("info", c["name"]).get("scan")
+        ticks = wait_console(c["name"], "XENCLONE-TICK", 60, mark) if seen is not None else None
+        self.res["reset_ok"] = self.checks["reset_ok"] = (
+            rc == 0 and seen is not None and ticks is not None)
+        self.res["reset_hypervisor_after"] = self.json("info", c["name"]).get("hypervisor")
 
     def bad_input(self):
         self.refused("reset_of_unknown_refused", ("reset", "no-such-clone"),

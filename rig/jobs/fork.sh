@@ -29,8 +29,12 @@ until grep -q XENCLONE-DOMU-UP "$CONSOLE" 2>/dev/null; do
     [ $i -le 360 ] || { echo "fork: no marker in 180 s"; cat "$CONSOLE" || true; exit 1; }
     sleep 0.5
 done
+# Its commands find the daemon as an administrator's do: the default path.
+mkdir -p /etc/xen
+cp "$W/xenclone.conf" /etc/xen/xenclone.conf
 rc=0
-python3 "$RIG_PROJECT/rig/jobs/fork.py" "$W/xenclone.conf" > fork-results.json || rc=$?
+python3 "$RIG_PROJECT/rig/jobs/fork.py" > fork-results.json || rc=$?
+rm -f /etc/xen/xenclone.conf
 cat fork-results.json
 xl list
 exit $rc
