@@ -2,10 +2,14 @@
 written over the real wire protocol to the embedded server, and taken away
 again.  Forks on real Xen are tests/test_xen_rig.py (the fork job)."""
 
+import contextlib
+
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from xenclone.backends.xen import fork
+from xenclone.backends.xen.filled import ForkRegion
+from xenclone.interfaces import PageState
 from xenclone.xenstore.tree import Caller
 
 from tests.xenstore_helpers import embedded_xenstore
@@ -68,3 +72,28 @@ class ForkHomeTests(unittest.TestCase):
     def test_names(self):
         self.assertEqual(fork.image_domain_name("web"), "xenclone-image-web")
         self.assertEqual(fork.memory_kib(32768), 131072)
+
+
+class _Maps:
+    """A foreign-memory stand-in that records how pages were mapped."""
+
+    def __init__(self):
+        self.calls = []
+
+    def map(self, domid, pfns, writable=True):
+        self.calls.append((domid, list(pfns), writable))
+        return contextlib.nullcontext()
+
+
+class ForkRegionTests(unittest.TestCase):
+    def test_loads_touch_pages_read_only_so_they_stay_shared(self):
+        """A hoard's loads make Xen fill a fork's pages from the image
+        domain: mapped read-only, never written (which would unshare)."""
+        maps = _Maps()
+        region = ForkRegion(DOMID, 8, image=None, fmem=maps)
+        self.assertEqual(region.fill_mode, "fork")
+        self.assertEqual(region.prefilled, [])
+        self.assertTrue(region.load_shared(3))
+        region.load_zero(4)
+        self.assertEqual(maps.calls, [(DOMID, [3], False), (DOMID, [4], False)])
+        self.assertEqual(list(region.states())[3:5], [PageState.SHARED, PageState.ZERO])

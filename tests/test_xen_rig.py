@@ -168,6 +168,7 @@ def rig_summary(stock, lazy, forks):
         "paging_over_fork_fill": _ratio(fill.get("service_us_median"),
                                         forks.get("fork_fill_us_median"), 1),
         "reset_ok": forks.get("reset_ok"),
+        "clone_of_clone_shared_pages": forks.get("clone_of_clone_shared_pages"),
         "stock_linux_launch_ms": [c.get("launch_ms") for c in (stock or {}).get("clones", ())],
         "lazy_linux_launch_ms": [c.get("launch_ms") for c in
                                  (lazy.get("linux") or {}).get("clones", ())]}
@@ -521,4 +522,5 @@ class XenForkTests(_PagingCase, unittest.TestCase):
                     "fork_fill_us_median", "paging_fill_us_median"):
             self.assertIsNotNone(summary[key], key)
         self.assertGreater(summary["fork_launch_over_restore"], 1, summary)
+        self.assertGreater(summary["clone_of_clone_shared_pages"], 0, summary)
         self.assertLess(summary["fork_clones_hv_mib"], summary["eager_mib"], summary)

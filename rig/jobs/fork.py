@@ -52,7 +52,7 @@ def domid_of(name):
 class ForkJob(Job):
     def steps(self):
         self.res["steps_end_s"] = ends = {"daemon_up": since(T0)}
-        for step in (self.bless, self.peer_restore, self.one_fork, self.fill_rate,
+        for step in (self.bless, self.peer_restore, self.one_fork, self.hoard, self.fill_rate,
                      self.eight_forks, self.clone_of_clone, self.reset, self.bad_input,
                      self.clean_up, self.operations_logged):
             step()
@@ -119,6 +119,18 @@ class ForkJob(Job):
         self.checks["fork_ticks"] = wait_console(name, "XENCLONE-TICK", 60,
                                                  console(name).find("XENCLONE-CLONE-ID")) is not None
         self.one = clone
+
+    def hoard(self):
+        """A hoard fills a fork's pages ahead of its touches, shared with
+        the image domain: Xen's shared count grows, its own frames barely."""
+        name = self.one["name"]
+        before = self.json("info", name)["hypervisor"]
+        rc, _, err = self.xenclone("hoard", name, "--wait", timed="hoard")
+        after = self.json("info", name)["hypervisor"]
+        self.res["hoard"] = {"before": before, "after": after, "rc": rc, "stderr": err[-300:]}
+        self.checks["hoard_fills_shared"] = (
+            rc == 0 and after["shared"] - before["shared"] > 10000
+            and after["private"] - before["private"] < 1000)
 
     def fill_rate(self):
         """First-touch fill, seen from dom0: foreign maps of a paused

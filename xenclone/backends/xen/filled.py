@@ -89,6 +89,22 @@ class ForkRegion(FilledRegion):
     def __init__(self, domid, npages, image, fmem):
         super().__init__(domid, npages, image, fmem, [])
 
+    def _touch(self, pfn):
+        """A read-only foreign map of the page makes Xen fill it from the
+        image domain, shared: what a hoard wants (writing the image's bytes
+        would give the clone a private copy)."""
+        with self._fmem.map(self.domid, [pfn], writable=False):
+            pass
+
+    def load_zero(self, pfn):
+        self._touch(pfn)
+        self._state[pfn] = PageState.ZERO
+
+    def load_shared(self, pfn):
+        self._touch(pfn)
+        self._state[pfn] = PageState.SHARED
+        return True
+
 
 @implementer(IFaultSource)
 class FilledSource:
