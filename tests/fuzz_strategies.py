@@ -12,7 +12,7 @@ import os
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from xenclone.image import NAME_RE
+from xenclone.names import NAME_RE
 from xenclone.wire import MAX_FDS, MAX_HEADER, MAX_PAYLOAD
 
 from fuzz_link import HEAD, frame

@@ -10,7 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from xenclone.control.controller import Controller, Domain
-from xenclone.image import check_name
+from xenclone.names import check_name
 from xenclone.memserver.server import LocalHandler, _RemoteFactory
 from xenclone.memserver.store import ImageStore
 from xenclone.wire import FrameProtocol, Message, WireError, encode, takes_fds

@@ -16,6 +16,8 @@ import os
 import sys
 from collections import namedtuple
 
+from xenclone.names import check_name
+
 REQUIRED = object()
 Entry = namedtuple("Entry", "key value line")
 
@@ -258,8 +260,9 @@ def _host_port(value):
 
 
 def _names(value):
-    if not all(isinstance(v, str) and v for v in value):
-        raise ValueError("expected a list of domain names")
+    for v in value:
+        if v != "*":
+            check_name(v, "domain name")
 
 
 DAEMON = Table("xenclone daemon configuration", [

@@ -15,7 +15,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from xenclone import memory_check, workload
-from xenclone.image import check_name
+from xenclone.names import BadName, check_name
 from xenclone.interfaces import PAGE_SIZE, DomainState, IBalloonBackend, ILinuxBackend
 from xenclone.ledger import LedgerError
 from xenclone.wire import WireError
@@ -82,11 +82,11 @@ class Domain:
 
 def _image_arg(msg):
     """The request's image name: a clone's image is never None (a master's
-    is), and a list is not even a dict key."""
-    image_id = msg.get("image")
-    if not isinstance(image_id, str):
-        raise WireError("bad-argument", "image must be an image name")
-    return image_id
+    is), a list is not even a dict key, and a name may reach a path."""
+    try:
+        return check_name(msg.get("image"), "image name")
+    except BadName as e:
+        raise WireError("bad-argument", e.message)
 
 
 def _int(msg, key, lo, hi, default=None):
@@ -327,7 +327,7 @@ class Controller:
 
     def op_page(self, msg):
         """Digest of image pages, read through the memory server."""
-        image_id = msg.get("image")
+        image_id = _image_arg(msg)
         pfn = _int(msg, "pfn", 0, 2**40)
         count = _int(msg, "count", 1, 256, default=1)
 

@@ -141,7 +141,7 @@ class MemoryServerClient(_Link):
     def mirror(self, name, described, server):
         """Know ``server``'s image (``RemotePageSource.describe``) here as ``name``."""
         fields, zero = described
-        vcpu = fields.pop("vcpu_state")
+        vcpu = fields.pop("vcpu_state", None)     # the server refuses a missing one
         return self.request("mirror", payload=zero, name=name, info=fields, vcpu_state=vcpu,
                             server=server).addCallback(_fields)
 

@@ -13,8 +13,15 @@ backoff, and the link reconnects.
 from twisted.internet import defer
 from zope.interface import implementer
 
-from xenclone.interfaces import IMemoryServer
+from xenclone.interfaces import PAGE_SIZE, IMemoryServer
 from xenclone.wire import WireError
+
+
+def _exactly(data, server, count):
+    """A remote page run of the wrong size would land on its neighbours."""
+    if len(data) != count * PAGE_SIZE:
+        raise WireError("bad-reply", "%s sent %d bytes for %d pages" % (server, len(data), count))
+    return data
 
 
 @implementer(IMemoryServer)
@@ -62,7 +69,8 @@ class MirroringMemoryServer:
         if self.remote is None or self.remote.address != origin["server"]:
             return defer.fail(WireError("no-remote", "image %r mirrors %s, which is not the "
                                         "configured memserver_remote" % (image_id, origin["server"])))
-        return self.remote.fetch(origin["image"], pfn, count, generation=origin["generation"])
+        d = self.remote.fetch(origin["image"], pfn, count, generation=origin["generation"])
+        return d.addCallback(_exactly, origin["server"], count)
 
     def discard(self, image_id):
         self._origins.pop(image_id, None)

@@ -26,7 +26,8 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from xenclone.image import OpenImage, check_name
+from xenclone.image import OpenImage
+from xenclone.names import check_generation, check_name
 from xenclone.interfaces import PAGE_SIZE
 from xenclone.wire import WireError
 
@@ -216,10 +217,7 @@ class ImageStore:
 
     def put(self, name, capture):
         """Copy ``capture`` (an ``image.Capture``) into a new image; its info."""
-        try:
-            check_name(name, "image name")
-        except ValueError as e:
-            raise WireError("bad-name", str(e))
+        check_name(name, "image name")
         npages = capture.npages
         if type(npages) is not int or not 0 < npages <= MAX_PAGES:
             raise WireError("bad-request", "npages must be an integer in 1..%d" % MAX_PAGES)
@@ -288,20 +286,26 @@ class ImageStore:
     def mirror(self, name, info, vcpu_state, zero, server):
         """Record the remote image ``info`` (as ``describe`` gave it) of
         ``server`` under ``name``; its info."""
+        check_name(name, "image name")
         try:
-            check_name(name, "image name")
-        except ValueError as e:
-            raise WireError("bad-name", str(e))
-        try:
-            npages, generation = info["npages"], info["generation"]
+            npages, generation, origin = info["npages"], info["generation"], info["image_id"]
             if type(npages) is not int or not 0 < npages <= MAX_PAGES or len(zero) != npages:
                 raise ValueError("npages and the zero map do not agree")
+            if bytes(zero).translate(None, b"\0\1"):
+                raise ValueError("the zero map holds bytes other than 0 and 1")
+            if type(info["nonzero_pages"]) is not int or not isinstance(info["meta"], dict):
+                raise ValueError("nonzero_pages or meta of the wrong type")
             meta = {k: info[k] for k in ("arch", "nonzero_pages", "created", "meta")}
             base64.b64decode(vcpu_state, validate=True)
         except (KeyError, TypeError, ValueError) as e:
             raise WireError("bad-request", "not a mirrorable image: %s" % (e,))
+        # The remote server's word: what becomes a path or a name here is
+        # checked like any other name from outside.
+        check_generation(generation, "remote generation")
+        check_name(origin, "remote image name")
+        check_name(meta["arch"], "remote arch")
         meta.update(image_id=name, generation=generation, npages=npages, format=FORMAT,
-                    vcpu_state=vcpu_state, origin={"server": server, "image": info["image_id"]})
+                    vcpu_state=vcpu_state, origin={"server": server, "image": origin})
 
         def make():
             self._commit(self._fresh_tmp(name), name, meta, zero)
@@ -363,6 +367,9 @@ class ImageStore:
             meta = json.load(f)
         if meta.get("format") != FORMAT:
             raise ValueError("unknown memory format %r" % (meta.get("format"),))
+        if check_name(meta.get("image_id"), "image name") != os.path.basename(path):
+            raise ValueError("meta.json names image %r" % meta["image_id"])
+        check_generation(meta.get("generation"))
         npages = meta["npages"]
         with open(os.path.join(path, "zero"), "rb") as f:
             zero = bytearray(f.read())

@@ -25,12 +25,12 @@ write is answered once however often the watch fires.
 
 import itertools
 import json
-import re
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from xenclone.control.controller import MAX_LAUNCH
+from xenclone.names import BadName, check_token
 from xenclone.wire import Message, WireError, dispatch
 from xenclone.xenstore.client import Disconnected
 from xenclone.xenstore.tree import domain_path
@@ -39,7 +39,6 @@ from xenclone.xenstore.wire import XenStoreError
 log = Logger(namespace="xenclone.xenstore.guest")
 
 MAX_REQUEST = 512
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
 _FIELDS = {"op", "count", "id"}
 
 
@@ -54,8 +53,11 @@ def parse_guest_request(raw):
     if not isinstance(fields, dict):
         raise WireError("bad-request", "the request is a JSON object")
     token = fields.get("id", "")
-    if token != "" and not (isinstance(token, str) and _TOKEN.match(token)):
-        raise WireError("bad-request", "id: 1-32 of A-Z a-z 0-9 _ -")
+    if token != "":
+        try:
+            check_token(token, "id")
+        except BadName as e:
+            raise WireError("bad-request", e.message)
     unknown = sorted(str(k)[:32] for k in set(fields) - _FIELDS)
     if unknown:
         raise WireError("bad-request", "unknown field(s): %s; known: count, id, op"
