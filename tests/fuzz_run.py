@@ -25,7 +25,7 @@ def _memfds(n):
     return [os.memfd_create("fuzz", os.MFD_CLOEXEC) for _ in range(n)]
 
 
-def hostile(link, case, judge):
+def hostile(link, case, judge, oracle=expect):
     data, nfds = case
     try:
         fds = _memfds(nfds)
@@ -34,19 +34,19 @@ def hostile(link, case, judge):
         finally:
             for fd in fds:
                 os.close(fd)
-        settle(link, data, *expect(data, nfds), judge)
+        settle(link, data, *oracle(data, nfds), judge)
     finally:
         link.close()
 
 
-def one_case(target, good, connect, judge, case, pfn, count, cut):
+def one_case(target, good, connect, judge, case, pfn, count, cut, oracle=expect):
     fds_before = {proc: fds(pid) for proc, pid in target.pids.items()}
     request = target.good_request(pfn, count)
     good_bytes = frame(request)
     cut %= len(good_bytes) + 1
     good.send(good_bytes[:cut])        # in flight across the hostile case
     try:
-        hostile(connect(), case, judge)
+        hostile(connect(), case, judge, oracle)
     finally:    # the good link stays in step whatever the hostile case did
         good.send(good_bytes[cut:])
         got = good.read(time.monotonic() + CASE_SECONDS)
@@ -61,8 +61,9 @@ def one_case(target, good, connect, judge, case, pfn, count, cut):
             raise Broken("%s fds changed: %r" % (proc, leak))
 
 
-def run(name, target, good, connect, make_judge, cases):
-    """Fuzz ``target`` with ``cases``; raise on the first broken oracle."""
+def run(name, target, good, connect, make_judge, cases, oracle=expect):
+    """Fuzz ``target`` with ``cases``; raise on the first broken oracle
+    (``fuzz_link.expect``, or what it says of a TLS link of strangers)."""
     count = [0]
     report = []
     first = []
@@ -72,7 +73,7 @@ def run(name, target, good, connect, make_judge, cases):
     def fuzz(case, pfn, n, cut):
         count[0] += 1
         try:
-            one_case(target, good, connect, make_judge(), case, pfn, n, cut)
+            one_case(target, good, connect, make_judge(), case, pfn, n, cut, oracle)
         except Broken as e:
             # A case that changed the server's state fails every case after
             # it, so the shrunk example may be innocent: keep the culprit.

@@ -159,14 +159,14 @@ class RemoteJudge:
                 raise Broken("hello with %r was let in" % (request.get("token"),))
             self.authed = self.authed or fields["ok"]
             return not fields["ok"]
-        if op not in self.READ_ONLY:
-            if fields.get("code") != "unknown-op":
-                raise Broken("%r is no remote op, yet got %r" % (op, fields))
-            return False
         if not self.authed:
             if fields.get("code") != "unauthenticated":
                 raise Broken("%r before hello got %r" % (op, fields))
             return True
+        if op not in self.READ_ONLY:
+            if fields.get("code") != "unknown-op":
+                raise Broken("%r is no remote op, yet got %r" % (op, fields))
+            return False
         if fields["ok"]:
             self.server.judge_success(request, fields, payload, fds)
         return False

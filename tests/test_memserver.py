@@ -245,8 +245,8 @@ class _TLSCase(_ServerCase):
                                                         ["127.0.0.1"])
         self.token = open(tok).read().strip()
         self.port = H.free_port()
-        yield self.start(tcp="127.0.0.1:%d" % self.port, token_file=tok,
-                         cert=self.cert, key=self.key)
+        self.proc = yield self.start(tcp="127.0.0.1:%d" % self.port, token_file=tok,
+                                     cert=self.cert, key=self.key)
         yield self.client.put("img1", self.cap)
 
     def remote(self, token):

@@ -323,6 +323,14 @@ DAEMON = Table("xenclone daemon configuration", [
         '"host:port" ("" = local only)', check=_host_port),
     Key("memserver_token_file", "", 'access token for remote pagers ("" = '
         '<state_dir>/memserver.token)', path=True),
+    Key("memserver_max_links", 128, "most TLS links to the memory server open at once; "
+        "more are closed before their handshake", minimum=1),
+    Key("memserver_max_unauth_links", 64, "most TLS links open that have not yet said "
+        "hello with the token (each may send one frame of 4 KiB)", minimum=1),
+    Key("memserver_hello_timeout_s", 10, "a TLS link that has not said hello with the "
+        "token in this many seconds is closed", minimum=1),
+    Key("memserver_stall_timeout_s", 60, "a TLS peer that leaves its replies unread this "
+        "long (it is no longer read meanwhile) is closed", minimum=1),
     Key("memserver_remote", "", 'launch images this host lacks from the memory '
         'server at "host:port" (its memserver_tcp) over TLS ("" = none)', check=_host_port),
     Key("memserver_remote_ca", "", "the remote server's CA certificate (its "

@@ -94,7 +94,11 @@ def remote_args(settings):
     os.makedirs(tls_dir, mode=0o700, exist_ok=True)
     return ["--tcp", settings["memserver_tcp"], "--token-file", token,
             "--cert", os.path.join(tls_dir, "memserver.pem"),
-            "--key", os.path.join(tls_dir, "memserver.key")]
+            "--key", os.path.join(tls_dir, "memserver.key"),
+            "--max-links", str(settings["memserver_max_links"]),
+            "--max-unauth-links", str(settings["memserver_max_unauth_links"]),
+            "--hello-timeout", str(settings["memserver_hello_timeout_s"]),
+            "--stall-timeout", str(settings["memserver_stall_timeout_s"])]
 
 
 def xen_args(settings):
