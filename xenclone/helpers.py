@@ -5,6 +5,7 @@ The memory server and the VMM host hold what must survive a daemon crash
 children: it connects to a running one, or starts one in its own session.
 """
 
+import os
 import socket
 import struct
 import subprocess
@@ -14,37 +15,50 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.logger import Logger
 
+from xenclone.helper_gate import SECRET_ENV, hello, new_secret
 from xenclone.wire import WireError
 
 log = Logger()
 
 
 class HelperProcess:
-    def __init__(self, reactor, name, module, args, socket_path, log_path):
+    """``gated``: the helper serves only its own daemon (``helper_gate``):
+    it is started with a fresh secret, and every link says hello with it."""
+
+    def __init__(self, reactor, name, module, args, socket_path, log_path, gated=True):
         self.reactor = reactor
         self.name = name
         self.argv = [sys.executable, "-m", module, "--socket", socket_path] + list(args)
         self.socket_path = socket_path
         self.log_path = log_path
+        self.gated = gated
 
     def _connect(self, proto):
         endpoint = UNIXClientEndpoint(self.reactor, self.socket_path, timeout=5)
-        return connectProtocol(endpoint, proto)
+        d = connectProtocol(endpoint, proto)
+        return d.addCallback(hello, self.socket_path) if self.gated else d
 
     def _spawn(self):
         log.info("starting {name}: {argv}", name=self.name, argv=" ".join(self.argv))
+        env = dict(os.environ)
+        if self.gated:
+            env[SECRET_ENV] = new_secret(self.socket_path)
         with open(self.log_path, "ab") as out:
             # setsid --fork: the helper is nobody's child and keeps running
             # whatever happens to the daemon.
             subprocess.run(["setsid", "--fork"] + self.argv, stdin=subprocess.DEVNULL,
-                           stdout=out, stderr=out, check=True, cwd="/")
+                           stdout=out, stderr=out, check=True, cwd="/", env=env)
 
     @defer.inlineCallbacks
     def connect(self, make_protocol, timeout=30.0):
-        """Connect to the running helper, starting it first if need be."""
+        """Connect to the running helper, starting it first if need be (a
+        helper that refuses this daemon is not replaced: it is an error)."""
         try:
             proto = yield self._connect(make_protocol())
             return proto
+        except WireError as e:
+            if e.code == "helper-refused":
+                raise
         except Exception:
             pass
         self._spawn()

@@ -267,7 +267,7 @@ class CoreService(Service):
         args = ["--guest-kernel", self.settings["guest_kernel"] or default_guest_kernel()]
         if guest_socket_dir(self.settings):
             args += ["--xenstore-dir", guest_socket_dir(self.settings)]
-        vmm = HelperProcess(self.reactor, "VMM host", "xenclone.backends.kvm.vmmhost", args,
+        vmm = HelperProcess(self.reactor, "VMM host", "xenclone.backends.kvm.vmmhost_main", args,
                             os.path.join(run, "vmmhost.sock"), os.path.join(run, "vmmhost.log"))
         link = yield vmm.connect(lambda: FrameProtocol(on_event=self._on_event))
         self.links.append(link)

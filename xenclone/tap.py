@@ -1,5 +1,7 @@
 """``twistd xenclone``: options and the service maker."""
 
+import sys
+
 from twisted.python import usage
 
 from xenclone.config import ConfigError, load_daemon_config
@@ -18,5 +20,14 @@ class Options(usage.Options):
 def makeService(options):
     from twisted.internet import reactor
 
+    from xenclone import daemon_lock
     from xenclone.service import make_service
-    return make_service(options["settings"], reactor)
+    try:
+        locks = daemon_lock.take(options["settings"])
+    except (daemon_lock.AlreadyRunning, OSError) as e:
+        # Before anything is touched: no socket, no helper, no state.
+        print("xenclone: cannot start: %s" % e, file=sys.stderr)
+        sys.exit(2)
+    top = make_service(options["settings"], reactor)
+    daemon_lock.LockHolder(locks).setServiceParent(top)
+    return top

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from xenclone.cli.main import connect
 from xenclone.cli.memory_scenarios import answers_right, bless_master, disagreements
 from xenclone.cli.scratch_daemon import ScratchDaemon, sleep
+from xenclone.helper_gate import hello
 from xenclone.wire import WireError
 
 
@@ -79,7 +80,8 @@ def scenario_kill_daemon(s):
         yield d.kill()
 
         # No daemon: the clones wait in their faults, kept by the VMM host.
-        vmm = yield connect(s.reactor, os.path.join(d.run_dir, "vmmhost.sock"))
+        vmm_sock = os.path.join(d.run_dir, "vmmhost.sock")
+        vmm = yield hello((yield connect(s.reactor, vmm_sock)), vmm_sock)
         before = (yield vmm.request("list")).fields["domains"]
         yield sleep(s.reactor, 1.0)
         after = (yield vmm.request("list")).fields["domains"]

@@ -18,7 +18,6 @@ domain's memory rather than in dom0.
 
 import argparse
 import base64
-import fcntl
 import os
 import sys
 
@@ -27,11 +26,12 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, UNIXServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from xenclone.helper_gate import GatedLink, one_server, take_secret
 from xenclone.image import Capture
 from xenclone.memserver.remote_link import LinkLimits, RemoteFactory
 from xenclone.memserver.requests import field, fetch
 from xenclone.memserver.store import ImageStore
-from xenclone.wire import FrameProtocol, Reply, WireError, takes_fds
+from xenclone.wire import Reply, WireError, takes_fds
 
 log = Logger(namespace="xenclone.memserver")
 
@@ -138,11 +138,12 @@ class LocalHandler:
 class _LocalFactory(Factory):
     noisy = False
 
-    def __init__(self, handler):
+    def __init__(self, handler, secret):
         self.handler = handler
+        self.secret = secret
 
     def buildProtocol(self, addr):
-        return FrameProtocol(self.handler)
+        return GatedLink(self.handler, self.secret)
 
 
 def tls_options(cert_path, key_path):
@@ -152,28 +153,14 @@ def tls_options(cert_path, key_path):
                                   raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
 
 
-def _one_server(socket_path):
-    """One server per socket: an flock the kernel drops when the holder
-    dies (a pid file would still name a killed server until it is reaped),
-    then the dead server's socket file goes."""
-    fd = os.open(socket_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise OSError("another memory server serves %s" % socket_path)
-    # fd is never closed: the lock is held for the life of the process.
-    if os.path.exists(socket_path):
-        os.unlink(socket_path)
-
-
 @defer.inlineCallbacks
 def serve(reactor, store, socket_path, tcp=None, token=None, tls=None, domain=None,
-          limits=LinkLimits()):
-    """Listen on the Unix socket and, if ``tcp`` is (host, port), on TLS."""
-    _one_server(socket_path)
+          limits=LinkLimits(), secret=None):
+    """Listen on the Unix socket (for the daemon that knows ``secret``) and,
+    if ``tcp`` is (host, port), on TLS."""
+    one_server(socket_path)
     ports = [(yield UNIXServerEndpoint(reactor, socket_path, mode=0o600)
-              .listen(_LocalFactory(LocalHandler(reactor, store, domain))))]
+              .listen(_LocalFactory(LocalHandler(reactor, store, domain), secret)))]
     if tcp is not None:
         host, port = tcp
         ports.append((yield SSL4ServerEndpoint(reactor, port, tls, interface=host)
@@ -247,6 +234,7 @@ def _make_store(reactor, args):
 
 def main(argv=None):
     args = _parse(argv)
+    secret = take_secret()
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
@@ -281,7 +269,7 @@ def main(argv=None):
             log.error("image {image_id} not loaded: {why}", image_id=name, why=why)
         log.info("loaded {count} images from {dir}", count=len(store.images()), dir=args.dir)
         ports = yield serve(reactor, store, args.socket, args.tcp_addr,
-                            getattr(args, "token", None), tls, life, args.limits)
+                            getattr(args, "token", None), tls, life, args.limits, secret)
         log.info(READY + " on {where}", where=", ".join(str(p.getHost()) for p in ports))
 
     def failed(f):
