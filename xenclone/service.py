@@ -23,6 +23,7 @@ from xenclone import hostmem
 from xenclone.control.balloons import BalloonService
 from xenclone.control.controller import Controller
 from xenclone.control.hostmemory import HostMemoryService
+from xenclone.control.operator_state import OperatorState
 from xenclone.control.recovery import recover
 from xenclone.helpers import HelperProcess
 from xenclone.interfaces import IBalloonBackend
@@ -215,10 +216,11 @@ class CoreService(Service):
                                      memserver_timeout=s["memserver_timeout_s"],
                                      working_sets=WorkingSets(
                                          pager, os.path.join(s["state_dir"], "working-sets")),
-                                     balloons=balloons)
+                                     balloons=balloons, kept=OperatorState(s["state_dir"]))
         # What a previous daemon left running is served again before any
-        # new request comes in.
+        # new request comes in, with what the operator had set for it.
         yield recover(self.controller)
+        self.controller.restore_settings()
         self.control.listen(self.controller)
         if s["metrics_listen"]:
             from xenclone.metrics import make_metrics_service

@@ -37,6 +37,15 @@ def _finish(d, clones):
 
 
 @defer.inlineCallbacks
+def _settings_kept(d, clones, limit, evict, budget):
+    """What the operator set before a restart holds after it."""
+    infos = yield _infos(d, clones)
+    host = yield d.call("host")
+    return host["pressure"]["ceiling_pages"] == budget and all(
+        i["limit_pages"] == limit and i["flags"]["evict"] == sorted(evict) for i in infos)
+
+
+@defer.inlineCallbacks
 def _until(reactor, probe, seconds, what):
     for _ in range(int(seconds / 0.05)):
         if (yield probe()):
@@ -76,6 +85,8 @@ def scenario_kill_daemon(s):
         def paging_out():
             return any(i["paged_out_pages"] for i in (yield _infos(d, clones)))
         yield _until(s.reactor, paging_out, 60, "a page-out")
+        budget = (yield d.call("host"))["pressure"]["ceiling_pages"] - 1
+        yield d.call("set_host", budget_pages=budget)
         running = sum(i["state"] == "running" for i in (yield _infos(d, clones)))
         yield d.kill()
 
@@ -89,6 +100,7 @@ def scenario_kill_daemon(s):
 
         yield d.start()
         listed = {x["domid"] for x in (yield d.call("list"))["domains"]}
+        kept = yield _settings_kept(d, clones, 2048, ["drop-clean", "page-out"], budget)
         checks, figures = yield _finish(d, clones)
         [new] = (yield d.call("launch", image="kd"))["clones"]
         checks.update(
@@ -96,7 +108,8 @@ def scenario_kill_daemon(s):
             clones_kept_while_down=before == after and
             [x["result"] for x in after if x["role"] == "clone"] == [None] * len(clones),
             clones_taken_back={c["domid"] for c in clones} <= listed,
-            clone_ids_go_on=new["clone_id"] == len(clones) + 1)
+            clone_ids_go_on=new["clone_id"] == len(clones) + 1,
+            settings_kept=kept)
         figures.update(running_when_killed=running, kills_survived=1)
         return checks, figures
     finally:
