@@ -231,7 +231,7 @@ def scenario_cut_memserver(s):
 
 @defer.inlineCallbacks
 def scenario_page_out_full(s):
-    """The page-out store's disk full: eviction of dirty pages stops with a reason, nothing is dropped."""
+    """The page-out store's disk full: page-out pauses with a reason, nothing is dropped, and it resumes once there is room."""
     d = ScratchDaemon(s.reactor)
     store = os.path.join(d.state_dir, "pageout")
     os.makedirs(store, mode=0o700)
@@ -249,13 +249,26 @@ def scenario_page_out_full(s):
             return (yield d.call("info", domain=clone["domid"]))["pageout_error"]
         yield _until(s.reactor, refused, 120, "a page-out error")
         held = yield d.call("info", domain=clone["domid"])
-        # The operator's move: let the clone hold more; it runs on.
-        yield d.call("set", domain=clone["domid"], knobs={"limit": 0})
+        # Room again: page-out resumes by itself, within its backoff.
+        subprocess.run(["mount", "-o", "remount,size=64m", store], check=True,
+                       capture_output=True, timeout=30)
+
+        @defer.inlineCallbacks
+        def resumed():
+            info = yield d.call("info", domain=clone["domid"])
+            return not info["pageout_error"] and info["evictions"]["page-out"] > held[
+                "evictions"]["page-out"] or info["state"] == "done"
+        yield _until(s.reactor, resumed, 120, "page-out resuming")
         checks, figures = yield _finish(d, [clone])
-        checks.update(stopped_with_reason="No space" in (held["pageout_error"] or ""),
-                      clone_kept=held["state"] in ("running", "done"))
+        after = yield d.call("info", domain=clone["domid"])
+        error = held["pageout_error"] or ""
+        checks.update(stopped_with_reason="No space" in error and "paused" in error,
+                      clone_kept=held["state"] in ("running", "done"),
+                      resumed_when_room=after["evictions"]["page-out"] >
+                      held["evictions"]["page-out"] and not after["pageout_error"])
         figures.update(pageout_error=held["pageout_error"],
-                       paged_out_before_full=held["evictions"]["page-out"])
+                       paged_out_before_full=held["evictions"]["page-out"],
+                       paged_out_in_all=after["evictions"]["page-out"])
         return checks, figures
     finally:
         kept = yield d.stop(keep=True)

@@ -25,6 +25,7 @@ from xenclone.backends.kvm.microvm import MicroVM, NotHeld, VMClosed, entry_pfns
 from xenclone.backends.kvm.xenstore_port import PORTS as XENSTORE_PORTS, XenStorePort
 from xenclone._linux import lib
 from xenclone.interfaces import DomainState
+from xenclone.pageout_retry import failure_code
 from xenclone.wire import Reply, WireError, takes_fds
 
 ARCH = "kvm-x86-32"
@@ -542,7 +543,7 @@ class VmmHost:
                 raise
             except OSError as e:
                 # Nothing was dropped: the pages are still the clone's.
-                raise WireError("pageout-failed", "page-out of domain %d to %s failed: %s"
+                raise WireError(failure_code(e), "page-out of domain %d to %s failed: %s"
                                 % (dom.domid, store, e))
 
         return self._in_thread(dom, page_out).addCallback(lambda crcs: {"crcs": crcs})
