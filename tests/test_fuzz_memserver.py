@@ -22,7 +22,8 @@ from fuzz_targets import IMAGE, NPAGES, TOKEN, LocalJudge, MemoryServer, RemoteJ
 image = st.one_of(st.just(IMAGE), values)
 page = st.one_of(st.integers(-2, NPAGES + 2), ints, values)
 READ = [("info", {}, {"image": image}), ("describe", {}, {"image": image}),
-        ("fetch", {}, {"image": image, "pfn": page, "count": page, "generation": values})]
+        ("fetch", {}, {"image": image, "pfn": page, "count": page, "generation": values}),
+        ("crcs", {}, {"image": image, "first": page, "count": page})]
 LOCAL = READ + [
     ("ping", {}, {}), ("images", {}, {}), ("open", {}, {"image": image}),
     ("mirror", {}, {"name": st.one_of(names, st.just(IMAGE), values), "info": values,

@@ -19,6 +19,7 @@ from xenclone.config import ConfigError, loads_daemon_config
 from xenclone.control.controller import Controller, Domain
 from xenclone.control.recovery import _take_clone
 from xenclone.interfaces import PAGE_SIZE
+from xenclone.memserver import page_crcs
 from xenclone.memserver.mirror import MirroringMemoryServer
 from xenclone.memserver.store import ImageStore
 from xenclone.names import BadName, check_generation, check_name, check_token, join
@@ -68,8 +69,8 @@ class MirrorEntryTests(unittest.TestCase):
         return info
 
     def mirror(self, name="img", zero=b"\1\1\1\0", **change):
-        return self.store.mirror(name, self.info(**change),
-                                 base64.b64encode(b"regs").decode(), zero, "peer:1")
+        return self.store.mirror(name, self.info(**change), base64.b64encode(b"regs").decode(),
+                                 zero, "peer:1", bytes(16))
 
     def test_hostile_names_and_generations_are_refused_and_write_nothing(self):
         before = _tree(self.top)
@@ -177,7 +178,10 @@ class RemotePagesTests(unittest.TestCase):
 
         remote = Remote()
         mirror = MirroringMemoryServer(None, remote)
-        mirror._origins["img"] = {"server": "peer:1", "image": "img", "generation": "g1"}
+        crcs = page_crcs.new_table(1)
+        page_crcs.note(crcs, 0, H.page_pattern(0))
+        mirror._origins["img"] = {"server": "peer:1", "image": "img", "generation": "g1",
+                                  "crcs": crcs}
         for size in (0, PAGE_SIZE - 1, 2 * PAGE_SIZE, 64 << 20):
             remote.data = bytes(size)
             f = self.failureResultOf(mirror.fetch("img", 0, 1), WireError)

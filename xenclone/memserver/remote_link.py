@@ -8,8 +8,8 @@ on its TCP port must cost it next to nothing:
     stranger  -> one frame of at most PREAUTH_FRAME bytes: ``hello`` with
                  the token, within ``hello_timeout`` (a silent or trickling
                  link is dropped then); anything else, and the link goes
-    hello ok  -> read-only requests (``fetch``, ``describe``, ``info``,
-                 ``images``): frames of at most MAX_REQUEST header bytes and
+    hello ok  -> read-only requests (``fetch``, ``describe``, ``crcs``,
+                 ``info``, ``images``): frames of at most MAX_REQUEST header bytes and
                  no payload; the link is its transport's producer, so a peer
                  that leaves replies unread stops being read, and one held
                  so for ``stall_timeout`` is dropped.
@@ -24,7 +24,7 @@ import attr
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from xenclone.memserver.requests import field, fetch
+from xenclone.memserver.requests import crcs, field, fetch
 from xenclone.wire import FrameProtocol, Reply, WireError
 
 log = Logger(namespace="xenclone.memserver")
@@ -146,6 +146,9 @@ class RemoteHandler:
 
     def op_images(self, msg):
         return {"images": self.store.images()}
+
+    def op_crcs(self, msg):
+        return crcs(self.store, msg)
 
     def op_describe(self, msg):
         fields, zero = self.store.describe(field(msg, "image", str))

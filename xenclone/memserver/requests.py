@@ -16,3 +16,8 @@ def fetch(store, msg):
         raise WireError("bad-request", "generation must be a string")
     return Reply(payload=store.fetch(field(msg, "image", str), msg.get("pfn"),
                                      msg.get("count"), generation))
+
+
+def crcs(store, msg):
+    return Reply(payload=store.crcs(field(msg, "image", str), msg.get("first"),
+                                    msg.get("count")))

@@ -29,8 +29,8 @@ from twisted.logger import Logger
 from xenclone.helper_gate import GatedLink, one_server, take_secret
 from xenclone.image import Capture
 from xenclone.memserver.remote_link import LinkLimits, RemoteFactory
-from xenclone.memserver.requests import field, fetch
-from xenclone.memserver.store import ImageStore
+from xenclone.memserver.requests import crcs, field, fetch
+from xenclone.memserver.store import MAX_PAGES, ImageStore
 from xenclone.wire import Reply, WireError, takes_fds
 
 log = Logger(namespace="xenclone.memserver")
@@ -67,13 +67,28 @@ class LocalHandler:
         # The store's own fd: it stays open while queued (see FD_GRACE).
         return Reply(fields, self.store.zero_map(image), [self.store.memfd(image)])
 
+    def op_crcs(self, msg):
+        return crcs(self.store, msg)
+
+    @takes_fds
     def op_mirror(self, msg):
-        """Know a remote server's image here (``describe``'s answer)."""
-        info = msg.get("info")
-        if not isinstance(info, dict):
-            raise WireError("bad-request", "mirror needs the remote image's info")
-        return self.store.mirror(field(msg, "name", str), info, field(msg, "vcpu_state", str),
-                                 msg.payload, field(msg, "server", str))
+        """Know a remote server's image here (``describe``'s answer, and its
+        CRC table in the one memfd passed)."""
+        try:
+            info = msg.get("info")
+            if not isinstance(info, dict) or len(msg.fds) != 1:
+                raise WireError("bad-request", "mirror needs the remote image's info and "
+                                "its CRC table in one memfd")
+            size = os.fstat(msg.fds[0]).st_size
+            if size > 4 * MAX_PAGES:
+                raise WireError("bad-request", "a CRC table of %d bytes" % size)
+            table = os.pread(msg.fds[0], size, 0)
+            return self.store.mirror(field(msg, "name", str), info,
+                                     field(msg, "vcpu_state", str), msg.payload,
+                                     field(msg, "server", str), table)
+        finally:
+            for fd in msg.fds:
+                os.close(fd)
 
     @takes_fds
     @defer.inlineCallbacks
