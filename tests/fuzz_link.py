@@ -83,6 +83,8 @@ def expect(data, nfds, stranger_token=None):
             if fields.get("op") != "hello" or fields.get("token") != stranger_token:
                 return requests, None, True          # refused: the judge says so
             stranger, max_header = False, MAX_REQUEST
+    if stranger and pos == 0:       # it sent no frame: a sentinel would be its first
+        return requests, None, False
     return requests, None, pos == len(data)
 
 
