@@ -13,8 +13,8 @@ bless (a mirror's comes from its origin), and checked:
            fetch (``corrupt-page``), and the pager asks again later
 
 A mismatch is an error for that image; its bytes never reach a clone.
-Images in a Xen memory-server domain have no table (their pages never
-leave RAM): nothing to check there.
+An image in a Xen memory-server domain has its table too (for the hosts
+that mirror it); its own pages never leave RAM, so it checks none.
 """
 
 import sys

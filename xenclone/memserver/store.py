@@ -151,7 +151,7 @@ class StoredImage:
         self.vcpu_state = vcpu_state
         self.memfd = memfd
         self.zero = zero
-        self.crcs = crcs        # page_crcs table, or None (a server domain's image)
+        self.crcs = crcs        # page_crcs table, or None (an image from before CRCs)
 
     def info(self):
         return {k: v for k, v in self.meta.items() if k != "vcpu_state"}
