@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from tests import memserver_helpers as H
 from tests.test_memserver import _TLSCase
-from xenclone.memserver import hostile_links
+from xenclone.cli import hostile_links
 from xenclone.memserver.remote_link import PREAUTH_FRAME, LinkLimits, RemoteFactory
 from xenclone.memserver.store import ImageStore
 from xenclone.wire import encode

@@ -12,6 +12,7 @@ and the shipped commented-out file:
 """
 
 import difflib
+import grp
 import os
 import sys
 from collections import namedtuple
@@ -259,6 +260,14 @@ def _host_port(value):
                              % format_value(value))
 
 
+def _group(value):
+    if value:
+        try:
+            grp.getgrnam(value)
+        except KeyError:
+            raise ValueError("no group %s on this host" % format_value(value))
+
+
 def _names(value):
     for v in value:
         if v != "*":
@@ -275,7 +284,7 @@ DAEMON = Table("xenclone daemon configuration", [
     Key("control_socket", "/run/xenclone/control.sock", "the local control "
         "API socket that the xenclone command talks to", path=True),
     Key("control_group", "", 'group allowed to use the control socket '
-        '("" = root only)'),
+        '("" = root only)', check=_group),
     Key("host_memory_mib", 0, "host memory for clone pages, in MiB (0 = "
         "from MemAvailable at start)", minimum=0),
     Key("low_watermark_mib", 256, "when the kernel's MemAvailable falls below "

@@ -123,6 +123,18 @@ class _ControlFactory(Factory):
         return FrameProtocol(handler=self.controller)
 
 
+def open_to_group(path, gid):
+    """The control socket for ``gid`` (0660), and its directory (run_dir,
+    which the daemon makes 0700) traversable by the group, no more: the
+    helpers' sockets and secrets in it stay the owner's."""
+    os.chown(path, -1, gid)
+    directory = os.path.dirname(path)
+    st = os.stat(directory)
+    if st.st_uid == os.getuid() and (st.st_gid != gid or not st.st_mode & 0o010):
+        os.chown(directory, -1, gid)
+        os.chmod(directory, (st.st_mode & 0o7777) | 0o010)
+
+
 class ControlService(Service):
     """Listens on the control socket once the core is up."""
 
@@ -138,7 +150,7 @@ class ControlService(Service):
         mode = 0o660 if self.group else 0o600
         self.port = self.reactor.listenUNIX(self.path, _ControlFactory(controller), mode=mode)
         if self.group:
-            os.chown(self.path, 0, grp.getgrnam(self.group).gr_gid)
+            open_to_group(self.path, grp.getgrnam(self.group).gr_gid)
         log.info("control socket {path} ready", path=self.path)
 
     def stopService(self):

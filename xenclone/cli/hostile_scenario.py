@@ -31,6 +31,7 @@ import tempfile
 
 from twisted.internet import defer, threads, utils
 
+from xenclone.cli import hostile_links
 from xenclone.cli.lying_server import KINDS, LyingServer
 from xenclone.cli.main import connect
 from xenclone.cli.memory_scenarios import bless_master
@@ -38,7 +39,6 @@ from xenclone.cli.scratch_daemon import ScratchDaemon, sleep
 from xenclone.helper_gate import hello
 from xenclone.image import OpenImage
 from xenclone.interfaces import PAGE_SIZE
-from xenclone.memserver import hostile_links
 from xenclone.memserver.tls import write_server_files
 from xenclone.wire import WireError
 
