@@ -108,6 +108,47 @@ int xc_hvm_param_get(xc_interface *handle, uint32_t dom, uint32_t param,
 #define HVM_PARAM_CONSOLE_PFN ...
 #define HVM_PARAM_CONSOLE_EVTCHN ...
 
+/* ---- VM fork (MEM_SHARING): a child domain built by hand, then forked ---- */
+typedef uint8_t xen_domain_handle_t[16];
+#define XEN_DOMCTL_CDF_hvm ...
+#define XEN_DOMCTL_CDF_hap ...
+#define XEN_X86_EMU_LAPIC ...
+struct xen_arch_domainconfig { uint32_t emulation_flags; ...; };
+struct xen_domctl_createdomain {
+    uint32_t ssidref;
+    xen_domain_handle_t handle;
+    uint32_t flags, max_vcpus, max_evtchn_port;
+    int32_t max_grant_frames, max_maptrack_frames;
+    uint32_t grant_opts;
+    struct xen_arch_domainconfig arch;
+    ...;
+};
+int xc_domain_create(xc_interface *xch, uint32_t *pdomid,
+                     struct xen_domctl_createdomain *config);
+int xc_memshr_control(xc_interface *xch, uint32_t domid, int enable);
+int xc_memshr_fork(xc_interface *xch, uint32_t source_domain,
+                   uint32_t client_domain, bool allow_with_iommu,
+                   bool block_interrupts);
+int xc_memshr_fork_reset(xc_interface *xch, uint32_t forked_domain,
+                         bool reset_state, bool reset_memory);
+int xc_evtchn_alloc_unbound(xc_interface *xch, uint32_t dom, uint32_t remote_dom);
+int xc_evtchn_reset(xc_interface *xch, uint32_t dom);
+int xc_hvm_param_set(xc_interface *handle, uint32_t dom, uint32_t param,
+                     uint64_t value);
+int xc_domain_setmaxmem(xc_interface *xch, uint32_t domid, uint64_t max_memkb);
+int xc_dom_gnttab_seed(xc_interface *xch, uint32_t guest_domid, bool is_hvm,
+                       xen_pfn_t console_gfn, xen_pfn_t xenstore_gfn,
+                       uint32_t console_domid, uint32_t xenstore_domid);
+typedef uint8_t *xc_cpumap_t;
+#define XEN_VCPUAFFINITY_HARD ...
+int xc_get_cpumap_size(xc_interface *xch);
+int xc_vcpu_setaffinity(xc_interface *xch, uint32_t domid, int vcpu,
+                        xc_cpumap_t cpumap_hard_inout,
+                        xc_cpumap_t cpumap_soft_inout, uint32_t flags);
+int xc_vcpu_getaffinity(xc_interface *xch, uint32_t domid, int vcpu,
+                        xc_cpumap_t cpumap_hard, xc_cpumap_t cpumap_soft,
+                        uint32_t flags);
+
 /* ---- xenguest: a cooperative (fast) resume of a suspended guest ---- */
 int xc_domain_resume(xc_interface *xch, uint32_t domid, int fast);
 

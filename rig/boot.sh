@@ -16,7 +16,7 @@
 # --timeout S    hard limit for the whole boot (default 600); the job itself
 #                is given S-120 s inside dom0 so it can still report
 # --xen FILE     boot this hypervisor ELF instead of Debian's (e.g. the
-#                MEM_PAGING build of rig/build-xen-paging.sh)
+#                MEM_PAGING build of xen/build.sh --rig)
 # --kvm          -accel kvm -cpu host, for hosts with VMX/SVM and nested
 #                virtualization (default: TCG, which is what works on
 #                machines whose /dev/kvm cannot run Xen); or ACCEL=kvm

@@ -106,12 +106,9 @@ SOURCES=$(echo "$TARGETS" | awk '$2 ~ /^bookworm(-updates|-security)?$/ && $3 ==
 
 # ---- the .debs we only unpack ------------------------------------------------
 # (never installed on the host: this machine must not boot Xen)
-(cd "$CACHE/debs" && for p in "$KPKG" $XENPKG busybox-static; do
-     ls "${p}_$(candidate "$p" | sed 's/:/%3a/')_"*.deb >/dev/null 2>&1 ||
-         apt-get download -qq -o APT::Sandbox::User=root "$p" >&2 ||
-         { log "apt-get download $p failed (stale lists? run apt-get update)"; exit 1; }
- done)
-deb() { ls "$CACHE/debs/${1}_$(candidate "$1" | sed 's/:/%3a/')_"*.deb; }
+fetch_debs "$CACHE/debs" $(for p in "$KPKG" $XENPKG busybox-static; do
+                               echo "$p=$(candidate "$p")"; done)
+deb() { deb_file "$CACHE/debs" "$1" "$(candidate "$1")"; }
 dpkg-deb -x "$(deb $XENPKG)" "$W/xen"
 # Of the kernel package only vmlinuz and the module dirs dom0 loads (the
 # whole tree is ~400 MB; writing it costs seconds).

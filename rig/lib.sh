@@ -12,3 +12,21 @@ need_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         --no-install-recommends $missing >/dev/null
 }
+
+# deb_file DIR PKG VERSION: print the path of that version's .deb in DIR
+# (fails if it is not there).
+deb_file() {
+    ls "$1/${2}_$(echo "$3" | sed 's/:/%3a/')_"*.deb 2>/dev/null
+}
+
+# fetch_debs DIR PKG=VERSION...: download those .debs into DIR, unless there
+# already.  They are only unpacked, never installed on the host.
+fetch_debs() {
+    local dir=$1 pv
+    shift
+    for pv in "$@"; do
+        deb_file "$dir" "${pv%%=*}" "${pv#*=}" >/dev/null ||
+            (cd "$dir" && apt-get download -qq -o APT::Sandbox::User=root "$pv" >&2) ||
+            { log "apt-get download $pv failed (stale lists? run apt-get update)"; return 1; }
+    done
+}

@@ -198,7 +198,8 @@ class DomainTests(unittest.TestCase):
                           ("type = 'pv'", "PV and HVM guests are not supported"),
                           ("vif = ['bridge=xenbr0']", "vif: devices are not handled yet"),
                           ("disk = ['phy:/dev/vg/a,xvda,w']", "disk: devices are not handled"),
-                          ("bootloader = 'pygrub'", "unknown key 'bootloader'")]:
+                          ("bootloader = 'pygrub'", "bootloader: only direct kernel boot"),
+                          ("frob = 1", "unknown key 'frob'")]:
             e = self.assertRaises(ConfigError, config.loads_domain_config,
                                   "name='m'\n" + text, "m.cfg")
             self.assertTrue(str(e).startswith("m.cfg:2: "), str(e))

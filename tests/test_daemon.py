@@ -8,6 +8,7 @@ import sys
 import tempfile
 
 from twisted.internet import defer, reactor, utils
+from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from xenclone import hostmem
@@ -126,6 +127,27 @@ class DaemonTests(PrivateDaemon, unittest.TestCase):
         with self.assertRaises(WireError) as cm:
             yield self.s.call("set", domain=own["domid"], knobs={"share.onfetch": "yes"})
         self.assertEqual(cm.exception.code, "bad-argument")
+
+    @defer.inlineCallbacks
+    def test_operations_logged_with_their_fields(self):
+        """Who (the control socket's peer), what, domain, result, duration."""
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield self.s.call("create", config={"name": "logm", "memory": 16})
+        yield self.s.call("bless", domain="logm", name="logimg")
+        [c] = (yield self.s.call("launch", image="logimg"))["clones"]
+        yield self.s.call("info", domain=c["domid"])
+        yield self.s.call("destroy", domain=c["domid"])
+        with self.assertRaises(WireError):
+            yield self.s.call("set", domain="ghost", knobs={"limit": 1})
+        ops = [e for e in events if e.get("log_namespace") == "xenclone.ops"]
+        self.assertEqual([(e["op"], e["domain"], e["result"]) for e in ops], [
+            ("create", "logm", "ok"), ("bless", "logm", "ok"), ("launch", "logimg", "ok"),
+            ("destroy", str(c["domid"]), "ok"), ("set", "ghost", "no-domain")])
+        for e in ops:
+            self.assertEqual(e["who"], "uid=%d pid=%d" % (os.getuid(), os.getpid()))
+            self.assertGreaterEqual(e["duration_s"], 0)
 
     @defer.inlineCallbacks
     def test_errors_are_clear(self):

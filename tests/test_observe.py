@@ -101,15 +101,16 @@ class TopTests(unittest.TestCase):
         self.assertEqual(len(frames), 2)
         self.assertEqual(frames[0], frames[1])
         lines = frames[0].splitlines()
-        self.assertEqual(lines[0], "budget 1000  allocated 300 (kernel)  resident 250  private 40  "
-                                   "cached 260  evictions drop-clean=5 drop-shared=2 page-out=1  "
-                                   "policy clock")
+        self.assertEqual(lines[0], "budget 3.9M  allocated 1.2M (kernel)  resident 1000K  "
+                                   "private 160K  cached 1M  evictions drop-clean=5 "
+                                   "drop-shared=2 page-out=1  policy clock")
         self.assertEqual(lines[1].split(), [title for title, _ in top.COLUMNS])
         rows = [line.split() for line in lines[2:]]
         self.assertEqual(rows, [
             ["web-master", "1", "master", "paused", "-", "-", "-", "-", "-", "0", "-", "-"],
-            ["web.1", "2", "clone", "running", "150", "100", "20", "30", "4", "154", "-", "500"],
-            ["web.2", "3", "clone", "done", "130", "110", "20", "0", "0", "131", "64", "-"],
+            ["web.1", "2", "clone", "running", "600K", "400K", "80K", "120K", "16K", "154", "-",
+             "2M"],
+            ["web.2", "3", "clone", "done", "520K", "440K", "80K", "0", "0", "131", "256K", "-"],
         ])
         # Numbers are right-aligned under their titles.
         self.assertEqual(len({len(line) for line in lines[1:]}), 1)
@@ -119,7 +120,7 @@ class TopTests(unittest.TestCase):
     def test_screen_mode_clears(self):
         clock, out, code = self.run_top(FakeProto(), "--iterations", "1")
         self.assertEqual(code, [0])
-        self.assertTrue(out.getvalue().startswith(top.CLEAR + "budget 1000"))
+        self.assertTrue(out.getvalue().startswith(top.CLEAR + "budget 3.9M"))
 
     def test_stalled_shown(self):
         clock, out, code = self.run_top(FakeProto(dict(HOST, stalled="no victims")),

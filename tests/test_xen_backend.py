@@ -17,7 +17,8 @@ from xenclone import workload
 from xenclone.backends.xen import xl
 from xenclone.backends.xen.backend import Mailbox, pack_state, unpack_state
 from xenclone.config import parse
-from xenclone.control.controller import FIRST_HANDLE, Controller
+from xenclone.control.controller import Controller
+from xenclone.interfaces import FIRST_HANDLE
 from xenclone.ledger import Ledger
 from xenclone.pager import Pager
 from xenclone.policy.sharing import SharingPolicy

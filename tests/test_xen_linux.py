@@ -209,8 +209,9 @@ def xl_long(kind="pvh", **extra):
 
 class AdoptedConfigTests(unittest.TestCase):
     def test_pvh_settings(self):
-        domid, config = linux.adopted_config(xl_long(), "rig-pvh")
+        domid, config, found = linux.adopted_config(xl_long(), "rig-pvh")
         self.assertEqual(domid, 7)
+        self.assertFalse(found)
         self.assertEqual(config, {"name": "rig-pvh", "type": "pvh", "memory": 128,
                                   "maxmem": 128, "vcpus": 2, "kernel": "/k", "ramdisk": "/r",
                                   "extra": "console=hvc0", "on_crash": "preserve",
@@ -230,9 +231,18 @@ class AdoptedConfigTests(unittest.TestCase):
     def test_hvm_is_refused(self):
         self.refused(xl_long("hvm"), "only PVH")
 
-    def test_devices_are_refused(self):
-        self.refused(xl_long(nics=[{"mac": "00:16:3e:00:00:01"}], disks=[{"vdev": "xvda"}]),
-                     "vbd (disk), vif (network)", "not handled yet")
+    def test_vifs_and_file_disks_are_read(self):
+        _, config, found = linux.adopted_config(xl_long(
+            nics=[{"mac": "00:16:3e:00:00:01", "bridge": "xenbr0"}],
+            disks=[{"pdev_path": "/srv/a.img", "vdev": "xvda", "format": "raw"}]), "rig-pvh")
+        self.assertEqual([n.bridge for n in found.nics], ["xenbr0"])
+        self.assertEqual([d.target for d in found.disks], ["/srv/a.img"])
+        self.assertNotIn("vif", config)     # each clone gets its own, not the master's
+
+    def test_other_devices_are_refused_by_name(self):
+        with self.assertRaises(WireError) as cm:
+            linux.adopted_config(xl_long(vkbs=[{}], p9s=[{}]), "rig-pvh")
+        self.assertIn("9pfs, vkb", str(cm.exception))
 
     def test_no_config(self):
         self.refused("[]", "no config")

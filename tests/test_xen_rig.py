@@ -17,8 +17,11 @@ initramfs dom0, and runs rig/jobs/all.sh there, in one boot:
   balloon drivers (the operator's target, then real pressure), the master
   resumed, a PV domU and bad input refused clearly.
 
-The MEM_PAGING hypervisor is booted second, with the probe, the lazy job
-and the Linux job again, its clones lazy there (rig/jobs/paging.sh).
+The project's patched hypervisor (MEM_PAGING, MEM_SHARING, xen/patches) is
+booted second, with the probe, the lazy job and the Linux job again, its
+clones lazy there, then the fork job: Linux clones as VM forks of an image
+domain, against xl save/restore (rig/jobs/paging.sh).  Both boots' figures
+go to bench/results/xen-rig-<time>.json with a ``summary``.
 
 It runs by default, as CI must; set XENCLONE_SKIP_RIG=1 to skip it (it
 needs root, about 2.5 GiB of RAM for QEMU and a minute or two).
@@ -32,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 
 from twisted.logger import Logger
 from twisted.trial import unittest
@@ -75,6 +79,7 @@ JOB_RESULTS = {"smoke": "results.json", "clone": "clone-results.json",
                "xenstore": "xenstore-results.json", "restart": "restart-results.json",
                "grant": "grant-results.json", "memserver": "memserver-results.json",
                "linux": "linux-results.json"}
+RESULTS_DIR = os.path.join(ROOT, "bench", "results")
 
 
 def _load(path):
@@ -114,7 +119,7 @@ def paging_run():
     out directory, probe, lazy results, Linux results), each None if
     missing."""
     rig_run()     # the stock build first: it fetches the .deb whose config we reuse
-    xen = _run([os.path.join(RIG, "build-xen-paging.sh")], XEN_BUILD_TIMEOUT)
+    xen = _run([os.path.join(ROOT, "xen", "build.sh"), "--rig"], XEN_BUILD_TIMEOUT)
     out = tempfile.mkdtemp(prefix="xenclone-rig-paging.")
     if xen.returncode != 0:
         return xen, None, out, None, None, None
@@ -127,12 +132,57 @@ def paging_run():
     probe = _load(os.path.join(out, "probe.json"))
     lazy = _load(os.path.join(out, "lazy-results.json"))
     linux = _load(os.path.join(out, JOB_RESULTS["linux"]))
+    forks = _load(os.path.join(out, "fork-results.json"))
     if lazy is not None:
         lazy["restart"] = _load(os.path.join(out, "lazy-restart-results.json"))
     if boot.returncode == 0 and probe and lazy and lazy.get("ok") and (
-            lazy["restart"] or {}).get("ok") and linux and linux.get("ok"):
+            lazy["restart"] or {}).get("ok") and linux and linux.get("ok") and forks and (
+            forks.get("ok")):
         atexit.register(shutil.rmtree, out, True)
-    return xen, boot, out, probe, lazy, linux
+    return xen, boot, out, probe, lazy, linux, forks
+
+
+def _ratio(a, b, digits=2):
+    return round(a / b, digits) if a and b else None
+
+
+def rig_summary(stock, lazy, forks):
+    """The figures the issues name, from both boots of one run."""
+    forks, lazy = forks or {}, lazy or {}
+    one = forks.get("one") or {}
+    fill = ((lazy.get("numbers") or {}).get("fault_service_us") or {}).get("lazy_alone") or {}
+    launch_s = one["launch_ms"] / 1000 if one.get("launch_ms") else None
+    return {
+        "fork_launch_over_restore": _ratio(forks.get("restore_s"), launch_s, 1),
+        "restore_s": forks.get("restore_s"), "fork_launch_s": launch_s,
+        "restore_id_seen_s": forks.get("restore_id_seen_s"),
+        "fork_id_seen_s": forks.get("fork_id_seen_s"),
+        "fork_1_clone_s": (forks.get("timings_s") or {}).get("fork_1_clone"),
+        "fork_8_clones_s": (forks.get("timings_s") or {}).get("fork_8_clones"),
+        "fork_clones_hv_mib": forks.get("fork_clones_hv_mib"),
+        "eager_mib": forks.get("eager_mib"),
+        "fork_hv_over_eager": _ratio(forks.get("fork_clones_hv_mib"), forks.get("eager_mib"),
+                                     3),
+        "fork_fill_us_median": forks.get("fork_fill_us_median"),
+        "paging_fill_us_median": fill.get("service_us_median"),
+        "paging_over_fork_fill": _ratio(fill.get("service_us_median"),
+                                        forks.get("fork_fill_us_median"), 1),
+        "reset_ok": forks.get("reset_ok"),
+        "stock_linux_launch_ms": [c.get("launch_ms") for c in (stock or {}).get("clones", ())],
+        "lazy_linux_launch_ms": [c.get("launch_ms") for c in
+                                 (lazy.get("linux") or {}).get("clones", ())]}
+
+
+def write_rig_results(stock, lazy, linux_lazy, forks):
+    """bench/results/xen-rig-<time>.json: both boots' job results and the
+    summary.  Returns its path."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, "xen-rig-%s.json" % time.strftime("%Y%m%d-%H%M%S"))
+    doc = {"summary": rig_summary(stock, dict(lazy or {}, linux=linux_lazy), forks),
+           "stock": stock, "paging": {"lazy": lazy, "linux": linux_lazy}, "fork": forks}
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+    return path
 
 
 def _linux_numbers(results):
@@ -348,7 +398,8 @@ class _PagingCase:
         reason = skip_reason()
         if reason:
             raise unittest.SkipTest(reason)
-        self.xen, self.boot, self.out, self.probe, self.lazy, self.linux = paging_run()
+        (self.xen, self.boot, self.out, self.probe, self.lazy, self.linux,
+         self.forks) = paging_run()
 
 
 class XenPagingTests(_PagingCase, unittest.TestCase):
@@ -357,7 +408,7 @@ class XenPagingTests(_PagingCase, unittest.TestCase):
 
     def test_probe_finds_mem_paging(self):
         tail = "\n".join((self.xen.stdout + self.xen.stderr).splitlines()[-30:])
-        self.assertEqual(self.xen.returncode, 0, "rig/build-xen-paging.sh failed:\n" + tail)
+        self.assertEqual(self.xen.returncode, 0, "xen/build.sh --rig failed:\n" + tail)
         self.assertIsNotNone(self.probe, "no probe.json (output in %s):\n%s"
                              % (self.out, self.boot.stdout + self.boot.stderr))
         self.assertTrue(self.probe["version"].startswith("4.17"), self.probe)
@@ -434,3 +485,40 @@ class XenLazyLinuxTests(_PagingCase, unittest.TestCase):
             self.assertLess(c["faults"], 128 * 256, c)
         Logger().info("rig lazy Linux numbers: {numbers}", numbers=json.dumps(
             _linux_numbers(self.linux), sort_keys=True))
+
+
+class XenForkTests(_PagingCase, unittest.TestCase):
+    """The fork job on the patched boot (rig/jobs/fork.py): Linux clones
+    as VM forks of an image domain, against xl save/restore of the same
+    domU in the same boot."""
+
+    def requireForks(self):
+        self.assertIsNotNone(self.forks, "no fork-results.json (output in %s):\n%s"
+                             % (self.out, "\n".join((self.boot.stdout + self.boot.stderr)
+                                                     .splitlines()[-40:])))
+        return self.forks
+
+    def test_fork_job_passes(self):
+        """Bless leaves an image domain; fork clones print their own ids and
+        tick, are in xl list, and go leaving nothing; bad input refused."""
+        forks = self.requireForks()
+        failed = [k for k, ok in forks["checks"].items() if not ok]
+        self.assertEqual(failed, [], "failed fork checks (output in %s): %s"
+                         % (self.out, forks.get("error", "")))
+
+    def test_figures_written_with_a_summary(self):
+        """bench/results/xen-rig-<time>.json, and the figures the issue
+        names measured (kept in the trial log too)."""
+        forks = self.requireForks()
+        _, _, _, stock = rig_run()
+        path = write_rig_results((stock or {}).get("linux"), self.lazy, self.linux, forks)
+        with open(path) as f:
+            summary = json.load(f)["summary"]
+        Logger().info("rig summary ({path}): {summary}", path=path,
+                      summary=json.dumps(summary, sort_keys=True))
+        for key in ("fork_launch_over_restore", "restore_id_seen_s", "fork_id_seen_s",
+                    "fork_1_clone_s", "fork_8_clones_s", "fork_clones_hv_mib",
+                    "fork_fill_us_median", "paging_fill_us_median"):
+            self.assertIsNotNone(summary[key], key)
+        self.assertGreater(summary["fork_launch_over_restore"], 1, summary)
+        self.assertLess(summary["fork_clones_hv_mib"], summary["eager_mib"], summary)

@@ -7,6 +7,7 @@ from twisted.trial import unittest
 
 from tests.test_xenstore_client import Events, settle, until
 from tests.xenstore_helpers import Dom, FakeController, embedded_xenstore
+from xenclone.interfaces import FIRST_HANDLE
 from xenclone.xenstore.publish import DomainHomes, Publisher, flatten
 from xenclone.xenstore.server import XenStoreServer
 from xenclone.xenstore.tree import Caller
@@ -50,7 +51,10 @@ class RateTests(PublishCase):
         self.assertEqual(self.controller.calls, ["images"] * 2)
         self.assertEqual(self.read("/tool/xenclone/clones/5/state"), b"paused")
         yield self.update(5)
-        self.assertEqual(len(self.controller.calls), 2)              # nothing runs: idle
+        # One look more (the last update wrote something), then idle: nothing runs.
+        self.assertEqual(len(self.controller.calls), 3)
+        yield self.update(5)
+        self.assertEqual(len(self.controller.calls), 3)
 
     @defer.inlineCallbacks
     def test_running_clones_are_refreshed_every_interval(self):
@@ -59,6 +63,27 @@ class RateTests(PublishCase):
         for _ in range(3):
             yield self.update(1.0)
         self.assertEqual(len(self.controller.calls), 4)
+
+
+    @defer.inlineCallbacks
+    def test_figures_that_move_after_a_clone_ended_are_published(self):
+        figures = {"faults": 3}
+        self.controller.pager.stats = lambda domid: dict(figures)
+        self.controller.add(Dom(5, "img.1", state="running", clone_id=1))
+        yield self.update()
+        self.assertEqual(self.read("/tool/xenclone/clones/5/faults"), b"3")
+        figures["faults"] = 100
+        self.controller.domains[5].state = "done"
+        self.publisher.changed()
+        yield self.update(1.0)
+        self.assertEqual(self.read("/tool/xenclone/clones/5/state"), b"done")
+        figures["faults"] = 120             # the fault path's last batch, after the end
+        yield self.update(1.0)
+        self.assertEqual(self.read("/tool/xenclone/clones/5/faults"), b"120")
+        calls = len(self.controller.calls)
+        yield self.update(1.0)              # nothing new: then idle
+        yield self.update(5)
+        self.assertEqual(len(self.controller.calls), calls + 1)
 
 
 class TreeTests(PublishCase):
@@ -127,6 +152,18 @@ class HomeTests(PublishCase):
         yield self.update(1.0)
         self.assertFalse(store.is_introduced(5))
         self.assertEqual(store.directory(DOM0, "/local/domain"), ["3"])
+
+    @defer.inlineCallbacks
+    def test_on_xen_a_domain_not_yet_numbered_gets_no_home(self):
+        """libxl made the homes; a clone still under the controller's handle
+        (launch in progress) has none to write in, and none is made."""
+        self.publisher.homes = self.homes = DomainHomes(self.client, False, lambda dom: False)
+        self.server.store.write(DOM0, "/local/domain/5/name", b"img.1")
+        self.controller.add(Dom(5, "img.1", clone_id=1))
+        self.controller.add(Dom(FIRST_HANDLE + 1, "img.2", clone_id=2))
+        yield self.update()
+        self.assertEqual(self.read("/local/domain/5/xenclone/clone-id"), b"1")
+        self.assertEqual(self.server.store.directory(DOM0, "/local/domain"), ["5"])
 
     @defer.inlineCallbacks
     def test_everything_again_after_a_reconnect(self):

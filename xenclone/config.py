@@ -17,6 +17,7 @@ import os
 import sys
 from collections import namedtuple
 
+from xenclone import xl_keys
 from xenclone.names import check_name
 
 REQUIRED = object()
@@ -354,9 +355,11 @@ DAEMON = Table("xenclone daemon configuration", [
         "0 = wait for ever", minimum=0),
     Key("metrics_listen", "", 'serve Prometheus /metrics on a twisted '
         'endpoint, e.g. "tcp:9577:interface=127.0.0.1" ("" = off)'),
-    Key("fill", "auto", "how Xen clones get their memory: lazy (on fault, needs a "
-        "Xen with MEM_PAGING), before-run (copied in first) or auto (lazy where "
-        "MEM_PAGING exists); a launch may ask for one", choices=("auto", "lazy", "before-run")),
+    Key("fill", "auto", "how Xen clones get their memory: fork (VM forks of the "
+        "image's image domain, needs a Xen with MEM_SHARING: xen/patches), lazy (on "
+        "fault, needs a Xen with MEM_PAGING), before-run (copied in first) or auto "
+        "(fork, else lazy, where the hypervisor has them); a launch may ask for one",
+        choices=("auto", "fork", "lazy", "before-run")),
     Key("xen_guest_kernel", "", 'PVH kernel of masters the xen backend creates '
         '("" = the project\'s guest/build/guest.elf)', path=True),
     Key("vmm_hosts", 1, "VMM host processes that run KVM clones", minimum=1),
@@ -455,7 +458,18 @@ def load_daemon_config(path=None):
 
 
 def loads_domain_config(text, filename="<string>"):
-    return DOMAIN.apply(parse(text, filename), filename)
+    """xenclone's keys, defaults filled in, and the xl.cfg(5) keys the
+    file sets, checked as xl would (``xl_keys``)."""
+    entries = parse(text, filename)
+    try:
+        own, xl = xl_keys.split_entries(entries, DOMAIN.keys)
+        cfg = DOMAIN.apply(own, filename)
+        cfg.update((e.key, e.value) for e in xl)
+        xl_keys.check_sizes(cfg, {e.key for e in entries})
+    except xl_keys.XlKeyError as e:
+        line = e.line or next((x.line for x in entries if x.key == e.key), None)
+        raise ConfigError(filename, line, str(e))
+    return cfg
 
 
 def load_domain_config(path):

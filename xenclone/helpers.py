@@ -3,6 +3,9 @@
 The memory server and the VMM host hold what must survive a daemon crash
 (images, micro-VMs and their userfaultfds), so they are not the daemon's
 children: it connects to a running one, or starts one in its own session.
+Under systemd a helper inherits the daemon's stdout and stderr, so its log
+goes to the journal with the daemon's (``journalctl -u xenclone``);
+elsewhere to a file in ``run_dir``.
 """
 
 import os
@@ -21,12 +24,21 @@ from xenclone.wire import WireError
 log = Logger()
 
 
-class HelperProcess:
-    """``gated``: the helper serves only its own daemon (``helper_gate``):
-    it is started with a fresh secret, and every link says hello with it."""
+def under_journal(environ):
+    """systemd sets JOURNAL_STREAM when stdout or stderr is the journal."""
+    return bool(environ.get("JOURNAL_STREAM"))
 
-    def __init__(self, reactor, name, module, args, socket_path, log_path, gated=True):
+
+class HelperProcess:
+    """``log_path``: where the helper writes when the daemon's own output
+    is not the journal (a terminal, a test).  ``gated``: the helper serves
+    only its own daemon (``helper_gate``): it is started with a fresh
+    secret, and every link says hello with it."""
+
+    def __init__(self, reactor, name, module, args, socket_path, log_path, environ=None,
+                 gated=True):
         self.reactor = reactor
+        self.environ = os.environ if environ is None else environ
         self.name = name
         self.argv = [sys.executable, "-m", module, "--socket", socket_path] + list(args)
         self.socket_path = socket_path
@@ -40,14 +52,22 @@ class HelperProcess:
 
     def _spawn(self):
         log.info("starting {name}: {argv}", name=self.name, argv=" ".join(self.argv))
-        env = dict(os.environ)
+        env = dict(self.environ)
         if self.gated:
             env[SECRET_ENV] = new_secret(self.socket_path)
+        # setsid --fork: the helper is nobody's child and keeps running
+        # whatever happens to the daemon.
+        argv = ["setsid", "--fork"] + self.argv
+        if under_journal(self.environ):
+            # systemd's stream to the journal: the helper's lines land beside the daemon's.
+            subprocess.run(argv, stdin=subprocess.DEVNULL, check=True, cwd="/", env=env)
+            return
         with open(self.log_path, "ab") as out:
-            # setsid --fork: the helper is nobody's child and keeps running
-            # whatever happens to the daemon.
-            subprocess.run(["setsid", "--fork"] + self.argv, stdin=subprocess.DEVNULL,
-                           stdout=out, stderr=out, check=True, cwd="/", env=env)
+            subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=True,
+                           cwd="/", env=env)
+
+    def where_logged(self):
+        return "the journal" if under_journal(self.environ) else self.log_path
 
     @defer.inlineCallbacks
     def connect(self, make_protocol, timeout=30.0):
@@ -72,7 +92,7 @@ class HelperProcess:
             except Exception:
                 if waited >= timeout:
                     raise WireError("helper-down", "%s did not start within %.0fs; see %s"
-                                    % (self.name, timeout, self.log_path))
+                                    % (self.name, timeout, self.where_logged()))
             yield task.deferLater(self.reactor, delay, lambda: None)
             waited += delay
             delay = min(delay * 2, 0.5)

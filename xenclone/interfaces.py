@@ -9,6 +9,10 @@ policies are plain Python with no I/O.
 from zope.interface import Attribute, Interface
 
 PAGE_SIZE = 4096
+# Backends that number domains themselves (Xen) get handles from the
+# controller above any id they give (Xen's are below 0x7FF0) until the real
+# id is adopted.
+FIRST_HANDLE = 0x10000
 
 
 class DomainState:
@@ -58,7 +62,8 @@ class IBackend(Interface):
     """A hypervisor: creates, snapshots and clones domains."""
 
     name = Attribute("'kvm' or 'xen'")
-    fill_mode = Attribute("how clones get memory: 'lazy' (on fault) or 'fill-before-run'")
+    fill_mode = Attribute("how clones get memory: 'lazy' (on fault), 'fork' (the hypervisor "
+                          "fills them from an image domain) or 'fill-before-run'")
 
     def capabilities():
         """Dict of what this host offers (lazy fill, sharing, eviction)."""
@@ -75,7 +80,7 @@ class IBackend(Interface):
         ``clone`` is a ``CloneSpec``.  Deferred[``IFaultRegion``] once the
         clone's memory is registered with its fault source; the vCPU runs
         at once unless the spec says paused (faults queue until served).
-        ``clone.fill`` (lazy, before-run, auto; None = the backend's
+        ``clone.fill`` (lazy, fork, before-run, auto; None = the backend's
         setting) is refused, before anything is built, where not offered.
         """
 
@@ -138,6 +143,28 @@ class ILinuxBackend(Interface):
         """Stop managing an adopted domain, which runs on; Deferred."""
 
 
+class IForkBackend(Interface):
+    """A backend (Xen with MEM_SHARING) whose clones can be forks of an
+    image domain: a paused domain per image, made at bless, that the
+    hypervisor fills forks from on their first touch."""
+
+    def prepare_image(image):
+        """Bless's last step: the image domain of ``image`` (an
+        ``OpenImage``), where the hypervisor forks; Deferred."""
+
+    def drop_image(image_id):
+        """The image is discarded (its clones are gone): its image domain
+        goes too; Deferred."""
+
+    def reset(domid):
+        """Return a fork clone to its image's state (its own pages
+        dropped); Deferred[dict] of the clone.  A master is refused."""
+
+    def image_domains():
+        """{image id: {domid, name, pages, shared_pages}}: each image
+        domain with its memory as the hypervisor counts it."""
+
+
 class IBalloonBackend(Interface):
     """A backend whose clones' frames only the guest can give back (Xen
     without MEM_PAGING): a guest's balloon driver follows its target."""
@@ -158,7 +185,7 @@ class IFaultRegion(Interface):
     npages = Attribute("nominal pages")
     c_region = Attribute("the C fast path's region struct (cffi)")
     prefilled = Attribute("pages the backend mapped at launch, before the pager")
-    fill_mode = Attribute("how this clone gets its memory: 'lazy' or 'fill-before-run'")
+    fill_mode = Attribute("how this clone gets its memory: 'lazy', 'fork' or 'fill-before-run'")
 
     def fileno():
         """The pollable handle (userfaultfd, or the event channel)."""

@@ -6,6 +6,10 @@
       control   the control socket (mode 0600, or 0660 for a group)
       xenstore  the XenStore control plane (xenclone/xenstore/plane.py)
 
+Once the control socket answers, systemd is told (READY=1, Type=notify).
+When the tree stops, the helpers stop too if no domain needs them
+(``control/lifecycle.py``).
+
 The reactor is passed in, never imported here.
 """
 
@@ -23,7 +27,10 @@ from xenclone import hostmem
 from xenclone.control.balloons import BalloonService
 from xenclone.control.controller import Controller
 from xenclone.control.hostmemory import HostMemoryService
+from xenclone.control.lifecycle import DaemonOps, Lifecycle
 from xenclone.control.operator_state import OperatorState
+from xenclone.control.oplog import LoggedHandler, peer
+from xenclone.control.progress import WithProgress
 from xenclone.control.recovery import recover
 from xenclone.helpers import HelperProcess
 from xenclone.interfaces import IBalloonBackend
@@ -35,6 +42,7 @@ from xenclone.pager import Pager
 from xenclone.policy.balloon import Balloons
 from xenclone.policy.budget import Bursts, Watermarks
 from xenclone.policy.sharing import POLICIES
+from xenclone.sd_notify import notify
 from xenclone.wire import FrameProtocol, WireError
 from xenclone.working_set import WorkingSets
 from xenclone.xenstore.plane import (XenStorePlane, guest_socket_dir, xenstore_mode,
@@ -116,11 +124,19 @@ def xen_args(settings):
 
 
 class _ControlFactory(Factory):
-    def __init__(self, controller):
+    noisy = False
+
+    def __init__(self, controller, reactor):
         self.controller = controller
+        self.reactor = reactor
 
     def buildProtocol(self, addr):
-        return FrameProtocol(handler=self.controller)
+        # Operations are logged with the peer's uid and pid; long ones
+        # report progress on this link to the command that asks.
+        proto = FrameProtocol()
+        logged = LoggedHandler(self.controller, lambda: peer(proto.transport))
+        proto.handler = WithProgress(logged, self.controller, proto, self.reactor)
+        return proto
 
 
 def open_to_group(path, gid):
@@ -144,14 +160,16 @@ class ControlService(Service):
         self.group = group
         self.port = None
 
-    def listen(self, controller):
+    def listen(self, handler):
         if os.path.exists(self.path):
             os.unlink(self.path)
         mode = 0o660 if self.group else 0o600
-        self.port = self.reactor.listenUNIX(self.path, _ControlFactory(controller), mode=mode)
+        self.port = self.reactor.listenUNIX(self.path, _ControlFactory(handler, self.reactor),
+                                            mode=mode)
         if self.group:
             open_to_group(self.path, grp.getgrnam(self.group).gr_gid)
         log.info("control socket {path} ready", path=self.path)
+        notify("READY=1\nSTATUS=control socket %s ready" % self.path)     # Type=notify
 
     def stopService(self):
         super().stopService()
@@ -162,10 +180,11 @@ class ControlService(Service):
 class CoreService(Service):
     """Connects the helpers, then builds backend, ledger, pager, controller."""
 
-    def __init__(self, reactor, settings, control):
+    def __init__(self, reactor, settings, control, lifecycle):
         self.reactor = reactor
         self.settings = settings
         self.control = control
+        self.lifecycle = lifecycle
         self.controller = None
         self.backend = None
         self.source = None
@@ -233,7 +252,8 @@ class CoreService(Service):
         # new request comes in, with what the operator had set for it.
         yield recover(self.controller)
         self.controller.restore_settings()
-        self.control.listen(self.controller)
+        self.lifecycle.controller = self.controller
+        self.control.listen(DaemonOps(self.controller, self.lifecycle))
         if s["metrics_listen"]:
             from xenclone.metrics import make_metrics_service
             make_metrics_service(self.reactor, self.controller,
@@ -305,11 +325,43 @@ class CoreService(Service):
         return defer.gatherResults([link.close() for link in self.links])
 
 
-def make_service(settings, reactor):
-    top = MultiService()
+def helper_sockets(settings):
+    """(name, socket) of the helper processes this daemon runs."""
+    run = settings["run_dir"]
+    helpers = [("memory server", os.path.join(run, "memserver.sock"))]
+    if not use_xen(settings["backend"]):
+        helpers.append(("VMM host", os.path.join(run, "vmmhost.sock")))
+    if xenstore_mode(settings) == "embedded":
+        helpers.append(("XenStore", xenstore_socket(settings)))
+    return helpers
+
+
+class DaemonTree(MultiService):
+    """The whole daemon; once its services stopped, the helpers follow
+    unless domains need them (``control/lifecycle.py``)."""
+
+    def __init__(self, lifecycle):
+        super().__init__()
+        self.lifecycle = lifecycle
+
+    def stopService(self):
+        notify("STOPPING=1")
+        d = defer.maybeDeferred(super().stopService)
+        return d.addCallback(lambda _: self.lifecycle.stopping())
+
+
+def make_service(settings, reactor, stop_daemon=None):
+    """``stop_daemon``: what ``xenclone shutdown`` calls once it answered
+    (default: stop the reactor, so twistd exits)."""
+    # "Starting factory"/"Stopping factory" of every connection, ours and
+    # the endpoints' wrappers, would be most of the log.
+    Factory.noisy = False
+    lifecycle = Lifecycle(reactor, helper_sockets(settings),
+                          stop_daemon or (lambda: reactor.stop()))
+    top = DaemonTree(lifecycle)
     top.setName("xenclone")
     control = ControlService(reactor, settings["control_socket"], settings["control_group"])
-    core = CoreService(reactor, settings, control)
+    core = CoreService(reactor, settings, control, lifecycle)
     core.setName("core")
     core.setServiceParent(top)
     control.setServiceParent(top)

@@ -5,14 +5,17 @@ import sys
 from twisted.python import usage
 
 from xenclone.config import ConfigError, load_daemon_config
+from xenclone.config_file import config_path
 
 
 class Options(usage.Options):
-    optParameters = [["config", "c", None, "xenclone.conf (xl.cfg syntax); default: built-in defaults"]]
+    optParameters = [["config", "c", None, "xenclone.conf (xl.cfg syntax); default: "
+                      "$XENCLONE_CONFIG, else /etc/xen/xenclone.conf if it exists, "
+                      "else built-in defaults"]]
 
     def postOptions(self):
         try:
-            self["settings"] = load_daemon_config(self["config"])
+            self["settings"] = load_daemon_config(config_path(self["config"]))
         except (ConfigError, OSError) as e:
             raise usage.UsageError(str(e))
 
@@ -21,13 +24,17 @@ def makeService(options):
     from twisted.internet import reactor
 
     from xenclone import daemon_lock
+    from xenclone.daemon_log import LevelFilteredDaemon, twistd_observer
     from xenclone.service import make_service
+    settings = options["settings"]
     try:
-        locks = daemon_lock.take(options["settings"])
+        locks = daemon_lock.take(settings)
     except (daemon_lock.AlreadyRunning, OSError) as e:
         # Before anything is touched: no socket, no helper, no state.
         print("xenclone: cannot start: %s" % e, file=sys.stderr)
         sys.exit(2)
-    top = make_service(options["settings"], reactor)
-    daemon_lock.LockHolder(locks).setServiceParent(top)
-    return top
+    tree = make_service(settings, reactor)
+    daemon_lock.LockHolder(locks).setServiceParent(tree)
+    # options.parent: twistd's own options (--logfile, --syslog, --nodaemon).
+    return LevelFilteredDaemon(tree, settings["log_level"],
+                               lambda: twistd_observer(options.parent))

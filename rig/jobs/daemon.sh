@@ -5,7 +5,8 @@
 # directory, and $XENCLONE_SERVER_DOMAIN_MIB (default 160; 0: images in
 # dom0) the memory-server domain's size, $XENCLONE_LOG (default
 # xenclone-daemon.log) its log in $RIG_OUT, $XENCLONE_MEMSERVER_TCP
-# (default 127.0.0.1:7443; "": none) where its memory server serves TLS.
+# (default 127.0.0.1:7443; "": none) where its memory server serves TLS,
+# $XENCLONE_FILL (default auto) its fill setting.
 . "$RIG_PROJECT/rig/jobs/pyenv.sh"
 W=${XENCLONE_W:-/tmp/xenclone}
 mkdir -p "$W/plugins/twisted"
@@ -24,6 +25,7 @@ xen_guest_kernel = "$RIG_PROJECT/guest/build/guest.elf"
 # Xen's default cap of 64, so boot.sh gives Xen gnttab_max_frames=128.
 memserver_domain_mib = ${XENCLONE_SERVER_DOMAIN_MIB:-160}
 memserver_tcp = "${XENCLONE_MEMSERVER_TCP-127.0.0.1:7443}"
+fill = "${XENCLONE_FILL:-auto}"
 ${XENCLONE_EXTRA_CONF:-}
 CONF
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # The rig's lazy job, on the MEM_PAGING hypervisor: the real daemon with
-# fill = auto (lazy here); lazy.py blesses the project's guest, launches 3
+# fill = lazy (paging.sh); lazy.py blesses the project's guest, launches 3
 # lazy clones, holds one to a target, and measures lazy against
 # fill-before-run and xl save + xl restore; then lazy clones outlive the
 # daemon.  Results: lazy-results.json, lazy-restart-results.json.

@@ -105,7 +105,8 @@ class Job:
     def xenclone(self, *args, timed=None):
         """The xl-style CLI: (exit code, stdout, stderr)."""
         t = time.monotonic()
-        p = run(sys.executable, "-c", CLI, "-c", self.conf, *args, timeout=600)
+        conf = ("-c", self.conf) if self.conf else ()    # None: the default config path
+        p = run(sys.executable, "-c", CLI, *conf, *args, timeout=600)
         if timed:
             self.res["timings_s"][timed] = since(t)
         return p.returncode, p.stdout, p.stderr
@@ -299,7 +300,7 @@ class Job:
             return wait_for(lambda: all(ok(r) for r in live()), timeout)
 
         one, floor = rows[0], 128 * 75 // 100      # balloon_floor_percent
-        rc, _, err = self.xenclone("set", one["name"], "target=%d" % BALLOON_PAGES)
+        rc, _, err = self.xenclone("set", one["name"], "target=%dM" % BALLOON_MIB)
         out["operator"] = {"rc": rc, "stderr": err.strip(), "down_s": settle(
             lambda r: r is not one or xl_mem_mib(r["name"]) <= BALLOON_MIB + 2, 120)}
         hog = xen_free_mib() - HOG_LEAVES_MIB

@@ -14,27 +14,36 @@ SERIES = (("resident", "resident"), ("shared", "shared"), ("private", "private")
 
 def sample_from_host(t, host):
     """One sample from a ``host`` reply: the kernel's per-clone pages summed
-    over the clones, the ledger's evictions summed over the classes."""
-    clones = host["kernel"]["clones"].values()
-    shared = sum(c["shared"] for c in clones)
-    private = sum(c["private"] for c in clones)
+    over the clones (or, without the kernel's view, the ledger's figures),
+    the ledger's evictions summed over the classes."""
+    if host.get("kernel") is not None:
+        clones = host["kernel"]["clones"].values()
+        shared = sum(c["shared"] for c in clones)
+        private = sum(c["private"] for c in clones)
+    else:
+        private = host["ledger"]["private_pages"]
+        shared = host["ledger"]["resident_pages"] - private
     return {"t": t, "resident": shared + private, "shared": shared, "private": private,
             "evicted": sum(host["ledger"]["evictions"].values())}
 
 
 class MemorySampler:
-    """Polls ``host`` every ``interval`` seconds into ``samples``."""
+    """Polls ``host`` every ``interval`` seconds into ``samples``.  With
+    ``kernel`` false it asks for the ledger's figures only: the kernel's
+    view scans every clone's page map, too slow to poll a short run."""
 
-    def __init__(self, reactor, proto, interval=0.1):
+    def __init__(self, reactor, proto, interval=0.1, kernel=True):
         self.reactor = reactor
         self.proto = proto
         self.interval = interval
+        self.kernel = kernel
         self.samples = []
         self.budget_pages = None
         self._loop = task.LoopingCall(self._poll)
         self._loop.clock = reactor
         self._done = None
         self._t0 = None
+        self._min = None        # set by stop(): the samples to have before stopping
 
     def start(self):
         self._t0 = self.reactor.seconds()
@@ -44,6 +53,8 @@ class MemorySampler:
         def keep(msg):
             self.budget_pages = msg["ledger"]["budget_pages"]
             self.samples.append(sample_from_host(self.reactor.seconds() - self._t0, msg.fields))
+            if self._min is not None:
+                self._stop_when_enough()
 
         def skip(f):
             # A clone destroyed mid-scan fails one poll: a missing sample is harmless.
@@ -51,13 +62,20 @@ class MemorySampler:
             if f.check(ConnectionLost):
                 return f
 
-        return self.proto.request("host").addCallbacks(keep, skip)
+        fields = {} if self.kernel else {"kernel": False}
+        return self.proto.request("host", **fields).addCallbacks(keep, skip)
 
-    def stop(self):
-        """Fires with the samples once a poll in flight has come back."""
-        if self._loop.running:
-            self._loop.stop()
+    def stop(self, min_samples=0):
+        """Fires with the samples once a poll in flight has come back.  A
+        run too short for ``min_samples`` polls is followed by its end
+        state until there are that many (polls still fail on their own)."""
+        self._min = min_samples
+        self._stop_when_enough()
         return self._done.addCallback(lambda _: self.samples)
+
+    def _stop_when_enough(self):
+        if self._loop.running and len(self.samples) >= self._min:
+            self._loop.stop()
 
 
 def plot_memory(samples, budget_pages, path, title="xenclone host memory"):

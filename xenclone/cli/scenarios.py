@@ -5,12 +5,14 @@ They talk to the running daemon; where none runs, they start a private one
 directory) and take it down afterwards.
 """
 
+import importlib.util
 import json
 import os
 import shutil
 import statistics
 import sys
 import tempfile
+import time
 
 from twisted.internet import defer, task
 from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -24,6 +26,13 @@ from xenclone.config import load_daemon_config
 from xenclone.helpers import socket_owner_pid
 from xenclone.wire import WireError
 from xenclone.xenstore.plane import xenstore_mode, xenstore_socket
+
+# A demo's launch-to-done is about a second: sample the ledger often enough
+# to draw it (each poll waits for the previous answer, so a busy host
+# gets fewer, not overlapping, polls), and draw at least PLOT_SAMPLES
+# points, the run's end state after a run that was over sooner.
+PLOT_INTERVAL = 0.005
+PLOT_SAMPLES = 50
 
 
 class Session:
@@ -138,7 +147,7 @@ def launch_job(s, clones, memory_mib, name="demo", plot=None):
     memory = None
     if plot:
         from xenclone.cli.plot import MemorySampler
-        memory = MemorySampler(s.reactor, s.proto)
+        memory = MemorySampler(s.reactor, s.proto, interval=PLOT_INTERVAL, kernel=False)
         memory.start()
     launched = yield s.call("launch", image=name, count=clones)
     infos = []
@@ -146,9 +155,12 @@ def launch_job(s, clones, memory_mib, name="demo", plot=None):
         infos.append((yield s.call("wait", domain=c["domid"], timeout=600)))
     sampler.stop()
     if memory is not None:
-        samples = yield memory.stop()
+        samples = yield memory.stop(min_samples=PLOT_SAMPLES)
         from xenclone.cli.plot import plot_memory
-        plot_memory(samples, memory.budget_pages, plot)
+        plot_memory(samples, memory.budget_pages, plot, title="xenclone %s: %d clones of a "
+                    "%d MiB master, %s" % (name, clones, memory_mib,
+                                           time.strftime("%Y-%m-%d %H:%M")))
+    plotted = len(samples) if memory is not None else None
     wrong = ["%s: %s (expected %s, %s)" % (i["name"], i["result"], i["expected"], i["state"])
              for i in infos if i["result"] != i["expected"]]
     launch_ms = [i["launch_ms"] for i in infos if i["launch_ms"] is not None]
@@ -169,7 +181,16 @@ def launch_job(s, clones, memory_mib, name="demo", plot=None):
         "domids": [c["domid"] for c in launched["clones"]],
         "image": name,
     }
+    if plotted is not None:
+        result["plot_samples"] = plotted
     return result
+
+
+def _needs_plot_library(args):
+    """Said before the run, not after it: the run may take minutes."""
+    if args.scenario == "demo" and args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise CliError("demo --plot needs matplotlib: pip install xenclone[plot] "
+                       "(or pip install matplotlib)", 2)
 
 
 def _demo_text(r):
@@ -225,6 +246,7 @@ def run_scenario(reactor, args, settings):
     unknown = [n for n in names if n not in SCENARIOS]
     if args.scenario == "selftest" and unknown:
         raise CliError("unknown scenario(s): %s; see 'xenclone selftest --list'" % ", ".join(unknown), 2)
+    _needs_plot_library(args)
     if args.scenario == "demo" and not (1 <= args.clones <= 256 and 16 <= args.memory_mib <= 65536):
         raise CliError("demo: --clones must be 1..256 and --memory-mib 16..65536", 2)
     s = yield Session(reactor, settings, log_to_file=True).open()

@@ -1,4 +1,5 @@
 """``xenclone top``: a live view of the host and its domains, like xentop.
+Memory is shown in units (K, M, G of 4 KiB pages); faults are counts.
 
 Each frame asks the daemon for ``host``, ``list`` and every domain's
 ``info``; ``--batch`` prints plain frames one after another (``xentop -b``)
@@ -9,6 +10,8 @@ import sys
 
 from twisted.internet import defer, task
 
+from xenclone.cli.text import value
+from xenclone.cli.units import show_pages
 from xenclone.wire import ConnectionLost, WireError
 
 # The codes of cli.main, not imported from there: main imports this module.
@@ -36,10 +39,11 @@ def add_parser(sub):
 def header(host):
     ledger, kernel = host["ledger"], host["kernel"]
     evictions = " ".join("%s=%d" % kv for kv in sorted(ledger.get("evictions", {}).items()))
-    line = ("budget %d  allocated %d (kernel)  resident %d  private %d  cached %d  "
+    line = ("budget %s  allocated %s (kernel)  resident %s  private %s  cached %s  "
             "evictions %s  policy %s" % (
-                ledger["budget_pages"], kernel["allocated_pages"], kernel["resident_pages"],
-                kernel["private_pages"], sum(kernel["image_cache_pages"].values()),
+                show_pages(ledger["budget_pages"]), show_pages(kernel["allocated_pages"]),
+                show_pages(kernel["resident_pages"]), show_pages(kernel["private_pages"]),
+                show_pages(sum(kernel["image_cache_pages"].values())),
                 evictions or "-", host.get("policy", "-")))
     if host.get("stalled"):
         line += "  STALLED: %s" % host["stalled"]
@@ -47,10 +51,10 @@ def header(host):
 
 
 def table(infos):
-    """Right-aligned numbers, left-aligned words; missing figures are '-'
-    (a master has no page accounting, a clone may have no target)."""
-    cells = [[("-" if info.get(key) is None else str(info[key])) for _, key in COLUMNS]
-             for info in infos]
+    """Right-aligned figures (sizes in units), left-aligned words; missing
+    figures are '-' (a master has no page accounting, a clone may have no
+    target)."""
+    cells = [[value(key, info.get(key)) for _, key in COLUMNS] for info in infos]
     widths = [max([len(title)] + [len(row[i]) for row in cells])
               for i, (title, _) in enumerate(COLUMNS)]
 

@@ -14,18 +14,15 @@ import attr
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from xenclone import memory_check, workload
-from xenclone.names import BadName, check_name
+from xenclone import memory_check, workload, xl_keys
 from xenclone.control.settings_ops import SettingsOps
-from xenclone.interfaces import PAGE_SIZE, DomainState, ILinuxBackend
+from xenclone.interfaces import FIRST_HANDLE, PAGE_SIZE, DomainState, IForkBackend, ILinuxBackend
+from xenclone.names import BadName, check_name
 from xenclone.wire import WireError
 
 MIN_MEMORY_MIB = 4
 MAX_MEMORY_MIB = 64 * 1024
 MAX_LAUNCH = 256
-# Backends that number domains themselves (Xen) get handles above any id
-# they give (Xen's are below 0x7FF0) until the real id is adopted.
-FIRST_HANDLE = 0x10000
 LIVE = (DomainState.RUNNING, DomainState.PAUSED, DomainState.READY, DomainState.DONE,
         DomainState.WAITING_FOR_MEMSERVER, DomainState.PAUSED_BY_TIMEOUT,
         DomainState.IMAGE_GONE)
@@ -363,7 +360,8 @@ class Controller(SettingsOps):
                 "private_pages": private}
 
     def op_host(self, msg):
-        d = self.kernel_view()
+        # kernel=false: the ledger's figures only, cheap enough to poll often (plots).
+        d = self.kernel_view() if msg.get("kernel", True) is not False else defer.succeed(None)
         d.addCallback(lambda kernel: {
             "backend": self.backend.name, "capabilities": self.backend.capabilities(),
             "ledger": self.pager.ledger.host_stats(), "kernel": kernel,
@@ -383,6 +381,10 @@ class Controller(SettingsOps):
             raise WireError("bad-config", str(e))
         if any(d.name == name for d in self.domains.values()):
             raise WireError("exists", "a domain named %r exists" % name)
+        cfg, warning = xl_keys.for_master(cfg, name, self.log)    # the command prints it too
+        return self._create(name, cfg).addCallback(lambda r: dict(r, warning=warning))
+
+    def _create(self, name, cfg):
         memory = _int(cfg, "memory", MIN_MEMORY_MIB, MAX_MEMORY_MIB)
         if cfg.get("kernel"):
             return self._create_linux(name, memory, cfg)
@@ -400,7 +402,6 @@ class Controller(SettingsOps):
         self.domains[dom.domid] = dom
         spec = MasterSpec(dom.domid, name, memory * 1024 * 1024 // PAGE_SIZE, dom.params,
                           dom.record())
-
         return self._create_master(dom, spec)
 
     def _create_linux(self, name, memory, cfg):
@@ -468,7 +469,9 @@ class Controller(SettingsOps):
         return defer.maybeDeferred(self._bless, dom, msg).addErrback(let_go)
 
     def _bless(self, dom, msg):
-        if dom.role != "master":
+        # A clone is blessed only where clones fork (a clone of a clone):
+        # the backend says which clones it can capture.
+        if dom.role != "master" and not IForkBackend.providedBy(self.backend):
             raise WireError("not-master", "%s is a clone: launch more from its image instead" % dom.name)
         if dom.state not in (DomainState.READY, DomainState.RUNNING, DomainState.PAUSED):
             raise WireError("not-running", "%s is %s and cannot be blessed" % (dom.name, dom.state))
@@ -486,7 +489,9 @@ class Controller(SettingsOps):
                 info = yield self.memserver.put(name, attr.evolve(capture, meta=meta))
             finally:
                 capture.close()
-            yield self.open_image(name)      # its cache counts in the budget from now
+            image = yield self.open_image(name)   # its cache counts in the budget from now
+            if IForkBackend.providedBy(self.backend):
+                yield self.backend.prepare_image(image, self._images.get(dom.image))
             self._set_state(dom, DomainState.PAUSED)
             if msg.get("resume"):
                 yield self.backend.unpause(dom.domid)
@@ -503,8 +508,8 @@ class Controller(SettingsOps):
         if not isinstance(share, bool) or not isinstance(prefetch, bool):
             raise WireError("bad-argument", "share and prefetch must be true or false")
         fill = msg.get("fill")
-        if fill not in (None, "lazy", "before-run", "auto"):
-            raise WireError("bad-argument", "fill must be lazy, before-run or auto")
+        if fill not in (None, "fork", "lazy", "before-run", "auto"):
+            raise WireError("bad-argument", "fill must be fork, lazy, before-run or auto")
 
         @defer.inlineCallbacks
         def launch():
@@ -555,10 +560,19 @@ class Controller(SettingsOps):
     def op_list(self, msg):
         return {"domains": [d.summary() for d in sorted(self.domains.values(), key=lambda d: d.domid)]}
 
+    def _image_domains(self):
+        """Each image's image domain (Xen VM fork), with its memory."""
+        if not IForkBackend.providedBy(self.backend):
+            return {}
+        return self.backend.image_domains()
+
     def op_images(self, msg):
         def annotate(images):
+            held = self._image_domains()
             for info in images:
                 info["clones"] = sum(1 for d in self.domains.values() if d.image == info["image_id"])
+                if info["image_id"] in held:
+                    info["image_domain"] = held[info["image_id"]]
                 if self.working_sets is not None:
                     info["working_set"] = self.working_sets.info(info["image_id"],
                                                                  info["generation"])
@@ -575,7 +589,8 @@ class Controller(SettingsOps):
         if action not in ("status", "start", "stop"):
             raise WireError("bad-argument", "memserver wants status, start or stop")
         if action != "stop":
-            return self.memserver.domain(action)
+            return self.memserver.domain(action).addCallback(
+                lambda status: dict(status, image_domains=self._image_domains()))
         force = bool(msg.get("force"))
 
         @defer.inlineCallbacks
@@ -616,10 +631,19 @@ class Controller(SettingsOps):
         stats.pop("image", None)
         info.update(stats)
         info["fetched_pages"] = stats["faults"]
-        if dom.role == "clone" and dom.params:
-            info["expected"] = workload.expected_result(workload.Params(**dom.params),
-                                                        dom.clone_id, dom.input)
+        if dom.fill_mode == "fork":
+            # Xen fills a fork itself: its pages as the hypervisor counts them.
+            return self.backend.scan(dom.domid).addCallback(
+                lambda hv: dict(info, hypervisor=hv, **self._expected(dom)))
+        info.update(self._expected(dom))
         return info
+
+    @staticmethod
+    def _expected(dom):
+        if dom.role == "clone" and dom.params:
+            return {"expected": workload.expected_result(workload.Params(**dom.params),
+                                                         dom.clone_id, dom.input)}
+        return {}
 
     def _clone(self, msg):
         dom = self._domain(msg.get("domain"))
@@ -662,13 +686,16 @@ class Controller(SettingsOps):
     def op_evict(self, msg):
         dom = self._clone(msg)
         pages = _int(msg, "to", 0, 2**40)
-        return self.pager.evict_to(dom.domid, pages).addCallback(
-            lambda n: dict(self.op_info({"domain": dom.domid}), evicted_now=n))
+        d = self.pager.evict_to(dom.domid, pages)
+        d.addCallback(lambda n: (self._changed(), n)[1])
+        return d.addCallback(lambda n: defer.maybeDeferred(self.op_info, {"domain": dom.domid})
+                             .addCallback(lambda info: dict(info, evicted_now=n)))
 
     def op_hoard(self, msg):
         dom = self._clone(msg)
         rate = _int(msg, "rate", 1, 10**7, default=self.hoard_rate)
         done = self.pager.hoard(dom.domid, rate)
+        self._changed()
         if msg.get("wait"):
             return done.addCallback(lambda _: self.op_info({"domain": dom.domid}))
         return self.op_info({"domain": dom.domid})
@@ -692,10 +719,6 @@ class Controller(SettingsOps):
         d.addCallbacks(lambda dom: self.op_info({"domain": dom.domid}), timed_out)
         return d
 
-    def _simple(self, call, msg):
-        dom = self._domain(msg.get("domain"))
-        return call(dom.domid).addCallback(lambda _: dom.summary())
-
     def op_pause(self, msg):
         dom = self._domain(msg.get("domain"))
         return self.backend.pause(dom.domid).addCallback(
@@ -715,8 +738,30 @@ class Controller(SettingsOps):
         d.addCallback(lambda _: (self._forget(dom), {"domid": dom.domid, "name": dom.name})[1])
         return d
 
+    def op_reset(self, msg):
+        """A fork clone back to its image's state (the backend refuses
+        masters and clones that are not forks)."""
+        dom = self._domain(msg.get("domain"))
+        if not IForkBackend.providedBy(self.backend):
+            raise WireError("unsupported", "reset needs a backend with VM fork (Xen with "
+                            "MEM_SHARING)")
+        if dom.role != "clone":
+            raise WireError("not-clone", "%s is a master: only clones are reset (to their "
+                            "image)" % dom.name)
+
+        def done(info):
+            self._set_state(dom, DomainState.RUNNING)
+            return {"domid": dom.domid, "name": dom.name, "state": info["state"]}
+
+        return self.backend.reset(dom.domid).addCallback(done)
+
     def op_discard(self, msg):
         image_id = _image_arg(msg)     # None would be every master's "image"
+        derived = sorted(i for i, d in self._image_domains().items()
+                         if d.get("parent_image") == image_id)
+        if derived:
+            raise WireError("busy", "images %s were blessed from clones of %r and share its "
+                            "pages: discard them first" % (", ".join(derived), image_id))
         clones = [d for d in self.domains.values() if d.image == image_id]
         if clones and not msg.get("force"):
             raise WireError("busy", "image %r has %d live clones; destroy them or use --force"
@@ -729,6 +774,8 @@ class Controller(SettingsOps):
             if image_id in self._images:
                 # Its grant mappings go before the memory server ends the grants.
                 self.backend.forget_image(self._images[image_id])
+            if IForkBackend.providedBy(self.backend):
+                yield self.backend.drop_image(image_id)
             yield self.memserver.discard(image_id)
             if self.working_sets is not None:
                 self.working_sets.forget(image_id)

@@ -61,6 +61,7 @@ class SettingsOps:
             self._set_knobs(dom, knobs)
             d = self.pager.evict_to(dom.domid, knobs["target"]) if knobs.get(
                 "target") else defer.succeed(0)
+        d.addCallback(lambda _: self._changed())       # XenStore shows the new figures
         return d.addCallback(lambda _: self.op_info({"domain": dom.domid}))
 
     def op_set_host(self, msg):

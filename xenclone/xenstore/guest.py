@@ -30,6 +30,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from xenclone.control.controller import MAX_LAUNCH
+from xenclone.control.oplog import as_caller
 from xenclone.names import BadName, check_token
 from xenclone.wire import Message, WireError, dispatch
 from xenclone.xenstore.client import Disconnected
@@ -220,11 +221,11 @@ class GuestRequests:
         taken = {i["image_id"] for i in images["images"]}
         name = next(n for n in ("%s-g%d" % (dom.name[:52], k) for k in itertools.count(1))
                     if n not in taken)
-        blessed = yield dispatch(self.controller, Message(
+        blessed = yield dispatch(as_caller(self.controller, "guest dom%d" % domid), Message(
             {"op": "bless", "domain": domid, "name": name, "resume": True}))
         guest.setdefault("images", []).append(name)
         self._keep(domid)
-        launched = yield dispatch(self.controller, Message(
+        launched = yield dispatch(as_caller(self.controller, "guest dom%d" % domid), Message(
             {"op": "launch", "image": name, "count": count}))
         return {"image": name, "generation": blessed.get("generation"),
                 "clone_ids": [c["clone_id"] for c in launched["clones"]]}

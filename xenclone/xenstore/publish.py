@@ -9,9 +9,10 @@ XenStore paths allow no '.', so an image's key is its id with '.' as '@'
 (image ids never hold '@'); ``image_id`` has the id itself.
 
 Updates follow the controller's change events, at most one per
-``interval`` seconds, and again every interval while a clone runs (its
-ledger figures move with every fault, which must not mean a write per
-fault).  Each update writes only the nodes that changed, in one
+``interval`` seconds, and again every interval while a clone runs or the
+last update found something new (ledger figures move with every fault,
+which must not mean a write per fault, and go on moving a little after a
+clone stopped: its last faults, evictions, a hoard).  Each update writes only the nodes that changed, in one
 transaction.  The first update, and the first after a reconnect, replaces
 the whole tree: what is there may be a dead daemon's (or a restarted
 xenstored has nothing).
@@ -22,13 +23,14 @@ import re
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from xenclone.interfaces import DomainState
+from xenclone.interfaces import FIRST_HANDLE, DomainState
 from xenclone.xenstore.tree import domain_path
 from xenclone.xenstore.wire import XenStoreError
 
 log = Logger(namespace="xenclone.xenstore.publish")
 
 ROOT = "/tool/xenclone"
+_MOVING = (DomainState.RUNNING, DomainState.WAITING_FOR_MEMSERVER)
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -94,16 +96,19 @@ class Publisher:
         self._last = self.reactor.seconds()
         self._running = self._publish()
 
-        def done(result):
+        def done(wrote):
             self._running = None
-            if any(d.state == DomainState.RUNNING for d in self.controller.domains.values()):
-                self.changed()              # figures move while clones run
-            return result
+            # Figures move while clones run, and for a while after: the fault
+            # path's last batch, evictions, a hoard.  So look again until an
+            # update finds nothing new.
+            if wrote or any(d.state in _MOVING for d in self.controller.domains.values()):
+                self.changed()
 
         def failed(f):
             log.warn("publishing to XenStore failed: {error}; retrying",
                      error=f.getErrorMessage())
             self.forget()
+            return False
 
         self._running.addErrback(failed).addBoth(done)
 
@@ -126,6 +131,7 @@ class Publisher:
                 return defer.gatherResults(calls, consumeErrors=True)
             yield self.client.transaction(write)
         self._published = want
+        return bool(changed or gone)
 
     def _clone(self, dom):
         """What ``xenclone info`` shows but the expected answer (dear to
@@ -194,6 +200,8 @@ class DomainHomes:
             for listener in self.on_gone:
                 listener(domid)
         for dom in sorted(domains.values(), key=lambda d: d.domid):
+            if not self.toolstack and dom.domid >= FIRST_HANDLE:
+                continue    # Xen has not numbered it yet: no home to write in
             gen = generations.get(dom.image)
             if dom.domid in self.made and self.made[dom.domid] == gen:
                 continue

@@ -24,6 +24,7 @@ import json
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from xenclone.control.oplog import as_caller
 from xenclone.wire import Message, WireError, dispatch
 from xenclone.xenstore.client import Disconnected
 from xenclone.xenstore.wire import XenStoreError
@@ -160,7 +161,8 @@ class RequestRunner:
     def _run(self, rid, raw):
         path = "%s/%s" % (REQUESTS, rid)
         try:
-            result = yield dispatch(self.handler, Message(parse_request(raw)))
+            result = yield dispatch(as_caller(self.handler, "xenstore request %s" % rid),
+                                    Message(parse_request(raw)))
             error = None
         except WireError as e:
             result, error = None, e

@@ -42,14 +42,15 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from xenclone import workload
-from xenclone.backends.xen import libxc, linux, xl
+from xenclone.backends.xen import fork, libxc, linux, xl
 from xenclone.backends.xen.evict import Evictor
-from xenclone.backends.xen.filled import FilledRegion, FilledSource
+from xenclone.backends.xen.filled import FilledRegion, FilledSource, ForkRegion
 from xenclone.backends.xen.grant_cache import DEFAULT_LIMIT as DEFAULT_GRANT_CACHE, GrantCache
+from xenclone.backends.xen.image_domains import ImageDomains
 from xenclone.backends.xen.paging import PagedRegion, PagingSource
 from xenclone.image import Capture
 from xenclone.interfaces import (PAGE_SIZE, DomainState, IBackend, IBalloonBackend,
-                                 ILinuxBackend, PageState)
+                                 IForkBackend, ILinuxBackend, PageState)
 from xenclone.pageout_retry import failure_code
 from xenclone.runs import runs
 from xenclone.wire import WireError
@@ -66,7 +67,7 @@ SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT, SHUTDOWN_SUSPEND, SHUTDOWN_CRASH = 0, 1, 2, 
 GUEST, LINUX = "guest", "linux"     # master kinds
 PAGE_IN_TIMEOUT = 60.0  # a read of evicted pages waits this long for the pager
 PAGE_IN_RETRY = 0.02
-FILL_MODES = ("auto", "lazy", "before-run")
+FILL_MODES = ("auto", "fork", "lazy", "before-run")
 _STATE_HEAD = struct.Struct("<I")
 
 
@@ -182,7 +183,7 @@ def _xen_errors(d):
     return d.addErrback(translate)
 
 
-@implementer(IBackend, ILinuxBackend, IBalloonBackend)
+@implementer(IBackend, ILinuxBackend, IBalloonBackend, IForkBackend)
 class XenBackend:
     name = "xen"
     numbers_domains = True      # Xen assigns domids: the controller adopts them
@@ -201,13 +202,11 @@ class XenBackend:
         self.fm = libxc.ForeignMemory()
         self.mem_paging = self.xc.mem_paging_available()
         self.fill = fill
-        # fill = lazy on a Xen without MEM_PAGING: launches are refused, saying why.
-        lazy = self.mem_paging and fill in ("lazy", "auto")
-        self.fill_mode = "lazy" if lazy else "fill-before-run"
         self._source = self._evictor = self._grants = None
         self.setup_us_per_page = []     # nominate+evict at launch, per lazy clone
         self._domains = {}
         os.makedirs(work_dir, mode=0o700, exist_ok=True)
+        self.images = ImageDomains(reactor, self.xc, work_dir)
         self._take_back()
         self._watcher = task.LoopingCall(self._watch)
         self._watcher.clock = reactor
@@ -215,17 +214,38 @@ class XenBackend:
 
     # -- fill modes
 
-    def _fill_of(self, asked):
-        """The fill a launch gets: auto is lazy where the hypervisor has
-        MEM_PAGING; lazy asked of one without it is refused."""
+    @property
+    def fill_mode(self):
+        """What ``fill = auto`` (or the configured fill) gives a clone of
+        an image that has an image domain: fork where the hypervisor
+        forks, else lazy where it pages, else filled before run (fill =
+        lazy on a Xen without MEM_PAGING: launches are refused, saying why)."""
+        if self.fill in ("fork", "auto") and self.images.available:
+            return "fork"
+        return "lazy" if self.mem_paging and self.fill in ("lazy", "auto") else "fill-before-run"
+
+    def fill_modes(self):
+        return ((["fork"] if self.images.available else [])
+                + (["lazy"] if self.mem_paging else []) + ["before-run"])
+
+    def _fill_of(self, asked, image_id):
+        """The fill a launch gets: auto is fork where the image has an
+        image domain, else lazy where the hypervisor has MEM_PAGING; a
+        mode the hypervisor lacks is refused, naming those it has."""
         if asked not in FILL_MODES:
             raise WireError("bad-argument", "fill must be one of %s, not %r"
                             % (", ".join(FILL_MODES), asked))
         if asked == "auto":
+            if self.images.available and self.images.domid(image_id) is not None:
+                return "fork"
             return "lazy" if self.mem_paging else "before-run"
+        if asked == "fork" and not self.images.available:
+            raise WireError("no-fork", "fill=fork needs VM fork: %s; this hypervisor (%s) "
+                            "has fill modes %s" % (self.images.refused, self.xc.version(),
+                                                   ", ".join(self.fill_modes())))
         if asked == "lazy" and not self.mem_paging:
             raise WireError("no-lazy-fill", "lazy fill needs a Xen built with MEM_PAGING "
-                            "(CONFIG_MEM_PAGING=y, see rig/build-xen-paging.sh); this "
+                            "(CONFIG_MEM_PAGING=y, see xen/build.sh); this "
                             "hypervisor (%s) has none: use fill=before-run" % self.xc.version())
         return asked
 
@@ -459,10 +479,13 @@ class XenBackend:
     @defer.inlineCallbacks
     def _capture(self, domid):
         dom = self._get(domid)
-        if dom.role != "master":
-            raise WireError("not-master", "domain %d is a clone; bless its image instead"
-                            % domid)
         meta = {}
+        if dom.role != "master":
+            if not (dom.fill == "fork" and dom.kind == LINUX):
+                raise WireError("not-master", "%s is a clone; only Linux fork clones are "
+                                "blessed (a clone of a clone): bless its image's master, or "
+                                "launch more of its image" % dom.name)
+            meta["parent_image"] = dom.meta.get("image")
         if dom.kind == LINUX and not dom.suspended:
             xs = yield self._xenstore()
             times = yield linux.suspend(self.reactor, xs, self.xc, domid, dom.name)
@@ -526,7 +549,10 @@ class XenBackend:
             # Kept for a look if it stops: xl would boot a rebooted clone
             # afresh from the kernel, as no clone of the image.
             config.update(on_reboot="preserve", on_crash="preserve")
-        fill = self._fill_of(clone.fill or self.fill)   # refused before anything is built
+        fill = self._fill_of(clone.fill or self.fill, image.image_id)   # refused before
+        if fill == "fork":                                                # anything is built
+            region = yield self._launch_fork(image, clone, config, kind)
+            return region
         xs = (yield self._xenstore()) if kind == LINUX else None
         image = self._readable(image)
         if fill == "lazy":
@@ -600,6 +626,145 @@ class XenBackend:
             raise
         return region
 
+    @defer.inlineCallbacks
+    def _launch_fork(self, image, clone, config, kind):
+        """A fork of the image's image domain (``fork.py``), its XenStore
+        home and id written, then unpaused: nothing is copied."""
+        parent = self.images.parent(image.image_id)
+        xs = yield self._xenstore()
+        vcpus = config.get("vcpus", 1)
+        domid, store, console = fork.make_child(self.xc, parent, vcpus)
+        try:
+            dom = self._track(domid, clone.name, "clone", image.npages, config,
+                              dict(clone.meta, parent=parent), fill="fork", kind=kind)
+            extra = fork.clone_id_nodes(domid, clone.clone_id) if kind == LINUX else ()
+            yield fork.write_home(xs, domid, clone.name, fork.memory_kib(image.npages), vcpus,
+                                  store, console, extra)
+            if kind == GUEST:
+                dom.mailbox.write(clone_id=clone.clone_id, input=clone.input, go=1)
+            if not clone.paused:
+                self._unpause(dom)
+        except Exception:
+            yield self._destroy_fork(domid)
+            raise
+        return ForkRegion(domid, image.npages, self._readable(image), self.fm)
+
+    @defer.inlineCallbacks
+    def _destroy_fork(self, domid):
+        """A fork has no libxl state: Xen destroys it, and its XenStore
+        traces go."""
+        self._drop(domid)
+        try:
+            self.xc.destroy(domid)
+        except libxc.XenError as e:
+            if e.errno != errno.ESRCH:
+                raise
+        xs = yield self._xenstore()
+        yield fork.unwire(xs, self.xc, domid)
+
+    # -- image domains (IForkBackend)
+
+    def prepare_image(self, image, parent=None):
+        """Bless's last step where the hypervisor forks and fork is wanted
+        (fill = auto or fork): the image's domain.  An image blessed from a
+        fork clone (``parent``: the image it was forked from) gets a fork
+        of the parent's image domain holding only the pages that differ,
+        so the rest stay shared with the first image."""
+        if self.fill not in ("auto", "fork"):
+            return defer.succeed(None)
+        config, kind, record = unpack_state(image.vcpu_state)
+        readable = self._readable(image)
+        parent_domid = self.images.domid(parent.image_id) if parent is not None else None
+        if parent_domid is not None:
+            return _xen_errors(self.images.prepare(
+                image.image_id, lambda name: self._derived(name, parent_domid, config, record,
+                                                          readable, self._readable(parent)),
+                lambda domid: defer.succeed(None), parent=parent.image_id))
+
+        def create(name):
+            return self._create(dict(config, name=name))
+
+        def fill(domid):
+            d = self._thread(self._fill, domid, readable)
+            return d.addCallback(lambda _: self.xc.hvm_setcontext(domid, record))
+
+        return _xen_errors(self.images.prepare(image.image_id, create, fill))
+
+    @defer.inlineCallbacks
+    def _derived(self, name, parent_domid, config, record, image, parent):
+        """A fork of ``parent_domid`` (paused, never introduced to
+        xenstored; named for ``xl list``) given ``image``'s pages where they
+        differ from ``parent``'s and its vCPU state; Deferred[domid]."""
+        xs = yield self._xenstore()
+        domid, _, _ = fork.make_child(self.xc, parent_domid, config.get("vcpus", 1))
+        try:
+            yield xs.write("/local/domain/%d/name" % domid, name)
+            changed = yield self._thread(self._copy_changed, domid, image, parent)
+            self.xc.hvm_setcontext(domid, record)
+        except Exception:
+            self.xc.destroy(domid)
+            raise
+        self.log.info("derived image domain {domid}: {changed} of {n} pages differ from its "
+                      "parent's", domid=domid, changed=changed, n=image.npages)
+        return domid
+
+    def _copy_changed(self, domid, image, parent):
+        """Write the pages of ``image`` that differ from ``parent``'s into
+        the fork ``domid``; a page mapped writable is unshared, so only
+        those are mapped.  Returns how many."""
+        changed = 0
+        for batch in _batches(range(image.npages)):
+            differ = [p for p in batch if image.read_page(p) != parent.read_page(p)]
+            for start, n in runs(differ):
+                pfns = differ[start:start + n]
+                with self.fm.map(domid, pfns) as m:
+                    for i, pfn in enumerate(pfns):
+                        m.buffer[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = image.read_page(pfn)
+            changed += len(differ)
+        return changed
+
+    def image_domains(self):
+        return self.images.info()
+
+    def drop_image(self, image_id):
+        return _xen_errors(self.images.drop(image_id))
+
+    def reset(self, domid):
+        return _xen_errors(self._reset(domid))
+
+    @defer.inlineCallbacks
+    def _reset(self, domid):
+        """Back to the image's state (Xen's fork reset: the clone's own
+        pages go, vCPU and HVM state are the parent's again), then wired
+        and introduced afresh, as at launch."""
+        dom = self._get(domid)
+        if dom.role != "clone":
+            raise WireError("not-clone", "%s is a master: only clones are reset (to their "
+                            "image)" % dom.name)
+        if dom.fill != "fork":
+            raise WireError("unsupported", "%s is not a fork (fill %s): only fork clones are "
+                            "reset" % (dom.name, dom.fill))
+        xs = yield self._xenstore()
+        self._pause(dom)
+        # Its channels closed first: Xen unregisters the guest's vcpu_info
+        # on reset (xen/patches) only where no event can reach it.
+        self.xc.evtchn_reset(domid)
+        self.xc.fork_reset(domid)
+        yield fork.unwire(xs, self.xc, domid)
+        store, console = fork.wire(self.xc, domid)
+        vcpus = dom.config.get("vcpus", 1)
+        extra = (fork.clone_id_nodes(domid, dom.meta.get("clone_id"))
+                 if dom.kind == LINUX else ())
+        yield fork.write_home(xs, domid, dom.name, fork.memory_kib(dom.npages), vcpus,
+                              store, console, extra)
+        if dom.kind == GUEST:
+            dom.mailbox.write(clone_id=dom.meta.get("clone_id", 0),
+                              input=dom.meta.get("input", 0), go=1)
+        dom.t_first_ns, dom.first_told = None, False
+        dom.state, dom.result, dom.error = DomainState.PAUSED, None, None
+        self._unpause(dom)
+        return dom.info()
+
     def _fill_pages(self, domid, image, pfns):
         for batch in _batches(pfns):
             with self.fm.map(domid, batch) as m:
@@ -622,7 +787,19 @@ class XenBackend:
         return info
 
     def _watch(self):
-        """Report guests that finished, crashed or vanished."""
+        """Report guests that finished, crashed or vanished, and pause the
+        forks of an image domain that is gone (their next touch of an
+        unfilled page would find nothing to fill it from)."""
+        orphaned = {self.images.domid(i) for i in self.images.gone()}
+        for dom in list(self._domains.values()):
+            if (dom.fill == "fork" and dom.meta.get("parent") in orphaned
+                    and dom.state != DomainState.IMAGE_GONE and self._info(dom) is not None):
+                self._pause(dom)
+                dom.state = DomainState.IMAGE_GONE
+                dom.error = "its image domain %d is gone" % dom.meta["parent"]
+                self.log.error("{name} paused: its image domain {parent} is gone",
+                               name=dom.name, parent=dom.meta["parent"])
+                self._event(dom)
         for dom in list(self._domains.values()):
             info = self._info(dom)
             if info is None:
@@ -715,7 +892,10 @@ class XenBackend:
                 raise
             raise WireError("no-domain", "unknown domain %r (neither xenclone's nor Xen's)"
                             % (ref,))
-        domid, config = linux.adopted_config(text, ref)
+        domid, config, found = linux.adopted_config(text, ref)
+        if found:   # issue 18: until launch gives each clone its own vifs and disks
+            raise WireError("unsupported", "%s has vif or disk devices: launch does not give "
+                            "clones their own yet" % config["name"])
         info = self.xc.domain_info(domid)
         if not info.hvm:
             raise WireError("unsupported", "%s is a PV guest: PV domains are not supported, "
@@ -744,6 +924,8 @@ class XenBackend:
             dom = self._get(domid)
             if self._info(dom) is None:
                 return {"domid": domid, "gone": True}
+            if dom.fill == "fork":
+                return self._destroy_fork(domid).addCallback(lambda _: {"domid": domid})
             self._drop(domid)
             return xl.destroy(self.reactor, domid).addCallback(lambda _: {"domid": domid})
 
@@ -787,12 +969,14 @@ class XenBackend:
         return defer.maybeDeferred(lambda: [PageState.PRIVATE] * len(self._checked(domid, pfns)))
 
     def scan(self, domid):
-        """The pages Xen counts for the domain, all its own frames."""
+        """The pages Xen counts for the domain: its own frames, and a
+        fork's entries shared with its image domain."""
         def scan():
             dom = self._get(domid)
-            pages = self.xc.domain_info(domid).tot_pages
-            return {"shared": 0, "private": pages, "zero": 0,
-                    "absent": max(0, dom.npages - pages)}
+            info = self.xc.domain_info(domid)
+            shared = info.shr_pages if dom.fill == "fork" else 0
+            return {"shared": shared, "private": info.tot_pages, "zero": 0,
+                    "absent": max(0, dom.npages - info.tot_pages - shared)}
 
         return _xen_errors(defer.maybeDeferred(scan))
 
@@ -882,10 +1066,15 @@ class XenBackend:
     def capabilities(self):
         phys = self.xc.physinfo()
         lazy = self.mem_paging
+        forks = self.images.available
         return {"backend": "xen", "version": self.xc.version(), "fill_mode": self.fill_mode,
-                "fill_modes": ["lazy", "before-run"] if lazy else ["before-run"],
+                "fill_modes": self.fill_modes(),
                 "lazy_fill": lazy, "mem_paging": self.mem_paging,
-                "sharing": "none: each clone holds its own copy of every page it has",
+                "fork": forks, "fork_refused": self.images.refused,
+                "image_domains": self.image_domains(),
+                "sharing": ("fork clones share every page they have not written with their "
+                            "image domain" if forks else
+                            "none: each clone holds its own copy of every page it has"),
                 "eviction": ["drop-clean (nominate+evict)", "page-out"] if lazy else [],
                 "lazy": self.lazy_stats() if lazy else None,
                 "grant_cache": self._grants.stats() if self._grants else None,
@@ -913,6 +1102,9 @@ class XenBackend:
             dom = self._get(domid)
             if dom.fill == "lazy":
                 return self._reattach_lazy(dom, self._readable(image))
+            if dom.fill == "fork":
+                region = ForkRegion(domid, dom.npages, self._readable(image), self.fm)
+                return region, [PageState.ABSENT] * dom.npages
             kinds = [PageState.ZERO if image.zero[p] else PageState.SHARED
                      for p in range(image.npages)]
             return FilledRegion(domid, dom.npages, self._readable(image), self.fm, []), kinds

@@ -1,4 +1,5 @@
-"""Clones filled before they run (stock Xen: no MEM_PAGING, so no faults).
+"""Clones whose pages the pager never faults in: filled before they run
+(stock Xen: no MEM_PAGING), or forks that Xen fills itself.
 
 The backend copies every non-zero page of the image into the clone before
 its first instruction, so the pager never hears of a fault from it.  The
@@ -76,6 +77,17 @@ class FilledRegion:
 
     def close(self):
         """Nothing is held for the pager: no fault handle, no mapping."""
+
+
+class ForkRegion(FilledRegion):
+    """A fork of an image domain: Xen fills each page on the clone's first
+    touch, inside the hypervisor (shared with the image domain until
+    written), so the pager hears of no fault and nothing is prefilled."""
+
+    fill_mode = "fork"
+
+    def __init__(self, domid, npages, image, fmem):
+        super().__init__(domid, npages, image, fmem, [])
 
 
 @implementer(IFaultSource)

@@ -389,6 +389,85 @@ class XenCtrl:
         self._call("xc_domain_resume", _lib.xc_domain_resume, domid,
                    1 if fast else 0, detail="dom %d" % domid)
 
+    # ---- VM fork (needs a Xen built with MEM_SHARING) ----
+    def create_pvh(self, max_vcpus, max_evtchn_port=1023, grant_frames=64,
+                   maptrack_frames=1024):
+        """An empty PVH domain (HAP, a local APIC only), paused, with no
+        memory: what ``fork`` needs of a child.  Returns its domid."""
+        cfg = _ffi.new("struct xen_domctl_createdomain *")
+        cfg.flags = _lib.XEN_DOMCTL_CDF_hvm | _lib.XEN_DOMCTL_CDF_hap
+        cfg.max_vcpus = max_vcpus
+        cfg.max_evtchn_port = max_evtchn_port
+        cfg.max_grant_frames = grant_frames
+        cfg.max_maptrack_frames = maptrack_frames
+        cfg.grant_opts = 2          # grant table v1 and v2, as libxl allows
+        cfg.arch.emulation_flags = _lib.XEN_X86_EMU_LAPIC
+        domid = _ffi.new("uint32_t *", 0)   # 0: Xen picks
+        self._call("xc_domain_create", _lib.xc_domain_create, domid, cfg)
+        return domid[0]
+
+    def memshr_control(self, domid, enable=True):
+        self._call("xc_memshr_control", _lib.xc_memshr_control, domid,
+                   1 if enable else 0, detail="dom %d" % domid)
+
+    def fork(self, parent, child):
+        """Make ``child`` (paused, empty) a fork of ``parent``: it gets the
+        parent's vCPU state and HVM params now and its memory on touch."""
+        self._call("xc_memshr_fork", _lib.xc_memshr_fork, parent, child,
+                   False, False, detail="dom %d -> dom %d" % (parent, child))
+
+    def fork_reset(self, child, state=True, memory=True):
+        self._call("xc_memshr_fork_reset", _lib.xc_memshr_fork_reset, child,
+                   state, memory, detail="dom %d" % child)
+
+    def fork_probe(self):
+        """Whether the hypervisor has VM fork: with MEM_SHARING built in, a
+        fork of domains that do not exist fails ESRCH, without it the
+        memop is unknown (ENOSYS, EOPNOTSUPP)."""
+        try:
+            self.fork(0x7FF0, 0x7FF0)       # DOMID_FIRST_RESERVED: no such domain
+        except XenError as e:
+            return e.errno not in (_errno.ENOSYS, _errno.EOPNOTSUPP)
+        return True
+
+    def evtchn_alloc_unbound(self, domid, remote=0):
+        """A port of ``domid`` that ``remote`` may bind."""
+        return self._call("xc_evtchn_alloc_unbound",
+                          _lib.xc_evtchn_alloc_unbound, domid, remote,
+                          detail="dom %d" % domid)
+
+    def evtchn_reset(self, domid):
+        self._call("xc_evtchn_reset", _lib.xc_evtchn_reset, domid,
+                   detail="dom %d" % domid)
+
+    def set_hvm_param(self, domid, name, value):
+        self._call("xc_hvm_param_set", _lib.xc_hvm_param_set, domid,
+                   getattr(_lib, "HVM_PARAM_" + name), value,
+                   detail="dom %d %s" % (domid, name))
+
+    def set_max_pages(self, domid, pages):
+        self._call("xc_domain_setmaxmem", _lib.xc_domain_setmaxmem, domid,
+                   pages * (PAGE_SIZE // 1024), detail="dom %d" % domid)
+
+    def gnttab_seed(self, domid, console_gfn, store_gfn):
+        """Grant refs 0 and 1 (console, XenStore) to dom0, as the domain
+        builder leaves them for a guest's first connection."""
+        self._call("xc_dom_gnttab_seed", _lib.xc_dom_gnttab_seed, domid, True,
+                   console_gfn, store_gfn, 0, 0, detail="dom %d" % domid)
+
+    def copy_affinity(self, source, dest, vcpus):
+        """Each vCPU of ``dest`` runs where the same vCPU of ``source`` may
+        (xl's cpumask for the domains it makes)."""
+        size = self._call("xc_get_cpumap_size", _lib.xc_get_cpumap_size)
+        hard, soft = _ffi.new("uint8_t[]", size), _ffi.new("uint8_t[]", size)
+        for vcpu in range(vcpus):
+            self._call("xc_vcpu_getaffinity", _lib.xc_vcpu_getaffinity,
+                       source, vcpu, hard, soft, _lib.XEN_VCPUAFFINITY_HARD,
+                       detail="dom %d vcpu %d" % (source, vcpu))
+            self._call("xc_vcpu_setaffinity", _lib.xc_vcpu_setaffinity,
+                       dest, vcpu, hard, soft, _lib.XEN_VCPUAFFINITY_HARD,
+                       detail="dom %d vcpu %d" % (dest, vcpu))
+
     # ---- mem_paging (needs a Xen built with MEM_PAGING) ----
     def paging_enable(self, domid):
         """Enable paging and map its ring; returns a VmEventRing."""

@@ -23,7 +23,7 @@ import json
 
 from twisted.internet import defer, task
 
-from xenclone.backends.xen import pagewalk
+from xenclone.backends.xen import devices, pagewalk
 from xenclone.interfaces import PAGE_SIZE
 from xenclone.wire import WireError
 from xenclone.xenstore.wire import XenStoreError
@@ -37,11 +37,6 @@ MAX_MEMORY_MIB = 3072       # RAM must be pfns 0..n-1, below libxl's PVH MMIO ho
 # units ("pcpu-alloc: s212992 ... u262144"); vcpu_info is in the static part.
 PERCPU_PAGES = 64
 KERNEL_HALF = 0xFFFF800000000000
-# libxl device lists a clone would have to reconnect or recreate.
-DEVICES = {"disks": "vbd (disk)", "nics": "vif (network)", "pcidevs": "pci",
-           "vfbs": "vfb", "vkbs": "vkb", "p9s": "9pfs", "channels": "channel",
-           "usbctrls": "usb", "usbdevs": "usb", "vtpms": "vtpm", "pvcallsifs": "pvcalls",
-           "vdispls": "vdispl", "vsnds": "vsnd", "dtdevs": "dtdev"}
 
 
 def home(domid):
@@ -49,7 +44,7 @@ def home(domid):
 
 
 @defer.inlineCallbacks
-def _read(xs, path):
+def read_node(xs, path):
     """The node's value, or None where it does not exist."""
     try:
         value = yield xs.read(path)
@@ -68,7 +63,7 @@ def _sleep(reactor):
 def wait_ready(reactor, xs, xc, domid, name, timeout=READY_TIMEOUT):
     """Until the guest offers ``control/feature-suspend``."""
     deadline = reactor.seconds() + timeout
-    while (yield _read(xs, home(domid) + "/control/feature-suspend")) != b"1":
+    while (yield read_node(xs, home(domid) + "/control/feature-suspend")) != b"1":
         why = xc.domain_info(domid).shutdown_reason
         if why is not None:
             raise WireError("not-ready", "%s shut down (Xen reason %d) before its PV drivers "
@@ -84,7 +79,7 @@ def _cancel(xs, path):
     """Withdraw a suspend request the guest has not acked; False if it
     acked after all."""
     def withdraw(tx):
-        d = _read(tx, path)
+        d = read_node(tx, path)
 
         def check(value):
             if value != b"suspend":
@@ -113,7 +108,7 @@ def suspend(reactor, xs, xc, domid, name, timeout=SUSPEND_TIMEOUT):
             raise WireError("not-suspended", "%s shut down (Xen reason %d) instead of "
                             "suspending" % (name, why))
         if acked is None:
-            if (yield _read(xs, path)) != b"suspend":
+            if (yield read_node(xs, path)) != b"suspend":
                 acked, deadline = now, now + timeout
             elif now > deadline:
                 if (yield _cancel(xs, path)):
@@ -180,8 +175,9 @@ def master_config(spec_boot, name):
 
 def adopted_config(text, ref):
     """xl settings for clones of a domain xl made, from ``xl list -l REF``:
-    ``(domid, settings)``.  Only what can be cloned: a direct-boot PVH
-    guest with no devices."""
+    ``(domid, settings, devices)``.  Only what can be cloned: a direct-boot
+    PVH guest whose devices are vifs and file-backed raw or qcow2 disks
+    (``devices.Devices``, not in the settings: each clone gets its own)."""
     try:
         entries = json.loads(text)
         entry = entries[0]
@@ -198,10 +194,7 @@ def adopted_config(text, ref):
     if kind != "pvh":
         raise WireError("unsupported", "%s is of type %s: only PVH domains (type = \"pvh\") "
                         "can be blessed" % (name, kind))
-    devices = sorted({what for key, what in DEVICES.items() if cfg.get(key)})
-    if devices:
-        raise WireError("unsupported", "%s has %s devices: a master with devices is not "
-                        "handled yet (its clones would share them)" % (name, ", ".join(devices)))
+    found = devices.from_saved(cfg, name)
     if not b_info.get("kernel"):
         raise WireError("unsupported", "%s boots no kernel of its own (direct kernel boot "
                         "only)" % name)
@@ -211,7 +204,7 @@ def adopted_config(text, ref):
                         % (name, mib, MAX_MEMORY_MIB))
     boot = {"memory": mib, "vcpus": b_info.get("max_vcpus", 1), "kernel": b_info["kernel"],
             "ramdisk": b_info.get("ramdisk"), "extra": b_info.get("cmdline")}
-    return domid, master_config(boot, name)
+    return domid, master_config(boot, name), found
 
 
 def resume_pages(cpus, read_page, npages):

@@ -1,0 +1,247 @@
+"""dom0 side of the rig's fork job: Linux clones as VM forks of an image
+domain, on the project's patched Xen, through the running daemon and the
+xl-style CLI, measured against ``xl save``/``xl restore`` of the same domU
+in the same boot; prints one JSON object and exits non-zero if a check
+failed.
+
+    python3 fork.py
+
+Its CLI calls name no config: they find the daemon through
+/etc/xen/xenclone.conf, as an administrator's would (fork.sh puts it there),
+and every operation must show in the daemon's log with who asked, what,
+which domain, the result and how long it took.
+
+Steps: bless the rig's Linux domU (an image domain appears), resume it and
+``xl save``/``xl restore`` it (the peer), one fork clone (launch time, id
+read back), the hypervisor's first-touch fill from dom0, 8 fork clones at
+once each writing a few MiB (the hypervisor memory they cost), a reset, bad
+input, and destroy/discard leaving nothing behind.
+"""
+
+import json
+import os
+import re
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from linux import (MASTER, T0, Job, console, run, since, triple_faults,  # noqa: E402
+                   wait_console, wait_for, xen_free_mib, xl_names)
+
+CLONES = 8
+WRITE_MIB = 2
+SAVE = "/tmp/fork-peer.save"
+RESTORED_ID = 9999
+GEN2 = "gen2"
+LOG = "xenclone-fork-daemon.log"      # fork.sh's, in $RIG_OUT (the job's directory)
+FILL_BATCH, FILL_BATCHES = 512, 6
+
+
+def xs_write(domid, leaf, value):
+    path = "/local/domain/%d/xenclone/%s" % (domid, leaf)
+    run("xenstore-write", path, str(value))
+    run("xenstore-chmod", path, "n0", "r%d" % domid)
+
+
+def domid_of(name):
+    out = run("xl", "domid", name).stdout.strip()
+    return int(out) if out.isdigit() else None
+
+
+class ForkJob(Job):
+    def steps(self):
+        self.res["steps_end_s"] = ends = {"daemon_up": since(T0)}
+        for step in (self.bless, self.peer_restore, self.one_fork, self.fill_rate,
+                     self.eight_forks, self.clone_of_clone, self.reset, self.bad_input,
+                     self.clean_up, self.operations_logged):
+            step()
+            ends[step.__name__] = since(T0)
+
+    def bless(self):
+        caps = self.json("host")["capabilities"]
+        self.checks["fork_offered"] = "fork" in caps["fill_modes"]
+        self.res["fork_refused"] = caps.get("fork_refused")
+        domid, info = self.blessed_master()
+        self.res["master_domid"] = domid
+        caps = self.json("host")["capabilities"]
+        image_dom = caps["image_domains"].get(MASTER) or {}
+        self.res["image_domain"] = image_dom
+        self.checks["image_domain_made"] = image_dom.get("name") in xl_names()
+        self.checks["auto_is_fork"] = caps["fill_mode"] == "fork"
+        images = self.json("images")["images"]
+        self.res["images"] = images
+
+    def peer_restore(self):
+        """The master runs on; xl saves it and restores it: the peer."""
+        self.refused("reset_of_master_refused", ("reset", MASTER), ["is a master"])
+        rc, _, err = self.xenclone("unpause", MASTER)
+        self.checks["master_resumed"] = rc == 0
+        wait_console(MASTER, "XENCLONE-TICK", 60, len(console(MASTER)))
+        t = time.monotonic()
+        p = run("xl", "save", MASTER, SAVE, timeout=300)
+        self.res["timings_s"]["xl_save"] = since(t)
+        if p.returncode != 0:
+            self.res["errors"]["xl_save"] = p.stderr.strip()[-300:]
+            self.checks["peer_restored"] = False
+            return
+        self.xenclone("destroy", MASTER)        # the daemon forgets the saved master
+        mark = len(console(MASTER))
+        t = time.monotonic()
+        p = run("xl", "restore", SAVE, timeout=300)
+        self.res["restore_s"] = since(t)
+        domid = domid_of(MASTER)
+        self.checks["peer_restored"] = p.returncode == 0 and domid is not None
+        if domid is None:
+            self.res["errors"]["xl_restore"] = p.stderr.strip()[-300:]
+            return
+        xs_write(domid, "clone-id", RESTORED_ID)
+        seen = wait_console(MASTER, "XENCLONE-CLONE-ID %d" % RESTORED_ID, 120, mark)
+        self.res["restore_id_seen_s"] = round(since(t), 2) if seen is not None else None
+        run("xl", "destroy", MASTER)
+        os.unlink(SAVE)
+
+    def launched(self, *args, timed):
+        out = self.json("launch", MASTER, "--fill", "fork", *args, timed=timed)
+        return out["clones"]
+
+    def one_fork(self):
+        t = time.monotonic()
+        clone = self.launched(timed="fork_1_clone")[0]
+        name, cid = clone["name"], clone["clone_id"]
+        seen = wait_for(lambda: "XENCLONE-CLONE-ID %d" % cid in console(name), 120)
+        self.res["fork_id_seen_s"] = round(since(t), 2) if seen is not None else None
+        info = self.json("info", name)
+        self.res["one"] = {k: info.get(k) for k in ("domid", "launch_ms", "fill_mode", "state")}
+        self.checks["fork_prints_its_id"] = seen is not None
+        self.checks["fork_fill_mode"] = info.get("fill_mode") == "fork"
+        self.checks["fork_in_xl_list"] = name in xl_names()
+        self.checks["fork_ticks"] = wait_console(name, "XENCLONE-TICK", 60,
+                                                 console(name).find("XENCLONE-CLONE-ID")) is not None
+        self.one = clone
+
+    def fill_rate(self):
+        """First-touch fill, seen from dom0: foreign maps of a paused
+        fork's pages (none touched yet) make Xen fill them from the image
+        domain, as the guest's own first touches do."""
+        from xenclone.backends.xen import libxc
+        clone = self.launched("--paused", timed="fork_paused")[0]
+        fm = libxc.ForeignMemory()
+        times = []
+        try:
+            for b in range(FILL_BATCHES):
+                first = 16384 + b * FILL_BATCH
+                t = time.perf_counter()
+                with fm.map(clone["domid"], range(first, first + FILL_BATCH),
+                            writable=False):
+                    pass
+                times.append((time.perf_counter() - t) * 1e6 / FILL_BATCH)
+        finally:
+            fm.close()
+            self.xenclone("destroy", clone["name"])
+        self.res["fork_fill_us_per_batch"] = [round(x, 2) for x in times]
+        self.res["fork_fill_us_median"] = round(statistics.median(times), 2)
+
+    def eight_forks(self):
+        free0 = xen_free_mib()
+        t = time.monotonic()
+        clones = self.launched("-n", str(CLONES), timed="fork_8_clones")
+        ids = wait_for(lambda: all("XENCLONE-CLONE-ID %d" % c["clone_id"] in console(c["name"])
+                                   for c in clones), 240)
+        self.res["fork_8_ids_seen_s"] = round(since(t), 2) if ids is not None else None
+        self.checks["eight_print_their_ids"] = ids is not None
+        for c in clones:
+            xs_write(c["domid"], "write-mib", WRITE_MIB)
+        wrote = wait_for(lambda: all("XENCLONE-WROTE" in console(c["name"]) for c in clones),
+                         300)
+        self.checks["eight_wrote"] = wrote is not None
+        time.sleep(2)
+        self.res["fork_clones_hv_mib"] = free0 - xen_free_mib()
+        self.res["eager_mib"] = CLONES * 128
+        self.res["eight"] = [self.json("info", c["name"]) for c in clones]
+        self.res["launch_ms"] = [i.get("launch_ms") for i in self.res["eight"]]
+        self.eight = clones
+
+    def clone_of_clone(self):
+        """A fork clone blessed (it runs on): the new image's domain is a
+        fork of the first's holding only the pages that differ."""
+        src = self.eight[1]
+        info = self.json("bless", src["name"], "--name", GEN2, "--resume", timed="bless_gen2")
+        held = self.json("host")["capabilities"]["image_domains"].get(GEN2) or {}
+        self.res["gen2_image_domain"] = held
+        self.checks["gen2_forks_from_first_image"] = held.get("parent_image") == MASTER
+        self.res["clone_of_clone_shared_pages"] = info.get("nonzero_pages", 0) - held.get(
+            "pages", 0)
+        clone = self.json("launch", GEN2, timed="fork_gen2")["clones"][0]
+        self.gen2 = clone
+        self.checks["gen2_clone_prints_its_id"] = wait_for(
+            lambda: "XENCLONE-CLONE-ID %d" % clone["clone_id"] in console(clone["name"]),
+            120) is not None
+        self.checks["gen2_source_runs_on"] = wait_console(
+            src["name"], "XENCLONE-TICK", 60, len(console(src["name"]))) is not None
+        self.refused("discard_of_parent_refused", ("discard", MASTER, "--force"),
+                     ["discard them first", GEN2])
+
+    def reset(self):
+        """A reset clone forgets what it was told and is told again."""
+        c = self.eight[0]
+        mark = len(console(c["name"]))
+        rc, _, err = self.xenclone("reset", c["name"], timed="reset")
+        self.res["errors"]["reset"] = err.strip()
+        seen = wait_console(c["name"], "XENCLONE-CLONE-ID %d" % c["clone_id"], 120, mark)
+        ticks = wait_console(c["name"], "XENCLONE-TICK", 60, mark) if seen is not None else None
+        self.res["reset_ok"] = self.checks["reset_ok"] = (
+            rc == 0 and seen is not None and ticks is not None)
+        self.res["reset_hypervisor_after"] = self.json("info", c["name"]).get("hypervisor")
+
+    def bad_input(self):
+        self.refused("reset_of_unknown_refused", ("reset", "no-such-clone"),
+                     ["no-such-clone"])
+
+    def clean_up(self):
+        # One through xl, as an administrator would; the rest through xenclone
+        # (a discard destroys its image's clones first).
+        p = run("xl", "destroy", self.eight[-1]["name"])
+        self.res["xl_destroy"] = {"rc": p.returncode, "stderr": p.stderr.strip()[-300:]}
+        self.checks["xl_destroy_of_a_fork"] = p.returncode == 0
+        rc, _, err = self.xenclone("destroy", self.one["name"])
+        self.checks["destroy_of_a_fork"] = rc == 0
+        self.xenclone("discard", GEN2, "--force")
+        self.xenclone("discard", MASTER, "--force")
+        left = [n for n in xl_names() if n.startswith((MASTER, GEN2, "xenclone-image"))]
+        self.res["left_in_xl_list"] = left
+        self.checks["nothing_left"] = not left
+        homes = run("xenstore-list", "/local/domain").stdout.split()
+        self.res["xenstore_homes_left"] = homes
+        self.checks["no_xenstore_home_left"] = homes == ["0"]
+        self.res["xen_triple_faults"] = triple_faults()
+
+
+    def operations_logged(self):
+        """The daemon's log: each operation with who, what, domain, result
+        and duration (issue 20)."""
+        with open(LOG, errors="replace") as f:
+            lines = [line for line in f if "[xenclone.ops#info]" in line]
+        self.res["ops_logged"] = len(lines)
+        for op, target in (("bless", MASTER), ("launch", MASTER), ("reset", "no-such-clone"),
+                           ("discard", MASTER)):
+            mark = re.compile(r"\] uid=0 pid=\d+: %s %s: \S+.* \(\d+\.\d{3} s\)$"
+                              % (op, re.escape(target)))
+            self.checks["logged_%s" % op] = any(mark.search(line.rstrip()) for line in lines)
+
+
+def main():
+    job = ForkJob(None)
+    try:
+        job.steps()
+    except Exception as e:          # keep every fact gathered so far
+        job.res["error"] = repr(e)
+        job.checks["completed"] = False
+    job.res["total_s"] = since(T0)
+    job.res["ok"] = all(job.checks.values())
+    print(json.dumps(job.res, indent=1, sort_keys=True))
+    return 0 if job.res["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
