@@ -216,7 +216,8 @@ class FakeBackend:
         if region is not None and any(region.loaded.get(p) is None for p in pfns):
             return defer.fail(WireError("not-held", "not held private pages: %s" % pfns))
         if self.pageout_error:
-            return defer.fail(WireError("pageout-failed", self.pageout_error))
+            code = "pageout-full" if "No space" in self.pageout_error else "pageout-failed"
+            return defer.fail(WireError(code, self.pageout_error))
         self.pageouts.append((domid, list(pfns)))
         fd = os.open(store_path, os.O_RDWR | os.O_CREAT, 0o600)
         crcs = []

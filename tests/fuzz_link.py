@@ -17,6 +17,7 @@ import ssl
 import struct
 import time
 
+from xenclone.memserver.remote_link import MAX_REQUEST, PREAUTH_FRAME
 from xenclone.wire import MAX_FDS, MAX_HEADER, MAX_PAYLOAD
 
 HEAD = struct.Struct("!II")
@@ -41,17 +42,25 @@ def request_key(fields):
     return json.dumps(fields.get("id"), sort_keys=True)
 
 
-def expect(data, nfds):
+def expect(data, nfds, stranger_token=None):
     """(requests, close_code, complete) for ``data`` sent with ``nfds``
     passed fds: the request headers the server must answer, the code of
     the error frame it must close the link with (or None), and whether the
-    bytes end at a frame boundary."""
+    bytes end at a frame boundary.
+
+    ``stranger_token``: the link is a memory server's TLS link, whose first
+    frame must be ``hello`` with this token in at most PREAUTH_FRAME bytes;
+    after any other first frame nothing more is answered."""
     if nfds > MAX_FDS:
         return [], "too-many-fds", True
     requests, pos = [], 0
+    max_header, max_payload = MAX_HEADER, MAX_PAYLOAD
+    stranger = stranger_token is not None
+    if stranger:
+        max_header, max_payload = PREAUTH_FRAME - HEAD.size, 0
     while len(data) - pos >= HEAD.size:
         hlen, plen = HEAD.unpack_from(data, pos)
-        if hlen > MAX_HEADER or plen > MAX_PAYLOAD:
+        if hlen > max_header or plen > max_payload:
             return requests, "too-large", True
         end = pos + HEAD.size + hlen + plen
         if len(data) < end:
@@ -64,9 +73,18 @@ def expect(data, nfds):
         if not isinstance(want, int) or not 0 <= want <= nfds:     # a bool counts
             return requests, "malformed", True
         nfds -= want
-        if "ok" not in fields and "op" in fields:
+        is_request = "ok" not in fields and "op" in fields
+        if is_request:
             requests.append(fields)
         pos = end
+        if stranger:            # its first frame decides
+            if not is_request:
+                return requests, "unauthenticated", True
+            if fields.get("op") != "hello" or fields.get("token") != stranger_token:
+                return requests, None, True          # refused: the judge says so
+            stranger, max_header = False, MAX_REQUEST
+    if stranger and pos == 0:       # it sent no frame: a sentinel would be its first
+        return requests, None, False
     return requests, None, pos == len(data)
 
 

@@ -12,20 +12,28 @@ import os
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from xenclone.image import NAME_RE
+from xenclone.names import NAME_RE
 from xenclone.wire import MAX_FDS, MAX_HEADER, MAX_PAYLOAD
 
 from fuzz_link import HEAD, frame
+from fuzz_seed import fuzz_seed
 
 QUICK_EXAMPLES = 100
 
 
-def fuzz_settings(quick=QUICK_EXAMPLES):
-    """``XENCLONE_FUZZ_EXAMPLES`` examples per target (``make fuzz``), or
-    a quick run."""
+def fuzz_passes(quick=QUICK_EXAMPLES):
+    """[(label, settings, seed or None)] of a target's runs.  In the suite:
+    the fixed regression cases (derandomized, the same every run), then a
+    quick run from a fresh seed.  With ``XENCLONE_FUZZ_EXAMPLES`` (``make
+    fuzz``): that many cases from a fresh seed."""
     n = int(os.environ.get("XENCLONE_FUZZ_EXAMPLES") or quick)
-    return settings(max_examples=n, deadline=None, database=None, derandomize=n == quick,
-                    suppress_health_check=list(HealthCheck))
+    seed = fuzz_seed()
+    common = dict(max_examples=n, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+    fresh = ("seed %d (replay: XENCLONE_FUZZ_SEED=%d)" % (seed, seed), settings(**common), seed)
+    if n != quick:
+        return [fresh]
+    return [("regression cases", settings(derandomize=True, **common), None), fresh]
 
 
 def valid_name(value):

@@ -19,6 +19,8 @@ def main(path):
     cases, seconds = sum(r["cases"] for r in runs), sum(r["seconds"] for r in runs)
     failed = [r for r in runs if r["failure"]]
     print("%-16s %9d %9.1f %9s  %d failed" % ("total", cases, seconds, "", len(failed)))
+    for r in runs:
+        print("%s: %s" % (r["target"], r.get("pass", "")))
     for r in failed:
         print("\n== %s ==\n%s" % (r["target"], r["failure"]))
     return 1 if failed or not runs else 0

@@ -18,6 +18,7 @@ import time
 
 from xenclone.helpers import socket_owner_pid
 from xenclone.interfaces import PAGE_SIZE
+from xenclone.memserver import page_crcs
 from xenclone.memserver.store import MAX_FETCH
 
 import memserver_helpers as H
@@ -74,6 +75,13 @@ def fetch_valid(request):
     return pfn, count
 
 
+def crcs_valid(request):
+    """Whether a crcs request names entries of IMAGE's table."""
+    first, count = request.get("first"), request.get("count")
+    return type(first) is int and type(count) is int and 1 <= count <= page_crcs.MAX_CRCS \
+        and 0 <= first <= NPAGES - count
+
+
 class MemoryServer:
     """A memory server with image ``IMAGE`` on its Unix socket and TLS."""
 
@@ -92,6 +100,8 @@ class MemoryServer:
         _wait_for("memory server", lambda: H.READY in open(self.log, "rb").read(),
                   self.proc, self.log)
         cap, self.zero = H.make_capture(NPAGES)
+        self.crcs = page_crcs.new_table(NPAGES)
+        page_crcs.note(self.crcs, 0, self.pages(0, NPAGES))
         link = Link.unix(self.sock)
         try:
             fields, _, _ = link.call("put", [cap.mem_fd], name=IMAGE, arch="a", npages=NPAGES,
@@ -128,6 +138,10 @@ class MemoryServer:
         elif op in ("info", "describe") and image == IMAGE and fields.get("npages") == NPAGES:
             if op == "info" or len(payload) == NPAGES:      # describe: the zero map
                 return
+        elif op == "crcs" and image == IMAGE and crcs_valid(request):
+            first, count = request["first"], request["count"]
+            if payload == page_crcs.to_bytes(self.crcs[first:first + count]):
+                return
         elif op == "images" and [i["image_id"] for i in fields["images"]] == [IMAGE]:
             return
         elif op == "ping" and fields.get("pid") == self.proc.pid:
@@ -138,7 +152,7 @@ class MemoryServer:
 class RemoteJudge:
     """One TLS connection: nothing but ``hello`` until the token is right."""
 
-    READ_ONLY = ("fetch", "images", "info", "describe")
+    READ_ONLY = ("fetch", "images", "info", "describe", "crcs")
 
     def __init__(self, server):
         self.server = server
@@ -159,14 +173,14 @@ class RemoteJudge:
                 raise Broken("hello with %r was let in" % (request.get("token"),))
             self.authed = self.authed or fields["ok"]
             return not fields["ok"]
-        if op not in self.READ_ONLY:
-            if fields.get("code") != "unknown-op":
-                raise Broken("%r is no remote op, yet got %r" % (op, fields))
-            return False
         if not self.authed:
             if fields.get("code") != "unauthenticated":
                 raise Broken("%r before hello got %r" % (op, fields))
             return True
+        if op not in self.READ_ONLY:
+            if fields.get("code") != "unknown-op":
+                raise Broken("%r is no remote op, yet got %r" % (op, fields))
+            return False
         if fields["ok"]:
             self.server.judge_success(request, fields, payload, fds)
         return False

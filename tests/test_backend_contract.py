@@ -153,7 +153,7 @@ class KvmBackendContract(BackendContract, unittest.TestCase):
         tmp = self.tmp = tempfile.mkdtemp(prefix="xenclone-contract-", dir="/var/tmp")
         if not os.environ.get("XENCLONE_KEEP_TMP"):
             self.addCleanup(shutil.rmtree, tmp, True)
-        helper = HelperProcess(reactor, "VMM host", "xenclone.backends.kvm.vmmhost", [],
+        helper = HelperProcess(reactor, "VMM host", "xenclone.backends.kvm.vmmhost_main", [],
                                os.path.join(tmp, "vmm.sock"), os.path.join(tmp, "vmm.log"))
         link = yield helper.connect(FrameProtocol)
         pid = self.vmm_pid = (yield link.request("ping"))["pid"]

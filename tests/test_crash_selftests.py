@@ -44,3 +44,26 @@ class CrashSelftests(unittest.TestCase):
 
     def test_page_out_full(self):
         return self._scenario("page-out-full")
+
+
+class HostilePeerSelftest(unittest.TestCase):
+    """``xenclone selftest hostile-peer``: a lying remote memory server, 64
+    strangers, a second daemon on the same state, a restart after set."""
+
+    timeout = 600
+
+    def setUp(self):
+        _need_kvm()
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("the scratch daemon's helpers need root")
+
+    @defer.inlineCallbacks
+    def test_hostile_peer(self):
+        from xenclone.cli.hostile_scenario import scenario_hostile_peer
+        checks, figures = yield scenario_hostile_peer(types.SimpleNamespace(reactor=reactor))
+        self.assertEqual([k for k, ok in checks.items() if not ok], [], figures)
+        self.assertEqual((figures["outside_writes"], figures["corrupt_pages_served"],
+                          figures["settings_kept"], figures["second_daemon_refused"]),
+                         (0, 0, True, True), figures)
+        self.assertLess(figures["preauth_rss_growth_mib"], 16)
+        self.assertEqual(sorted(figures["refused_at_launch"]), ["traversal", "zero"], figures)

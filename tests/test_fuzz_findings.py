@@ -10,8 +10,9 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from xenclone.control.controller import Controller, Domain
-from xenclone.image import check_name
-from xenclone.memserver.server import LocalHandler, _RemoteFactory
+from xenclone.names import check_name
+from xenclone.memserver.remote_link import RemoteFactory
+from xenclone.memserver.server import LocalHandler
 from xenclone.memserver.store import ImageStore
 from xenclone.wire import FrameProtocol, Message, WireError, encode, takes_fds
 
@@ -93,7 +94,7 @@ class MemoryServerFindings(unittest.TestCase):
     def remote(self, *requests):
         """The replies of a TLS link that sent ``requests`` in one read."""
         clock = task.Clock()
-        proto = _RemoteFactory(clock, self.store, b"t" * 16).buildProtocol(None)
+        proto = RemoteFactory(clock, self.store, b"t" * 16).buildProtocol(None)
         transport = StringTransport()
         proto.makeConnection(transport)
         proto.dataReceived(b"".join(encode(dict(r, id=i)) for i, r in enumerate(requests)))
@@ -108,11 +109,12 @@ class MemoryServerFindings(unittest.TestCase):
 
     def test_nothing_after_a_refused_hello(self):
         """A second hello in the same read used to get in (and to fail
-        cancelling the cancelled timer) before the link was dropped."""
+        cancelling the cancelled timer) before the link was dropped; now
+        nothing after the refusal is answered at all."""
         self.assertEqual(self.remote({"op": "hello", "token": "wrong"},
                                      {"op": "hello", "token": "t" * 16},
                                      {"op": "images"}),
-                         [(False, "bad-token"), (False, "bad-token"), (False, "unauthenticated")])
+                         [(False, "bad-token")])
 
 
 class ControllerFindings(unittest.TestCase):

@@ -4,6 +4,7 @@ A quick run is part of the suite; ``make fuzz`` runs many more cases
 (``XENCLONE_FUZZ_EXAMPLES`` per target).
 """
 
+import functools
 import os
 import sys
 import time
@@ -14,14 +15,15 @@ from twisted.trial import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fuzz_run  # noqa: E402
 import memserver_helpers as H  # noqa: E402
-from fuzz_link import CASE_SECONDS, Link, frame  # noqa: E402
+from fuzz_link import CASE_SECONDS, Link, expect, frame  # noqa: E402
 from fuzz_strategies import cases, ints, names, requests, unlike, values  # noqa: E402
 from fuzz_targets import IMAGE, NPAGES, TOKEN, LocalJudge, MemoryServer, RemoteJudge  # noqa: E402
 
 image = st.one_of(st.just(IMAGE), values)
 page = st.one_of(st.integers(-2, NPAGES + 2), ints, values)
 READ = [("info", {}, {"image": image}), ("describe", {}, {"image": image}),
-        ("fetch", {}, {"image": image, "pfn": page, "count": page, "generation": values})]
+        ("fetch", {}, {"image": image, "pfn": page, "count": page, "generation": values}),
+        ("crcs", {}, {"image": image, "first": page, "count": page})]
 LOCAL = READ + [
     ("ping", {}, {}), ("images", {}, {}), ("open", {}, {"image": image}),
     ("mirror", {}, {"name": st.one_of(names, st.just(IMAGE), values), "info": values,
@@ -79,4 +81,5 @@ class MemoryServerFuzz(unittest.TestCase):
         good.call("hello", token=TOKEN)
         fuzz_run.run("memserver-tls", self.server, good,
                      lambda: Link.tls(self.server.port, self.server.ca),
-                     lambda: RemoteJudge(self.server), remote_cases)
+                     lambda: RemoteJudge(self.server), remote_cases,
+                     functools.partial(expect, stranger_token=TOKEN))

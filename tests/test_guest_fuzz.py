@@ -9,19 +9,29 @@ A quick run is part of the suite; the long one (100k cases each):
 
 import json
 import os
+import sys
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, seed, settings, strategies as st
 from twisted.internet import task
 from twisted.trial import unittest
 
+from tests.fuzz_seed import fuzz_seed
 from tests.xenstore_helpers import Dom, FakeController
 from xenclone.wire import WireError
 from xenclone.xenstore.guest import GuestPolicy, GuestRequests, parse_guest_request
 from xenclone.xenstore.requests import parse_request
 from xenclone.xenstore.wire import PAYLOAD_MAX
 
-FUZZ = settings(max_examples=int(os.environ.get("XENCLONE_FUZZ_EXAMPLES", "100")),
-                deadline=None, suppress_health_check=list(HealthCheck))
+# A fresh seed each run, printed so that a failure can be replayed.
+SEED = fuzz_seed()
+print("guest fuzz: seed %d (replay: XENCLONE_FUZZ_SEED=%d)" % (SEED, SEED), file=sys.stderr)
+
+
+def FUZZ(test):
+    return seed(SEED)(settings(
+        max_examples=int(os.environ.get("XENCLONE_FUZZ_EXAMPLES", "100")), deadline=None,
+        database=None, suppress_health_check=list(HealthCheck))(test))
+
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),

@@ -81,7 +81,8 @@ class StoreTests(unittest.TestCase):
     def test_errors(self):
         self.store.put("img1", self.cap)
         info, zero = self.store.describe("img1")
-        self.store.mirror("mirror", info, info["vcpu_state"], zero, "h:1")
+        crcs = self.store.crcs("img1", 0, NPAGES)
+        self.store.mirror("mirror", info, info["vcpu_state"], zero, "h:1", crcs)
         cases = [
             ("unknown-image", self.store.fetch, ("nope", 0, 1)),
             ("unknown-image", self.store.open, ("nope",)),
@@ -99,11 +100,14 @@ class StoreTests(unittest.TestCase):
             ("exists", self.store.put, ("img1", self.cap)),
             ("bad-request", self.store.put, ("big", Capture(
                 arch="a", vcpu_state=b"", mem_fd=self.cap.mem_fd, npages=NPAGES + 1))),
-            ("bad-request", self.store.mirror, ("m", {"npages": 2}, "", b"\0", "h:1")),
-            ("bad-request", self.store.mirror, ("m", info, "not base64!", zero, "h:1")),
-            ("bad-request", self.store.mirror, ("m", info, "", zero[:-1], "h:1")),
-            ("bad-name", self.store.mirror, ("../m", info, "", zero, "h:1")),
-            ("exists", self.store.mirror, ("img1", info, "", zero, "h:1")),
+            ("bad-request", self.store.mirror, ("m", {"npages": 2}, "", b"\0", "h:1", crcs)),
+            ("bad-request", self.store.mirror, ("m", info, "not base64!", zero, "h:1", crcs)),
+            ("bad-request", self.store.mirror, ("m", info, "", zero, "h:1", crcs[:-4])),
+            ("bad-request", self.store.mirror, ("m", info, "", zero[:-1], "h:1", crcs)),
+            ("bad-name", self.store.mirror, ("../m", info, "", zero, "h:1", crcs)),
+            ("exists", self.store.mirror, ("img1", info, "", zero, "h:1", crcs)),
+            ("out-of-range", self.store.crcs, ("img1", 1, NPAGES)),
+            ("out-of-range", self.store.crcs, ("img1", 0, 0)),
             ("remote-image", self.store.fetch, ("mirror", 0, 1)),
             ("unknown-image", self.store.describe, ("mirror",)),
             ("stale-image", self.store.fetch, ("img1", 0, 1, "other-generation")),
@@ -245,8 +249,8 @@ class _TLSCase(_ServerCase):
                                                         ["127.0.0.1"])
         self.token = open(tok).read().strip()
         self.port = H.free_port()
-        yield self.start(tcp="127.0.0.1:%d" % self.port, token_file=tok,
-                         cert=self.cert, key=self.key)
+        self.proc = yield self.start(tcp="127.0.0.1:%d" % self.port, token_file=tok,
+                                     cert=self.cert, key=self.key)
         yield self.client.put("img1", self.cap)
 
     def remote(self, token):

@@ -211,7 +211,7 @@ class PageOutTests(ImageTestCase):
 
         def failed(f):
             f.trap(WireError)
-            self.assertEqual(f.value.code, "pageout-failed")
+            self.assertEqual(f.value.code, "pageout-full")
             self.assertIn("No space left", f.value.message)
             self.assertEqual(self.gather(pfns), self.data[:32])
 

@@ -199,6 +199,48 @@ class PagerTests(unittest.TestCase):
         self.clock.advance(0.01)      # a round that freed nothing retries shortly
         self.assertIn("nothing to evict", self.pager.stalled)
 
+    def test_page_out_on_a_full_disk_pauses_and_resumes_once_there_is_room(self):
+        self._cache_only([8])
+        self.ledger.budget_pages = 3
+        self.ledger.set_knobs(2, classes=[L.PAGE_OUT])
+        self.backend.pageout_error = "[Errno 28] No space left on device"
+        self.source.deliver([(2, Z, 5), (2, W, 5), (2, Z, 6), (2, W, 6)])
+        self.source.deliver([(1, S, 8), (1, NW, 8)])
+        error = self.ledger.clone_stats(2)["pageout_error"]
+        self.assertIn("disk full, page-out paused, retrying in 1 s", error)
+        self.assertIn("No space", error)
+        self.assertNotIn(8, self.r1.loaded)
+        # Still full a second later: paused again, for twice as long.
+        self.clock.advance(1.0)
+        self.assertIn("retrying in 2 s", self.ledger.clone_stats(2)["pageout_error"])
+        self.clock.advance(1.9)
+        self.assertEqual(self.backend.pageouts, [])
+        # Room again: the next try pages out, the write goes on, the reason goes.
+        self.backend.pageout_error = None
+        self.clock.advance(0.2)
+        self.assertEqual(self.backend.pageouts, [(2, [5, 6])])
+        self.assertEqual(self.r1.loaded[8], "written")
+        stats = self.ledger.clone_stats(2)
+        self.assertEqual((stats["pageout_error"], stats["flags"]["evict"]), (None, [L.PAGE_OUT]))
+
+    def test_the_operators_evict_while_paused_is_kept(self):
+        self._cache_only([8])
+        self.ledger.budget_pages = 3
+        self.ledger.set_knobs(2, classes=[L.PAGE_OUT])
+        self.backend.pageout_error = "[Errno 28] No space left on device"
+        self.source.deliver([(2, Z, 5), (2, W, 5), (2, Z, 6), (2, W, 6)])
+        self.source.deliver([(1, S, 8), (1, NW, 8)])
+        self.pager.set_knobs(2, classes=[L.DROP_CLEAN])
+        self.clock.advance(5)
+        self.assertEqual(self.ledger.clone_stats(2)["flags"]["evict"], [L.DROP_CLEAN])
+        # A broken store (not a full disk) is not tried again.
+        self.pager.set_knobs(2, classes=[L.PAGE_OUT])
+        self.backend.pageout_error = "bad record"
+        self.pager._pump()
+        self.clock.advance(120)
+        self.assertEqual(self.ledger.clone_stats(2)["flags"]["evict"], [])
+        self.assertEqual(self.ledger.clone_stats(2)["pageout_error"], "bad record")
+
     def test_host_pressure_drops_a_shared_page_from_every_clone_and_the_cache(self):
         self._cache_only([4, 9])
         self.ledger.budget_pages = 2

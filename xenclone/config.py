@@ -12,11 +12,13 @@ and the shipped commented-out file:
 """
 
 import difflib
+import grp
 import os
 import sys
 from collections import namedtuple
 
 from xenclone import xl_keys
+from xenclone.names import check_name
 
 REQUIRED = object()
 Entry = namedtuple("Entry", "key value line")
@@ -259,9 +261,18 @@ def _host_port(value):
                              % format_value(value))
 
 
+def _group(value):
+    if value:
+        try:
+            grp.getgrnam(value)
+        except KeyError:
+            raise ValueError("no group %s on this host" % format_value(value))
+
+
 def _names(value):
-    if not all(isinstance(v, str) and v for v in value):
-        raise ValueError("expected a list of domain names")
+    for v in value:
+        if v != "*":
+            check_name(v, "domain name")
 
 
 DAEMON = Table("xenclone daemon configuration", [
@@ -274,7 +285,7 @@ DAEMON = Table("xenclone daemon configuration", [
     Key("control_socket", "/run/xenclone/control.sock", "the local control "
         "API socket that the xenclone command talks to", path=True),
     Key("control_group", "", 'group allowed to use the control socket '
-        '("" = root only)'),
+        '("" = root only)', check=_group),
     Key("host_memory_mib", 0, "host memory for clone pages, in MiB (0 = "
         "from MemAvailable at start)", minimum=0),
     Key("low_watermark_mib", 256, "when the kernel's MemAvailable falls below "
@@ -322,6 +333,14 @@ DAEMON = Table("xenclone daemon configuration", [
         '"host:port" ("" = local only)', check=_host_port),
     Key("memserver_token_file", "", 'access token for remote pagers ("" = '
         '<state_dir>/memserver.token)', path=True),
+    Key("memserver_max_links", 128, "most TLS links to the memory server open at once; "
+        "more are closed before their handshake", minimum=1),
+    Key("memserver_max_unauth_links", 64, "most TLS links open that have not yet said "
+        "hello with the token (each may send one frame of 4 KiB)", minimum=1),
+    Key("memserver_hello_timeout_s", 10, "a TLS link that has not said hello with the "
+        "token in this many seconds is closed", minimum=1),
+    Key("memserver_stall_timeout_s", 60, "a TLS peer that leaves its replies unread this "
+        "long (it is no longer read meanwhile) is closed", minimum=1),
     Key("memserver_remote", "", 'launch images this host lacks from the memory '
         'server at "host:port" (its memserver_tcp) over TLS ("" = none)', check=_host_port),
     Key("memserver_remote_ca", "", "the remote server's CA certificate (its "

@@ -2,21 +2,10 @@
 
 import errno
 import os
-import re
 
 import attr
 
 from xenclone.interfaces import PAGE_SIZE
-
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-def check_name(name, what="name"):
-    """Names of images and domains: short, safe in paths and XenStore."""
-    # fullmatch: "$" would let a trailing newline through
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise ValueError("bad %s %r: use 1-64 of A-Z a-z 0-9 _ . - (not first)" % (what, name))
-    return name
 
 
 @attr.s(frozen=True)

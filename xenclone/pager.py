@@ -26,8 +26,8 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from xenclone import ledger as L
-from xenclone import pageout_index
+from xenclone import ledger as L, pageout_index
+from xenclone.pageout_retry import PageOutRetry
 from xenclone.interfaces import PAGE_SIZE, FaultKind, PageState
 from xenclone.runs import runs
 from xenclone.wire import WireError
@@ -94,14 +94,12 @@ class Pager:
         self._stores = {}              # domid -> read fd of its page-out store
         self._hoards = {}
         self._held = set()             # faults on pages an eviction holds
-        self._stopped = False
-        self._in_flight = set()        # (domid, pfn) an eviction is working on
-        self._punch_seq = 0
-        self._punched = {}             # (image id, pfn) -> punch_seq when its hole was made
+        self._stopped, self._in_flight = False, set()   # (domid, pfn) an eviction works on
+        self._punch_seq, self._punched = 0, {}   # (image id, pfn) -> seq when its hole was made
+        self.pageout_retry = PageOutRetry(reactor, ledger, self._pump)
         self.stalled = None            # why faults wait with nothing to evict
         self._unreachable = set()      # (domid, pfn) whose fetch failed: retried later
-        self._retry = None             # the pending retry (IDelayedCall)
-        self._backoff = RETRY_FIRST
+        self._retry, self._backoff = None, RETRY_FIRST    # the pending fetch retry, its delay
         self.waiting_for_memserver = set()   # clones with a fault that waits on it
         self.on_waiting = lambda domid, waiting: None   # the controller's hook
         self.observe = lambda records: None   # sees every fault record first (working sets)
@@ -204,6 +202,7 @@ class Pager:
         if self._clones.pop(domid, None) is None:
             return
         self.stop_hoard(domid)
+        self.pageout_retry.forget(domid)
         self.source.remove(domid)
         self.ledger.remove_clone(domid)
         for wants in (self._want_map, self._want_host):
@@ -649,6 +648,7 @@ class Pager:
         def account(crcs):
             if domid in self._clones:
                 self.ledger.paged_out(domid, pfns, slots, crcs)
+                self.pageout_retry.succeeded(domid)
                 for pfn in pfns:     # a fault that came during the page-out
                     if (domid, pfn) in self._held:
                         self._held.discard((domid, pfn))
@@ -659,7 +659,7 @@ class Pager:
                 region.remember(pfns, PageState.PRIVATE)    # wakes waiters
                 self._held.difference_update((domid, p) for p in pfns)
                 self.ledger.clone(domid).free_slots.extend(slots)
-                self.ledger.pageout_failed(domid, f.getErrorMessage())
+                self.pageout_retry.failed(domid, f)
             self._eviction_failed(domid, f)
 
         return d.addCallbacks(account, failed)
@@ -748,7 +748,7 @@ class Pager:
     def _eviction_failed(self, domid, f):
         if f.check(WireError) and f.value.code in ("busy", "no-domain"):
             self.log.debug("clone {domid}: not evicted now: {why}", domid=domid, why=f.value)
-        elif f.check(WireError) and f.value.code == "pageout-failed":
+        elif f.check(WireError) and f.value.code in ("pageout-failed", "pageout-full"):
             self.log.error("clone {domid}: page-out stopped, nothing dropped: {why}",
                            domid=domid, why=f.value)
         else:

@@ -28,6 +28,7 @@ from xenclone.control.balloons import BalloonService
 from xenclone.control.controller import Controller
 from xenclone.control.hostmemory import HostMemoryService
 from xenclone.control.lifecycle import DaemonOps, Lifecycle
+from xenclone.control.operator_state import OperatorState
 from xenclone.control.oplog import LoggedHandler, peer
 from xenclone.control.progress import WithProgress
 from xenclone.control.recovery import recover
@@ -102,7 +103,11 @@ def remote_args(settings):
     os.makedirs(tls_dir, mode=0o700, exist_ok=True)
     return ["--tcp", settings["memserver_tcp"], "--token-file", token,
             "--cert", os.path.join(tls_dir, "memserver.pem"),
-            "--key", os.path.join(tls_dir, "memserver.key")]
+            "--key", os.path.join(tls_dir, "memserver.key"),
+            "--max-links", str(settings["memserver_max_links"]),
+            "--max-unauth-links", str(settings["memserver_max_unauth_links"]),
+            "--hello-timeout", str(settings["memserver_hello_timeout_s"]),
+            "--stall-timeout", str(settings["memserver_stall_timeout_s"])]
 
 
 def xen_args(settings):
@@ -134,6 +139,18 @@ class _ControlFactory(Factory):
         return proto
 
 
+def open_to_group(path, gid):
+    """The control socket for ``gid`` (0660), and its directory (run_dir,
+    which the daemon makes 0700) traversable by the group, no more: the
+    helpers' sockets and secrets in it stay the owner's."""
+    os.chown(path, -1, gid)
+    directory = os.path.dirname(path)
+    st = os.stat(directory)
+    if st.st_uid == os.getuid() and (st.st_gid != gid or not st.st_mode & 0o010):
+        os.chown(directory, -1, gid)
+        os.chmod(directory, (st.st_mode & 0o7777) | 0o010)
+
+
 class ControlService(Service):
     """Listens on the control socket once the core is up."""
 
@@ -150,7 +167,7 @@ class ControlService(Service):
         self.port = self.reactor.listenUNIX(self.path, _ControlFactory(handler, self.reactor),
                                             mode=mode)
         if self.group:
-            os.chown(self.path, 0, grp.getgrnam(self.group).gr_gid)
+            open_to_group(self.path, grp.getgrnam(self.group).gr_gid)
         log.info("control socket {path} ready", path=self.path)
         notify("READY=1\nSTATUS=control socket %s ready" % self.path)     # Type=notify
 
@@ -230,10 +247,11 @@ class CoreService(Service):
                                      memserver_timeout=s["memserver_timeout_s"],
                                      working_sets=WorkingSets(
                                          pager, os.path.join(s["state_dir"], "working-sets")),
-                                     balloons=balloons)
+                                     balloons=balloons, kept=OperatorState(s["state_dir"]))
         # What a previous daemon left running is served again before any
-        # new request comes in.
+        # new request comes in, with what the operator had set for it.
         yield recover(self.controller)
+        self.controller.restore_settings()
         self.lifecycle.controller = self.controller
         self.control.listen(DaemonOps(self.controller, self.lifecycle))
         if s["metrics_listen"]:
@@ -283,7 +301,7 @@ class CoreService(Service):
         args = ["--guest-kernel", self.settings["guest_kernel"] or default_guest_kernel()]
         if guest_socket_dir(self.settings):
             args += ["--xenstore-dir", guest_socket_dir(self.settings)]
-        vmm = HelperProcess(self.reactor, "VMM host", "xenclone.backends.kvm.vmmhost", args,
+        vmm = HelperProcess(self.reactor, "VMM host", "xenclone.backends.kvm.vmmhost_main", args,
                             os.path.join(run, "vmmhost.sock"), os.path.join(run, "vmmhost.log"))
         link = yield vmm.connect(lambda: FrameProtocol(on_event=self._on_event))
         self.links.append(link)

@@ -1,5 +1,7 @@
 """``twistd xenclone``: options and the service maker."""
 
+import sys
+
 from twisted.python import usage
 
 from xenclone.config import ConfigError, load_daemon_config
@@ -21,9 +23,18 @@ class Options(usage.Options):
 def makeService(options):
     from twisted.internet import reactor
 
+    from xenclone import daemon_lock
     from xenclone.daemon_log import LevelFilteredDaemon, twistd_observer
     from xenclone.service import make_service
     settings = options["settings"]
+    try:
+        locks = daemon_lock.take(settings)
+    except (daemon_lock.AlreadyRunning, OSError) as e:
+        # Before anything is touched: no socket, no helper, no state.
+        print("xenclone: cannot start: %s" % e, file=sys.stderr)
+        sys.exit(2)
+    tree = make_service(settings, reactor)
+    daemon_lock.LockHolder(locks).setServiceParent(tree)
     # options.parent: twistd's own options (--logfile, --syslog, --nodaemon).
-    return LevelFilteredDaemon(make_service(settings, reactor), settings["log_level"],
+    return LevelFilteredDaemon(tree, settings["log_level"],
                                lambda: twistd_observer(options.parent))

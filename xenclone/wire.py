@@ -17,7 +17,7 @@ import struct
 
 import attr
 from twisted.internet import defer
-from twisted.internet.interfaces import IFileDescriptorReceiver
+from twisted.internet.interfaces import IFileDescriptorReceiver, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -96,7 +96,7 @@ def encode(fields, payload=b""):
     return _HEAD.pack(len(head), len(payload)) + head + payload
 
 
-@implementer(IFileDescriptorReceiver)
+@implementer(IFileDescriptorReceiver, IPushProducer)
 class FrameProtocol(Protocol):
     """Request/reply/event framing with fd passing.
 
@@ -107,6 +107,8 @@ class FrameProtocol(Protocol):
     """
 
     log = Logger()
+    max_header = MAX_HEADER         # a link of strangers lowers both
+    max_payload = MAX_PAYLOAD
 
     def __init__(self, handler=None, on_event=None, on_close=None):
         self.handler = handler
@@ -118,6 +120,8 @@ class FrameProtocol(Protocol):
         self._pending = {}
         self.connected_d = defer.Deferred()
         self.closed_d = defer.Deferred()
+        self.held = False           # the peer leaves replies unread: serve nothing more
+        self.producing = False      # registered as the transport's producer
 
     # -- transport side
 
@@ -127,8 +131,16 @@ class FrameProtocol(Protocol):
     def close(self):
         """Drop the link; Deferred fires once it is down."""
         if self.connected:
-            self.transport.loseConnection()
+            self.lose()
         return self.closed_d
+
+    def lose(self):
+        """Close once what is queued is sent (a registered producer would
+        hold the close for as long as it stays registered)."""
+        if self.producing:
+            self.producing = False
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def fileDescriptorReceived(self, fd):
         if len(self._fds) >= MAX_FDS:
@@ -141,9 +153,12 @@ class FrameProtocol(Protocol):
         if not self.connected or self.transport.disconnecting:
             return
         self._buf += data
-        while len(self._buf) >= _HEAD.size:
+        self._frames()
+
+    def _frames(self):
+        while not self.held and len(self._buf) >= _HEAD.size:
             hlen, plen = _HEAD.unpack_from(self._buf)
-            if hlen > MAX_HEADER or plen > MAX_PAYLOAD:
+            if hlen > self.max_header or plen > self.max_payload:
                 self._fatal("too-large", "frame length %d/%d exceeds limits" % (hlen, plen))
                 return
             end = _HEAD.size + hlen + plen
@@ -167,6 +182,28 @@ class FrameProtocol(Protocol):
             if self.transport is None or getattr(self.transport, "disconnecting", False):
                 return
 
+    # -- as its transport's producer (``hold_back``)
+
+    def hold_back(self):
+        """Bound what a peer that does not read its replies costs: once the
+        transport's buffer is full it pauses us, and we stop reading (and
+        serving) until it drains.  Unread requests wait in the kernel."""
+        self.producing = True
+        self.transport.registerProducer(self, True)
+
+    def pauseProducing(self):
+        self.held = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self):
+        self.held = False
+        self.transport.resumeProducing()
+        if self.connected and not self.transport.disconnecting:
+            self._frames()
+
+    def stopProducing(self):
+        self.held = True
+
     def connectionLost(self, reason):
         self.connected = False
         for fd in self._fds:
@@ -184,7 +221,7 @@ class FrameProtocol(Protocol):
         self.log.warn("closing link: {code}: {message}", code=code, message=message)
         self._send({"ok": False, "code": code, "error": message})
         self._buf.clear()
-        self.transport.loseConnection()
+        self.lose()
 
     # -- sending
 

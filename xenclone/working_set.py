@@ -26,6 +26,7 @@ import shutil
 
 from twisted.logger import Logger
 
+from xenclone import names
 from xenclone.interfaces import FaultKind
 
 RECORDERS = 2    # clones recorded per generation: their common pages are the set
@@ -50,7 +51,9 @@ class WorkingSets:
         pager.recorded = self.will_record
 
     def _path(self, image_id, generation):
-        return os.path.join(self.dir, image_id, "%s.json" % generation)
+        # Both may come from a remote memory server (a mirror's generation).
+        return names.join(self.dir, names.check_name(image_id, "image name"),
+                          "%s.json" % names.check_generation(generation))
 
     def get(self, image_id, generation):
         """The recorded set, or None."""
@@ -155,4 +158,4 @@ class WorkingSets:
     def forget(self, image_id):
         for key in [k for k in self._sets if k[0] == image_id]:
             del self._sets[key]
-        shutil.rmtree(os.path.join(self.dir, image_id), ignore_errors=True)
+        shutil.rmtree(names.join(self.dir, image_id), ignore_errors=True)

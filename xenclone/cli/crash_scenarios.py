@@ -14,6 +14,7 @@ from twisted.internet import defer
 from xenclone.cli.main import connect
 from xenclone.cli.memory_scenarios import answers_right, bless_master, disagreements
 from xenclone.cli.scratch_daemon import ScratchDaemon, sleep
+from xenclone.helper_gate import hello
 from xenclone.wire import WireError
 
 
@@ -33,6 +34,15 @@ def _finish(d, clones):
             {"clones": len(clones), "clones_right": sum(i["result"] == i["expected"]
                                                         for i in infos),
              "pages_verified": checked, "pages_lost": lost, "pages_disagreeing": disagree})
+
+
+@defer.inlineCallbacks
+def _settings_kept(d, clones, limit, evict, budget):
+    """What the operator set before a restart holds after it."""
+    infos = yield _infos(d, clones)
+    host = yield d.call("host")
+    return host["pressure"]["ceiling_pages"] == budget and all(
+        i["limit_pages"] == limit and i["flags"]["evict"] == sorted(evict) for i in infos)
 
 
 @defer.inlineCallbacks
@@ -75,11 +85,14 @@ def scenario_kill_daemon(s):
         def paging_out():
             return any(i["paged_out_pages"] for i in (yield _infos(d, clones)))
         yield _until(s.reactor, paging_out, 60, "a page-out")
+        budget = (yield d.call("host"))["pressure"]["ceiling_pages"] - 1
+        yield d.call("set_host", budget_pages=budget)
         running = sum(i["state"] == "running" for i in (yield _infos(d, clones)))
         yield d.kill()
 
         # No daemon: the clones wait in their faults, kept by the VMM host.
-        vmm = yield connect(s.reactor, os.path.join(d.run_dir, "vmmhost.sock"))
+        vmm_sock = os.path.join(d.run_dir, "vmmhost.sock")
+        vmm = yield hello((yield connect(s.reactor, vmm_sock)), vmm_sock)
         before = (yield vmm.request("list")).fields["domains"]
         yield sleep(s.reactor, 1.0)
         after = (yield vmm.request("list")).fields["domains"]
@@ -87,6 +100,7 @@ def scenario_kill_daemon(s):
 
         yield d.start()
         listed = {x["domid"] for x in (yield d.call("list"))["domains"]}
+        kept = yield _settings_kept(d, clones, 2048, ["drop-clean", "page-out"], budget)
         checks, figures = yield _finish(d, clones)
         [new] = (yield d.call("launch", image="kd"))["clones"]
         checks.update(
@@ -94,7 +108,8 @@ def scenario_kill_daemon(s):
             clones_kept_while_down=before == after and
             [x["result"] for x in after if x["role"] == "clone"] == [None] * len(clones),
             clones_taken_back={c["domid"] for c in clones} <= listed,
-            clone_ids_go_on=new["clone_id"] == len(clones) + 1)
+            clone_ids_go_on=new["clone_id"] == len(clones) + 1,
+            settings_kept=kept)
         figures.update(running_when_killed=running, kills_survived=1)
         return checks, figures
     finally:
@@ -216,7 +231,7 @@ def scenario_cut_memserver(s):
 
 @defer.inlineCallbacks
 def scenario_page_out_full(s):
-    """The page-out store's disk full: eviction of dirty pages stops with a reason, nothing is dropped."""
+    """The page-out store's disk full: page-out pauses with a reason, nothing is dropped, and it resumes once there is room."""
     d = ScratchDaemon(s.reactor)
     store = os.path.join(d.state_dir, "pageout")
     os.makedirs(store, mode=0o700)
@@ -234,13 +249,26 @@ def scenario_page_out_full(s):
             return (yield d.call("info", domain=clone["domid"]))["pageout_error"]
         yield _until(s.reactor, refused, 120, "a page-out error")
         held = yield d.call("info", domain=clone["domid"])
-        # The operator's move: let the clone hold more; it runs on.
-        yield d.call("set", domain=clone["domid"], knobs={"limit": 0})
+        # Room again: page-out resumes by itself, within its backoff.
+        subprocess.run(["mount", "-o", "remount,size=64m", store], check=True,
+                       capture_output=True, timeout=30)
+
+        @defer.inlineCallbacks
+        def resumed():
+            info = yield d.call("info", domain=clone["domid"])
+            return not info["pageout_error"] and info["evictions"]["page-out"] > held[
+                "evictions"]["page-out"] or info["state"] == "done"
+        yield _until(s.reactor, resumed, 120, "page-out resuming")
         checks, figures = yield _finish(d, [clone])
-        checks.update(stopped_with_reason="No space" in (held["pageout_error"] or ""),
-                      clone_kept=held["state"] in ("running", "done"))
+        after = yield d.call("info", domain=clone["domid"])
+        error = held["pageout_error"] or ""
+        checks.update(stopped_with_reason="No space" in error and "paused" in error,
+                      clone_kept=held["state"] in ("running", "done"),
+                      resumed_when_room=after["evictions"]["page-out"] >
+                      held["evictions"]["page-out"] and not after["pageout_error"])
         figures.update(pageout_error=held["pageout_error"],
-                       paged_out_before_full=held["evictions"]["page-out"])
+                       paged_out_before_full=held["evictions"]["page-out"],
+                       paged_out_in_all=after["evictions"]["page-out"])
         return checks, figures
     finally:
         kept = yield d.stop(keep=True)

@@ -19,6 +19,7 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from xenclone import hostmem
 from xenclone.cli import crash_scenarios, memory_scenarios
+from xenclone.cli.hostile_scenario import scenario_hostile_peer
 from xenclone.cli.xenstore_scenario import scenario_xenstore
 from xenclone.cli.main import EXIT_FAILED, CliError, connect
 from xenclone.config import load_daemon_config
@@ -232,6 +233,7 @@ SCENARIOS = {"launch": (scenario_launch, scenario_launch.__doc__)}
 SCENARIOS.update((name, (fn, fn.__doc__)) for name, fn in memory_scenarios.SCENARIOS.items())
 SCENARIOS["xenstore"] = (scenario_xenstore, scenario_xenstore.__doc__)
 SCENARIOS.update((name, (fn, fn.__doc__)) for name, fn in crash_scenarios.SCENARIOS.items())
+SCENARIOS["hostile-peer"] = (scenario_hostile_peer, scenario_hostile_peer.__doc__)
 
 
 @defer.inlineCallbacks

@@ -15,10 +15,9 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from xenclone import memory_check, workload, xl_keys
-from xenclone.image import check_name
-from xenclone.interfaces import (FIRST_HANDLE, PAGE_SIZE, DomainState, IBalloonBackend,
-                                 IForkBackend, ILinuxBackend)
-from xenclone.ledger import LedgerError
+from xenclone.control.settings_ops import SettingsOps
+from xenclone.interfaces import FIRST_HANDLE, PAGE_SIZE, DomainState, IForkBackend, ILinuxBackend
+from xenclone.names import BadName, check_name
 from xenclone.wire import WireError
 
 MIN_MEMORY_MIB = 4
@@ -80,11 +79,11 @@ class Domain:
 
 def _image_arg(msg):
     """The request's image name: a clone's image is never None (a master's
-    is), and a list is not even a dict key."""
-    image_id = msg.get("image")
-    if not isinstance(image_id, str):
-        raise WireError("bad-argument", "image must be an image name")
-    return image_id
+    is), a list is not even a dict key, and a name may reach a path."""
+    try:
+        return check_name(msg.get("image"), "image name")
+    except BadName as e:
+        raise WireError("bad-argument", e.message)
 
 
 def _int(msg, key, lo, hi, default=None):
@@ -104,12 +103,14 @@ _REFINES = {DomainState.WAITING_FOR_MEMSERVER: DomainState.RUNNING,
             DomainState.IMAGE_GONE: DomainState.PAUSED}
 
 
-class Controller:
+class Controller(SettingsOps):
     log = Logger()
 
     def __init__(self, reactor, backend, memserver, pager, host_memory, hoard_rate=5000,
-                 share_onfetch=True, memserver_timeout=0, working_sets=None, balloons=None):
+                 share_onfetch=True, memserver_timeout=0, working_sets=None, balloons=None,
+                 kept=None):
         self.reactor = reactor
+        self.kept = kept                      # OperatorState: settings kept across restarts
         self.working_sets = working_sets      # REAP: record, then prefetch (or None)
         self.memserver_timeout = memserver_timeout    # s; 0: wait for ever
         self._wait_timers = {}        # domid -> pause after the timeout
@@ -222,6 +223,8 @@ class Controller:
 
     def _forget(self, dom):
         self.domains.pop(dom.domid, None)
+        if self.kept is not None:
+            self.kept.forget_clone(dom.domid)
         if self.working_sets is not None:
             self.working_sets.gone(dom.domid)
         self.pager.detach(dom.domid)
@@ -325,7 +328,7 @@ class Controller:
 
     def op_page(self, msg):
         """Digest of image pages, read through the memory server."""
-        image_id = msg.get("image")
+        image_id = _image_arg(msg)
         pfn = _int(msg, "pfn", 0, 2**40)
         count = _int(msg, "count", 1, 256, default=1)
 
@@ -669,44 +672,6 @@ class Controller:
         return {"domid": dom.domid, "pages": npages, "disagree": len(bad),
                 "first": [dict(pfn=p, ledger=lk, state=s, kernel=k) for p, lk, s, k in bad[:100]]}
 
-    def op_set(self, msg):
-        """Per-clone knobs: target and limit (pages), eviction classes,
-        share.onfetch.  A target evicts down to it at once."""
-        dom = self._clone(msg)
-        knobs = msg.get("knobs")
-        if not isinstance(knobs, dict) or not knobs:
-            raise WireError("bad-argument", "set needs key=value pairs")
-        known = {"target": int, "limit": int, "evict": list, "share.onfetch": bool}
-        for key, value in knobs.items():
-            kind = known.get(key)
-            if kind is None:
-                raise WireError("bad-argument", "unknown setting %r; known: %s"
-                                % (key, ", ".join(sorted(known))))
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise WireError("bad-argument", "%s must be %s" % (key, kind.__name__))
-        # A clone the hypervisor cannot page (Xen without MEM_PAGING) gives
-        # frames back only through its guest's balloon driver.
-        balloon = bool(knobs.get("target")) and IBalloonBackend.providedBy(self.backend) and (
-            dom.fill_mode or self.backend.fill_mode) != "lazy"
-
-        def apply(_=None):
-            try:
-                self.pager.set_knobs(dom.domid, target=None if balloon else knobs.get("target"),
-                                     limit=knobs.get("limit"), classes=knobs.get("evict"),
-                                     share=knobs.get("share.onfetch"))
-            except LedgerError as e:
-                raise WireError("bad-argument", str(e))
-
-        if balloon:     # refused (no balloon driver): nothing is changed
-            d = self.backend.balloon(dom.domid, knobs["target"], operator=True)
-            d.addCallback(apply)
-        else:
-            apply()
-            d = self.pager.evict_to(dom.domid, knobs["target"]) if knobs.get(
-                "target") else defer.succeed(0)
-        d.addCallback(lambda _: self._changed())       # XenStore shows the new figures
-        return d.addCallback(lambda _: self.op_info({"domain": dom.domid}))
-
     def op_page_sums(self, msg):
         """64-bit word sums of a domain's guest pages (integrity checks)."""
         dom = self._domain(msg.get("domain"))
@@ -717,12 +682,6 @@ class Controller:
                                  for i in range(0, len(pfns), 4096)], consumeErrors=True)
         d.addErrback(lambda f: f.value.subFailure if f.check(defer.FirstError) else f)
         return d.addCallback(lambda parts: {"sums": [x for part in parts for x in part]})
-
-    def op_set_host(self, msg):
-        """Change the host budget at run time (pages): the most memory
-        pressure lets the clones have."""
-        self.host_memory.set_ceiling(_int(msg, "budget_pages", 1, 2**40))
-        return self.pager.ledger.host_stats()
 
     def op_evict(self, msg):
         dom = self._clone(msg)

@@ -71,6 +71,6 @@ class HostMemoryService(service.Service):
                 self.pager.evict_to(domid, evict_to)
 
     def state(self):
-        return dict(self.last, bursts=None if self.bursts is None else {
+        return dict(self.last, ceiling_pages=self.watermarks.ceiling, bursts=None if self.bursts is None else {
             "limit_pages": self.bursts.limit, "burst_pages": self.bursts.burst,
             "burst_ms": self.bursts.burst_ns // 1000000})

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from xenclone.control.controller import Domain
+from xenclone.names import check_generation, check_id, check_name
 from xenclone.pageout_index import read_index
 
 log = Logger()
@@ -48,6 +49,10 @@ def recover(controller):
 
 @defer.inlineCallbacks
 def _take_clone(controller, dom, meta):
+    # The record came back from another process: checked as names from outside.
+    check_name(dom.image, "image name")
+    check_generation(meta.get("generation"))
+    check_id(dom.clone_id, "clone id")
     image = yield controller.open_image(dom.image)
     if image.generation != meta.get("generation"):
         raise ValueError("image %s is at generation %s, the clone was made from %s"

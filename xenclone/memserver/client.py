@@ -7,6 +7,7 @@ a memory-server restart: requests in flight fail with ``ConnectionLost``.
 """
 
 import base64
+import os
 
 from twisted.internet import defer, ssl
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
@@ -22,6 +23,12 @@ _REPLY_KEYS = ("id", "ok", "nfds")
 
 def _fields(msg):
     return {k: v for k, v in msg.fields.items() if k not in _REPLY_KEYS}
+
+
+def _closing(result, fd):
+    """Close ``fd`` (passed with a request) once the reply is in."""
+    os.close(fd)
+    return result
 
 
 class _Link:
@@ -138,12 +145,26 @@ class MemoryServerClient(_Link):
         d = self.request("fetch", timed=True, image=image_id, pfn=pfn, count=count)
         return d.addCallback(lambda m: m.payload)
 
-    def mirror(self, name, described, server):
-        """Know ``server``'s image (``RemotePageSource.describe``) here as ``name``."""
-        fields, zero = described
-        vcpu = fields.pop("vcpu_state")
-        return self.request("mirror", payload=zero, name=name, info=fields, vcpu_state=vcpu,
-                            server=server).addCallback(_fields)
+    def mirror(self, name, described, server, crcs):
+        """Know ``server``'s image (``RemotePageSource.describe``, its CRC
+        table as bytes) here as ``name``."""
+        fields, zero = dict(described[0]), described[1]
+        vcpu = fields.pop("vcpu_state", None)     # the server refuses a missing one
+        table = os.memfd_create("xenclone-crcs", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(crcs)
+            while view:
+                view = view[os.write(table, view):]
+        except BaseException:
+            os.close(table)
+            raise
+        d = self.request("mirror", payload=zero, fds=[table], name=name, info=fields,
+                         vcpu_state=vcpu, server=server)
+        return d.addBoth(_closing, table).addCallback(_fields)
+
+    def crcs(self, image_id, first, count):
+        return self.request("crcs", image=image_id, first=first, count=count).addCallback(
+            lambda m: m.payload)
 
     def discard(self, image_id):
         return self.request("discard", image=image_id).addCallback(lambda m: None)
@@ -192,6 +213,11 @@ class RemotePageSource(_Link):
         extra = {} if generation is None else {"generation": generation}
         d = self.request("fetch", timed=True, image=image_id, pfn=pfn, count=count, **extra)
         return d.addCallback(lambda m: m.payload)
+
+    def crcs(self, image_id, first, count):
+        """Part of the image's CRC table, as the origin wrote it at bless."""
+        return self.request("crcs", timed=True, image=image_id, first=first,
+                            count=count).addCallback(lambda m: m.payload)
 
     def describe(self, image_id):
         """Deferred[(fields with vcpu_state, zero map)]: enough to mirror it."""

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from xenclone.backends.xen.server_domain import Run
 from xenclone.interfaces import PAGE_SIZE
+from xenclone.memserver import page_crcs
 from xenclone.memserver.store import (
     CHUNK, ImageStore, StoredImage, new_memfd, new_meta, nonzero_runs, seal)
 from xenclone.wire import WireError
@@ -94,24 +95,26 @@ class DomainImageStore(ImageStore):
         memfd = None
         try:
             self.server.grant(run)
-            zero = self._copy_in(run, self._reader(capture), npages)
+            crcs = page_crcs.new_table(npages)
+            zero = self._copy_in(run, self._reader(capture), npages, crcs)
             meta = dict(new_meta(name, capture, zero), server_domain={
                 "domid": self.server.domid, "slot": run.first,
                 "first_ref": run.refs.start, "count": run.count})
             memfd = new_memfd(name, npages)
             seal(memfd)
-            self._commit(self._fresh_tmp(name), name, meta, zero)
+            self._commit(self._fresh_tmp(name), name, meta, zero, crcs)
         except BaseException:
             if memfd is not None:
                 os.close(memfd)
             self._give_back(run)
             raise
         self._publish(self.server.domid, name, run.xenstore())
-        return StoredImage(meta, capture.vcpu_state, memfd, zero)
+        return StoredImage(meta, capture.vcpu_state, memfd, zero, crcs)
 
-    def _copy_in(self, run, read, npages):
-        """Copy the non-zero pages into the run; the zero map.  Runs never
-        cross a chunk, so each chunk's grants are mapped once."""
+    def _copy_in(self, run, read, npages, crcs):
+        """Copy the non-zero pages into the run, noting their CRCs; the zero
+        map.  Runs never cross a chunk, so each chunk's grants are mapped
+        once."""
         zero = bytearray(b"\x01") * npages
         mapped, base = None, None
         try:
@@ -125,6 +128,7 @@ class DomainImageStore(ImageStore):
                 offset = (pfn - base) * PAGE_SIZE
                 mapped.buffer[offset:offset + len(data)] = data
                 zero[pfn:pfn + len(data) // PAGE_SIZE] = bytes(len(data) // PAGE_SIZE)
+                page_crcs.note(crcs, pfn, data)
         finally:
             if mapped is not None:
                 mapped.close()

@@ -1,13 +1,15 @@
 """The memory server process.
 
     python -m xenclone.memserver.server --dir DIR --socket PATH
-        [--tcp HOST:PORT --token-file F --cert F --key F]
+        [--tcp HOST:PORT --token-file F --cert F --key F
+         --max-links N --max-unauth-links N --hello-timeout S --stall-timeout S]
         [--xen [--server-domain-mib N --server-kernel F]]
 
 The Unix socket (mode 0600) is the local fast path: ``open`` passes the
 image's memfd, so clones fault without a round trip.  The TCP port speaks
 the same frames over TLS for pagers on other hosts; a connection must say
-``hello`` with the access token first and may then only read pages.
+``hello`` with the access token first and may then only read pages; each
+link is bounded (``remote_link.py``).
 
 With ``--xen`` it blesses Xen domains by domid, reading their RAM itself;
 with a memory-server domain (``domain_store.py``) images live in that
@@ -16,8 +18,6 @@ domain's memory rather than in dom0.
 
 import argparse
 import base64
-import fcntl
-import hmac
 import os
 import sys
 
@@ -26,30 +26,18 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, UNIXServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from xenclone.helper_gate import GatedLink, one_server, take_secret
 from xenclone.image import Capture
-from xenclone.memserver.store import ImageStore
-from xenclone.wire import FrameProtocol, Reply, WireError, takes_fds
+from xenclone.memserver.remote_link import LinkLimits, RemoteFactory
+from xenclone.memserver.requests import crcs, field, fetch
+from xenclone.memserver.store import MAX_PAGES, ImageStore
+from xenclone.wire import Reply, WireError, takes_fds
 
 log = Logger(namespace="xenclone.memserver")
 
 FD_GRACE = 10.0         # a discarded memfd may still sit in a queued open reply
-HELLO_TIMEOUT = 10.0
 READY = "memory server ready"
-
-
-def _field(msg, name, kind):
-    value = msg.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise WireError("bad-request", "field %r missing or not %s" % (name, kind.__name__))
-    return value
-
-
-def _fetch(store, msg):
-    generation = msg.get("generation")
-    if generation is not None and not isinstance(generation, str):
-        raise WireError("bad-request", "generation must be a string")
-    return Reply(payload=store.fetch(_field(msg, "image", str), msg.get("pfn"),
-                                     msg.get("count"), generation))
+DEFAULT_LIMITS = LinkLimits()
 
 
 class LocalHandler:
@@ -67,25 +55,40 @@ class LocalHandler:
         return {"images": self.store.images()}
 
     def op_info(self, msg):
-        return self.store.info(_field(msg, "image", str))
+        return self.store.info(field(msg, "image", str))
 
     def op_fetch(self, msg):
-        return _fetch(self.store, msg)
+        return fetch(self.store, msg)
 
     def op_open(self, msg):
-        image = _field(msg, "image", str)
+        image = field(msg, "image", str)
         fields = dict(self.store.info(image),
                       vcpu_state=base64.b64encode(self.store.vcpu_state(image)).decode())
         # The store's own fd: it stays open while queued (see FD_GRACE).
         return Reply(fields, self.store.zero_map(image), [self.store.memfd(image)])
 
+    def op_crcs(self, msg):
+        return crcs(self.store, msg)
+
+    @takes_fds
     def op_mirror(self, msg):
-        """Know a remote server's image here (``describe``'s answer)."""
-        info = msg.get("info")
-        if not isinstance(info, dict):
-            raise WireError("bad-request", "mirror needs the remote image's info")
-        return self.store.mirror(_field(msg, "name", str), info, _field(msg, "vcpu_state", str),
-                                 msg.payload, _field(msg, "server", str))
+        """Know a remote server's image here (``describe``'s answer, and its
+        CRC table in the one memfd passed)."""
+        try:
+            info = msg.get("info")
+            if not isinstance(info, dict) or len(msg.fds) != 1:
+                raise WireError("bad-request", "mirror needs the remote image's info and "
+                                "its CRC table in one memfd")
+            size = os.fstat(msg.fds[0]).st_size
+            if size > 4 * MAX_PAGES:
+                raise WireError("bad-request", "a CRC table of %d bytes" % size)
+            table = os.pread(msg.fds[0], size, 0)
+            return self.store.mirror(field(msg, "name", str), info,
+                                     field(msg, "vcpu_state", str), msg.payload,
+                                     field(msg, "server", str), table)
+        finally:
+            for fd in msg.fds:
+                os.close(fd)
 
     @takes_fds
     @defer.inlineCallbacks
@@ -97,14 +100,14 @@ class LocalHandler:
             if domid is None and len(msg.fds) != 1:
                 raise WireError("bad-request", "put passes exactly one memfd, or a domid")
             try:
-                vcpu = base64.b64decode(_field(msg, "vcpu_state", str), validate=True)
+                vcpu = base64.b64decode(field(msg, "vcpu_state", str), validate=True)
             except ValueError:      # binascii.Error, or a str that is not ASCII
                 raise WireError("bad-request", "vcpu_state is not base64")
-            capture = Capture(arch=_field(msg, "arch", str), vcpu_state=vcpu,
+            capture = Capture(arch=field(msg, "arch", str), vcpu_state=vcpu,
                               mem_fd=msg.fds[0] if msg.fds else None,
-                              npages=_field(msg, "npages", int), meta=msg.get("meta") or {},
+                              npages=field(msg, "npages", int), meta=msg.get("meta") or {},
                               domid=domid)
-            name = _field(msg, "name", str)
+            name = field(msg, "name", str)
             # A big image takes seconds to copy: keep the reactor serving.
             info = yield threads.deferToThreadPool(
                 self.reactor, self.reactor.getThreadPool(), self.store.put, name, capture)
@@ -118,7 +121,7 @@ class LocalHandler:
         return info
 
     def op_discard(self, msg):
-        image = _field(msg, "image", str)
+        image = field(msg, "image", str)
         self.store.discard(image, close=lambda fd: self.reactor.callLater(FD_GRACE, os.close, fd))
         log.info("discarded {image_id}", image_id=image)
         return {}
@@ -147,92 +150,15 @@ class LocalHandler:
         return status
 
 
-class RemoteHandler:
-    """One TCP connection: ``hello`` with the token, then read-only ops."""
-
-    def __init__(self, reactor, store, token):
-        self.reactor = reactor
-        self.store = store
-        self.token = token
-        self.proto = None
-        self.authed = False
-        self.refused = False    # a link being dropped gets nothing more
-        self.timer = None
-
-    def attach(self, proto):
-        self.proto = proto
-        self.timer = self.reactor.callLater(HELLO_TIMEOUT, self._drop, "no hello in time")
-        proto.on_close = lambda reason: self.timer.active() and self.timer.cancel()
-
-    def _drop(self, why):
-        self.refused = True
-        log.warn("dropping {peer}: {why}", peer=str(self.proto.transport.getPeer()), why=why)
-        self.proto.transport.loseConnection()
-
-    def _refuse(self, code, text):
-        # Close after the error reply has been queued; frames that came in
-        # the same read are answered before then, and refused too.
-        self.refused = True
-        self.reactor.callLater(0, self._drop, text)
-        if self.timer.active():
-            self.timer.cancel()
-        raise WireError(code, text)
-
-    def _check(self):
-        if not self.authed:
-            self._refuse("unauthenticated", "say hello with the access token first")
-
-    def op_hello(self, msg):
-        token = msg.get("token")
-        if self.authed:
-            return {}
-        # surrogatepass: a lone surrogate is a wrong token, not an internal error
-        if self.refused or not isinstance(token, str) or not hmac.compare_digest(
-                token.encode("utf-8", "surrogatepass"), self.token):
-            self._refuse("bad-token", "access token refused")
-        self.authed = True
-        self.timer.cancel()
-        return {}
-
-    def op_fetch(self, msg):
-        self._check()
-        return _fetch(self.store, msg)
-
-    def op_images(self, msg):
-        self._check()
-        return {"images": self.store.images()}
-
-    def op_describe(self, msg):
-        self._check()
-        fields, zero = self.store.describe(_field(msg, "image", str))
-        return Reply(fields, zero)
-
-    def op_info(self, msg):
-        self._check()
-        return self.store.info(_field(msg, "image", str))
-
-
 class _LocalFactory(Factory):
     noisy = False
 
-    def __init__(self, handler):
+    def __init__(self, handler, secret):
         self.handler = handler
+        self.secret = secret
 
     def buildProtocol(self, addr):
-        return FrameProtocol(self.handler)
-
-
-class _RemoteFactory(Factory):
-    noisy = False
-
-    def __init__(self, reactor, store, token):
-        self.reactor, self.store, self.token = reactor, store, token
-
-    def buildProtocol(self, addr):
-        handler = RemoteHandler(self.reactor, self.store, self.token)
-        proto = FrameProtocol(handler)
-        proto.connected_d.addCallback(handler.attach)
-        return proto
+        return GatedLink(self.handler, self.secret)
 
 
 def tls_options(cert_path, key_path):
@@ -242,31 +168,18 @@ def tls_options(cert_path, key_path):
                                   raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
 
 
-def _one_server(socket_path):
-    """One server per socket: an flock the kernel drops when the holder
-    dies (a pid file would still name a killed server until it is reaped),
-    then the dead server's socket file goes."""
-    fd = os.open(socket_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise OSError("another memory server serves %s" % socket_path)
-    # fd is never closed: the lock is held for the life of the process.
-    if os.path.exists(socket_path):
-        os.unlink(socket_path)
-
-
 @defer.inlineCallbacks
-def serve(reactor, store, socket_path, tcp=None, token=None, tls=None, domain=None):
-    """Listen on the Unix socket and, if ``tcp`` is (host, port), on TLS."""
-    _one_server(socket_path)
+def serve(reactor, store, socket_path, tcp=None, token=None, tls=None, domain=None,
+          limits=LinkLimits(), secret=None):
+    """Listen on the Unix socket (for the daemon that knows ``secret``) and,
+    if ``tcp`` is (host, port), on TLS."""
+    one_server(socket_path)
     ports = [(yield UNIXServerEndpoint(reactor, socket_path, mode=0o600)
-              .listen(_LocalFactory(LocalHandler(reactor, store, domain))))]
+              .listen(_LocalFactory(LocalHandler(reactor, store, domain), secret)))]
     if tcp is not None:
         host, port = tcp
         ports.append((yield SSL4ServerEndpoint(reactor, port, tls, interface=host)
-                      .listen(_RemoteFactory(reactor, store, token))))
+                      .listen(RemoteFactory(reactor, store, token, limits))))
     return ports
 
 
@@ -279,6 +192,14 @@ def _parse(argv):
     p.add_argument("--token-file", help="access token for TCP clients")
     p.add_argument("--cert", help="TLS certificate (PEM); made with a CA beside it if absent")
     p.add_argument("--key", help="TLS private key (PEM)")
+    p.add_argument("--max-links", type=int, default=DEFAULT_LIMITS.max_links, metavar="N",
+                   help="most TLS links open at once")
+    p.add_argument("--max-unauth-links", type=int, default=DEFAULT_LIMITS.max_unauth,
+                   metavar="N", help="most TLS links open that have not said hello")
+    p.add_argument("--hello-timeout", type=float, default=DEFAULT_LIMITS.hello_timeout,
+                   metavar="S", help="seconds a TLS link has to say hello")
+    p.add_argument("--stall-timeout", type=float, default=DEFAULT_LIMITS.stall_timeout,
+                   metavar="S", help="seconds a TLS peer may leave its replies unread")
     p.add_argument("--xen", action="store_true", help="bless Xen domains by domid")
     p.add_argument("--server-domain-mib", type=int, default=0, metavar="N",
                    help="keep images in a memory-server domain of N MiB (Xen)")
@@ -301,6 +222,9 @@ def _parse(argv):
         a.tcp_addr = (host.strip("[]"), int(port))
     elif a.token_file or a.cert or a.key:
         p.error("--token-file, --cert and --key only go with --tcp")
+    if min(a.max_links, a.max_unauth_links) < 1 or min(a.hello_timeout, a.stall_timeout) <= 0:
+        p.error("link caps must be at least 1 and timeouts above 0")
+    a.limits = LinkLimits(a.max_links, a.max_unauth_links, a.hello_timeout, a.stall_timeout)
     if a.server_domain_mib and not (a.xen and a.server_kernel):
         p.error("--server-domain-mib needs --xen and --server-kernel")
     return a
@@ -325,6 +249,7 @@ def _make_store(reactor, args):
 
 def main(argv=None):
     args = _parse(argv)
+    secret = take_secret()
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
@@ -359,7 +284,7 @@ def main(argv=None):
             log.error("image {image_id} not loaded: {why}", image_id=name, why=why)
         log.info("loaded {count} images from {dir}", count=len(store.images()), dir=args.dir)
         ports = yield serve(reactor, store, args.socket, args.tcp_addr,
-                            getattr(args, "token", None), tls, life)
+                            getattr(args, "token", None), tls, life, args.limits, secret)
         log.info(READY + " on {where}", where=", ".join(str(p.getHost()) for p in ports))
 
     def failed(f):

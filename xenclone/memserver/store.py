@@ -26,7 +26,9 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from xenclone.image import OpenImage, check_name
+from xenclone.image import OpenImage
+from xenclone.memserver import page_crcs
+from xenclone.names import check_generation, check_name
 from xenclone.interfaces import PAGE_SIZE
 from xenclone.wire import WireError
 
@@ -74,12 +76,15 @@ def _write_all(fd, data, offset):
         view, offset = view[n:], offset + n
 
 
-def _fill(read, npages, dst_fd, zero=None):
-    """Copy the non-zero pages; clear their entries in ``zero`` if given."""
+def _fill(read, npages, dst_fd, zero=None, crcs=None):
+    """Copy the non-zero pages; clear their entries in ``zero`` and note
+    their CRCs in ``crcs`` if given."""
     for pfn, data in nonzero_runs(read, npages):
         _write_all(dst_fd, data, pfn * PAGE_SIZE)
         if zero is not None:
             zero[pfn:pfn + len(data) // PAGE_SIZE] = bytes(len(data) // PAGE_SIZE)
+        if crcs is not None:
+            page_crcs.note(crcs, pfn, data)
 
 
 def new_memfd(name, npages):
@@ -101,6 +106,30 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+def _write_new(directory, name, blob, replace=False):
+    """A file, on disk once this returns; ``replace``: in one rename."""
+    path = os.path.join(directory, name)
+    dest, path = (path, path + ".tmp") if replace else (None, path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL), 0o600)
+    try:
+        _write_all(fd, blob, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if replace:
+        os.replace(path, dest)
+        _fsync_dir(directory)
+
+
+def _read_crcs(path, npages):
+    """The image's CRC table, or None if it has none (yet)."""
+    try:
+        with open(os.path.join(path, page_crcs.FILE_NAME), "rb") as f:
+            return page_crcs.from_bytes(f.read(), npages)
+    except FileNotFoundError:
+        return None
+
+
 def new_meta(name, capture, zero):
     """meta.json of a new image; ``zero`` is its zero map."""
     return {
@@ -117,11 +146,12 @@ def new_meta(name, capture, zero):
 
 
 class StoredImage:
-    def __init__(self, meta, vcpu_state, memfd, zero):
+    def __init__(self, meta, vcpu_state, memfd, zero, crcs=None):
         self.meta = meta
         self.vcpu_state = vcpu_state
         self.memfd = memfd
         self.zero = zero
+        self.crcs = crcs        # page_crcs table, or None (an image from before CRCs)
 
     def info(self):
         return {k: v for k, v in self.meta.items() if k != "vcpu_state"}
@@ -210,16 +240,29 @@ class ImageStore:
             data = os.pread(fd, count * PAGE_SIZE, pfn * PAGE_SIZE)
         finally:
             os.close(fd)
-        return data.ljust(count * PAGE_SIZE, b"\0")   # a sparse file may end in a hole
+        data = data.ljust(count * PAGE_SIZE, b"\0")   # a sparse file may end in a hole
+        bad = None if img.crcs is None else page_crcs.first_bad(img.crcs, pfn, data)
+        if bad is not None:
+            raise WireError("corrupt-image", "page %d of image %r on disk does not match its "
+                            "CRC: the image is corrupt" % (bad, img.meta["image_id"]))
+        return data
+
+    def crcs(self, image_id, first, count):
+        """Part of the image's CRC table (``page_crcs``), as bytes."""
+        img = self._get(image_id)
+        if img.crcs is None:
+            raise WireError("no-crcs", "image %r has no CRC table here" % (image_id,))
+        if type(first) is not int or type(count) is not int or not (
+                1 <= count <= page_crcs.MAX_CRCS and 0 <= first <= len(img.crcs) - count):
+            raise WireError("out-of-range", "CRCs %r..+%r outside image %r"
+                            % (first, count, image_id))
+        return page_crcs.to_bytes(img.crcs[first:first + count])
 
     # -- bless
 
     def put(self, name, capture):
         """Copy ``capture`` (an ``image.Capture``) into a new image; its info."""
-        try:
-            check_name(name, "image name")
-        except ValueError as e:
-            raise WireError("bad-name", str(e))
+        check_name(name, "image name")
         npages = capture.npages
         if type(npages) is not int or not 0 < npages <= MAX_PAGES:
             raise WireError("bad-request", "npages must be an integer in 1..%d" % MAX_PAGES)
@@ -263,6 +306,7 @@ class ImageStore:
         memfd = new_memfd(name, npages)
         try:
             zero = bytearray(b"\x01") * npages
+            crcs = page_crcs.new_table(npages)
             disk = os.open(os.path.join(tmp, "memory"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 os.ftruncate(disk, npages * PAGE_SIZE)
@@ -271,40 +315,47 @@ class ImageStore:
                 read = self._reader(capture)
                 with ThreadPoolExecutor(1) as pool:
                     to_disk = pool.submit(_fill, read, npages, disk)
-                    _fill(read, npages, memfd, zero)
+                    _fill(read, npages, memfd, zero, crcs)
                     to_disk.result()
                 os.fsync(disk)
             finally:
                 os.close(disk)
             seal(memfd)
             meta = new_meta(name, capture, zero)
-            self._commit(tmp, name, meta, zero)
+            self._commit(tmp, name, meta, zero, crcs)
         except BaseException:
             os.close(memfd)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return StoredImage(meta, capture.vcpu_state, memfd, zero)
+        return StoredImage(meta, capture.vcpu_state, memfd, zero, crcs)
 
-    def mirror(self, name, info, vcpu_state, zero, server):
+    def mirror(self, name, info, vcpu_state, zero, server, crcs):
         """Record the remote image ``info`` (as ``describe`` gave it) of
-        ``server`` under ``name``; its info."""
+        ``server``, with its CRC table (bytes), under ``name``; its info."""
+        check_name(name, "image name")
         try:
-            check_name(name, "image name")
-        except ValueError as e:
-            raise WireError("bad-name", str(e))
-        try:
-            npages, generation = info["npages"], info["generation"]
+            npages, generation, origin = info["npages"], info["generation"], info["image_id"]
             if type(npages) is not int or not 0 < npages <= MAX_PAGES or len(zero) != npages:
                 raise ValueError("npages and the zero map do not agree")
+            if bytes(zero).translate(None, b"\0\1"):
+                raise ValueError("the zero map holds bytes other than 0 and 1")
+            if type(info["nonzero_pages"]) is not int or not isinstance(info["meta"], dict):
+                raise ValueError("nonzero_pages or meta of the wrong type")
             meta = {k: info[k] for k in ("arch", "nonzero_pages", "created", "meta")}
             base64.b64decode(vcpu_state, validate=True)
+            crcs = page_crcs.from_bytes(crcs, npages)
         except (KeyError, TypeError, ValueError) as e:
             raise WireError("bad-request", "not a mirrorable image: %s" % (e,))
+        # The remote server's word: what becomes a path or a name here is
+        # checked like any other name from outside.
+        check_generation(generation, "remote generation")
+        check_name(origin, "remote image name")
+        check_name(meta["arch"], "remote arch")
         meta.update(image_id=name, generation=generation, npages=npages, format=FORMAT,
-                    vcpu_state=vcpu_state, origin={"server": server, "image": info["image_id"]})
+                    vcpu_state=vcpu_state, origin={"server": server, "image": origin})
 
         def make():
-            self._commit(self._fresh_tmp(name), name, meta, zero)
+            self._commit(self._fresh_tmp(name), name, meta, zero, crcs)
             return self._load(os.path.join(self.dir, name))
 
         return self._add(name, make)
@@ -317,16 +368,14 @@ class ImageStore:
         os.mkdir(tmp, 0o700)
         return tmp
 
-    def _commit(self, tmp, name, meta, zero):
-        """Write the zero map and meta.json into ``tmp``, then make it the
-        image ``name`` in one rename."""
-        for fname, blob in (("zero", bytes(zero)), ("meta.json", json.dumps(meta).encode())):
-            fd = os.open(os.path.join(tmp, fname), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                _write_all(fd, blob, 0)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    def _commit(self, tmp, name, meta, zero, crcs=None):
+        """Write the zero map, CRC table and meta.json into ``tmp``, then
+        make it the image ``name`` in one rename."""
+        files = [("zero", bytes(zero)), ("meta.json", json.dumps(meta).encode())]
+        if crcs is not None:
+            files.append((page_crcs.FILE_NAME, page_crcs.to_bytes(crcs)))
+        for fname, blob in files:
+            _write_new(tmp, fname, blob)
         _fsync_dir(tmp)
         os.rename(tmp, os.path.join(self.dir, name))
         _fsync_dir(self.dir)
@@ -363,18 +412,25 @@ class ImageStore:
             meta = json.load(f)
         if meta.get("format") != FORMAT:
             raise ValueError("unknown memory format %r" % (meta.get("format"),))
+        if check_name(meta.get("image_id"), "image name") != os.path.basename(path):
+            raise ValueError("meta.json names image %r" % meta["image_id"])
+        check_generation(meta.get("generation"))
         npages = meta["npages"]
         with open(os.path.join(path, "zero"), "rb") as f:
             zero = bytearray(f.read())
         if len(zero) != npages:
             raise ValueError("zero map has %d entries for %d pages" % (len(zero), npages))
         self._admit(path, meta)
+        crcs = _read_crcs(path, npages)
         memfd = new_memfd(meta["image_id"], npages)
         if meta.get("origin") or meta.get("server_domain"):
             # Its pages are elsewhere: a mirror's come from its origin, a
             # server-domain image's through grants.  The memfd stays empty.
             seal(memfd)
-            return StoredImage(meta, base64.b64decode(meta["vcpu_state"]), memfd, zero)
+            return StoredImage(meta, base64.b64decode(meta["vcpu_state"]), memfd, zero, crcs)
+        fresh = crcs is None    # blessed before images had CRCs: the disk is trusted once
+        if fresh:
+            crcs = page_crcs.new_table(npages)
         try:
             disk = os.open(os.path.join(path, "memory"), os.O_RDONLY)
             try:
@@ -389,12 +445,20 @@ class ImageStore:
                     data = os.pread(disk, (end - pfn) * PAGE_SIZE, pfn * PAGE_SIZE)
                     if len(data) != (end - pfn) * PAGE_SIZE:
                         raise ValueError("memory file is truncated at page %d" % pfn)
+                    bad = None if fresh else page_crcs.first_bad(crcs, pfn, data)
+                    if bad is not None:
+                        raise ValueError("page %d does not match its CRC: the image is "
+                                         "corrupt" % bad)
+                    if fresh:
+                        page_crcs.note(crcs, pfn, data)
                     _write_all(memfd, data, pfn * PAGE_SIZE)
                     pfn = end
             finally:
                 os.close(disk)
             seal(memfd)
-            return StoredImage(meta, base64.b64decode(meta["vcpu_state"]), memfd, zero)
+            if fresh:
+                _write_new(path, page_crcs.FILE_NAME, page_crcs.to_bytes(crcs), replace=True)
+            return StoredImage(meta, base64.b64decode(meta["vcpu_state"]), memfd, zero, crcs)
         except BaseException:
             os.close(memfd)
             raise

@@ -25,13 +25,13 @@ write is answered once however often the watch fires.
 
 import itertools
 import json
-import re
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from xenclone.control.controller import MAX_LAUNCH
 from xenclone.control.oplog import as_caller
+from xenclone.names import BadName, check_token
 from xenclone.wire import Message, WireError, dispatch
 from xenclone.xenstore.client import Disconnected
 from xenclone.xenstore.tree import domain_path
@@ -40,7 +40,6 @@ from xenclone.xenstore.wire import XenStoreError
 log = Logger(namespace="xenclone.xenstore.guest")
 
 MAX_REQUEST = 512
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
 _FIELDS = {"op", "count", "id"}
 
 
@@ -55,8 +54,11 @@ def parse_guest_request(raw):
     if not isinstance(fields, dict):
         raise WireError("bad-request", "the request is a JSON object")
     token = fields.get("id", "")
-    if token != "" and not (isinstance(token, str) and _TOKEN.match(token)):
-        raise WireError("bad-request", "id: 1-32 of A-Z a-z 0-9 _ -")
+    if token != "":
+        try:
+            check_token(token, "id")
+        except BadName as e:
+            raise WireError("bad-request", e.message)
     unknown = sorted(str(k)[:32] for k in set(fields) - _FIELDS)
     if unknown:
         raise WireError("bad-request", "unknown field(s): %s; known: count, id, op"
@@ -88,9 +90,24 @@ class GuestRequests:
         self._watched = set()           # domids
         self._busy = {}                 # domid -> Deferred of the request being served
         self._again = set()             # domids poked while busy
-        self._last = {}                 # domid -> time of its last accepted request
-        self._images = {}               # domid -> image ids made at its request
-        self._answers = {}              # domid -> answers given
+        # domid -> {"last": time of its last accepted request, "images": image
+        # ids made at its request, "answers": answers given}; kept across
+        # restarts in the controller's ``kept``, if it has one.
+        self._guests = {}
+        self.kept = getattr(controller, "kept", None)
+        if self.kept is not None:
+            for domid in self.kept.guest_ids():
+                if domid not in controller.domains:
+                    self.kept.forget_guest(domid)       # gone while no daemon ran
+
+    def _guest(self, domid):
+        if domid not in self._guests:
+            self._guests[domid] = dict(self.kept.guest(domid)) if self.kept else {}
+        return self._guests[domid]
+
+    def _keep(self, domid):
+        if self.kept is not None:
+            self.kept.set_guest(domid, self._guests[domid])
 
     def stop(self):
         return defer.DeferredList(list(self._busy.values()))
@@ -113,8 +130,9 @@ class GuestRequests:
             self._watched.discard(domid)
             self.client.unwatch(self._node(domid, "request"), "guest-%d" % domid).addErrback(
                 lambda f: None)     # the connection is gone, and the watch with it
-        for table in (self._last, self._images, self._answers):
-            table.pop(domid, None)
+        self._guests.pop(domid, None)
+        if self.kept is not None:
+            self.kept.forget_guest(domid)
 
     def poke(self, domid):
         """The request node may have changed: take and answer what is there
@@ -174,7 +192,9 @@ class GuestRequests:
             log.failure("dom{domid} request", domid=domid)
             answer = {"ok": False, "code": "internal", "error": "internal error"}
         answer["id"] = token
-        answer["seq"] = self._answers[domid] = self._answers.get(domid, 0) + 1
+        guest = self._guest(domid)
+        answer["seq"] = guest["answers"] = guest.get("answers", 0) + 1
+        self._keep(domid)
         log.info("dom{domid} asked to be cloned: {code}", domid=domid,
                  code="ok" if answer["ok"] else answer["code"])
         return answer
@@ -185,15 +205,17 @@ class GuestRequests:
         if dom is None or not self.policy.may_ask(dom):
             raise WireError("refused", "this domain may not ask to be cloned")
         now = self.reactor.seconds()
-        last = self._last.get(domid)
+        guest = self._guest(domid)
+        last = guest.get("last")
         if last is not None and now - last < self.policy.interval:
             raise WireError("rate-limited", "one request every %g s" % self.policy.interval)
-        mine = set(self._images.get(domid, ()))
+        mine = set(guest.get("images", ()))
         live = sum(1 for d in self.controller.domains.values() if d.image in mine)
         if live + count > self.policy.max_clones:
             raise WireError("quota", "%d live clones asked for, %d more would exceed %d"
                             % (live, count, self.policy.max_clones))
-        self._last[domid] = now
+        guest["last"] = now
+        self._keep(domid)
         # <master>-g<n>, the first n free (images outlive the daemon).
         images = yield self.controller.op_images({})
         taken = {i["image_id"] for i in images["images"]}
@@ -201,7 +223,8 @@ class GuestRequests:
                     if n not in taken)
         blessed = yield dispatch(as_caller(self.controller, "guest dom%d" % domid), Message(
             {"op": "bless", "domain": domid, "name": name, "resume": True}))
-        self._images.setdefault(domid, []).append(name)
+        guest.setdefault("images", []).append(name)
+        self._keep(domid)
         launched = yield dispatch(as_caller(self.controller, "guest dom%d" % domid), Message(
             {"op": "launch", "image": name, "count": count}))
         return {"image": name, "generation": blessed.get("generation"),

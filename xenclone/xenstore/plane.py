@@ -84,7 +84,7 @@ class XenStorePlane(Service):
             os.makedirs(run, mode=0o700, exist_ok=True)
             self.helper = HelperProcess(self.reactor, "XenStore", "xenclone.xenstore",
                                         ["--domain-dir", guest_socket_dir(s)], path,
-                                        os.path.join(run, "xenstore.log"))
+                                        os.path.join(run, "xenstore.log"), gated=False)
             yield self._ensure_helper()
             # Nobody else restarts it (xenstored has systemd): while we cannot
             # reach it, make sure it runs.

@@ -7,10 +7,10 @@ One Python process hosts many VMs (a thread per vCPU, the GIL released in
 KVM_RUN), so a clone costs a VM and a thread, not an interpreter.
 
 The daemon drives it over a Unix socket with ``wire`` frames: master memory
-and clone userfaultfds cross as SCM_RIGHTS file descriptors.
+and clone userfaultfds cross as SCM_RIGHTS file descriptors.  The process
+and its socket are ``vmmhost_main.py``'s.
 """
 
-import argparse
 import base64
 import os
 import sys
@@ -18,7 +18,6 @@ import threading
 
 import attr
 from twisted.internet import defer, threads
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from xenclone import pageout_index, workload
@@ -26,7 +25,8 @@ from xenclone.backends.kvm.microvm import MicroVM, NotHeld, VMClosed, entry_pfns
 from xenclone.backends.kvm.xenstore_port import PORTS as XENSTORE_PORTS, XenStorePort
 from xenclone._linux import lib
 from xenclone.interfaces import DomainState
-from xenclone.wire import FrameProtocol, Reply, WireError, takes_fds
+from xenclone.pageout_retry import failure_code
+from xenclone.wire import Reply, WireError, takes_fds
 
 ARCH = "kvm-x86-32"
 WP_FLAG = lib.XC_KIND_WP
@@ -543,7 +543,7 @@ class VmmHost:
                 raise
             except OSError as e:
                 # Nothing was dropped: the pages are still the clone's.
-                raise WireError("pageout-failed", "page-out of domain %d to %s failed: %s"
+                raise WireError(failure_code(e), "page-out of domain %d to %s failed: %s"
                                 % (dom.domid, store, e))
 
         return self._in_thread(dom, page_out).addCallback(lambda crcs: {"crcs": crcs})
@@ -589,34 +589,3 @@ def _pfns(dom, pfns):
         raise WireError("bad-request", "up to %d distinct page numbers within 0..%d"
                         % (MAX_PFNS, dom.npages - 1))
     return pfns
-
-
-class _Factory(Factory):
-    def __init__(self, host):
-        self.host = host
-
-    def buildProtocol(self, addr):
-        proto = FrameProtocol(handler=self.host)
-        self.host.link = proto   # the newest daemon connection gets events
-        return proto
-
-
-def main(argv=None):
-    from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
-    parser = argparse.ArgumentParser(prog="xenclone-vmmhost")
-    parser.add_argument("--socket", required=True)
-    parser.add_argument("--guest-kernel", default=default_guest_kernel())
-    parser.add_argument("--xenstore-dir", help="the XenStore server's per-domain sockets")
-    args = parser.parse_args(argv)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-    if os.path.exists(args.socket):
-        os.unlink(args.socket)
-    host = VmmHost(reactor, args.guest_kernel, args.xenstore_dir)
-    reactor.listenUNIX(args.socket, _Factory(host), mode=0o600)
-    reactor.run()
-
-
-if __name__ == "__main__":
-    main()

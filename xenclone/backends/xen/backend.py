@@ -51,6 +51,7 @@ from xenclone.backends.xen.paging import PagedRegion, PagingSource
 from xenclone.image import Capture
 from xenclone.interfaces import (PAGE_SIZE, DomainState, IBackend, IBalloonBackend,
                                  IForkBackend, ILinuxBackend, PageState)
+from xenclone.pageout_retry import failure_code
 from xenclone.runs import runs
 from xenclone.wire import WireError
 from xenclone.xenstore.client import Disconnected, XenStoreClient
@@ -998,12 +999,11 @@ class XenBackend:
     def page_out(self, domid, pfns, slots, store_path, sync):
         def page_out():
             self._lazy(domid)
-            d = self._thread(self._evictor.page_out, domid, list(pfns), list(slots),
-                             store_path, sync)
+            d = self._thread(self._evictor.page_out, domid, list(pfns), list(slots), store_path, sync)
 
             def failed(f):
                 f.trap(OSError)
-                raise WireError("pageout-failed", "page-out of domain %d to %s failed: %s"
+                raise WireError(failure_code(f.value), "page-out of domain %d to %s failed: %s"
                                 % (domid, store_path, f.value))
 
             return d.addErrback(failed)
