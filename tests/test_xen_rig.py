@@ -50,7 +50,7 @@ BOOT_TIMEOUT = 1800
 # Xen from source: ~1.5 min here, more on a loaded machine; then the boot
 # with the probe, the lazy job and the Linux job (10-15 min under TCG).
 XEN_BUILD_TIMEOUT = 1800
-PAGING_TIMEOUT = 1800
+PAGING_TIMEOUT = 2400
 
 
 def skip_reason():
