@@ -195,6 +195,10 @@ def _linux_numbers(results):
             "clones": [{k: c.get(k) for k in keep} for c in results.get("clones", ())],
             "lazy": results.get("lazy"), "balloon": results.get("balloon"),
             "lost_to_tcg": [c["name"] for c in results.get("clones_lost_to_tcg", ())],
+            # Each fault excused by the TCG budget, with Xen's own lines about it.
+            "tcg_dumps": {c["name"]: c.get("xen_dump")
+                          for c in results.get("clones_lost_to_tcg", ())},
+            "tcg_lost_of_launched": results.get("tcg_lost_of_launched"),
             "triple_faults": results.get("xen_triple_faults")}
 
 
