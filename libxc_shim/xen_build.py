@@ -271,6 +271,52 @@ void xc_fill_dataset_range(void *mem, uint64_t first_pfn, uint64_t npages,
                            uint32_t data_first_pfn, uint32_t data_npages,
                            uint32_t seed, uint32_t zero_every);
 void xc_page_sums(const void *mem, uint64_t npages, uint64_t *out);
+
+/* ==== libxenstore (xenstore.h): XenStore over xenstored's socket or
+ * /dev/xen/xenbus; used by xenclone/xenstore/libxs.py.  Every result is
+ * malloc'ed by the library: release it with free(). ==== */
+struct xs_handle;
+typedef uint32_t xs_transaction_t;
+#define XBT_NULL ...
+#define XS_UNWATCH_FILTER ...
+#define XS_PERM_NONE ...
+#define XS_PERM_READ ...
+#define XS_PERM_WRITE ...
+struct xs_permissions { unsigned int id; unsigned int perms; };
+enum xs_watch_type { XS_WATCH_PATH, XS_WATCH_TOKEN };
+struct xs_handle *xs_open(unsigned long flags);
+void xs_close(struct xs_handle *xsh);
+int xs_fileno(struct xs_handle *h);
+void *xs_read(struct xs_handle *h, xs_transaction_t t, const char *path,
+              unsigned int *len);
+bool xs_write(struct xs_handle *h, xs_transaction_t t, const char *path,
+              const void *data, unsigned int len);
+bool xs_mkdir(struct xs_handle *h, xs_transaction_t t, const char *path);
+bool xs_rm(struct xs_handle *h, xs_transaction_t t, const char *path);
+char **xs_directory(struct xs_handle *h, xs_transaction_t t, const char *path,
+                    unsigned int *num);
+struct xs_permissions *xs_get_permissions(struct xs_handle *h,
+                                          xs_transaction_t t, const char *path,
+                                          unsigned int *num);
+bool xs_set_permissions(struct xs_handle *h, xs_transaction_t t,
+                        const char *path, struct xs_permissions *perms,
+                        unsigned int num_perms);
+bool xs_watch(struct xs_handle *h, const char *path, const char *token);
+bool xs_unwatch(struct xs_handle *h, const char *path, const char *token);
+char **xs_read_watch(struct xs_handle *h, unsigned int *num);
+char **xs_check_watch(struct xs_handle *h);
+xs_transaction_t xs_transaction_start(struct xs_handle *h);
+bool xs_transaction_end(struct xs_handle *h, xs_transaction_t t, bool abort);
+bool xs_introduce_domain(struct xs_handle *h, unsigned int domid,
+                         unsigned long mfn, unsigned int eventchn);
+bool xs_release_domain(struct xs_handle *h, unsigned int domid);
+bool xs_resume_domain(struct xs_handle *h, unsigned int domid);
+bool xs_set_target(struct xs_handle *h, unsigned int domid,
+                   unsigned int target);
+char *xs_get_domain_path(struct xs_handle *h, unsigned int domid);
+bool xs_is_domain_introduced(struct xs_handle *h, unsigned int domid);
+void free(void *ptr);
+/* ==== end of libxenstore ==== */
 """
 
 
@@ -295,7 +341,7 @@ ffibuilder.set_source(
              for f in ("xen_shim.c", "grant_seed.c", "pages.c")],
     include_dirs=[os.path.join(PREFIX, "libxc_shim", "src")],
     libraries=["xenctrl", "xenguest", "xenforeignmemory", "xengnttab",
-               "xenevtchn", "xentoollog"],
+               "xenevtchn", "xentoollog", "xenstore"],
     extra_compile_args=["-O2", "-Wall"],
 )
 

@@ -1,4 +1,8 @@
-"""The Twisted XenStore client against the embedded server."""
+"""The Twisted XenStore clients against the embedded server.
+
+The tests are mixins over ``client_for(path)``: this module runs them with
+the wire-protocol client, test_xenstore_libclient with the libxenstore one,
+so the two cannot drift."""
 
 import os
 import shutil
@@ -51,20 +55,31 @@ def settle():
     return task.deferLater(reactor, 0.1, lambda: None)
 
 
-class ClientCase(unittest.TestCase):
+class ClientCase:
+    """A server and ``self.client``, made by ``client_for(path)``."""
+
+    def client_for(self, path):
+        raise NotImplementedError
+
     @defer.inlineCallbacks
     def setUp(self):
         tmp = tempfile.mkdtemp(prefix="xsc-")
         self.addCleanup(shutil.rmtree, tmp)
         self.path = os.path.join(tmp, "socket")
+        self.domains = os.path.join(tmp, "domains")
         self.server = self.start_server()
         self.store = self.server.store
-        self.client = XenStoreClient(reactor, self.path, min_delay=0.01, max_delay=0.1)
-        yield self.client.connect()
-        self.addCleanup(self.client.close)
+        self.client = yield self.connect(self.path)
+
+    @defer.inlineCallbacks
+    def connect(self, path):
+        client = self.client_for(path)
+        yield client.connect()
+        self.addCleanup(client.close)
+        return client
 
     def start_server(self, store=None):
-        server = XenStoreServer(reactor, self.path, store)
+        server = XenStoreServer(reactor, self.path, store, domain_dir=self.domains)
         server.listen()
         self.addCleanup(server.stop)
         return server
@@ -97,6 +112,20 @@ class OperationTests(ClientCase):
         self.assertEqual((yield c.directory("/a")), ["s", "d"])
 
     @defer.inlineCallbacks
+    def test_permissions(self):
+        c = self.client
+        yield c.write("/p", b"secret")
+        yield c.set_perms("/p", ["n0", "r5", "w6", "b7"])
+        self.assertEqual((yield c.get_perms("/p")), ["n0", "r5", "w6", "b7"])
+        yield c.introduce(5, 0, 0)                  # opens <domains>/5: connections are dom5
+        guest = yield self.connect(os.path.join(self.domains, "5"))
+        self.assertEqual((yield guest.read("/p")), b"secret")
+        yield self.fails("EACCES", guest.write("/p", b"mine"))
+        yield c.set_perms("/p", ["n0"])
+        yield self.fails("EACCES", guest.read("/p"))
+        yield self.fails("ENOENT", c.get_perms("/nowhere"))
+
+    @defer.inlineCallbacks
     def test_long_directory(self):
         names = ["entry-%05d" % i for i in range(500)]
         for name in names:
@@ -110,8 +139,11 @@ class OperationTests(ClientCase):
         self.assertFalse((yield c.is_domain_introduced(4)))
         yield c.introduce(4, 1234, 5)
         self.assertTrue((yield c.is_domain_introduced(4)))
+        yield c.set_target(4, 0)
+        yield c.resume(4)
         yield c.release(4)
         yield self.fails("ENOENT", c.release(4))
+        yield self.fails("ENOENT", c.resume(4))
 
     @defer.inlineCallbacks
     def test_oversized_request_fails_locally(self):
@@ -223,3 +255,20 @@ class WatchTests(ClientCase):
             pass
         else:
             self.fail("a queued request outlived close()")
+
+
+class Wire:
+    def client_for(self, path):
+        return XenStoreClient(reactor, path, min_delay=0.01, max_delay=0.1)
+
+
+class WireOperationTests(Wire, OperationTests, unittest.TestCase):
+    pass
+
+
+class WireTransactionTests(Wire, TransactionTests, unittest.TestCase):
+    pass
+
+
+class WireWatchTests(Wire, WatchTests, unittest.TestCase):
+    pass

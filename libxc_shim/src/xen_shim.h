@@ -16,6 +16,7 @@
 #include <xengnttab.h>
 #include <xenevtchn.h>
 #include <xentoollog.h>
+#include <xenstore.h>         /* libxenstore: xs_open and the XenStore calls */
 #include <xen/vm_event.h>
 #include <xen/hvm/params.h>
 #include <xen/hvm/save.h>

@@ -90,12 +90,12 @@ def _ask_control(reactor, settings, op, fields, shown=False):
 
 @defer.inlineCallbacks
 def _ask_xenstore(reactor, settings, op, fields):
-    from xenclone.xenstore.client import XenStoreClient
+    from xenclone.xenstore.connect import xenstore_client
     from xenclone.xenstore.plane import xenstore_socket
     from xenclone.xenstore.requests import call
 
     path = xenstore_socket(settings)
-    client = XenStoreClient(reactor, path)
+    client = xenstore_client(reactor, path)
     try:
         yield client.connect().addTimeout(5, reactor)
     except defer.TimeoutError:

@@ -1,8 +1,11 @@
-"""XenStore for xenclone: the wire codec, the embedded server and the client.
+"""XenStore for xenclone: the wire codec, the embedded server and the clients.
 
 Where there is no Xen, the daemon runs the embedded server (``server``) over
-the store (``tree``); on a Xen dom0 the client (``client``) talks to the real
-xenstored at /run/xenstored/socket.
+the store (``tree``) and talks to it with the wire-protocol client
+(``client``).  On a Xen dom0 it talks to the real xenstored through
+libxenstore (``libclient`` over ``libxs``), over xenstored's socket or
+/dev/xen/xenbus (xenstored in a stub domain).  ``connect.xenstore_client``
+chooses; pyxs is for tests only.
 """
 
 from xenclone.xenstore.wire import XenStoreError

@@ -17,7 +17,8 @@ from twisted.logger import Logger
 
 from xenclone.helpers import HelperProcess
 from xenclone.wire import FrameProtocol
-from xenclone.xenstore.client import DEFAULT_SOCKET, XenStoreClient
+from xenclone.xenstore.client import DEFAULT_SOCKET
+from xenclone.xenstore.connect import xenstore_client
 from xenclone.xenstore.guest import GuestPolicy, GuestRequests
 from xenclone.xenstore.publish import DomainHomes, Publisher
 from xenclone.xenstore.requests import RequestRunner
@@ -78,7 +79,7 @@ class XenStorePlane(Service):
     def _start(self):
         s = self.settings
         path = xenstore_socket(s)
-        self.client = XenStoreClient(self.reactor, path)
+        self.client = xenstore_client(self.reactor, path)
         if self.mode == "embedded":
             run = s["run_dir"]
             os.makedirs(run, mode=0o700, exist_ok=True)

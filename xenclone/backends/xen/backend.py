@@ -54,7 +54,8 @@ from xenclone.interfaces import (PAGE_SIZE, DomainState, IBackend, IBalloonBacke
 from xenclone.pageout_retry import failure_code
 from xenclone.runs import runs
 from xenclone.wire import WireError
-from xenclone.xenstore.client import Disconnected, XenStoreClient
+from xenclone.xenstore.client import Disconnected
+from xenclone.xenstore.connect import xenstore_client
 from xenclone.xenstore.wire import XenStoreError
 
 ARCH = "xen-pvh-x86"
@@ -284,7 +285,7 @@ class XenBackend:
         """xenstored, where Linux guests' control nodes live (connected on
         first use, reconnected by the client when it drops)."""
         if self._xs is None:
-            self._xs = XenStoreClient(self.reactor, self._xenstore_path)
+            self._xs = xenstore_client(self.reactor, self._xenstore_path)
         try:
             yield self._xs.connect().addTimeout(10, self.reactor)
         except defer.TimeoutError:
