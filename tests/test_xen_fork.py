@@ -3,13 +3,16 @@ written over the real wire protocol to the embedded server, and taken away
 again.  Forks on real Xen are tests/test_xen_rig.py (the fork job)."""
 
 import contextlib
+import os
+import types
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from xenclone.backends.xen import fork
 from xenclone.backends.xen.filled import ForkRegion
-from xenclone.interfaces import PageState
+from xenclone.backends.xen.fork_clones import ForkClones
+from xenclone.interfaces import PAGE_SIZE, PageState
 from xenclone.xenstore.tree import Caller
 
 from tests.xenstore_helpers import embedded_xenstore
@@ -97,3 +100,53 @@ class ForkRegionTests(unittest.TestCase):
         region.load_zero(4)
         self.assertEqual(maps.calls, [(DOMID, [3], False), (DOMID, [4], False)])
         self.assertEqual(list(region.states())[3:5], [PageState.SHARED, PageState.ZERO])
+
+
+class _Mapping:
+    def __init__(self, npages):
+        self.buffer = bytearray(npages * PAGE_SIZE)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _WritableMaps:
+    """Records each writable map and what was written through it."""
+
+    def __init__(self):
+        self.written = {}
+
+    def map(self, domid, pfns, writable=True):
+        assert writable
+        m = _Mapping(len(pfns))
+        m.pfns = list(pfns)
+        self.written[tuple(pfns)] = m
+        return m
+
+
+def _image(pages):
+    fd = os.memfd_create("img")
+    os.write(fd, b"".join(pages))
+    return types.SimpleNamespace(npages=len(pages), mem_fd=fd, pages=None)
+
+
+class DerivedImageTests(unittest.TestCase):
+    def test_only_the_pages_that_differ_are_mapped_and_written(self):
+        """A clone's image forked from its parent's domain: a page mapped
+        writable is unshared, so unchanged pages are never mapped."""
+        pages = [bytes([i % 251]) * PAGE_SIZE for i in range(3000)]
+        new = list(pages)
+        for pfn in (5, 6, 7, 1500, 2999):
+            new[pfn] = b"w" * PAGE_SIZE
+        parent, image = _image(pages), _image(new)
+        self.addCleanup(os.close, parent.mem_fd)
+        self.addCleanup(os.close, image.mem_fd)
+        clones = ForkClones()
+        clones.fm = _WritableMaps()
+        self.assertEqual(clones._copy_changed(DOMID, image, parent), 5)
+        self.assertEqual(sorted(clones.fm.written), [(5, 6, 7), (1500,), (2999,)])
+        for pfns, m in clones.fm.written.items():
+            self.assertEqual(bytes(m.buffer), b"w" * PAGE_SIZE * len(pfns))

@@ -13,12 +13,17 @@
   (inside the opaque vCPU state).
 - An image in the memory-server domain is read through grant maps
   (``grant_cache.py``) for fills and page-ins alike.
-- A clone is ``xl create -p`` of the same settings under its own name (its
-  own XenStore home and console), then filled one of two ways:
-  - **before it runs** (any Xen): every non-zero image page is copied in;
-  - **lazily** (a Xen built with MEM_PAGING): its paging ring is enabled and
-    every page but the params page evicted, in one C call; guest faults
-    then go through the pager (``paging.py``).
+- A clone is made one of three ways:
+  - **filled before it runs** (any Xen): ``xl create -p`` of the same
+    settings under its own name (its own XenStore home and console), and
+    every non-zero image page copied in;
+  - **lazily** (a Xen built with MEM_PAGING): ``xl create -p`` likewise,
+    its paging ring enabled and every page but the params page evicted, in
+    one C call; guest faults then go through the pager (``paging.py``);
+  - **as a VM fork** (a Xen with MEM_SHARING and xen/patches) of the
+    image's image domain, made at bless: nothing is copied, and its
+    XenStore home is written by hand (``fork_clones.py``, ``fork.py``,
+    ``image_domains.py``).
   Then its mailbox gets its id and input (a Linux clone: its XenStore
   ``xenclone/clone-id``), the master's HVM context is set and it is
   unpaused.  A Linux clone resumes in its own domain: ``xl create -p`` gave
@@ -42,11 +47,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from xenclone import workload
-from xenclone.backends.xen import fork, libxc, linux, xl
+from xenclone.backends.xen import libxc, linux, xl
 from xenclone.backends.xen.evict import Evictor
+from xenclone.backends.xen.errors import xen_errors
 from xenclone.backends.xen.filled import FilledRegion, FilledSource, ForkRegion
+from xenclone.backends.xen.fork_clones import ForkClones
 from xenclone.backends.xen.grant_cache import DEFAULT_LIMIT as DEFAULT_GRANT_CACHE, GrantCache
 from xenclone.backends.xen.image_domains import ImageDomains
+from xenclone.backends.xen.image_state import GUEST, LINUX, pack_state, unpack_state
 from xenclone.backends.xen.paging import PagedRegion, PagingSource
 from xenclone.image import Capture
 from xenclone.interfaces import (PAGE_SIZE, DomainState, IBackend, IBalloonBackend,
@@ -54,9 +62,7 @@ from xenclone.interfaces import (PAGE_SIZE, DomainState, IBackend, IBalloonBacke
 from xenclone.pageout_retry import failure_code
 from xenclone.runs import runs
 from xenclone.wire import WireError
-from xenclone.xenstore.client import Disconnected
 from xenclone.xenstore.connect import xenstore_client
-from xenclone.xenstore.wire import XenStoreError
 
 ARCH = "xen-pvh-x86"
 BATCH = 1024            # pages per foreign mapping (4 MiB of dom0 address space)
@@ -65,25 +71,9 @@ READY_TIMEOUT = 120.0   # xl create to the bless point, under TCG
 GUEST_KERNEL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "guest", "build",
                             "guest.elf")
 SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT, SHUTDOWN_SUSPEND, SHUTDOWN_CRASH = 0, 1, 2, 3
-GUEST, LINUX = "guest", "linux"     # master kinds
 PAGE_IN_TIMEOUT = 60.0  # a read of evicted pages waits this long for the pager
 PAGE_IN_RETRY = 0.02
 FILL_MODES = ("auto", "fork", "lazy", "before-run")
-_STATE_HEAD = struct.Struct("<I")
-
-
-def pack_state(config, hvm_context, kind=GUEST):
-    """The image's opaque vCPU state: the xl settings and the master's
-    kind, then Xen's HVM record."""
-    head = json.dumps({"xl": config, "kind": kind}, sort_keys=True).encode()
-    return _STATE_HEAD.pack(len(head)) + head + hvm_context
-
-
-def unpack_state(blob):
-    """``(xl settings, kind, HVM record)``."""
-    n, = _STATE_HEAD.unpack_from(blob)
-    head = json.loads(blob[_STATE_HEAD.size:_STATE_HEAD.size + n])
-    return head["xl"], head.get("kind", GUEST), blob[_STATE_HEAD.size + n:]
 
 
 def _batches(pfns):
@@ -173,19 +163,8 @@ def _spread(times):
             "service_us_p90": pct(0.9)}
 
 
-def _xen_errors(d):
-    """libxc and xenstored failures reach the operator as WireErrors, with
-    their own text."""
-    def translate(f):
-        f.trap(libxc.XenError, XenStoreError, Disconnected)
-        code = "xen-error" if f.check(libxc.XenError) else "xenstore-error"
-        raise WireError(code, str(f.value))
-
-    return d.addErrback(translate)
-
-
 @implementer(IBackend, ILinuxBackend, IBalloonBackend, IForkBackend)
-class XenBackend:
+class XenBackend(ForkClones):
     name = "xen"
     numbers_domains = True      # Xen assigns domids: the controller adopts them
     log = Logger()
@@ -268,7 +247,7 @@ class XenBackend:
     # -- helpers
 
     def _thread(self, fn, *args):
-        return _xen_errors(threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+        return xen_errors(threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                                      fn, *args))
 
     def _get(self, domid):
@@ -404,8 +383,8 @@ class XenBackend:
 
     def create_master(self, spec):
         if spec.boot is not None:
-            return _xen_errors(self._create_linux_master(spec))
-        return _xen_errors(self._create_master(spec))
+            return xen_errors(self._create_linux_master(spec))
+        return xen_errors(self._create_master(spec))
 
     @defer.inlineCallbacks
     def _create_linux_master(self, spec):
@@ -475,7 +454,7 @@ class XenBackend:
         through foreign mappings itself (into dom0 or the server domain).
         A Linux master is suspended first (its ack and suspend times go
         into the image's meta)."""
-        return _xen_errors(self._capture(domid))
+        return xen_errors(self._capture(domid))
 
     @defer.inlineCallbacks
     def _capture(self, domid):
@@ -537,7 +516,7 @@ class XenBackend:
         return self._grants.pages(image)
 
     def launch(self, image, clone):
-        return _xen_errors(self._launch(image, clone))
+        return xen_errors(self._launch(image, clone))
 
     @defer.inlineCallbacks
     def _launch(self, image, clone):
@@ -627,145 +606,6 @@ class XenBackend:
             raise
         return region
 
-    @defer.inlineCallbacks
-    def _launch_fork(self, image, clone, config, kind):
-        """A fork of the image's image domain (``fork.py``), its XenStore
-        home and id written, then unpaused: nothing is copied."""
-        parent = self.images.parent(image.image_id)
-        xs = yield self._xenstore()
-        vcpus = config.get("vcpus", 1)
-        domid, store, console = fork.make_child(self.xc, parent, vcpus)
-        try:
-            dom = self._track(domid, clone.name, "clone", image.npages, config,
-                              dict(clone.meta, parent=parent), fill="fork", kind=kind)
-            extra = fork.clone_id_nodes(domid, clone.clone_id) if kind == LINUX else ()
-            yield fork.write_home(xs, domid, clone.name, fork.memory_kib(image.npages), vcpus,
-                                  store, console, extra)
-            if kind == GUEST:
-                dom.mailbox.write(clone_id=clone.clone_id, input=clone.input, go=1)
-            if not clone.paused:
-                self._unpause(dom)
-        except Exception:
-            yield self._destroy_fork(domid)
-            raise
-        return ForkRegion(domid, image.npages, self._readable(image), self.fm)
-
-    @defer.inlineCallbacks
-    def _destroy_fork(self, domid):
-        """A fork has no libxl state: Xen destroys it, and its XenStore
-        traces go."""
-        self._drop(domid)
-        try:
-            self.xc.destroy(domid)
-        except libxc.XenError as e:
-            if e.errno != errno.ESRCH:
-                raise
-        xs = yield self._xenstore()
-        yield fork.unwire(xs, self.xc, domid)
-
-    # -- image domains (IForkBackend)
-
-    def prepare_image(self, image, parent=None):
-        """Bless's last step where the hypervisor forks and fork is wanted
-        (fill = auto or fork): the image's domain.  An image blessed from a
-        fork clone (``parent``: the image it was forked from) gets a fork
-        of the parent's image domain holding only the pages that differ,
-        so the rest stay shared with the first image."""
-        if self.fill not in ("auto", "fork"):
-            return defer.succeed(None)
-        config, kind, record = unpack_state(image.vcpu_state)
-        readable = self._readable(image)
-        parent_domid = self.images.domid(parent.image_id) if parent is not None else None
-        if parent_domid is not None:
-            return _xen_errors(self.images.prepare(
-                image.image_id, lambda name: self._derived(name, parent_domid, config, record,
-                                                          readable, self._readable(parent)),
-                lambda domid: defer.succeed(None), parent=parent.image_id))
-
-        def create(name):
-            return self._create(dict(config, name=name))
-
-        def fill(domid):
-            d = self._thread(self._fill, domid, readable)
-            return d.addCallback(lambda _: self.xc.hvm_setcontext(domid, record))
-
-        return _xen_errors(self.images.prepare(image.image_id, create, fill))
-
-    @defer.inlineCallbacks
-    def _derived(self, name, parent_domid, config, record, image, parent):
-        """A fork of ``parent_domid`` (paused, never introduced to
-        xenstored; named for ``xl list``) given ``image``'s pages where they
-        differ from ``parent``'s and its vCPU state; Deferred[domid]."""
-        xs = yield self._xenstore()
-        domid, _, _ = fork.make_child(self.xc, parent_domid, config.get("vcpus", 1))
-        try:
-            yield xs.write("/local/domain/%d/name" % domid, name)
-            changed = yield self._thread(self._copy_changed, domid, image, parent)
-            self.xc.hvm_setcontext(domid, record)
-        except Exception:
-            self.xc.destroy(domid)
-            raise
-        self.log.info("derived image domain {domid}: {changed} of {n} pages differ from its "
-                      "parent's", domid=domid, changed=changed, n=image.npages)
-        return domid
-
-    def _copy_changed(self, domid, image, parent):
-        """Write the pages of ``image`` that differ from ``parent``'s into
-        the fork ``domid``; a page mapped writable is unshared, so only
-        those are mapped.  Returns how many."""
-        changed = 0
-        for batch in _batches(range(image.npages)):
-            differ = [p for p in batch if image.read_page(p) != parent.read_page(p)]
-            for start, n in runs(differ):
-                pfns = differ[start:start + n]
-                with self.fm.map(domid, pfns) as m:
-                    for i, pfn in enumerate(pfns):
-                        m.buffer[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = image.read_page(pfn)
-            changed += len(differ)
-        return changed
-
-    def image_domains(self):
-        return self.images.info()
-
-    def drop_image(self, image_id):
-        return _xen_errors(self.images.drop(image_id))
-
-    def reset(self, domid):
-        return _xen_errors(self._reset(domid))
-
-    @defer.inlineCallbacks
-    def _reset(self, domid):
-        """Back to the image's state (Xen's fork reset: the clone's own
-        pages go, vCPU and HVM state are the parent's again), then wired
-        and introduced afresh, as at launch."""
-        dom = self._get(domid)
-        if dom.role != "clone":
-            raise WireError("not-clone", "%s is a master: only clones are reset (to their "
-                            "image)" % dom.name)
-        if dom.fill != "fork":
-            raise WireError("unsupported", "%s is not a fork (fill %s): only fork clones are "
-                            "reset" % (dom.name, dom.fill))
-        xs = yield self._xenstore()
-        self._pause(dom)
-        # Its channels closed first: Xen unregisters the guest's vcpu_info
-        # on reset (xen/patches) only where no event can reach it.
-        self.xc.evtchn_reset(domid)
-        self.xc.fork_reset(domid)
-        yield fork.unwire(xs, self.xc, domid)
-        store, console = fork.wire(self.xc, domid)
-        vcpus = dom.config.get("vcpus", 1)
-        extra = (fork.clone_id_nodes(domid, dom.meta.get("clone_id"))
-                 if dom.kind == LINUX else ())
-        yield fork.write_home(xs, domid, dom.name, fork.memory_kib(dom.npages), vcpus,
-                              store, console, extra)
-        if dom.kind == GUEST:
-            dom.mailbox.write(clone_id=dom.meta.get("clone_id", 0),
-                              input=dom.meta.get("input", 0), go=1)
-        dom.t_first_ns, dom.first_told = None, False
-        dom.state, dom.result, dom.error = DomainState.PAUSED, None, None
-        self._unpause(dom)
-        return dom.info()
-
     def _fill_pages(self, domid, image, pfns):
         for batch in _batches(pfns):
             with self.fm.map(domid, batch) as m:
@@ -850,10 +690,10 @@ class XenBackend:
                 dom.state = DomainState.PAUSED
             return dom.info()
 
-        return _xen_errors(defer.maybeDeferred(pause))
+        return xen_errors(defer.maybeDeferred(pause))
 
     def unpause(self, domid):
-        return _xen_errors(self._unpause_domain(domid))
+        return xen_errors(self._unpause_domain(domid))
 
     @defer.inlineCallbacks
     def _unpause_domain(self, domid):
@@ -880,7 +720,7 @@ class XenBackend:
     def adopt(self, ref):
         """Take over a Linux PVH domain that xl made (by name or domid), as
         a master: ``bless`` of a domain the daemon does not know."""
-        return _xen_errors(self._adopt(ref))
+        return xen_errors(self._adopt(ref))
 
     @defer.inlineCallbacks
     def _adopt(self, ref):
@@ -979,7 +819,7 @@ class XenBackend:
             return {"shared": shared, "private": info.tot_pages, "zero": 0,
                     "absent": max(0, dom.npages - info.tot_pages - shared)}
 
-        return _xen_errors(defer.maybeDeferred(scan))
+        return xen_errors(defer.maybeDeferred(scan))
 
     def _lazy(self, domid):
         dom = self._get(domid)
@@ -1000,7 +840,8 @@ class XenBackend:
     def page_out(self, domid, pfns, slots, store_path, sync):
         def page_out():
             self._lazy(domid)
-            d = self._thread(self._evictor.page_out, domid, list(pfns), list(slots), store_path, sync)
+            d = self._thread(self._evictor.page_out, domid, list(pfns), list(slots),
+                             store_path, sync)
 
             def failed(f):
                 f.trap(OSError)
@@ -1026,7 +867,7 @@ class XenBackend:
     # guest can give some back
 
     def balloonable(self):
-        return _xen_errors(self._balloonable())
+        return xen_errors(self._balloonable())
 
     @defer.inlineCallbacks
     def _balloonable(self):
@@ -1045,7 +886,7 @@ class XenBackend:
     def balloon(self, domid, pages, operator=False):
         """Set the clone's balloon target; the operator's target is also
         the most that memory pressure's end gives back."""
-        return _xen_errors(self._balloon(domid, pages, operator))
+        return xen_errors(self._balloon(domid, pages, operator))
 
     @defer.inlineCallbacks
     def _balloon(self, domid, pages, operator):
