@@ -52,6 +52,14 @@ class DaemonLockTests(_Tmp):
             os.close(fd)
         fds[:] = daemon_lock.take(self.settings(run="other-run"))   # free once let go
 
+    def test_one_directory_for_both_is_locked_once(self):
+        same = os.path.join(self.tmp, "both")
+        fds = daemon_lock.take({"state_dir": same, "run_dir": same + "/."})
+        self.addCleanup(lambda: [os.close(fd) for fd in fds])
+        self.assertEqual(len(fds), 1)
+        self.assertRaises(daemon_lock.AlreadyRunning, daemon_lock.take,
+                          {"state_dir": same, "run_dir": same})
+
     def test_twistd_exits_2_and_touches_nothing(self):
         fds = daemon_lock.take(self.settings())
         self.addCleanup(lambda: [os.close(fd) for fd in fds])

@@ -85,7 +85,7 @@ class LogLevelTests(unittest.TestCase):
         os.makedirs(tmp)
         conf = os.path.join(tmp, "xenclone.conf")
         with open(conf, "w") as f:
-            f.write('log_level = "warn"\nrun_dir = "%s"\n' % tmp)
+            f.write('log_level = "warn"\nrun_dir = "%s"\nstate_dir = "%s"\n' % (tmp, tmp))
         logfile = os.path.join(tmp, "daemon.log")
         options = ServerOptions()
         options.parseOptions(["--nodaemon", "--pidfile=", "--logfile", logfile,

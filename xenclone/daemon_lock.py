@@ -39,9 +39,12 @@ def take(settings):
     """Lock state_dir and run_dir for this daemon; the fds, to keep open
     (``LockHolder``)."""
     fds = []
+    # One lock a directory: a second flock of the same file from this
+    # process would take it for another daemon's.
+    dirs = dict.fromkeys(os.path.realpath(settings[key]) for key in ("state_dir", "run_dir"))
     try:
-        for key in ("state_dir", "run_dir"):
-            fds.append(_lock(settings[key]))
+        for path in dirs:
+            fds.append(_lock(path))
     except BaseException:
         for fd in fds:
             os.close(fd)
