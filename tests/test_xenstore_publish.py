@@ -166,6 +166,16 @@ class HomeTests(PublishCase):
         self.assertEqual(self.server.store.directory(DOM0, "/local/domain"), ["5"])
 
     @defer.inlineCallbacks
+    def test_on_xen_a_gone_domain_gets_no_home_again(self):
+        """libxl removed the home of a domain that died before the daemon
+        heard of it: the area is not written, which would make the home."""
+        self.publisher.homes = self.homes = DomainHomes(self.client, False, lambda dom: False)
+        self.server.store.write(DOM0, "/local/domain/5/name", b"img.1")
+        self.controller.add(Dom(7, "img.3", clone_id=3))
+        yield self.update()
+        self.assertEqual(self.server.store.directory(DOM0, "/local/domain"), ["5"])
+
+    @defer.inlineCallbacks
     def test_everything_again_after_a_reconnect(self):
         self.controller.add(Dom(5, "img.1", clone_id=1))
         yield self.update()

@@ -59,6 +59,8 @@ class ForkJob(Job):
             ends[step.__name__] = since(T0)
 
     def bless(self):
+        # Homes of this boot's other jobs' domains are not ours to judge.
+        self.homes_before = run("xenstore-list", "/local/domain").stdout.split()
         caps = self.json("host")["capabilities"]
         self.checks["fork_offered"] = "fork" in caps["fill_modes"]
         self.res["fork_refused"] = caps.get("fork_refused")
@@ -200,7 +202,8 @@ class ForkJob(Job):
         rc, _, err = self.xenclone("reset", c["name"], timed="reset")
         self.res["errors"]["reset"] = err.strip()
         seen = wait_console(c["name"], "XENCLONE-CLONE-ID %d" % c["clone_id"], 120, mark)
-        ticks = wait_console(c["name"], "XENCLONE-TICK", 60, mark) if seen is not None else None
+        # A tick comes every 10 rounds of its loop: over a minute apart under a loaded TCG.
+        ticks = wait_console(c["name"], "XENCLONE-TICK", 180, mark) if seen is not None else None
         self.res["reset_ok"] = self.checks["reset_ok"] = (
             rc == 0 and seen is not None and ticks is not None)
         self.res["reset_hypervisor_after"] = self.json("info", c["name"]).get("hypervisor")
@@ -228,7 +231,7 @@ class ForkJob(Job):
         self.checks["nothing_left"] = not left
         homes = run("xenstore-list", "/local/domain").stdout.split()
         self.res["xenstore_homes_left"] = homes
-        self.checks["no_xenstore_home_left"] = homes == ["0"]
+        self.checks["no_xenstore_home_left"] = set(homes) <= set(self.homes_before)
         self.res["xen_triple_faults"] = triple_faults()
 
 

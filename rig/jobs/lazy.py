@@ -115,8 +115,8 @@ class LazyJob(Job):
         unchanged."""
         launched = yield self.json("launch", IMAGE, "--fill", "lazy", "--paused")
         name = launched["clones"][0]["name"]
-        rc, _, err = yield self.xenclone("set", name, "target=%d" % TARGET,
-                                         "limit=%d" % TARGET)
+        rc, _, err = yield self.xenclone("set", name, "target=%dK" % (4 * TARGET),
+                                         "limit=%dK" % (4 * TARGET))
         self.checks["target_set"] = rc == 0
         yield self.xenclone("unpause", name)
         info = yield self.s.call("wait", domain=name, timeout=600)
@@ -133,7 +133,7 @@ class LazyJob(Job):
         # The first round drops clean pages and finds the written ones; the
         # second pages those out.
         for _ in range(2):
-            yield self.xenclone("set", name, "target=%d" % LOW_TARGET)
+            yield self.xenclone("set", name, "target=%dK" % (4 * LOW_TARGET))
         out = yield self.s.call("info", domain=name)
         after = yield self.s.call("page_sums", domain=name, pfns=mine)
         back = yield self.s.call("info", domain=name)

@@ -167,6 +167,17 @@ def _entry(path):
     return "/".join(path.split("/")[:5])
 
 
+@defer.inlineCallbacks
+def _exists(tx, path):
+    try:
+        yield tx.read(path)
+    except XenStoreError as e:
+        if e.code != "ENOENT":
+            raise
+        return False
+    return True
+
+
 class DomainHomes:
     """Each domain's own area, readable by that guest only:
 
@@ -224,6 +235,8 @@ class DomainHomes:
             if self.toolstack:
                 yield tx.mkdir(home)
                 yield tx.set_perms(home, reader)
+            elif not (yield _exists(tx, home)):
+                return      # the domain is gone (libxl removed its home): none is made
             yield tx.mkdir(area)
             yield tx.set_perms(area, reader)        # leaves below inherit it
             for name, value in leaves.items():
