@@ -9,26 +9,10 @@ set -eu
 export XENCLONE_W=/tmp/xenclone-fork XENCLONE_SERVER_DOMAIN_MIB=0 XENCLONE_MEMSERVER_TCP=
 export XENCLONE_LOG=xenclone-fork-daemon.log
 . "$RIG_PROJECT/rig/jobs/daemon.sh"
-DOMU=rig-pvh
-CONSOLE=/var/log/xen/console/guest-$DOMU.log
-
-trap '[ -z "${DAEMON:-}" ] || kill $DAEMON 2>/dev/null; xl destroy $DOMU 2>/dev/null || true' EXIT
-daemon
-i=0
-until [ -S "$W/run/control.sock" ]; do
-    kill -0 "$DAEMON" 2>/dev/null || { echo "fork: the daemon died"; exit 1; }
-    i=$((i + 1))
-    [ $i -le 600 ] || { echo "fork: no daemon"; exit 1; }
-    sleep 0.5
-done
-rm -f "$CONSOLE"
-xl create "$RIG_FILES/domu/pvh.cfg"
-i=0
-until grep -q XENCLONE-DOMU-UP "$CONSOLE" 2>/dev/null; do
-    i=$((i + 1))
-    [ $i -le 360 ] || { echo "fork: no marker in 180 s"; cat "$CONSOLE" || true; exit 1; }
-    sleep 0.5
-done
+JOB=fork
+. "$RIG_PROJECT/rig/jobs/domu.sh"
+start_daemon
+boot_domu
 # Its commands find the daemon as an administrator's do: the default path.
 mkdir -p /etc/xen
 cp "$W/xenclone.conf" /etc/xen/xenclone.conf

@@ -424,8 +424,8 @@ class Job:
         self.res["xen_triple_faults"] = triple_faults()
 
 
-def main():
-    job = Job(sys.argv[1])
+def main(job):
+    """Run ``job``'s steps, print its results and exit as they say."""
     try:
         job.steps()
     except Exception as e:          # keep every fact gathered so far
@@ -438,4 +438,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(Job(sys.argv[1])))

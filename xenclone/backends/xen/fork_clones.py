@@ -52,17 +52,25 @@ class ForkClones:
         try:
             dom = self._track(domid, clone.name, "clone", image.npages, config,
                               dict(clone.meta, parent=parent), fill="fork", kind=kind)
-            extra = fork.clone_id_nodes(domid, clone.clone_id) if kind == LINUX else ()
-            yield fork.write_home(xs, domid, clone.name, fork.memory_kib(image.npages), vcpus,
-                                  store, console, extra)
-            if kind == GUEST:
-                dom.mailbox.write(clone_id=clone.clone_id, input=clone.input, go=1)
+            yield self._tell(xs, dom, store, console)
             if not clone.paused:
                 self._unpause(dom)
         except Exception:
             yield self._destroy_fork(domid)
             raise
         return ForkRegion(domid, image.npages, self._readable(image), self.fm)
+
+    def _tell(self, xs, dom, store, console):
+        """Step 4 for a tracked fork, at launch and after a reset: its
+        XenStore home and introduction, and its id where its guest reads it
+        (a Linux clone's XenStore node, the project's guest's mailbox)."""
+        clone_id = dom.meta.get("clone_id")
+        extra = fork.clone_id_nodes(dom.domid, clone_id) if dom.kind == LINUX else ()
+        d = fork.write_home(xs, dom.domid, dom.name, fork.memory_kib(dom.npages),
+                            dom.config.get("vcpus", 1), store, console, extra)
+        if dom.kind == GUEST:
+            dom.mailbox.write(clone_id=clone_id, input=dom.meta.get("input"), go=1)
+        return d
 
     @defer.inlineCallbacks
     def _destroy_fork(self, domid):
@@ -171,14 +179,7 @@ class ForkClones:
         self.xc.fork_reset(domid)
         yield fork.unwire(xs, self.xc, domid)
         store, console = fork.wire(self.xc, domid)
-        vcpus = dom.config.get("vcpus", 1)
-        extra = (fork.clone_id_nodes(domid, dom.meta.get("clone_id"))
-                 if dom.kind == LINUX else ())
-        yield fork.write_home(xs, domid, dom.name, fork.memory_kib(dom.npages), vcpus,
-                              store, console, extra)
-        if dom.kind == GUEST:
-            dom.mailbox.write(clone_id=dom.meta.get("clone_id", 0),
-                              input=dom.meta.get("input", 0), go=1)
+        yield self._tell(xs, dom, store, console)
         dom.t_first_ns, dom.first_told = None, False
         dom.state, dom.result, dom.error = DomainState.PAUSED, None, None
         self._unpause(dom)
