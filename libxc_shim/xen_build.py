@@ -131,6 +131,14 @@ int xc_memshr_fork(xc_interface *xch, uint32_t source_domain,
                    bool block_interrupts);
 int xc_memshr_fork_reset(xc_interface *xch, uint32_t forked_domain,
                          bool reset_state, bool reset_memory);
+int xc_memshr_ring_disable(xc_interface *xch, uint32_t domid);
+
+/* ---- libxencall: the project's own memop (fork_pages.h) ---- */
+typedef ... xencall_handle;
+xencall_handle *xencall_open(xentoollog_logger *logger, unsigned open_flags);
+int xencall_close(xencall_handle *xcall);
+int xen_shim_fork_pages(xencall_handle *xcall, uint32_t domid, uint64_t start,
+                        uint64_t *gfns, uint32_t nr);
 int xc_evtchn_alloc_unbound(xc_interface *xch, uint32_t dom, uint32_t remote_dom);
 int xc_evtchn_reset(xc_interface *xch, uint32_t dom);
 int xc_hvm_param_set(xc_interface *handle, uint32_t dom, uint32_t param,
@@ -176,6 +184,7 @@ void *xc_vm_event_enable(xc_interface *xch, uint32_t domain_id, int param,
 #define VM_EVENT_INTERFACE_VERSION ...
 #define VM_EVENT_FLAG_VCPU_PAUSED ...
 #define VM_EVENT_REASON_MEM_PAGING ...
+#define VM_EVENT_REASON_MEM_SHARING ...
 #define MEM_PAGING_DROP_PAGE ...
 #define MEM_PAGING_EVICT_FAIL ...
 struct vm_event_paging { uint64_t gfn; uint32_t p2mt; uint32_t flags; };
@@ -335,13 +344,14 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "xenclone._xen",
-    '#include "xen_shim.h"\n#include "grant_seed.h"\n#include "pages.h"',
+    '#include "xen_shim.h"\n#include "grant_seed.h"\n#include "pages.h"\n'
+    '#include "fork_pages.h"',
     # pages.c: the guest's data set and page sums, over foreign mappings.
     sources=[os.path.join(PREFIX, "libxc_shim", "src", f)
-             for f in ("xen_shim.c", "grant_seed.c", "pages.c")],
+             for f in ("xen_shim.c", "grant_seed.c", "pages.c", "fork_pages.c")],
     include_dirs=[os.path.join(PREFIX, "libxc_shim", "src")],
     libraries=["xenctrl", "xenguest", "xenforeignmemory", "xengnttab",
-               "xenevtchn", "xentoollog", "xenstore"],
+               "xenevtchn", "xentoollog", "xenstore", "xencall"],
     extra_compile_args=["-O2", "-Wall"],
 )
 

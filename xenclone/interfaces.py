@@ -156,9 +156,11 @@ class IForkBackend(Interface):
         """The image is discarded (its clones are gone): its image domain
         goes too; Deferred."""
 
-    def reset(domid):
+    def reset(domid, region, image):
         """Return a fork clone to its image's state (its own pages
-        dropped); Deferred[dict] of the clone.  A master is refused."""
+        dropped, what it paged out too); ``region``: its region, which the
+        pager has let go.  Deferred[(dict of the clone, its new region)].
+        A master is refused."""
 
     def image_domains():
         """{image id: {domid, name, pages, shared_pages}}: each image
@@ -229,6 +231,19 @@ class IFaultRegion(Interface):
 
     def close():
         """The pager is done with this clone: release its fault handle."""
+
+
+class IForkRegion(IFaultRegion):
+    """A fork whose memory the pager governs though the hypervisor fills
+    it: its own frames are listed, capped by credit, and a write that finds
+    no frame waits for room as a NOCREDIT_WRITE fault (``unprotect``
+    answers it; the request stands until then, so it is never stale)."""
+
+    def owned():
+        """The guest pages the fork owns now, as the hypervisor lists them."""
+
+    def credit(pages):
+        """The fork may own ``pages`` more frames than it does now."""
 
 
 class IMemoryServer(Interface):

@@ -27,8 +27,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from xenclone import ledger as L, pageout_index
+from xenclone.fork_frames import INTERVAL as FORK_INTERVAL, ForkFrames
 from xenclone.pageout_retry import PageOutRetry
-from xenclone.interfaces import PAGE_SIZE, FaultKind, PageState
+from xenclone.interfaces import PAGE_SIZE, FaultKind, IForkRegion, PageState
 from xenclone.runs import runs
 from xenclone.wire import WireError
 
@@ -97,6 +98,9 @@ class Pager:
         self._stopped, self._in_flight = False, set()   # (domid, pfn) an eviction works on
         self._punch_seq, self._punched = 0, {}   # (image id, pfn) -> seq when its hole was made
         self.pageout_retry = PageOutRetry(reactor, ledger, self._pump)
+        self.forks = ForkFrames(ledger)     # forks' own frames, from the hypervisor
+        self._fork_look = task.LoopingCall(self._look_at_forks)
+        self._fork_look.clock = reactor
         self.stalled = None            # why faults wait with nothing to evict
         self._unreachable = set()      # (domid, pfn) whose fetch failed: retried later
         self._retry, self._backoff = None, RETRY_FIRST    # the pending fetch retry, its delay
@@ -137,9 +141,23 @@ class Pager:
     def _unpaged(self, region):
         """A clone filled before it ran holds frames of its own that the
         hypervisor cannot take (only its balloon can give some back): never
-        a victim."""
-        if region.fill_mode != "lazy":
+        a victim.  A fork the pager governs gives up only what it wrote, by
+        page-out: dropping a page it shares frees nothing."""
+        if IForkRegion.providedBy(region):
+            self.ledger.set_knobs(region.domid, classes=(L.PAGE_OUT,))
+            self.forks.add(region)
+            if not self._fork_look.running:
+                self._fork_look.start(FORK_INTERVAL, now=False)
+        elif region.fill_mode != "lazy":
             self.ledger.set_knobs(region.domid, classes=())
+
+    def _look_at_forks(self, domids=None):
+        """The ledger learns what forks wrote; over budget, evict."""
+        self.forks.sync(domids, busy=self._in_flight)
+        over = self.ledger.allocated - self.ledger.budget_pages
+        if over > 0:
+            self._evict_host(over)
+        self._grant()
 
     def reattach(self, region, image, kinds, paged_out, share=True):
         """Take back a clone a previous daemon served.  Its pages are what
@@ -198,11 +216,18 @@ class Pager:
             self._clones[domid][0].share(share)
         self._pump()
 
+    def attached(self, domid):
+        """(region, image) of a clone the pager serves."""
+        return self._clones[domid]
+
     def detach(self, domid):
         if self._clones.pop(domid, None) is None:
             return
         self.stop_hoard(domid)
         self.pageout_retry.forget(domid)
+        self.forks.remove(domid)
+        if not self.forks and self._fork_look.running:
+            self._fork_look.stop()
         self.source.remove(domid)
         self.ledger.remove_clone(domid)
         for wants in (self._want_map, self._want_host):
@@ -335,6 +360,10 @@ class Pager:
             self.ledger.mapped_zero(domid, pfns)
         for domid, pfns in by_kind[FaultKind.WRITTEN].items():
             self.ledger.written(domid, pfns)
+        # A fork waits for room: what it wrote so far counts first.
+        waiting_forks = [d for d in by_kind[FaultKind.NOCREDIT_WRITE] if d in self.forks]
+        if waiting_forks:
+            self.forks.sync(waiting_forks, busy=self._in_flight)
         for kind, want in ((FaultKind.NOCREDIT, None), (FaultKind.ERROR, None), (FaultKind.COPY, None),
                            (FaultKind.NOCREDIT_WRITE, "write"), (FaultKind.FETCH, "fetch")):
             for domid, pfns in by_kind[kind].items():
@@ -354,6 +383,8 @@ class Pager:
     def stop(self):
         """The daemon stops: no more decisions (the clones' faults wait)."""
         self._stopped = True
+        if self._fork_look.running:
+            self._fork_look.stop()
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
@@ -410,7 +441,10 @@ class Pager:
         if domid not in self._clones:
             return
         region, image = self._clones[domid]
-        if want == "write":
+        if want == "write" and domid in self.forks:
+            region.unprotect(pfn)       # the hypervisor allocates it now
+            self.ledger.written(domid, [pfn])
+        elif want == "write":
             # A page being evicted is not touched: the eviction's end wakes
             # the writer, who faults again.
             state = region.states()[pfn]

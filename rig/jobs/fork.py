@@ -35,12 +35,23 @@ RESTORED_ID = 9999
 GEN2 = "gen2"
 LOG = "xenclone-fork-daemon.log"      # fork.sh's, in $RIG_OUT (the job's directory)
 FILL_BATCH, FILL_BATCHES = 512, 6
+# The pressure step: forks that write while a hog domain leaves the
+# hypervisor HOG_LEAVES_MIB above the low watermark (fork.sh's).
+PRESSURE_CLONES, PRESSURE_MIB = 4, 16
+LOW_WATERMARK_MIB, HOG_LEAVES_MIB = 64, 24
+HOG = "xenclone-hog"
 
 
 def xs_write(domid, leaf, value):
     path = "/local/domain/%d/xenclone/%s" % (domid, leaf)
     run("xenstore-write", path, str(value))
     run("xenstore-chmod", path, "n0", "r%d" % domid)
+
+
+def _said(text, marker):
+    """The md5 a clone's console gave after ``marker``, or None."""
+    m = re.search(re.escape(marker) + r" ([0-9a-f]{32})", text)
+    return m.group(1) if m else None
 
 
 def domid_of(name):
@@ -52,8 +63,8 @@ class ForkJob(Job):
     def steps(self):
         self.res["steps_end_s"] = ends = {"daemon_up": since(T0)}
         for step in (self.bless, self.peer_restore, self.one_fork, self.hoard, self.fill_rate,
-                     self.eight_forks, self.clone_of_clone, self.reset, self.bad_input,
-                     self.clean_up, self.operations_logged):
+                     self.eight_forks, self.clone_of_clone, self.reset, self.pressure,
+                     self.bad_input, self.clean_up, self.operations_logged):
             step()
             ends[step.__name__] = since(T0)
 
@@ -206,6 +217,61 @@ class ForkJob(Job):
         self.res["reset_ok"] = self.checks["reset_ok"] = (
             rc == 0 and seen is not None and ticks is not None)
         self.res["reset_hypervisor_after"] = self.json("info", c["name"]).get("hypervisor")
+
+    def pressure(self):
+        """The room check on hypervisor memory: a hog domain takes the
+        hypervisor's free memory down near the low watermark, then 4 forks
+        write more than is left.  The daemon pages written pages out (of
+        any clone) to make room; every clone's data reads back as written
+        (md5 before and after), and no clone crashes."""
+        clones = self.launched("-n", str(PRESSURE_CLONES), timed="fork_pressure_launch")
+        wait_for(lambda: all("XENCLONE-CLONE-ID %d" % c["clone_id"] in console(c["name"])
+                             for c in clones), 240)
+        faults_before = triple_faults()
+        hog_mib = xen_free_mib() - LOW_WATERMARK_MIB - HOG_LEAVES_MIB
+        with open("/tmp/hog.cfg", "w") as f:
+            f.write('name = "%s"\ntype = "pvh"\nmemory = %d\nkernel = "%s"\n'
+                    % (HOG, hog_mib, "/mnt/rig/domu/vmlinux"))
+        p = run("xl", "create", "-p", "/tmp/hog.cfg", timeout=300)
+        r = self.res["pressure"] = {"hog_mib": hog_mib, "hog_rc": p.returncode,
+                                    "free_mib_with_hog": xen_free_mib()}
+        t = time.monotonic()
+        for c in clones:
+            xs_write(c["domid"], "write-mib", PRESSURE_MIB)
+        wrote = wait_for(lambda: all("XENCLONE-WROTE" in console(c["name"]) for c in clones),
+                         600)
+        r["write_s"] = since(t)
+        sums = {c["name"]: _said(console(c["name"]), "XENCLONE-WROTE") for c in clones}
+        r["free_mib_after_writes"] = xen_free_mib()
+        for c in clones:
+            xs_write(c["domid"], "verify", 1)
+        verified = wait_for(lambda: all("XENCLONE-VERIFY 1" in console(c["name"])
+                                        for c in clones), 600)
+        again = {c["name"]: _said(console(c["name"]), "XENCLONE-VERIFY 1") for c in clones}
+        # Paged out as Xen counts it, and as the daemon's ledger does.
+        from xenclone.backends.xen import libxc
+        xc = libxc.XenCtrl()
+        forks = [c["domid"] for c in clones + self.eight[1:]]
+        r["paged_out_pages"] = sum(xc.domain_info(d).paged_pages for d in forks)
+        xc.close()
+        r["ledger_paged_out_pages"] = sum(self.json("info", c["name"]).get("paged_out_pages", 0)
+                                          for c in clones + self.eight[1:])
+        r["sums"], r["sums_again"] = sums, again
+        run("xl", "destroy", HOG)
+        alive = set(xl_names())
+        checks = {
+            "hog_made": p.returncode == 0,
+            "all_wrote": wrote is not None,
+            "all_read_back_right": verified is not None and all(
+                sums[n] and sums[n] == again[n] for n in sums),
+            "daemon_paged_out": r["paged_out_pages"] > 0,
+            "no_clone_lost": all(c["name"] in alive for c in clones)
+            and triple_faults() == faults_before,
+        }
+        r["checks"] = checks
+        self.res["pressure_ok"] = self.checks["pressure_ok"] = all(checks.values())
+        for c in clones:
+            self.xenclone("destroy", c["name"])
 
     def bad_input(self):
         self.refused("reset_of_unknown_refused", ("reset", "no-such-clone"),

@@ -749,11 +749,21 @@ class Controller(SettingsOps):
             raise WireError("not-clone", "%s is a master: only clones are reset (to their "
                             "image)" % dom.name)
 
-        def done(info):
+        if dom.fill_mode != "fork":
+            raise WireError("unsupported", "%s is not a fork (fill %s): only fork clones are "
+                            "reset" % (dom.name, dom.fill_mode))
+        # Its pages leave the ledger with its old region (what it paged out
+        # too); it comes back as at launch.
+        region, image = self.pager.attached(dom.domid)
+        self.pager.detach(dom.domid)
+
+        def done(result):
+            info, region = result
+            self.pager.attach(region, image)
             self._set_state(dom, DomainState.RUNNING)
             return {"domid": dom.domid, "name": dom.name, "state": info["state"]}
 
-        return self.backend.reset(dom.domid).addCallback(done)
+        return self.backend.reset(dom.domid, region, image).addCallback(done)
 
     def op_discard(self, msg):
         image_id = _image_arg(msg)     # None would be every master's "image"

@@ -50,7 +50,7 @@ from xenclone import workload
 from xenclone.backends.xen import libxc, linux, xl
 from xenclone.backends.xen.evict import Evictor
 from xenclone.backends.xen.errors import xen_errors
-from xenclone.backends.xen.filled import FilledRegion, FilledSource, ForkRegion
+from xenclone.backends.xen.filled import FilledRegion, FilledSource
 from xenclone.backends.xen.fork_clones import ForkClones
 from xenclone.backends.xen.grant_cache import DEFAULT_LIMIT as DEFAULT_GRANT_CACHE, GrantCache
 from xenclone.backends.xen.image_domains import ImageDomains
@@ -821,25 +821,30 @@ class XenBackend(ForkClones):
 
         return xen_errors(defer.maybeDeferred(scan))
 
-    def _lazy(self, domid):
+    def _pages(self, dom):
+        """Whether the domain has a paging ring: a lazy clone, or a fork
+        on a Xen that also pages."""
+        return dom.fill == "lazy" or (dom.fill == "fork" and self.mem_paging)
+
+    def _pageable(self, domid):
         dom = self._get(domid)
-        if dom.fill != "lazy":
-            raise WireError("unsupported", "domain %s was filled before it ran: no page of "
-                            "it can be evicted (only lazy clones page, on a Xen with "
-                            "MEM_PAGING)" % dom.name)
-        return dom
+        if self._pages(dom):
+            return dom
+        raise WireError("unsupported", "domain %s was filled before it ran: no page of "
+                        "it can be evicted (only lazy clones and forks page, on a Xen with "
+                        "MEM_PAGING)" % dom.name)
 
     def drop_clean(self, domid, pfns):
         """Nominate + evict the pages that still hold the image's contents."""
         def drop():
-            dom = self._lazy(domid)
+            dom = self._pageable(domid)
             return self._thread(self._evictor.drop_clean, domid, list(pfns), dom.image)
 
         return defer.maybeDeferred(drop)
 
     def page_out(self, domid, pfns, slots, store_path, sync):
         def page_out():
-            self._lazy(domid)
+            self._pageable(domid)
             d = self._thread(self._evictor.page_out, domid, list(pfns), list(slots),
                              store_path, sync)
 
@@ -873,7 +878,7 @@ class XenBackend(ForkClones):
     def _balloonable(self):
         out = {}
         for dom in list(self._domains.values()):
-            if not (dom.kind == LINUX and dom.role == "clone" and dom.fill != "lazy"
+            if not (dom.kind == LINUX and dom.role == "clone" and not self._pages(dom)
                     and dom.state == DomainState.RUNNING):
                 continue
             xs = yield self._xenstore()
@@ -945,8 +950,7 @@ class XenBackend(ForkClones):
             if dom.fill == "lazy":
                 return self._reattach_lazy(dom, self._readable(image))
             if dom.fill == "fork":
-                region = ForkRegion(domid, dom.npages, self._readable(image), self.fm)
-                return region, [PageState.ABSENT] * dom.npages
+                return self._reattach_fork(dom, image)
             kinds = [PageState.ZERO if image.zero[p] else PageState.SHARED
                      for p in range(image.npages)]
             return FilledRegion(domid, dom.npages, self._readable(image), self.fm, []), kinds
@@ -991,5 +995,7 @@ class XenBackend(ForkClones):
             self._source.evtchn.close()
         if self._grants is not None:
             self._grants.close()
+        if self._xencall is not None:
+            self._xencall.close()
         self.fm.close()
         self.xc.close()

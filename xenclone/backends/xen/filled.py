@@ -105,6 +105,9 @@ class ForkRegion(FilledRegion):
         self._state[pfn] = PageState.SHARED
         return True
 
+    def drop_paged_out(self):
+        """Before a reset: nothing, as Xen alone fills this fork."""
+
 
 @implementer(IFaultSource)
 class FilledSource:

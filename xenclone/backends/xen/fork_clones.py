@@ -21,8 +21,10 @@ from twisted.internet import defer
 from xenclone.backends.xen import fork, libxc
 from xenclone.backends.xen.errors import xen_errors
 from xenclone.backends.xen.filled import ForkRegion
+from xenclone.backends.xen.fork_region import ForkPagedRegion
+from xenclone.backends.xen.xencall import XenCall
 from xenclone.backends.xen.image_state import GUEST, LINUX, unpack_state
-from xenclone.interfaces import PAGE_SIZE, DomainState
+from xenclone.interfaces import PAGE_SIZE, DomainState, PageState
 from xenclone.runs import runs
 from xenclone.wire import WireError
 
@@ -41,6 +43,15 @@ def _pages(image, first, n):
 class ForkClones:
     """Fork clones' operations; needs ``XenBackend``'s records and helpers."""
 
+    _xencall = None
+
+    @property
+    def xencall(self):
+        """libxencall, for the fork page list (opened on first use)."""
+        if self._xencall is None:
+            self._xencall = XenCall()
+        return self._xencall
+
     @defer.inlineCallbacks
     def _launch_fork(self, image, clone, config, kind):
         """A fork of the image's image domain (``fork.py``), its XenStore
@@ -49,16 +60,68 @@ class ForkClones:
         xs = yield self._xenstore()
         vcpus = config.get("vcpus", 1)
         domid, store, console = fork.make_child(self.xc, parent, vcpus)
+        region = None
         try:
+            region = self._fork_region(domid, image)
             dom = self._track(domid, clone.name, "clone", image.npages, config,
                               dict(clone.meta, parent=parent), fill="fork", kind=kind)
+            dom.image = self._readable(image)
             yield self._tell(xs, dom, store, console)
             if not clone.paused:
                 self._unpause(dom)
         except Exception:
+            if region is not None:
+                region.close()
             yield self._destroy_fork(domid)
             raise
-        return ForkRegion(domid, image.npages, self._readable(image), self.fm)
+        return region
+
+    def _fork_region(self, domid, image, waiting=False):
+        """The fork's region, its vCPUs paused: where the hypervisor also
+        pages, its paging and sharing rings, so the pager governs its
+        memory (``fork_region.py``); elsewhere Xen alone fills it.
+        ``waiting``: a dead daemon's rings may have left vCPUs paused for
+        room; they resume and ask again on the new ring."""
+        readable = self._readable(image)
+        if not self.mem_paging:
+            return ForkRegion(domid, image.npages, readable, self.fm)
+        source = self.fault_source()
+        paging = self.xc.paging_enable(domid)
+        try:
+            sharing = self.xc.sharing_enable(domid)
+        except Exception:
+            paging.close()
+            raise
+        try:
+            region = ForkPagedRegion(self.xc, source.evtchn, paging, sharing, self.xencall,
+                                     self.fm, domid, readable)
+        except Exception:
+            sharing.close()
+            paging.close()
+            raise
+        if waiting:
+            region.resume_all()
+        return region
+
+    def _reattach_fork(self, dom, image):
+        """A dead daemon's rings end and new ones begin, the fork paused
+        between them; every page starts absent to the pager (Xen fills
+        them), those paged out come back through the page-out index."""
+        running = not dom.paused
+        self._pause(dom)
+        try:
+            if self.mem_paging:
+                for disable in (self.xc.sharing_disable, self.xc.paging_disable):
+                    try:
+                        disable(dom.domid)
+                    except libxc.XenError as e:     # never enabled, or gone
+                        self.log.debug("fork {name}: {why}", name=dom.name, why=e)
+            region = self._fork_region(dom.domid, image, waiting=True)
+            dom.image = self._readable(image)
+        finally:
+            if running:
+                self._unpause(dom)
+        return region, [PageState.ABSENT] * dom.npages
 
     def _tell(self, xs, dom, store, console):
         """Step 4 for a tracked fork, at launch and after a reset: its
@@ -156,11 +219,11 @@ class ForkClones:
     def drop_image(self, image_id):
         return xen_errors(self.images.drop(image_id))
 
-    def reset(self, domid):
-        return xen_errors(self._reset(domid))
+    def reset(self, domid, old, image):
+        return xen_errors(self._reset(domid, old, image))
 
     @defer.inlineCallbacks
-    def _reset(self, domid):
+    def _reset(self, domid, old, image):
         """Back to the image's state (Xen's fork reset: the clone's own
         pages go, vCPU and HVM state are the parent's again), then wired
         and introduced afresh, as at launch."""
@@ -173,14 +236,20 @@ class ForkClones:
                             "reset" % (dom.name, dom.fill))
         xs = yield self._xenstore()
         self._pause(dom)
+        # What it paged out is dropped (Xen's reset leaves paged-out
+        # entries, which would page the old contents back in), and its
+        # rings go with its channels.
+        old.drop_paged_out()
+        old.close()
         # Its channels closed first: Xen unregisters the guest's vcpu_info
         # on reset (xen/patches) only where no event can reach it.
         self.xc.evtchn_reset(domid)
         self.xc.fork_reset(domid)
+        region = self._fork_region(domid, image)
         yield fork.unwire(xs, self.xc, domid)
         store, console = fork.wire(self.xc, domid)
         yield self._tell(xs, dom, store, console)
         dom.t_first_ns, dom.first_told = None, False
         dom.state, dom.result, dom.error = DomainState.PAUSED, None, None
         self._unpause(dom)
-        return dom.info()
+        return dom.info(), region

@@ -481,6 +481,18 @@ class XenCtrl:
             raise self._error("xc_vm_event_enable", "dom %d" % domid)
         return VmEventRing(self, domid, page, port[0], disable)
 
+    def sharing_enable(self, domid):
+        """Map the domain's sharing ring: Xen posts a request there when it
+        finds no frame for a page the domain unshares or, as a fork, fills
+        (xen/patches/0002), with the vCPU paused until the answer.  Returns
+        a VmEventRing (its requests' gfn is the page)."""
+        return self.vm_event_enable(domid, _lib.HVM_PARAM_SHARING_RING_PFN,
+                                    _lib.xc_memshr_ring_disable)
+
+    def sharing_disable(self, domid):
+        self._call("xc_memshr_ring_disable", _lib.xc_memshr_ring_disable,
+                   domid, detail="dom %d" % domid)
+
     def paging_disable(self, domid):
         self._call("xc_mem_paging_disable", _lib.xc_mem_paging_disable,
                    domid, detail="dom %d" % domid)
@@ -554,6 +566,18 @@ class VmEventRing:
         for i, req in enumerate(requests):
             _lib.xen_shim_paging_response(req.raw, _ffi.addressof(rsps, i))
         return _lib.xen_shim_ring_put(self._ring, rsps, len(requests))
+
+    def resume_vcpus(self, vcpus, reason):
+        """Responses to no request: each vCPU that a dead helper left
+        paused for a vm_event ring resumes (Xen ignores one not paused).
+        ``reason``: a ``VM_EVENT_REASON_*`` name, e.g. ``"MEM_SHARING"``."""
+        rsps = _ffi.new("vm_event_response_t[]", len(vcpus))
+        for rsp, vcpu in zip(rsps, vcpus):
+            rsp.version = _lib.VM_EVENT_INTERFACE_VERSION
+            rsp.vcpu_id = vcpu
+            rsp.flags = _lib.VM_EVENT_FLAG_VCPU_PAUSED
+            rsp.reason = getattr(_lib, "VM_EVENT_REASON_" + reason)
+        return _lib.xen_shim_ring_put(self._ring, rsps, len(vcpus))
 
     def close(self):
         """Disable the ring in Xen, then unmap it."""

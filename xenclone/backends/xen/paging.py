@@ -24,7 +24,8 @@ from zope.interface import implementer
 from twisted.internet.interfaces import IReadDescriptor
 
 from xenclone.backends.xen import libxc
-from xenclone.interfaces import PAGE_SIZE, FaultKind, IFaultRegion, IFaultSource, PageState
+from xenclone.interfaces import (PAGE_SIZE, FaultKind, IFaultRegion, IFaultSource, IForkRegion,
+                                 PageState)
 
 ZERO_PAGE = bytes(PAGE_SIZE)
 SAMPLES = 100000        # fault service times kept per clone (µs)
@@ -60,6 +61,11 @@ class PagedRegion:
 
     def fileno(self):
         return self._evtchn.fileno()
+
+    @property
+    def ports(self):
+        """The event channel ports whose events are this clone's."""
+        return (self.port,)
 
     def counters(self):
         """The paging requests this clone made, as the KVM region's
@@ -215,8 +221,8 @@ class PagedRegion:
 @implementer(IReadDescriptor, IFaultSource)
 class PagingSource:
     """Every lazy clone's paging ring, served in the reactor through one
-    event channel handle.  There is no fast path: every fault is the
-    pager's, so credits mean nothing here."""
+    event channel handle, and governed forks' (``fork_region.py``) too.
+    There is no fast path: every fault is the pager's; credits cap forks."""
 
     log = Logger()
 
@@ -262,7 +268,8 @@ class PagingSource:
         if not isinstance(region, PagedRegion):
             return      # filled before it ran: it never faults
         self._regions[region.domid] = region
-        self._ports[region.port] = region.domid
+        for port in region.ports:
+            self._ports[port] = region.domid
         region.deliver = lambda records: self.reactor.callLater(0, self._deliver, records)
         region.service_us = self._service_us[region.domid] = deque(maxlen=SAMPLES)
         while len(self._service_us) > CLONES_KEPT:
@@ -272,12 +279,18 @@ class PagingSource:
     def remove(self, domid):
         region = self._regions.pop(domid, None)
         if region is not None:
-            self._ports.pop(region.port, None)
+            for port in region.ports:
+                self._ports.pop(port, None)
             region.deliver = None
             region.close()
 
     def set_credits(self, host, clones):
-        pass
+        """Lazy clones fault on every page, so credits mean nothing to
+        them; a governed fork's frames are capped at its credit (its
+        max_pages), past which it asks the pager for room."""
+        for domid, region in self._regions.items():
+            if IForkRegion.providedBy(region):
+                region.credit(min(host, clones.get(domid, host)))
 
     def exclusively(self, fn):
         return fn()      # faults are served in the reactor, never meanwhile

@@ -1,0 +1,134 @@
+"""A governed fork's region with fake rings (no Xen): a write that found no
+frame waits for room once per page and resumes when the pager makes room,
+only pages it paged out come back through the paging ring, and its own
+pages are Xen's list.  Real forks under pressure: tests/test_xen_rig.py."""
+
+import errno
+import os
+from collections import namedtuple
+
+from twisted.internet import task
+from twisted.trial import unittest
+
+from xenclone.backends.xen import libxc
+from xenclone.backends.xen.fork_region import ForkPagedRegion
+from xenclone.backends.xen.paging import PagingSource
+from xenclone.interfaces import FaultKind, PageState
+
+from tests.test_xen_fork import _Maps
+from tests.test_xen_paging import FakeEvtChn, FakeRing, FakeXc, Req, image
+
+Info = namedtuple("Info", "tot_pages max_pages shr_pages paged_pages max_vcpu_id")
+
+
+class SharingRing(FakeRing):
+    port = 8
+
+    def __init__(self):
+        super().__init__()
+        self.resumed = []
+
+    def resume_vcpus(self, vcpus, reason):
+        self.resumed.append((list(vcpus), reason))
+
+
+class PortsEvtChn(FakeEvtChn):
+    """A new port for each ring bound."""
+
+    def __init__(self):
+        super().__init__()
+        self.ports = iter(range(40, 100))
+
+    def bind_interdomain(self, domid, port):
+        return next(self.ports)
+
+
+class ForkXc(FakeXc):
+    def __init__(self):
+        super().__init__()
+        self.info = Info(100, 100, 900, 0, 1)
+        self.max_pages, self.dropped = [], []
+
+    def domain_info(self, domid):
+        return self.info
+
+    def set_max_pages(self, domid, pages):
+        self.max_pages.append(pages)
+
+    def decrease_reservation(self, domid, pfns):
+        if pfns == [6]:
+            raise libxc.XenError("xc_domain_decrease_reservation_exact", errno.ENOENT)
+        self.dropped += pfns
+
+
+class Call:
+    def fork_pages(self, domid):
+        return [2, 5, 0xFEFFC, 7]       # a special page past RAM among them
+
+
+class ForkPagedRegionTests(unittest.TestCase):
+    def setUp(self):
+        self.paging, self.sharing = FakeRing(), SharingRing()
+        self.evtchn, self.xc, self.maps = PortsEvtChn(), ForkXc(), _Maps()
+        self.image = image(32)
+        self.addCleanup(os.close, self.image.mem_fd)
+        self.region = ForkPagedRegion(self.xc, self.evtchn, self.paging, self.sharing, Call(),
+                                      self.maps, 5, self.image)
+
+    def test_an_event_on_the_sharing_port_is_served(self):
+        clock = task.Clock()
+        clock.addReader = clock.removeReader = lambda r: None
+        source = PagingSource(clock, self.evtchn)
+        got = []
+        source.start(got.extend)
+        source.add(self.region)
+        self.sharing.queue = [Req(3, False)]
+        self.evtchn.fired = [self.region.sharing_port]
+        source.doRead()
+        self.assertEqual(got, [(5, FaultKind.NOCREDIT_WRITE, 3)])
+        source.remove(5)
+        self.assertTrue(self.sharing.closed and self.paging.closed)
+
+    def test_a_write_without_a_frame_waits_for_room_once_and_resumes(self):
+        self.sharing.queue = [Req(3, False), Req(3, False), Req(4, False)]
+        self.assertEqual(self.region.take(), [(5, FaultKind.NOCREDIT_WRITE, 3),
+                                              (5, FaultKind.NOCREDIT_WRITE, 4)])
+        self.assertEqual(sorted(self.region.waiting_for_room()), [3, 4])
+        self.region.credit(64)
+        self.assertEqual(self.xc.max_pages, [164])      # its 100 frames + 64
+        self.region.credit(64)
+        self.assertEqual(self.xc.max_pages, [164])      # unchanged: not set again
+        self.region.unprotect(3)
+        self.assertEqual([r.gfn for r in self.sharing.answered], [3, 3])
+        self.assertEqual(self.region.waiting_for_room(), [4])
+        self.assertEqual(self.region.counters()["room_waits"], 2)
+        self.region.credit(0)
+        self.region.unprotect(4)                         # at least the frame it waits for
+        self.assertEqual(self.xc.max_pages, [164, 100, 101])
+
+    def test_only_a_held_page_comes_back_through_the_paging_ring(self):
+        """Xen fills the rest itself; a request for a page not held is a
+        touch during a nominate, answered at once."""
+        self.region.hold([9])
+        self.paging.queue = [Req(9, False), Req(10, False)]
+        self.assertEqual(self.region.take(), [(5, FaultKind.HOLD, 9)])
+        self.assertEqual([r.gfn for r in self.paging.answered], [10])
+        self.region.load_copy(9, b"w" * 4096)
+        self.assertEqual(self.xc.loads, [(9, b"wwww")])
+        self.assertEqual(self.region.states()[9], PageState.PRIVATE)
+
+    def test_owned_pages_are_xens_list_within_the_guests_memory(self):
+        self.assertEqual(self.region.owned(), [2, 5, 7])
+
+    def test_reset_drops_each_held_page_alone(self):
+        self.region.hold([4, 6, 8])
+        self.region.drop_paged_out()
+        self.assertEqual(self.xc.dropped, [4, 8])      # 6 was gone already
+
+    def test_a_new_daemon_resumes_every_vcpu_left_waiting(self):
+        self.region.resume_all()
+        self.assertEqual(self.sharing.resumed, [([0, 1], "MEM_SHARING")])
+
+    def test_hoard_touches_read_only(self):
+        self.assertTrue(self.region.load_shared(3))
+        self.assertEqual(self.maps.calls, [(5, [3], False)])
