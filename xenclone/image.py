@@ -104,6 +104,6 @@ class OpenImage:
         copy stays); no clone may map them any more."""
         from xenclone._linux import lib
         for pfn in pfns:
-            rc = lib.xc_punch_hole(self.mem_fd, pfn * PAGE_SIZE, PAGE_SIZE)
+            rc = lib.lx_punch_hole(self.mem_fd, pfn * PAGE_SIZE, PAGE_SIZE)
             if rc < 0:      # a hole: the next fault fetches the page again
                 raise OSError(-rc, os.strerror(-rc))

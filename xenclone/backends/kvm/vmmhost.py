@@ -29,7 +29,7 @@ from xenclone.pageout_retry import failure_code
 from xenclone.wire import Reply, WireError, takes_fds
 
 ARCH = "kvm-x86-32"
-WP_FLAG = lib.XC_KIND_WP
+WP_FLAG = lib.LX_KIND_WP
 PARK_TIMEOUT = 0.1      # a running vCPU leaves KVM_RUN in microseconds
 MAX_PFNS = 4096         # pages per eviction request
 MAX_SLOT = 1 << 40      # page-out store slots (4 PiB of pages)

@@ -159,13 +159,13 @@ class Mapping:
     def page_sums(self):
         """The 64-bit word sum of each mapped page (C, GIL released)."""
         out = _ffi.new("uint64_t[]", self.pages)
-        _lib.xc_page_sums(_ffi.cast("void *", self.addr), self.pages, out)
+        _lib.lx_page_sums(_ffi.cast("void *", self.addr), self.pages, out)
         return list(out)
 
     def fill_dataset(self, first_pfn, params):
         """Write the test guest's data set (``workload.Params``) into these
         pages, which are guest pages ``first_pfn`` onwards."""
-        _lib.xc_fill_dataset_range(
+        _lib.lx_fill_dataset_range(
             _ffi.cast("void *", self.addr), first_pfn, self.pages,
             params.data_first_pfn, params.data_npages, params.seed,
             params.zero_every)
