@@ -55,14 +55,13 @@ static int64_t take_credits(int64_t *credits, int64_t want, int64_t keep)
  * with every fault in its 2 MiB chunk, from the kernel's 16 pages to
  * around_max: a sparse chunk costs one small window, a dense one is mapped
  * whole after four faults instead of one fault a page (fourfold, not
- * twofold: a fault costs a guest exit, some 15-20 us, as much as mapping
- * ~30 pages; 8 x 256 MiB x 10%: 21% less machinery time, 16% fewer faults).
+ * twofold: a fault costs a guest exit, as much as mapping dozens of pages).
  * Runs of absent non-zero pages, one CONTINUE each, a credit a page, and
  * only while the clone keeps a window's worth of credits for real faults;
  * runs of zero pages, one ZEROPAGE each and no credit (left to fault, they
- * were a third of 8 x 1 GiB x 10%'s faults: 29.0k -> 18.7k).  A page the
- * host cache lacks (a hole) ends the window: it needs a fetch, which is
- * Python's.  One record per run, at most room; how many. */
+ * were many of a clone's faults).  A page the host cache lacks (a hole)
+ * ends the window: it needs a fetch, which is Python's.  One record per
+ * run, at most room; how many.  docs/design.md has the measurements. */
 static uint32_t around(struct lx_region *r, uint32_t idx, uint64_t pfn,
                        struct lx_fault *out, uint32_t room)
 {
