@@ -39,7 +39,8 @@ def xen_image_store(reactor, directory, server_domain_mib, server_kernel):
 
 def still_running(directory):
     """Whether the server domain recorded in ``directory`` still runs."""
-    from xenclone.backends.xen.libxc import XenCtrl, XenError
+    from xenclone.backends.xen.libxc import XenError
+    from xenclone.backends.xen.xenctrl import XenCtrl
     try:
         with open(os.path.join(directory, RECORD)) as f:
             domid = json.load(f)["domid"]
