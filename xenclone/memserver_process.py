@@ -21,11 +21,14 @@ from twisted.logger import Logger
 
 from xenclone.helper_gate import take_secret
 from xenclone.memserver.remote_link import LinkLimits
-from xenclone.memserver.server import DEFAULT_LIMITS, READY, serve, tls_options
+from xenclone.memserver.server import serve, tls_options
 from xenclone.memserver.store import ImageStore
 from xenclone.wire import WireError
 
 log = Logger(namespace="xenclone.memserver")
+
+READY = "memory server ready"       # the log line helpers wait for
+DEFAULT_LIMITS = LinkLimits()
 
 
 def _parse(argv):

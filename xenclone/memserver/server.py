@@ -30,8 +30,6 @@ from xenclone.wire import Reply, WireError, takes_fds
 log = Logger(namespace="xenclone.memserver")
 
 FD_GRACE = 10.0         # a discarded memfd may still sit in a queued open reply
-READY = "memory server ready"
-DEFAULT_LIMITS = LinkLimits()
 
 
 class LocalHandler:
