@@ -5,9 +5,8 @@ Floors, lowest first: the core (xenclone/*.py, policy/, and any package not
 named below); memserver/; backends/, control/, xenstore/; and on top what
 puts a process together or drives a daemon: service.py, tap.py,
 memserver_process.py, cli/, selftests/, completion.py and manpages.py (made
-from cli/'s parser).  A module imports
-its own floor and those below, never one above.  Imports inside functions
-count.
+from cli/'s parser).  A module imports its own floor and those below, never
+one above.  Imports inside functions count.
 """
 
 import ast
