@@ -11,7 +11,7 @@ XSGUEST := guest/build/xsguest.bin
 include Makefile.rig
 setup: $(STAMP) $(GUEST) $(XSGUEST)
 
-$(STAMP): setup.cfg setup.py pyproject.toml libxc_shim/*.py libxc_shim/src/*.c libxc_shim/src/*.h
+$(STAMP): setup.cfg setup.py pyproject.toml libxc_shim/*.py libxc_shim/src/*/*.c libxc_shim/src/*/*.h
 	./scripts/install-deps
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip

@@ -40,8 +40,8 @@ QUICK = [(1, 256, 10), QUICK_GOAL]
 LAUNCH_SAMPLES = 5                        # single launches timed at 1 GiB
 QEMU_MODES = ("resident",) + qemu_peer.MODES
 CRIU_MODES = ("resident",) + criu_peer.MODES
-# CRIU's lazy restore of 8 x 1 GiB takes 20-120 s a run here reading 10%
-# and 6 minutes reading all (criu_peer.py says why): one run of it, whatever
+# CRIU's lazy restore of 8 x 1 GiB takes minutes (docs/design.md,
+# Performance; criu_peer.py says why): one run of it, whatever
 # --runs says, stopped after CRIU_LIMIT_S, to keep make bench short.
 CRIU_ONE_RUN = (8, 1024)
 CRIU_LIMIT_S = 60.0

@@ -44,7 +44,7 @@ from xenclone import workload
 import kernel_memory
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHIM = os.path.join(os.path.dirname(HERE), "libxc_shim", "src")
+SHIM = os.path.join(os.path.dirname(HERE), "libxc_shim", "src", "linux")
 # The workload, with the shim's data-set words (pages.c) rather than a copy.
 SOURCES = [os.path.join(HERE, "criu_workload.c"), os.path.join(SHIM, "pages.c")]
 PRIVATE_ROOT = os.environ.get("XENCLONE_CRIU_ROOT", "/var/cache/xenclone-bench/criu-root")

@@ -1,6 +1,6 @@
 /* The CRIU peer's workload: the test guest's (guest/workload.c) as a
  * process.  Its memory mirrors a master's guest RAM: page p of the image
- * at base + p * 4096, the same data set (xc_mix in libxc_shim/src/pages.c),
+ * at base + p * 4096, the same data set (lx_mix in libxc_shim/src/linux/pages.c),
  * zero pages never touched (so CRIU dumps only the data pages).
  *
  *   criu_workload MEMORY_PAGES DATA_FIRST_PFN DATA_NPAGES COMMON_READS
@@ -24,7 +24,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
-#include "pages.h"     /* xc_mix: the data set, the same as the guest's */
+#include "pages.h"     /* lx_mix: the data set, the same as the guest's */
 
 #define PAGE 4096u
 
@@ -82,7 +82,7 @@ int main(int argc, char **argv)
     for (uint32_t p = first; p < first + n; p++)
         if (!zero_every || p % zero_every)
             for (uint32_t w = 0; w < PAGE / 4; w++)
-                WORD(p, w) = xc_mix(seed, p, w);
+                WORD(p, w) = lx_mix(seed, p, w);
     say("R", 1);
 
     uint32_t clone[2];

@@ -2,7 +2,7 @@
 
 Threads read every page of a private mapping of an image memfd, in one
 random order, split between them.  Served twice:
-- raw: ``xc_limit_raw_uffd`` (C only: read messages, UFFDIO_CONTINUE);
+- raw: ``lx_limit_raw_uffd`` (C only: read messages, UFFDIO_CONTINUE);
 - pager: xenclone's own fault path (UffdFaultSource's C serve loop, the
   Pager and its Ledger in the reactor, credits and records as in the
   daemon), the threads reading in C with the GIL released.
@@ -32,22 +32,22 @@ PAGE = 4096
 def _image(npages):
     fd = os.memfd_create("xenclone-storm")
     os.ftruncate(fd, npages * PAGE)
-    addr = lib.xc_map_memfd(fd, npages * PAGE, 0)
-    lib.xc_fill_dataset(ffi.cast("void *", addr), npages, 0, npages, 7, 0)
-    lib.xc_unmap(addr, npages * PAGE)
+    addr = lib.lx_map_memfd(fd, npages * PAGE, 0)
+    lib.lx_fill_dataset(ffi.cast("void *", addr), npages, 0, npages, 7, 0)
+    lib.lx_unmap(addr, npages * PAGE)
     return fd
 
 
 def raw(fd, npages, order, nthreads):
     faults = ffi.new("uint64_t *")
-    ns = lib.xc_limit_raw_uffd(fd, npages, order, len(order), nthreads, faults)
+    ns = lib.lx_limit_raw_uffd(fd, npages, order, len(order), nthreads, faults)
     if ns < 0:
         raise OSError(-ns, os.strerror(-ns))
     return {"faults": faults[0], "s": ns / 1e9}
 
 
 def _touch_all(base, order, nthreads):
-    ts = [threading.Thread(target=lib.xc_touch_pages, args=(base, order, len(order), t, nthreads))
+    ts = [threading.Thread(target=lib.lx_touch_pages, args=(base, order, len(order), t, nthreads))
           for t in range(nthreads)]
     t0 = time.perf_counter()
     for t in ts:
@@ -65,11 +65,11 @@ def pager(reactor, fd, npages, order, nthreads):
     ledger = Ledger(npages * 4, ClockPolicy())
     store = tempfile.mkdtemp(prefix="xc-storm-")
     p = Pager(reactor, ledger, source, None, None, store)
-    base = lib.xc_map_memfd(fd, npages * PAGE, 1)
-    uffd = lib.xc_uffd_open(CLONE_UFFD_FEATURES, ffi.NULL)
+    base = lib.lx_map_memfd(fd, npages * PAGE, 1)
+    uffd = lib.lx_uffd_open(CLONE_UFFD_FEATURES, ffi.NULL)
     try:
         assert base > 0 and uffd >= 0
-        assert lib.xc_uffd_register(uffd, base, npages * PAGE, CLONE_UFFD_MODES) == 0
+        assert lib.lx_uffd_register(uffd, base, npages * PAGE, CLONE_UFFD_MODES) == 0
         region = KvmRegion(1, uffd, base, npages, zero)
         p.attach(region, image)
         took = yield tthreads.deferToThread(_touch_all, base, order, nthreads)
@@ -81,7 +81,7 @@ def pager(reactor, fd, npages, order, nthreads):
         p.stop()
         p.detach(1)
         source.stop()
-        lib.xc_unmap(base, npages * PAGE)
+        lib.lx_unmap(base, npages * PAGE)
         os.rmdir(store)
     return {"faults": faults, "s": took}
 
@@ -108,8 +108,8 @@ def measure(reactor, npages=32768, nthreads=4, seed=1):
 
 def limits(nbytes):
     """memcpy of ``nbytes`` and first touch of as much fresh memory (s)."""
-    copy = lib.xc_limit_memcpy(nbytes)
-    touch = lib.xc_limit_first_touch(nbytes)
+    copy = lib.lx_limit_memcpy(nbytes)
+    touch = lib.lx_limit_first_touch(nbytes)
     return {"bytes": nbytes, "memcpy_s": copy / 1e9, "first_touch_s": touch / 1e9,
             "memcpy_pages_per_s": nbytes / PAGE / (copy / 1e9),
             "first_touch_pages_per_s": nbytes / PAGE / (touch / 1e9)}

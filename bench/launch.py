@@ -17,7 +17,7 @@ import sys
 
 from twisted.internet import defer, task
 
-from xenclone.cli.scenarios import launch_job, private_session
+from xenclone.selftests.scenarios import launch_job, private_session
 
 import results_file
 

@@ -20,7 +20,7 @@ import time
 
 from twisted.internet import defer, task
 
-from xenclone.cli.scenarios import private_session
+from xenclone.selftests.scenarios import private_session
 
 import results_file
 

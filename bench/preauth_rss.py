@@ -1,5 +1,5 @@
 """What 64 hostile strangers on a memory server's TLS port cost it: VmRSS
-before and while they hold their links (``cli/hostile_links.py``: silent,
+before and while they hold their links (``selftests/hostile_links.py``: silent,
 trickling, oversized frames, 60 MiB floods).  The server runs from the
 source tree ``--tree`` (default this one), so a tree before the link limits
 can be measured the same way.  Prints JSON.
@@ -16,8 +16,8 @@ import sys
 import tempfile
 import time
 
-from xenclone.cli import hostile_links
 from xenclone.memserver.tls import write_server_files
+from xenclone.selftests import hostile_links
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,7 +42,7 @@ def main():
             f.write("0123456789abcdef0123\n")
         port = _free_port()
         server = subprocess.Popen(
-            [sys.executable, "-m", "xenclone.memserver.server", "--dir", tmp + "/store",
+            [sys.executable, "-m", "xenclone.memserver_process", "--dir", tmp + "/store",
              "--socket", tmp + "/ms.sock", "--tcp", "127.0.0.1:%d" % port,
              "--token-file", token, "--cert", cert, "--key", key],
             cwd=a.tree, env=dict(os.environ, PYTHONPATH=a.tree),

@@ -191,10 +191,10 @@ class Peer:
         finally:
             os.close(fd)
         base = ffi.cast("char *", ffi.from_buffer(mem))
-        lib.xc_fill_dataset(base, p.memory_pages, p.data_first_pfn, p.data_npages, p.seed,
+        lib.lx_fill_dataset(base, p.memory_pages, p.data_first_pfn, p.data_npages, p.seed,
                             p.zero_every)
         zero = ffi.new("uint8_t[]", p.memory_pages)
-        lib.xc_copy_nonzero(base, ffi.NULL, p.memory_pages, zero)
+        lib.lx_copy_nonzero(base, ffi.NULL, p.memory_pages, zero)
         for pfn in range(p.data_first_pfn, p.memory_pages):
             if p.is_zero_page(pfn) and not zero[pfn]:
                 mem[pfn * 4096:(pfn + 1) * 4096] = bytes(4096)

@@ -28,7 +28,7 @@ import time
 from twisted.internet import defer, task
 
 from xenclone import workload
-from xenclone.cli.scenarios import private_session
+from xenclone.selftests.scenarios import private_session
 from xenclone.wire import WireError
 
 import kernel_memory

@@ -1,7 +1,7 @@
 /* xenclone test guest: 32-bit flat protected mode, no paging, loaded at 0x1000.
  * Also a Multiboot v1 kernel so QEMU -kernel boots the very same code, and a
  * PVH kernel for Xen (the XEN_ELFNOTE_PHYS32_ENTRY note below).
- * Every instruction is costly on kvm-pvm (~1.3 us), so the workload only
+ * Every instruction is costly on kvm-pvm (docs/design.md), so the workload only
  * touches pages and mixes a few words; the VMM writes the data set.
  * Python mirror (expected answers): xenclone/workload.py.
  *

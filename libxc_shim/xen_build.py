@@ -276,10 +276,10 @@ void xen_shim_grant_seed(void *table, uint32_t first_ref, const uint64_t *gfns,
 uint32_t xen_shim_grant_revoke(void *table, uint32_t first_ref, uint32_t n);
 
 /* ---- pages.c (shared with the KVM shim) ---- */
-void xc_fill_dataset_range(void *mem, uint64_t first_pfn, uint64_t npages,
+void lx_fill_dataset_range(void *mem, uint64_t first_pfn, uint64_t npages,
                            uint32_t data_first_pfn, uint32_t data_npages,
                            uint32_t seed, uint32_t zero_every);
-void xc_page_sums(const void *mem, uint64_t npages, uint64_t *out);
+void lx_page_sums(const void *mem, uint64_t npages, uint64_t *out);
 
 /* ==== libxenstore (xenstore.h): XenStore over xenstored's socket or
  * /dev/xen/xenbus; used by xenclone/xenstore/libxs.py.  Every result is
@@ -348,8 +348,9 @@ ffibuilder.set_source(
     '#include "fork_pages.h"',
     # pages.c: the guest's data set and page sums, over foreign mappings.
     sources=[os.path.join(PREFIX, "libxc_shim", "src", f)
-             for f in ("xen_shim.c", "grant_seed.c", "pages.c", "fork_pages.c")],
-    include_dirs=[os.path.join(PREFIX, "libxc_shim", "src")],
+             for f in ("xen/xen_shim.c", "xen/grant_seed.c", "linux/pages.c",
+                       "xen/fork_pages.c")],
+    include_dirs=[os.path.join(PREFIX, "libxc_shim", "src", d) for d in ("xen", "linux")],
     libraries=["xenctrl", "xenguest", "xenforeignmemory", "xengnttab",
                "xenevtchn", "xentoollog", "xenstore", "xencall"],
     extra_compile_args=["-O2", "-Wall"],

@@ -74,8 +74,8 @@ candidate() { echo "$VERSIONS" | awk -F= -v p="$1" '$1 == p {print $2}'; }
 KEY=$( { echo "$VERSIONS"
          cat "$RIG/build.sh" "$RIG/dom0/init" "$RIG/domu/init" \
              "$RIG/domu/pvh.cfg" "$ROOT/libxc_shim/xen_build.py" \
-             "$ROOT"/libxc_shim/src/xen_shim.* "$ROOT"/libxc_shim/src/grant_seed.* \
-             "$ROOT"/libxc_shim/src/pages.*; } |
+             "$ROOT"/libxc_shim/src/xen/xen_shim.* "$ROOT"/libxc_shim/src/xen/grant_seed.* \
+             "$ROOT"/libxc_shim/src/linux/pages.*; } |
        sha256sum | cut -c1-16)
 OUT=$CACHE/$KEY
 if [ $FORCE = 0 ] && [ -f "$OUT/.complete" ]; then

@@ -82,7 +82,7 @@ class ServerProcess(ProcessProtocol):
 
 
 def server_argv(directory, sock, tcp=None, token_file=None, cert=None, key=None):
-    argv = [sys.executable, "-m", "xenclone.memserver.server", "--dir", directory,
+    argv = [sys.executable, "-m", "xenclone.memserver_process", "--dir", directory,
             "--socket", sock]
     if tcp:
         argv += ["--tcp", tcp, "--token-file", token_file, "--cert", cert, "--key", key]

@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from tests.fake_daemon import FakeDaemon, listen
 from xenclone.cli import commands, text, units
-from xenclone.cli.errors import CliError
+from xenclone.control_client import CliError
 
 XENCLONE = os.path.join(os.path.dirname(sys.executable), "xenclone")
 

@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from tests.test_daemon import _need_kvm
-from xenclone.cli.scratch_daemon import ScratchDaemon
+from xenclone.selftests.scratch_daemon import ScratchDaemon
 
 GROUP = "daemon"        # in every Debian install
 NOBODY = 65534

@@ -10,7 +10,7 @@ import types
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from xenclone.cli import crash_scenarios
+from xenclone.selftests import crash_scenarios
 
 from tests.test_daemon import _need_kvm
 
@@ -59,7 +59,7 @@ class HostilePeerSelftest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_hostile_peer(self):
-        from xenclone.cli.hostile_scenario import scenario_hostile_peer
+        from xenclone.selftests.hostile_scenario import scenario_hostile_peer
         checks, figures = yield scenario_hostile_peer(types.SimpleNamespace(reactor=reactor))
         self.assertEqual([k for k, ok in checks.items() if not ok], [], figures)
         self.assertEqual((figures["outside_writes"], figures["corrupt_pages_served"],

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from xenclone import workload
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIM = os.path.join(ROOT, "libxc_shim", "src")
+SHIM = os.path.join(ROOT, "libxc_shim", "src", "linux")
 SOURCES = [os.path.join(ROOT, "bench", "criu_workload.c"), os.path.join(SHIM, "pages.c")]
 
 

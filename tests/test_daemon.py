@@ -12,8 +12,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from xenclone import hostmem
-from xenclone.cli.scenarios import Session, launch_job
 from xenclone.config import load_daemon_config
+from xenclone.selftests.scenarios import Session, launch_job
 from xenclone.wire import WireError
 
 XENCLONE = os.path.join(os.path.dirname(sys.executable), "xenclone")

@@ -11,8 +11,8 @@ import tempfile
 from twisted.internet import defer, reactor, task, utils
 from twisted.trial import unittest
 
-from xenclone.cli.main import connect
 from xenclone.control.lifecycle import running
+from xenclone.control_client import connect
 from xenclone.helpers import socket_owner_pid
 
 BIN = os.path.dirname(sys.executable)

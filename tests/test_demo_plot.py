@@ -9,8 +9,8 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from tests.test_observe import FakeProto
-from xenclone.cli import plot, scenarios
-from xenclone.cli.main import CliError
+from xenclone.control_client import CliError
+from xenclone.selftests import plot, scenarios
 
 
 class FakeSession:

@@ -20,7 +20,7 @@ from twisted.internet import defer, reactor, utils
 from twisted.trial import unittest
 
 from tests.test_daemon import XENCLONE, _need_kvm
-from xenclone.cli.scratch_daemon import ScratchDaemon
+from xenclone.selftests.scratch_daemon import ScratchDaemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP = {

@@ -125,7 +125,7 @@ class HelperSecretTests(_Tmp):
     timeout = 60
 
     def helper(self):
-        return HelperProcess(reactor, "memory server", "xenclone.memserver.server",
+        return HelperProcess(reactor, "memory server", "xenclone.memserver_process",
                              ["--dir", os.path.join(self.tmp, "images")],
                              os.path.join(self.tmp, "ms.sock"), os.path.join(self.tmp, "ms.log"))
 

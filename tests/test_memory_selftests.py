@@ -5,7 +5,7 @@ memory figure comes from the kernel."""
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from xenclone.cli import memory_scenarios
+from xenclone.selftests import memory_scenarios
 
 from tests.test_daemon import PrivateDaemon
 

@@ -232,7 +232,7 @@ class LocalSocketTests(_ServerCase):
         import subprocess
         for argv in (["--dir", "x"], ["--dir", "x", "--socket", "s", "--tcp", "nohost"],
                      ["--dir", "x", "--socket", "s", "--tcp", "h:1"]):
-            r = subprocess.run([sys.executable, "-m", "xenclone.memserver.server"] + argv,
+            r = subprocess.run([sys.executable, "-m", "xenclone.memserver_process"] + argv,
                                capture_output=True, cwd=H.ROOT, timeout=30)
             self.assertEqual(r.returncode, 2, argv)
             self.assertNotIn(b"Traceback", r.stderr)

@@ -13,9 +13,9 @@ from twisted.trial import unittest
 
 from tests import memserver_helpers as H
 from tests.test_memserver import _TLSCase
-from xenclone.cli import hostile_links
 from xenclone.memserver.remote_link import PREAUTH_FRAME, LinkLimits, RemoteFactory
 from xenclone.memserver.store import ImageStore
+from xenclone.selftests import hostile_links
 from xenclone.wire import encode
 
 TOKEN = b"t" * 16

@@ -45,12 +45,12 @@ class Image:
             self.state = master.state()
             self.fd = os.memfd_create("image")
             os.ftruncate(self.fd, params.memory_bytes)
-            image = lib.xc_map_memfd(self.fd, params.memory_bytes, 0)
+            image = lib.lx_map_memfd(self.fd, params.memory_bytes, 0)
             self.zero = ffi.new("uint8_t[]", npages)
-            self.nonzero = lib.xc_copy_nonzero(ffi.cast("void *", master.addr),
+            self.nonzero = lib.lx_copy_nonzero(ffi.cast("void *", master.addr),
                                                ffi.cast("void *", image), npages, self.zero)
             self.sums = master.page_sums()
-            lib.xc_unmap(image, params.memory_bytes)
+            lib.lx_unmap(image, params.memory_bytes)
         finally:
             master.close()
             os.close(master_fd)
@@ -60,29 +60,29 @@ class Image:
 
 
 class Pager:
-    """xc_pager_serve in a thread over one or more regions; records what it
+    """lx_pager_serve in a thread over one or more regions; records what it
     saw. ``credits`` are the host's (copy on write), ``add`` takes a clone's."""
 
     def __init__(self, credits=1 << 40, max_out=256):
         self.epoll = select.epoll()
         self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        lib.xc_epoll_add(self.epoll.fileno(), self.wake_fd, lib.XC_WAKE_DATA)
+        lib.lx_epoll_add(self.epoll.fileno(), self.wake_fd, lib.LX_WAKE_DATA)
         self.regions = []
-        self.region_array = ffi.new("struct xc_region *[]", 1)
+        self.region_array = ffi.new("struct lx_region *[]", 1)
         self.credits = ffi.new("int64_t *", credits)
-        self.out = ffi.new("struct xc_fault[]", max_out)
+        self.out = ffi.new("struct lx_fault[]", max_out)
         self.max_out = max_out
         self.records = []
         self._stop = False
         self._thread = None
 
     def add(self, uffd, base, npages, zero, credits=1 << 40):
-        r = ffi.new("struct xc_region *", dict(uffd=uffd, base=base, npages=npages, zero=zero,
+        r = ffi.new("struct lx_region *", dict(uffd=uffd, base=base, npages=npages, zero=zero,
                                                credits=credits))
         r.state = state = ffi.new("uint8_t[]", npages)
         self.regions.append((r, state))
-        self.region_array = ffi.new("struct xc_region *[]", [r for r, _ in self.regions])
-        self.check(lib.xc_epoll_add(self.epoll.fileno(), uffd, len(self.regions) - 1))
+        self.region_array = ffi.new("struct lx_region *[]", [r for r, _ in self.regions])
+        self.check(lib.lx_epoll_add(self.epoll.fileno(), uffd, len(self.regions) - 1))
         if self._thread:        # a running serve call must see the new array
             os.eventfd_write(self.wake_fd, 1)
         return r
@@ -94,7 +94,7 @@ class Pager:
         return rc
 
     def serve_once(self, timeout_ms):
-        n = self.check(lib.xc_pager_serve(
+        n = self.check(lib.lx_pager_serve(
             self.epoll.fileno(), self.region_array, len(self.regions), self.wake_fd,
             self.credits, self.out, self.max_out, timeout_ms))
         got = [(o.region, o.kind, range(o.pfn, o.pfn + o.count) if o.kind in FaultKind.RUNS
@@ -160,7 +160,7 @@ class MasterTests(ImageTestCase):
     def test_master_ready_then_hlt(self):
         self.assertEqual(self.image.ready[:3], ("io_out", workload.PORT_READY, 1))
         self.assertEqual(self.image.bless.kind, "hlt")
-        self.assertEqual(len(self.image.state), lib.xc_vm_state_size())
+        self.assertEqual(len(self.image.state), lib.mvm_state_size())
 
     def test_image_has_data_and_zero_pages(self):
         p = self.params
@@ -196,7 +196,7 @@ class CloneTests(ImageTestCase):
             self.assertEqual(region.bad_faults, 0)
         self.assertEqual(len(answers), 4)
         kinds = {kind for _, kind, _ in self.pager.records}
-        self.assertEqual(kinds, {lib.XC_SERVED, lib.XC_ZERO, lib.XC_WRITTEN})
+        self.assertEqual(kinds, {lib.LX_SERVED, lib.LX_ZERO, lib.LX_WRITTEN})
 
     def test_a_clone_in_a_vm_made_ahead_answers_right(self):
         """A VM made before the launch, its vCPU thread already waiting at
@@ -241,20 +241,20 @@ class CloneTests(ImageTestCase):
         self.pager.stop()     # its last records are in
         states = bytes(ffi.buffer(region.state, clone.npages))
         kinds = clone.kinds()
-        private = [i for i, k in enumerate(kinds) if k & ~lib.XC_KIND_WP == lib.XC_PAGE_PRIVATE]
-        self.assertEqual(private, [i for i, s in enumerate(states) if s == lib.XC_PAGE_PRIVATE])
+        private = [i for i, k in enumerate(kinds) if k & ~lib.LX_KIND_WP == lib.LX_PAGE_PRIVATE]
+        self.assertEqual(private, [i for i, s in enumerate(states) if s == lib.LX_PAGE_PRIVATE])
         self.assertEqual(region.cow_fills, len(private))
         self.assertEqual(region.wp_faults, len(private))
-        written = [(k, p) for _, k, p in self.pager.records if k == lib.XC_WRITTEN]
+        written = [(k, p) for _, k, p in self.pager.records if k == lib.LX_WRITTEN]
         self.assertEqual(sorted(p for _, p in written), private)
         for i, s in enumerate(states):    # everything else C mapped is protected
-            if s in (lib.XC_PAGE_SHARED, lib.XC_PAGE_ZERO):
-                self.assertEqual(kinds[i], s | lib.XC_KIND_WP, i)
+            if s in (lib.LX_PAGE_SHARED, lib.LX_PAGE_ZERO):
+                self.assertEqual(kinds[i], s | lib.LX_KIND_WP, i)
         counts = clone.scan()
-        self.assertEqual(counts, {"shared": states.count(lib.XC_PAGE_SHARED),
+        self.assertEqual(counts, {"shared": states.count(lib.LX_PAGE_SHARED),
                                   "private": len(private),
-                                  "zero": states.count(lib.XC_PAGE_ZERO),
-                                  "absent": states.count(lib.XC_PAGE_ABSENT)})
+                                  "zero": states.count(lib.LX_PAGE_ZERO),
+                                  "absent": states.count(lib.LX_PAGE_ABSENT)})
 
     def test_clone_writes_stay_private(self):
         self.pager.start()
@@ -302,8 +302,8 @@ class CloneTests(ImageTestCase):
         run_clone(clone, 4, 4)
         self.pager.stop()     # from here on, touching an unfilled page would hang
         states = bytes(ffi.buffer(region.state, clone.npages))
-        written = [i for i, s in enumerate(states) if s == lib.XC_PAGE_PRIVATE]
-        clean = [i for i, s in enumerate(states) if s in (lib.XC_PAGE_SHARED, lib.XC_PAGE_ZERO)]
+        written = [i for i, s in enumerate(states) if s == lib.LX_PAGE_PRIVATE]
+        clean = [i for i, s in enumerate(states) if s in (lib.LX_PAGE_SHARED, lib.LX_PAGE_ZERO)]
         before = {i: clone.page_sums(i, 1)[0] for i in written}
         self.assertTrue(written)
         self.assertTrue(clean)
@@ -322,13 +322,13 @@ class CloneTests(ImageTestCase):
         clone, region = self.clone()
         run_clone(clone, 6, 1)
         states = bytes(ffi.buffer(region.state, clone.npages))
-        clean = [i for i, s in enumerate(states) if s == lib.XC_PAGE_SHARED]
-        written = [i for i, s in enumerate(states) if s == lib.XC_PAGE_PRIVATE]
+        clean = [i for i, s in enumerate(states) if s == lib.LX_PAGE_SHARED]
+        written = [i for i, s in enumerate(states) if s == lib.LX_PAGE_PRIVATE]
         before = clone.page_sums()
         pfns = ffi.new("uint64_t[]", clean)
-        self.assertEqual(lib.xc_set_state(region, pfns, len(clean), lib.XC_PAGE_HOLD, ffi.NULL), 0)
+        self.assertEqual(lib.lx_set_state(region, pfns, len(clean), lib.LX_PAGE_HOLD, ffi.NULL), 0)
         self.assertEqual(sorted(clone.drop_clean(clean + written)), clean)
-        self.assertEqual(lib.xc_set_state(region, pfns, len(clean), lib.XC_PAGE_ABSENT, ffi.NULL), 0)
+        self.assertEqual(lib.lx_set_state(region, pfns, len(clean), lib.LX_PAGE_ABSENT, ffi.NULL), 0)
         served = region.minor_fills
         self.assertEqual(clone.page_sums(), before)
         self.pager.stop()     # C counts a fill after the reader woke

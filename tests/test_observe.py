@@ -12,8 +12,8 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
 from xenclone.cli import top
-from xenclone.cli.plot import MemorySampler, plot_memory
 from xenclone.metrics import make_metrics_service
+from xenclone.selftests.plot import MemorySampler, plot_memory
 from xenclone.wire import ConnectionLost, Message, WireError
 
 HOST = {

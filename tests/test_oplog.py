@@ -120,7 +120,7 @@ class HelperOutputTests(unittest.TestCase):
         runs = []
         self.patch(subprocess, "run", lambda argv, **kw: runs.append(kw))
         log_path = os.path.abspath(self.mktemp())
-        helper = helpers.HelperProcess(task.Clock(), "memory server", "xenclone.memserver.server",
+        helper = helpers.HelperProcess(task.Clock(), "memory server", "xenclone.memserver_process",
                                        [], "/nonexistent.sock", log_path, environ=environ)
         helper._spawn()
         return runs[0], log_path, helper

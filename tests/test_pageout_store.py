@@ -49,16 +49,16 @@ class PageOutTests(ImageTestCase):
         self.vm, self.region = self.clone()
         self.pager.start()
         run_clone(self.vm, 2, 3)
-        lib.xc_fill_dataset(ffi.cast("void *", self.vm.addr), self.vm.npages,
+        lib.lx_fill_dataset(ffi.cast("void *", self.vm.addr), self.vm.npages,
                             WRITTEN[0], len(WRITTEN), 1234, 0)
         self.pager.stop()     # from here on the test serves faults itself
         self.private = [i for i in range(self.vm.npages)
-                        if self.region.state[i] == lib.XC_PAGE_PRIVATE]
+                        if self.region.state[i] == lib.LX_PAGE_PRIVATE]
         self.data = self.gather(self.private)
 
     def gather(self, pfns):
         buf = ffi.new("char[]", len(pfns) * PAGE)
-        lib.xc_gather_pages(self.vm.addr, pfns, len(pfns), buf)
+        lib.lx_gather_pages(self.vm.addr, pfns, len(pfns), buf)
         return [ffi.buffer(buf)[i * PAGE:(i + 1) * PAGE] for i in range(len(pfns))]
 
     def store(self, path=None):
@@ -75,12 +75,12 @@ class PageOutTests(ImageTestCase):
         before = self.vm.scan()
         slots = [1000 + i for i in range(len(pfns))]
         path, fd, ifd = self.store()
-        self.assertEqual(set(set_state(self.region, pfns, lib.XC_PAGE_HOLD)), {lib.XC_PAGE_PRIVATE})
+        self.assertEqual(set(set_state(self.region, pfns, lib.LX_PAGE_HOLD)), {lib.LX_PAGE_PRIVATE})
         crcs = self.vm.page_out(pfns, slots, fd, ifd, False)
         self.assertEqual(crcs, [zlib.crc32(d) for d in self.data])
         # The index says where each page went, for a daemon that restarts.
         self.assertEqual(read_index(path), dict(zip(pfns, zip(slots, crcs))))
-        self.assertEqual(set(self.vm.kinds()[p] for p in pfns), {lib.XC_PAGE_ABSENT})
+        self.assertEqual(set(self.vm.kinds()[p] for p in pfns), {lib.LX_PAGE_ABSENT})
         after = self.vm.scan()
         self.assertEqual((after["private"], after["absent"]),
                          (before["private"] - len(pfns), before["absent"] + len(pfns)))
@@ -96,10 +96,10 @@ class PageOutTests(ImageTestCase):
         while pending:
             serve_until(self.pager, lambda: self.pager.records)
             for _, kind, pfn in self.pager.records:
-                self.assertEqual(kind, lib.XC_HOLD)
+                self.assertEqual(kind, lib.LX_HOLD)
                 if pfn in pending:
                     data = os.pread(fd, PAGE, slots[pfns.index(pfn)] * PAGE)
-                    self.assertEqual(lib.xc_copy_page(self.region, pfn, data), 0)
+                    self.assertEqual(lib.lx_copy_page(self.region, pfn, data), 0)
                     pending.discard(pfn)
             del self.pager.records[:]
         for t in readers:
@@ -115,7 +115,7 @@ class PageOutTests(ImageTestCase):
     def test_sync_page_out(self):
         pfns = self.private[:16]
         path, fd, ifd = self.store()
-        set_state(self.region, pfns, lib.XC_PAGE_HOLD)
+        set_state(self.region, pfns, lib.LX_PAGE_HOLD)
         self.assertEqual(self.vm.page_out(pfns, range(16), fd, ifd, True),
                          [zlib.crc32(d) for d in self.data[:16]])
         self.assertEqual(os.path.getsize(path), 16 * PAGE)
@@ -127,8 +127,8 @@ class PageOutTests(ImageTestCase):
         with self.assertRaises(NotHeld) as cm:
             self.vm.page_out(pfns, range(4), fd, ifd, False)     # writable: could change
         self.assertEqual(cm.exception.pfns, pfns)
-        absent = [i for i in range(self.vm.npages) if self.region.state[i] == lib.XC_PAGE_ABSENT][:2]
-        set_state(self.region, absent, lib.XC_PAGE_HOLD)
+        absent = [i for i in range(self.vm.npages) if self.region.state[i] == lib.LX_PAGE_ABSENT][:2]
+        set_state(self.region, absent, lib.LX_PAGE_HOLD)
         self.assertRaises(NotHeld, self.vm.page_out, absent, range(2), fd, ifd, False)
         self.assertEqual(os.path.getsize(path), 0)
 
@@ -136,24 +136,24 @@ class PageOutTests(ImageTestCase):
         """C let a write through (the page is private to the pager) but the
         writer has not run again: the page still holds the image's data.
         Held, it is paged out as that, and the write lands after page-in."""
-        pfn = next(i for i in range(self.vm.npages) if self.region.state[i] == lib.XC_PAGE_SHARED)
+        pfn = next(i for i in range(self.vm.npages) if self.region.state[i] == lib.LX_PAGE_SHARED)
         image = self.gather([pfn])[0]
-        self.assertEqual(lib.xc_resolve(self.region, pfn, 1, lib.XC_UNPROTECT), 0)
-        self.assertEqual(set_state(self.region, [pfn], lib.XC_PAGE_HOLD), [lib.XC_PAGE_PRIVATE])
-        self.assertEqual(self.vm.kinds(pfn, 1)[0], lib.XC_PAGE_SHARED | lib.XC_KIND_WP)
+        self.assertEqual(lib.lx_resolve(self.region, pfn, 1, lib.LX_UNPROTECT), 0)
+        self.assertEqual(set_state(self.region, [pfn], lib.LX_PAGE_HOLD), [lib.LX_PAGE_PRIVATE])
+        self.assertEqual(self.vm.kinds(pfn, 1)[0], lib.LX_PAGE_SHARED | lib.LX_KIND_WP)
         path, fd, ifd = self.store()
         self.assertEqual(self.vm.page_out([pfn], [0], fd, ifd, False), [zlib.crc32(image)])
-        writer = threading.Thread(target=lib.xc_fill_dataset, daemon=True, args=(
+        writer = threading.Thread(target=lib.lx_fill_dataset, daemon=True, args=(
             ffi.cast("void *", self.vm.addr), self.vm.npages, pfn, 1, 4321, 0))
         writer.start()
         del self.pager.records[:]
         serve_until(self.pager, lambda: self.pager.records)
-        self.assertEqual(self.pager.records, [(0, lib.XC_HOLD, pfn)])
-        self.assertEqual(lib.xc_copy_page(self.region, pfn, os.pread(fd, PAGE, 0)), 0)
+        self.assertEqual(self.pager.records, [(0, lib.LX_HOLD, pfn)])
+        self.assertEqual(lib.lx_copy_page(self.region, pfn, os.pread(fd, PAGE, 0)), 0)
         writer.join(5)
         self.assertFalse(writer.is_alive())
         self.assertEqual(self.vm.page_sums(pfn, 1), [pattern_sum(pfn, 4321)])
-        self.assertEqual(self.vm.kinds(pfn, 1)[0], lib.XC_PAGE_PRIVATE)
+        self.assertEqual(self.vm.kinds(pfn, 1)[0], lib.LX_PAGE_PRIVATE)
 
     def full_store(self):
         """A store on a 64 KiB tmpfs: room for 16 pages."""
@@ -167,15 +167,15 @@ class PageOutTests(ImageTestCase):
     def test_full_store_drops_nothing(self):
         path, fd, ifd = self.store(self.full_store())
         pfns = self.private[:32]
-        set_state(self.region, pfns, lib.XC_PAGE_HOLD)
+        set_state(self.region, pfns, lib.LX_PAGE_HOLD)
         with self.assertRaises(OSError) as cm:
             self.vm.page_out(pfns, range(32), fd, ifd, True)
         self.assertEqual(cm.exception.errno, 28)    # ENOSPC
-        held = lib.XC_PAGE_PRIVATE | lib.XC_KIND_WP
+        held = lib.LX_PAGE_PRIVATE | lib.LX_KIND_WP
         self.assertEqual(set(self.vm.kinds()[p] for p in pfns), {held})
         self.assertEqual(self.gather(pfns), self.data[:32])
-        set_state(self.region, pfns, lib.XC_PAGE_PRIVATE)     # the pager gives up: writable again
-        self.assertEqual(set(self.vm.kinds()[p] for p in pfns), {lib.XC_PAGE_PRIVATE})
+        set_state(self.region, pfns, lib.LX_PAGE_PRIVATE)     # the pager gives up: writable again
+        self.assertEqual(set(self.vm.kinds()[p] for p in pfns), {lib.LX_PAGE_PRIVATE})
 
     # -- the VMM host's ops around MicroVM.page_out
 
@@ -205,7 +205,7 @@ class PageOutTests(ImageTestCase):
     def test_op_page_out_full_disk(self):
         host = self.host()
         pfns = self.private[:32]
-        set_state(self.region, pfns, lib.XC_PAGE_HOLD)
+        set_state(self.region, pfns, lib.LX_PAGE_HOLD)
         d = host.op_page_out(Message(dict(domid=5, pfns=pfns, slots=list(range(32)),
                                           store=self.full_store(), sync=False)))
 
@@ -220,7 +220,7 @@ class PageOutTests(ImageTestCase):
     def test_op_page_out_scan_and_drop(self):
         host = self.host()
         pfns = self.private[:8]
-        set_state(self.region, pfns, lib.XC_PAGE_HOLD)
+        set_state(self.region, pfns, lib.LX_PAGE_HOLD)
         path = os.path.join(self.tmp, "s")
         d = host.op_page_out(Message(dict(domid=5, pfns=pfns, slots=list(range(8)),
                                           store=path, sync=False)))
@@ -234,7 +234,7 @@ class PageOutTests(ImageTestCase):
             self.assertEqual(reply["counts"], self.vm.scan())
             self.assertEqual(sum(reply["counts"].values()), self.vm.npages)
             clean = [i for i in range(self.vm.npages)
-                     if self.region.state[i] == lib.XC_PAGE_SHARED][:4]
+                     if self.region.state[i] == lib.LX_PAGE_SHARED][:4]
             dropped = host.op_drop_clean(Message(dict(domid=5, pfns=clean + pfns[:1])))
             self.assertEqual(dropped, {"dropped": clean})
 

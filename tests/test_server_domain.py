@@ -7,12 +7,13 @@ tests/test_xen_rig.py."""
 import os
 
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
 from xenclone.backends.xen import server_domain as sd
 from xenclone.backends.xen.grant_cache import BATCH, GrantCache
+from xenclone.backends.xen.server_domain_store import DomainImageStore
 from xenclone.image import Capture, OpenImage
-from xenclone.interfaces import PAGE_SIZE
-from xenclone.memserver.domain_store import DomainImageStore
+from xenclone.interfaces import PAGE_SIZE, IImageStore
 from xenclone.memserver.store import ImageStore
 from xenclone.wire import WireError
 
@@ -132,6 +133,12 @@ class DomainImageStoreTests(unittest.TestCase):
     def _bless(self, name, pages, zero=()):
         capture, self.ram = _capture(pages, zero)
         return self.store.put(name, capture), self.ram
+
+    def test_both_stores_are_image_stores(self):
+        plain = ImageStore(self.mktemp())
+        self.addCleanup(plain.close)
+        for store in (plain, self.store):
+            self.assertTrue(verifyObject(IImageStore, store))
 
     def test_an_image_lives_in_the_server_domain_not_in_dom0(self):
         info, ram = self._bless("img", 10, zero={2, 3})

@@ -1,4 +1,4 @@
-"""xc_pager_serve / xc_resolve / xc_copy_page / xc_set_state against a real
+"""lx_pager_serve / lx_resolve / lx_copy_page / lx_set_state against a real
 userfaultfd: credits, writes (copy on write), holds, fetches, duplicate
 faults, and serving another process."""
 import os
@@ -28,16 +28,16 @@ class Mapping:
     def __init__(self):
         self.fd = os.memfd_create("image")
         os.ftruncate(self.fd, NPAGES * PAGE)
-        shared = lib.xc_map_memfd(self.fd, NPAGES * PAGE, 0)
-        lib.xc_fill_dataset(ffi.cast("void *", shared), NPAGES, 1, NPAGES - 1, 7, 0)
+        shared = lib.lx_map_memfd(self.fd, NPAGES * PAGE, 0)
+        lib.lx_fill_dataset(ffi.cast("void *", shared), NPAGES, 1, NPAGES - 1, 7, 0)
         self.sums = ffi.new("uint64_t[]", NPAGES)   # reading page 0 here would fill the hole
-        lib.xc_page_sums(ffi.cast("char *", shared) + PAGE, NPAGES - 1, self.sums + 1)
-        lib.xc_unmap(shared, NPAGES * PAGE)
-        self.addr = lib.xc_map_memfd(self.fd, NPAGES * PAGE, 1)
-        self.uffd = lib.xc_uffd_open(CLONE_UFFD_FEATURES, ffi.NULL)
+        lib.lx_page_sums(ffi.cast("char *", shared) + PAGE, NPAGES - 1, self.sums + 1)
+        lib.lx_unmap(shared, NPAGES * PAGE)
+        self.addr = lib.lx_map_memfd(self.fd, NPAGES * PAGE, 1)
+        self.uffd = lib.lx_uffd_open(CLONE_UFFD_FEATURES, ffi.NULL)
         assert self.uffd >= 0 and self.addr > 0
-        assert lib.xc_uffd_register(self.uffd, self.addr, NPAGES * PAGE, CLONE_UFFD_MODES) == 0
-        self.pagemap = lib.xc_pagemap_open()
+        assert lib.lx_uffd_register(self.uffd, self.addr, NPAGES * PAGE, CLONE_UFFD_MODES) == 0
+        self.pagemap = lib.lx_pagemap_open()
         self.zero = ffi.new("uint8_t[]", NPAGES)
         self.touchers = []
 
@@ -53,7 +53,7 @@ class Mapping:
 
     def _sum(self, box, pfn):
         out = ffi.new("uint64_t[1]")
-        lib.xc_page_sums(ffi.cast("char *", self.addr) + pfn * PAGE, 1, out)
+        lib.lx_page_sums(ffi.cast("char *", self.addr) + pfn * PAGE, 1, out)
         box.append(out[0])
 
     def read(self, pfn):
@@ -65,7 +65,7 @@ class Mapping:
     def write(self, pfn, seed):
         """Overwrite one page with pattern ``seed`` from a thread (C, GIL
         released); returns the thread; .sum is what the page then sums to."""
-        t = threading.Thread(target=lib.xc_fill_dataset, daemon=True,
+        t = threading.Thread(target=lib.lx_fill_dataset, daemon=True,
                              args=(ffi.cast("void *", self.addr), NPAGES, pfn, 1, seed, 0))
         t.sum = pattern_sum(pfn, seed)
         t.start()
@@ -74,15 +74,15 @@ class Mapping:
 
     def kind(self, pfn):
         out = ffi.new("uint8_t[1]")
-        assert lib.xc_page_kinds(self.pagemap, self.addr + pfn * PAGE, 1, out) == 0
+        assert lib.lx_page_kinds(self.pagemap, self.addr + pfn * PAGE, 1, out) == 0
         return out[0]
 
     def image_sum(self, pfn):
         """The image memfd's page, read through a fresh shared mapping."""
-        shared = lib.xc_map_memfd(self.fd, NPAGES * PAGE, 0)
+        shared = lib.lx_map_memfd(self.fd, NPAGES * PAGE, 0)
         out = ffi.new("uint64_t[1]")
-        lib.xc_page_sums(ffi.cast("char *", shared) + pfn * PAGE, 1, out)
-        lib.xc_unmap(shared, NPAGES * PAGE)
+        lib.lx_page_sums(ffi.cast("char *", shared) + pfn * PAGE, 1, out)
+        lib.lx_unmap(shared, NPAGES * PAGE)
         return out[0]
 
     def close(self):
@@ -90,21 +90,21 @@ class Mapping:
         os.close(self.pagemap)
         for t in self.touchers:
             t.join()
-        lib.xc_unmap(self.addr, NPAGES * PAGE)
+        lib.lx_unmap(self.addr, NPAGES * PAGE)
         os.close(self.fd)
 
 
 def pattern_sum(pfn, seed):
     buf = ffi.new("char[]", (pfn + 1) * PAGE)
-    lib.xc_fill_dataset(buf, pfn + 1, pfn, 1, seed, 0)
+    lib.lx_fill_dataset(buf, pfn + 1, pfn, 1, seed, 0)
     out = ffi.new("uint64_t[1]")
-    lib.xc_page_sums(buf + pfn * PAGE, 1, out)
+    lib.lx_page_sums(buf + pfn * PAGE, 1, out)
     return out[0]
 
 
 def set_state(region, pfns, state):
     prev = ffi.new("uint8_t[]", len(pfns))
-    assert lib.xc_set_state(region, pfns, len(pfns), state, prev) == 0
+    assert lib.lx_set_state(region, pfns, len(pfns), state, prev) == 0
     return list(prev)
 
 
@@ -137,21 +137,21 @@ class PagerTests(unittest.TestCase):
     def test_constants_match_the_interface(self):
         for name in ("SERVED", "HOLD", "NOCREDIT", "FETCH", "ERROR", "ZERO", "WRITTEN",
                      "NOCREDIT_WRITE", "COPY", "AROUND", "AROUND_ZERO"):
-            self.assertEqual(getattr(lib, "XC_" + name), getattr(FaultKind, name), name)
+            self.assertEqual(getattr(lib, "LX_" + name), getattr(FaultKind, name), name)
         for name in ("ABSENT", "SHARED", "HOLD", "PRIVATE", "ZERO"):
-            self.assertEqual(getattr(lib, "XC_PAGE_" + name), getattr(PageState, name), name)
+            self.assertEqual(getattr(lib, "LX_PAGE_" + name), getattr(PageState, name), name)
 
     def test_no_clone_credit_then_resolve(self):
         self.pager.credits[0] = 100          # host credits do not map pages
         t = self.m.touch(5)
         serve_until(self.pager, lambda: self.pager.records)
-        self.assertEqual(self.pager.records, [(0, lib.XC_NOCREDIT, 5)])
-        self.assertEqual(self.region.state[5], lib.XC_PAGE_ABSENT)
+        self.assertEqual(self.pager.records, [(0, lib.LX_NOCREDIT, 5)])
+        self.assertEqual(self.region.state[5], lib.LX_PAGE_ABSENT)
         self.assertTrue(t.is_alive())
-        self.assertEqual(lib.xc_resolve(self.region, 5, 1, lib.XC_CONTINUE), 0)
+        self.assertEqual(lib.lx_resolve(self.region, 5, 1, lib.LX_CONTINUE), 0)
         self.assertServedWith(t, self.m.sums[5])
-        self.assertEqual(self.region.state[5], lib.XC_PAGE_SHARED)
-        self.assertEqual(self.m.kind(5), lib.XC_PAGE_SHARED | lib.XC_KIND_WP)
+        self.assertEqual(self.region.state[5], lib.LX_PAGE_SHARED)
+        self.assertEqual(self.m.kind(5), lib.LX_PAGE_SHARED | lib.LX_KIND_WP)
         self.assertEqual(self.region.minor_fills, 1)
 
     def test_clone_credits_are_spent(self):
@@ -160,25 +160,25 @@ class PagerTests(unittest.TestCase):
             t = self.m.touch(pfn)
             serve_until(self.pager, lambda: len(self.pager.records) == [3, 4, 6].index(pfn) + 1)
         self.assertEqual([k for _, k, _ in self.pager.records],
-                         [lib.XC_SERVED, lib.XC_SERVED, lib.XC_NOCREDIT])
+                         [lib.LX_SERVED, lib.LX_SERVED, lib.LX_NOCREDIT])
         self.assertEqual(self.region.credits, 0)
-        lib.xc_resolve(self.region, 6, 1, lib.XC_CONTINUE)
+        lib.lx_resolve(self.region, 6, 1, lib.LX_CONTINUE)
         self.assertServedWith(t, self.m.sums[6])
 
     def test_prefetch_maps_absent_pages_ahead_of_faults(self):
         """Runs in one go, present pages left as they are, a hole that is
         not a zero page (it needs a fetch) skipped; then no fault at all."""
         self.m.zero[0] = 1
-        self.assertEqual(lib.xc_resolve(self.region, 8, 1, lib.XC_CONTINUE), 0)
-        self.assertEqual(lib.xc_punch_hole(self.m.fd, 20 * PAGE, PAGE), 0)
+        self.assertEqual(lib.lx_resolve(self.region, 8, 1, lib.LX_CONTINUE), 0)
+        self.assertEqual(lib.lx_punch_hole(self.m.fd, 20 * PAGE, PAGE), 0)
         pfns = [7, 8, 9, 10, 0, 20, 21, 3]
         got = ffi.new("uint8_t[]", len(pfns))
-        self.assertEqual(lib.xc_prefetch(self.region, pfns, len(pfns), got), 6)
-        S, Z = lib.XC_PAGE_SHARED, lib.XC_PAGE_ZERO
+        self.assertEqual(lib.lx_prefetch(self.region, pfns, len(pfns), got), 6)
+        S, Z = lib.LX_PAGE_SHARED, lib.LX_PAGE_ZERO
         self.assertEqual(list(got), [S, 0, S, S, Z, 0, S, S])
-        self.assertEqual(self.region.state[20], lib.XC_PAGE_ABSENT)
-        self.assertEqual(self.m.kind(9), S | lib.XC_KIND_WP)
-        self.assertEqual(self.m.kind(0), Z | lib.XC_KIND_WP)
+        self.assertEqual(self.region.state[20], lib.LX_PAGE_ABSENT)
+        self.assertEqual(self.m.kind(9), S | lib.LX_KIND_WP)
+        self.assertEqual(self.m.kind(0), Z | lib.LX_KIND_WP)
         for pfn in (7, 9, 10, 21, 3):
             self.assertEqual(self.m.read(pfn), [self.m.sums[pfn]])
         self.assertEqual(self.region.faults, 0)
@@ -196,25 +196,25 @@ class PagerTests(unittest.TestCase):
         self.around(64)
         self.region.credits = 1000
         self.m.zero[0] = 1
-        self.assertEqual(lib.xc_resolve(self.region, 9, 1, lib.XC_CONTINUE), 0)
+        self.assertEqual(lib.lx_resolve(self.region, 9, 1, lib.LX_CONTINUE), 0)
         t = self.m.touch(5)
         serve_until(self.pager, lambda: len(self.pager.records) == 5)
         self.assertServedWith(t, self.m.sums[5])
-        A, AZ = lib.XC_AROUND, lib.XC_AROUND_ZERO
-        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 5), (0, AZ, range(0, 1)),
+        A, AZ = lib.LX_AROUND, lib.LX_AROUND_ZERO
+        self.assertEqual(self.pager.records, [(0, lib.LX_SERVED, 5), (0, AZ, range(0, 1)),
                                               (0, A, range(1, 5)), (0, A, range(6, 9)),
                                               (0, A, range(10, 16))])
         t = self.m.touch(20)
         serve_until(self.pager, lambda: len(self.pager.records) == 8)
         self.assertServedWith(t, self.m.sums[20])
-        self.assertEqual(self.pager.records[5:], [(0, lib.XC_SERVED, 20), (0, A, range(16, 20)),
+        self.assertEqual(self.pager.records[5:], [(0, lib.LX_SERVED, 20), (0, A, range(16, 20)),
                                                   (0, A, range(21, 64))])
         for pfn in (1, 7, 15, 16, 63):
-            self.assertEqual(self.m.kind(pfn), lib.XC_PAGE_SHARED | lib.XC_KIND_WP)
+            self.assertEqual(self.m.kind(pfn), lib.LX_PAGE_SHARED | lib.LX_KIND_WP)
             self.assertEqual(self.m.read(pfn), [self.m.sums[pfn]])
         # the zero page in the window is mapped too, and costs no credit
-        self.assertEqual(self.region.state[0], lib.XC_PAGE_ZERO)
-        self.assertEqual(self.m.kind(0), lib.XC_PAGE_ZERO | lib.XC_KIND_WP)
+        self.assertEqual(self.region.state[0], lib.LX_PAGE_ZERO)
+        self.assertEqual(self.m.kind(0), lib.LX_PAGE_ZERO | lib.LX_KIND_WP)
         self.assertEqual((self.region.faults, self.region.around_fills), (2, 61))
         self.assertEqual(self.region.credits, 1000 - 2 - 60)
 
@@ -224,15 +224,15 @@ class PagerTests(unittest.TestCase):
         self.m.zero[0] = 1
         pfns = [2, 9]
         got = ffi.new("uint8_t[]", len(pfns))
-        self.assertEqual(lib.xc_prefetch(self.region, pfns, len(pfns), got), 2)
+        self.assertEqual(lib.lx_prefetch(self.region, pfns, len(pfns), got), 2)
         self.assertEqual(self.chunk_faults[0], 2)
         t = self.m.touch(40)
         serve_until(self.pager, lambda: self.pager.records)
         self.assertServedWith(t, self.m.sums[40])
         serve_until(self.pager, lambda: len(self.pager.records) == 6)
-        A = lib.XC_AROUND
-        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 40),      # 16 << 4: all 64 pages
-                                              (0, lib.XC_AROUND_ZERO, range(0, 1)),
+        A = lib.LX_AROUND
+        self.assertEqual(self.pager.records, [(0, lib.LX_SERVED, 40),      # 16 << 4: all 64 pages
+                                              (0, lib.LX_AROUND_ZERO, range(0, 1)),
                                               (0, A, range(1, 2)), (0, A, range(3, 9)),
                                               (0, A, range(10, 40)), (0, A, range(41, 64))])
 
@@ -243,40 +243,40 @@ class PagerTests(unittest.TestCase):
         t = self.m.touch(5)
         serve_until(self.pager, lambda: len(self.pager.records) == 3)
         self.assertServedWith(t, self.m.sums[5])
-        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 5),
-                                              (0, lib.XC_AROUND_ZERO, range(0, 1)),
-                                              (0, lib.XC_AROUND, range(1, 4))])
+        self.assertEqual(self.pager.records, [(0, lib.LX_SERVED, 5),
+                                              (0, lib.LX_AROUND_ZERO, range(0, 1)),
+                                              (0, lib.LX_AROUND, range(1, 4))])
         self.assertEqual(self.region.credits, 16)
         self.region.credits = 1000
-        self.assertEqual(lib.xc_punch_hole(self.m.fd, 40 * PAGE, PAGE), 0)
+        self.assertEqual(lib.lx_punch_hole(self.m.fd, 40 * PAGE, PAGE), 0)
         t = self.m.touch(36)
         serve_until(self.pager, lambda: len(self.pager.records) == 6)
         self.assertServedWith(t, self.m.sums[36])
-        self.assertEqual(self.pager.records[3:], [(0, lib.XC_SERVED, 36),
-                                                  (0, lib.XC_AROUND, range(32, 36)),
-                                                  (0, lib.XC_AROUND, range(37, 40))])
-        self.assertEqual([self.region.state[p] for p in (40, 41, 47)], [lib.XC_PAGE_ABSENT] * 3)
+        self.assertEqual(self.pager.records[3:], [(0, lib.LX_SERVED, 36),
+                                                  (0, lib.LX_AROUND, range(32, 36)),
+                                                  (0, lib.LX_AROUND, range(37, 40))])
+        self.assertEqual([self.region.state[p] for p in (40, 41, 47)], [lib.LX_PAGE_ABSENT] * 3)
         self.assertEqual(self.region.credits, 1000 - 1 - 7)
 
     def test_zero_page_costs_no_credit(self):
         self.m.zero[0] = 1
         t = self.m.touch(0)
         serve_until(self.pager, lambda: self.pager.records)
-        self.assertEqual(self.pager.records, [(0, lib.XC_ZERO, 0)])
+        self.assertEqual(self.pager.records, [(0, lib.LX_ZERO, 0)])
         self.assertServedWith(t, 0)
         self.assertEqual((self.region.zero_fills, self.region.minor_fills), (1, 0))
-        self.assertEqual(self.region.state[0], lib.XC_PAGE_ZERO)
-        self.assertEqual(self.m.kind(0), lib.XC_PAGE_ZERO | lib.XC_KIND_WP)
+        self.assertEqual(self.region.state[0], lib.LX_PAGE_ZERO)
+        self.assertEqual(self.m.kind(0), lib.LX_PAGE_ZERO | lib.LX_KIND_WP)
 
     def test_write_copies_the_image_page(self):
         self.region.credits = 1
         self.pager.credits[0] = 1
         w = self.m.write(5, 99)
         serve_until(self.pager, lambda: len(self.pager.records) == 2)
-        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 5), (0, lib.XC_WRITTEN, 5)])
+        self.assertEqual(self.pager.records, [(0, lib.LX_SERVED, 5), (0, lib.LX_WRITTEN, 5)])
         self.assertWritten(w, 5)
-        self.assertEqual(self.region.state[5], lib.XC_PAGE_PRIVATE)
-        self.assertEqual(self.m.kind(5), lib.XC_PAGE_PRIVATE)      # anonymous, unprotected
+        self.assertEqual(self.region.state[5], lib.LX_PAGE_PRIVATE)
+        self.assertEqual(self.m.kind(5), lib.LX_PAGE_PRIVATE)      # anonymous, unprotected
         self.assertEqual((self.pager.credits[0], self.region.wp_faults, self.region.cow_fills),
                          (0, 1, 1))
         self.assertEqual(self.m.image_sum(5), self.m.sums[5])      # the image is untouched
@@ -286,70 +286,70 @@ class PagerTests(unittest.TestCase):
         self.pager.credits[0] = 1
         w = self.m.write(0, 98)
         serve_until(self.pager, lambda: len(self.pager.records) == 2)
-        self.assertEqual(self.pager.records, [(0, lib.XC_ZERO, 0), (0, lib.XC_WRITTEN, 0)])
+        self.assertEqual(self.pager.records, [(0, lib.LX_ZERO, 0), (0, lib.LX_WRITTEN, 0)])
         self.assertWritten(w, 0)
-        self.assertEqual(self.m.kind(0), lib.XC_PAGE_PRIVATE)
+        self.assertEqual(self.m.kind(0), lib.LX_PAGE_PRIVATE)
         self.assertEqual(os.lseek(self.m.fd, 0, os.SEEK_DATA), PAGE)   # still a hole
 
     def test_write_without_host_credit_waits(self):
         self.region.credits = 1
         w = self.m.write(7, 97)
         serve_until(self.pager, lambda: len(self.pager.records) == 2)
-        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 7), (0, lib.XC_NOCREDIT_WRITE, 7)])
+        self.assertEqual(self.pager.records, [(0, lib.LX_SERVED, 7), (0, lib.LX_NOCREDIT_WRITE, 7)])
         time.sleep(0.05)
         self.assertTrue(w.is_alive())
-        self.assertEqual(self.region.state[7], lib.XC_PAGE_SHARED)
-        self.assertEqual(lib.xc_resolve(self.region, 7, 1, lib.XC_UNPROTECT), 0)
+        self.assertEqual(self.region.state[7], lib.LX_PAGE_SHARED)
+        self.assertEqual(lib.lx_resolve(self.region, 7, 1, lib.LX_UNPROTECT), 0)
         self.assertWritten(w, 7)
-        self.assertEqual((self.region.state[7], self.region.cow_fills), (lib.XC_PAGE_PRIVATE, 1))
+        self.assertEqual((self.region.state[7], self.region.cow_fills), (lib.LX_PAGE_PRIVATE, 1))
         self.assertEqual(self.m.image_sum(7), self.m.sums[7])
 
     def test_held_write_waits_until_drop_and_release(self):
         """A write to a held page waits; dropped and released, the page
         faults again through the fast path, reads the image's data, and the
         write then makes its private copy."""
-        self.assertEqual(lib.xc_resolve(self.region, 9, 1, lib.XC_CONTINUE), 0)
-        self.assertEqual(set_state(self.region, [9], lib.XC_PAGE_HOLD), [lib.XC_PAGE_SHARED])
+        self.assertEqual(lib.lx_resolve(self.region, 9, 1, lib.LX_CONTINUE), 0)
+        self.assertEqual(set_state(self.region, [9], lib.LX_PAGE_HOLD), [lib.LX_PAGE_SHARED])
         self.region.credits = self.pager.credits[0] = 1
         w = self.m.write(9, 96)
         serve_until(self.pager, lambda: self.pager.records)
-        self.assertEqual(self.pager.records, [(0, lib.XC_HOLD, 9)])
+        self.assertEqual(self.pager.records, [(0, lib.LX_HOLD, 9)])
         dropped = ffi.new("uint8_t[1]")
-        self.assertEqual(lib.xc_drop_clean(self.m.pagemap, self.m.addr, [9], 1, dropped), 1)
-        self.assertEqual(self.m.kind(9), lib.XC_PAGE_ABSENT)
+        self.assertEqual(lib.lx_drop_clean(self.m.pagemap, self.m.addr, [9], 1, dropped), 1)
+        self.assertEqual(self.m.kind(9), lib.LX_PAGE_ABSENT)
         self.assertTrue(w.is_alive())
-        set_state(self.region, [9], lib.XC_PAGE_ABSENT)       # release: wakes the writer
+        set_state(self.region, [9], lib.LX_PAGE_ABSENT)       # release: wakes the writer
         serve_until(self.pager, lambda: len(self.pager.records) == 3)
-        self.assertEqual(self.pager.records[1:], [(0, lib.XC_SERVED, 9), (0, lib.XC_WRITTEN, 9)])
+        self.assertEqual(self.pager.records[1:], [(0, lib.LX_SERVED, 9), (0, lib.LX_WRITTEN, 9)])
         self.assertWritten(w, 9)
 
     def test_dropped_page_reads_the_image_again(self):
         self.region.credits = 1
         self.pager.credits[0] = 1
-        self.assertEqual(lib.xc_resolve(self.region, 4, 1, lib.XC_CONTINUE), 0)
-        set_state(self.region, [4], lib.XC_PAGE_HOLD)
+        self.assertEqual(lib.lx_resolve(self.region, 4, 1, lib.LX_CONTINUE), 0)
+        set_state(self.region, [4], lib.LX_PAGE_HOLD)
         dropped = ffi.new("uint8_t[1]")
-        self.assertEqual(lib.xc_drop_clean(self.m.pagemap, self.m.addr, [4], 1, dropped), 1)
-        set_state(self.region, [4], lib.XC_PAGE_ABSENT)
+        self.assertEqual(lib.lx_drop_clean(self.m.pagemap, self.m.addr, [4], 1, dropped), 1)
+        set_state(self.region, [4], lib.LX_PAGE_ABSENT)
         t = self.m.touch(4)
         serve_until(self.pager, lambda: self.pager.records)
-        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 4)])
+        self.assertEqual(self.pager.records, [(0, lib.LX_SERVED, 4)])
         self.assertServedWith(t, self.m.sums[4])
 
     def test_hold_protects_a_private_page(self):
         """Held, a private page cannot change (a write waits for Python);
         remembered as private, the write goes through without a copy."""
         page = ffi.new("uint64_t[]", [3] * (PAGE // 8))
-        self.assertEqual(lib.xc_copy_page(self.region, 11, page), 0)
-        self.assertEqual(self.m.kind(11), lib.XC_PAGE_PRIVATE)
-        self.assertEqual(set_state(self.region, [11], lib.XC_PAGE_HOLD), [lib.XC_PAGE_PRIVATE])
-        self.assertEqual(self.m.kind(11), lib.XC_PAGE_PRIVATE | lib.XC_KIND_WP)
+        self.assertEqual(lib.lx_copy_page(self.region, 11, page), 0)
+        self.assertEqual(self.m.kind(11), lib.LX_PAGE_PRIVATE)
+        self.assertEqual(set_state(self.region, [11], lib.LX_PAGE_HOLD), [lib.LX_PAGE_PRIVATE])
+        self.assertEqual(self.m.kind(11), lib.LX_PAGE_PRIVATE | lib.LX_KIND_WP)
         self.pager.credits[0] = 5
         w = self.m.write(11, 95)
         serve_until(self.pager, lambda: self.pager.records)
-        self.assertEqual(self.pager.records, [(0, lib.XC_HOLD, 11)])
+        self.assertEqual(self.pager.records, [(0, lib.LX_HOLD, 11)])
         self.assertEqual(self.m.read(11), [3 * PAGE // 8])   # reads do not wait
-        self.assertEqual(set_state(self.region, [11], lib.XC_PAGE_PRIVATE), [lib.XC_PAGE_HOLD])
+        self.assertEqual(set_state(self.region, [11], lib.LX_PAGE_PRIVATE), [lib.LX_PAGE_HOLD])
         self.assertWritten(w, 11)
         self.assertEqual((self.pager.credits[0], self.region.cow_fills), (5, 0))
 
@@ -357,9 +357,9 @@ class PagerTests(unittest.TestCase):
         """A WP fault on a page C has as private (protection left from a hold
         whose state was reset) is unprotected, not just woken."""
         page = ffi.new("uint64_t[]", [3] * (PAGE // 8))
-        self.assertEqual(lib.xc_copy_page(self.region, 13, page), 0)
-        set_state(self.region, [13], lib.XC_PAGE_HOLD)
-        self.region.state[13] = lib.XC_PAGE_PRIVATE
+        self.assertEqual(lib.lx_copy_page(self.region, 13, page), 0)
+        set_state(self.region, [13], lib.LX_PAGE_HOLD)
+        self.region.state[13] = lib.LX_PAGE_PRIVATE
         w = self.m.write(13, 94)
         serve_until(self.pager, lambda: self.region.dup_wakes)
         self.assertWritten(w, 13)
@@ -368,48 +368,48 @@ class PagerTests(unittest.TestCase):
     def test_missing_nonzero_page_is_fetched_and_copied(self):
         t = self.m.touch(0)                   # a hole not marked zero: Python fetches
         serve_until(self.pager, lambda: self.pager.records)
-        self.assertEqual(self.pager.records, [(0, lib.XC_FETCH, 0)])
+        self.assertEqual(self.pager.records, [(0, lib.LX_FETCH, 0)])
         page = ffi.new("uint64_t[]", [7] * (PAGE // 8))
-        self.assertEqual(lib.xc_copy_page(self.region, 0, page), 0)
+        self.assertEqual(lib.lx_copy_page(self.region, 0, page), 0)
         self.assertServedWith(t, 7 * PAGE // 8)
-        self.assertEqual(self.region.state[0], lib.XC_PAGE_PRIVATE)
-        self.assertEqual(lib.xc_copy_page(self.region, 0, page), -17)  # EEXIST
+        self.assertEqual(self.region.state[0], lib.LX_PAGE_PRIVATE)
+        self.assertEqual(lib.lx_copy_page(self.region, 0, page), -17)  # EEXIST
 
     def test_continue_on_a_hole_fails(self):
         """What load_shared sees when this host's cache lacks the page."""
-        self.assertEqual(lib.xc_resolve(self.region, 0, 1, lib.XC_CONTINUE), -14)   # EFAULT
-        self.assertEqual(self.region.state[0], lib.XC_PAGE_ABSENT)
+        self.assertEqual(lib.lx_resolve(self.region, 0, 1, lib.LX_CONTINUE), -14)   # EFAULT
+        self.assertEqual(self.region.state[0], lib.LX_PAGE_ABSENT)
 
     def test_hold_is_left_to_python(self):
         self.region.credits = 100
-        set_state(self.region, [9], lib.XC_PAGE_HOLD)
+        set_state(self.region, [9], lib.LX_PAGE_HOLD)
         t = self.m.touch(9)
         serve_until(self.pager, lambda: self.pager.records)
-        self.assertEqual(self.pager.records, [(0, lib.XC_HOLD, 9)])
+        self.assertEqual(self.pager.records, [(0, lib.LX_HOLD, 9)])
         self.assertEqual(self.region.credits, 100)
         page = ffi.new("uint64_t[]", [1] * (PAGE // 8))  # e.g. a paged-out private page
-        self.assertEqual(lib.xc_copy_page(self.region, 9, page), 0)
+        self.assertEqual(lib.lx_copy_page(self.region, 9, page), 0)
         self.assertServedWith(t, PAGE // 8)
 
     def test_duplicate_fault_gets_wake(self):
         """A fault on a page C believes mapped is only woken (here it faults
         again and again, since it really is absent, until state is fixed)."""
         self.region.credits = 100
-        self.region.state[12] = lib.XC_PAGE_SHARED
+        self.region.state[12] = lib.LX_PAGE_SHARED
         t = self.m.touch(12)
         serve_until(self.pager, lambda: self.region.dup_wakes > 1)
         self.assertEqual(self.pager.records, [])
-        self.region.state[12] = lib.XC_PAGE_ABSENT
+        self.region.state[12] = lib.LX_PAGE_ABSENT
         serve_until(self.pager, lambda: self.pager.records)
-        self.assertEqual(self.pager.records, [(0, lib.XC_SERVED, 12)])
+        self.assertEqual(self.pager.records, [(0, lib.LX_SERVED, 12)])
         self.assertServedWith(t, self.m.sums[12])
 
     def test_resolve_range_and_already_present(self):
-        self.assertEqual(lib.xc_resolve(self.region, 20, 4, lib.XC_CONTINUE), 0)
-        self.assertEqual(lib.xc_resolve(self.region, 18, 8, lib.XC_CONTINUE), 0)  # overlaps
+        self.assertEqual(lib.lx_resolve(self.region, 20, 4, lib.LX_CONTINUE), 0)
+        self.assertEqual(lib.lx_resolve(self.region, 18, 8, lib.LX_CONTINUE), 0)  # overlaps
         self.assertEqual([self.region.state[i] for i in range(17, 27)], [0] + [1] * 8 + [0])
         self.assertEqual(self.region.minor_fills, 8)
-        self.assertEqual(lib.xc_resolve(self.region, NPAGES - 1, 2, lib.XC_CONTINUE), -22)
+        self.assertEqual(lib.lx_resolve(self.region, NPAGES - 1, 2, lib.LX_CONTINUE), -22)
         t = self.m.touch(21)                  # already mapped: no fault at all
         self.assertServedWith(t, self.m.sums[21])
         self.assertEqual(self.region.faults, 0)
@@ -421,7 +421,7 @@ class PagerTests(unittest.TestCase):
         got = [self.pager.serve_once(100) for _ in range(3)]
         self.assertEqual(sorted(r[0][2] for r in got), [30, 31, 32])
         for pfn, t in zip((30, 31, 32), ts):
-            lib.xc_resolve(self.region, pfn, 1, lib.XC_CONTINUE)
+            lib.lx_resolve(self.region, pfn, 1, lib.LX_CONTINUE)
             self.assertServedWith(t, self.m.sums[pfn])
 
     def test_wake_fd_returns(self):
@@ -469,17 +469,17 @@ class CrossProcessTests(unittest.TestCase):
         self.addCleanup(os.close, fds[0])
         region = pager.add(fds[0], addr, npages, image.zero)
         # The params page comes by UFFDIO_COPY from our own copy of the image.
-        region.state[workload.PARAMS_PFN] = lib.XC_PAGE_HOLD
-        shared = lib.xc_map_memfd(image.fd, params.memory_bytes, 0)
-        self.addCleanup(lib.xc_unmap, shared, params.memory_bytes)
+        region.state[workload.PARAMS_PFN] = lib.LX_PAGE_HOLD
+        shared = lib.lx_map_memfd(image.fd, params.memory_bytes, 0)
+        self.addCleanup(lib.lx_unmap, shared, params.memory_bytes)
         ours.setblocking(False)
         result = b""
         deadline = time.monotonic() + 30
         while len(result) < 4 and time.monotonic() < deadline:
             for _, kind, pfn in pager.serve_once(20):
-                if kind == lib.XC_HOLD:
+                if kind == lib.LX_HOLD:
                     src = ffi.cast("char *", shared) + pfn * PAGE
-                    self.assertEqual(lib.xc_copy_page(region, pfn, src), 0)
+                    self.assertEqual(lib.lx_copy_page(region, pfn, src), 0)
             try:
                 result += ours.recv(4)
             except BlockingIOError:
@@ -489,4 +489,4 @@ class CrossProcessTests(unittest.TestCase):
         self.assertEqual(struct.unpack("<I", result)[0], workload.expected_result(params, 77, 3))
         self.assertGreater(region.minor_fills, 0)
         self.assertGreater(region.zero_fills, 0)
-        self.assertIn((0, lib.XC_HOLD, workload.PARAMS_PFN), pager.records)
+        self.assertIn((0, lib.LX_HOLD, workload.PARAMS_PFN), pager.records)

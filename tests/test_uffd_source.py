@@ -10,17 +10,17 @@ from xenclone.interfaces import FaultKind
 
 
 class GroupRecordsTests(unittest.TestCase):
-    """xc_group_records: what the reactor gets from a batch of records."""
+    """lx_group_records: what the reactor gets from a batch of records."""
 
     def test_one_group_per_clone_and_kind_in_order(self):
         from xenclone._linux import ffi, lib
-        S, F, A = lib.XC_SERVED, lib.XC_FETCH, lib.XC_AROUND
+        S, F, A = lib.LX_SERVED, lib.LX_FETCH, lib.LX_AROUND
         records = [(0, S, 1, 7), (1, S, 1, 3), (0, A, 16, 32), (0, S, 1, 5), (0, F, 1, 9),
                    (1, S, 1, 2), (0, A, 4, 64)]
-        out = ffi.new("struct xc_fault[]", records)
-        groups = ffi.new("struct xc_group[]", len(records))
+        out = ffi.new("struct lx_fault[]", records)
+        groups = ffi.new("struct lx_group[]", len(records))
         pfns = ffi.new("uint64_t[]", len(records))
-        n = lib.xc_group_records(out, len(records), groups, pfns)
+        n = lib.lx_group_records(out, len(records), groups, pfns)
         got = [(g.region, g.kind, range(g.first, g.first + g.count) if g.kind == A
                 else ffi.unpack(pfns + g.first, g.count)) for g in groups[0:n]]
         self.assertEqual(got, [(0, S, [7, 5]), (1, S, [3, 2]), (0, A, range(32, 48)),

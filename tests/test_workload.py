@@ -77,4 +77,4 @@ class MixTests(unittest.TestCase):
         for seed in (0, 0xFFFFFFFF, 0x5EED1234):
             for p in (0, 33, 65535, 0xFFFFFFFF):
                 for w in (0, 1, 1023):
-                    self.assertEqual(lib.xc_mix(seed, p, w), workload.mix(seed, p, w))
+                    self.assertEqual(lib.lx_mix(seed, p, w), workload.mix(seed, p, w))

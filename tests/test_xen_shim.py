@@ -12,7 +12,7 @@ import tempfile
 
 from twisted.trial import unittest
 
-from xenclone.backends.xen import libxc
+from xenclone.backends.xen import libxc, xenctrl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -87,7 +87,7 @@ class BuildTests(unittest.TestCase):
         libxc.load()
         ffi, lib = self.lib()
         page = ffi.new("char[]", 4096)
-        ring = libxc.VmEventRing(None, 7, page, 5, None)
+        ring = xenctrl.VmEventRing(None, 7, page, 5, None)
         entry = ffi.sizeof("vm_event_request_t")
         return ffi, lib, page, ring, entry
 
@@ -131,7 +131,7 @@ class BuildTests(unittest.TestCase):
         if libxc.host_has_xen():
             raise unittest.SkipTest("this host really has Xen")
         self.patch(libxc, "PRIVCMD_PATHS", (__file__,))
-        for cls in (libxc.XenCtrl, libxc.ForeignMemory, libxc.GntTab,
+        for cls in (xenctrl.XenCtrl, libxc.ForeignMemory, libxc.GntTab,
                     libxc.EvtChn):
             e = self.assertRaises(libxc.XenError, cls)
             self.assertNotEqual(e.errno, 0, cls)
@@ -180,11 +180,11 @@ class ProbeTests(unittest.TestCase):
             raise unittest.SkipTest("this host really has Xen")
 
     def test_probe_reports_absent(self):
-        info = libxc.probe(check_paging=True)
+        info = xenctrl.probe(check_paging=True)
         self.assertEqual(info["xen"], "absent")
         self.assertIn("privcmd", info["reason"])
 
     def test_use_raises_unavailable(self):
         self.assertRaises(libxc.XenUnavailable, libxc.load)
-        self.assertRaises(libxc.XenUnavailable, libxc.XenCtrl)
+        self.assertRaises(libxc.XenUnavailable, xenctrl.XenCtrl)
         self.assertRaises(libxc.XenUnavailable, libxc.EvtChn)

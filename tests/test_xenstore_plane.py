@@ -12,9 +12,9 @@ from twisted.trial import unittest
 from tests.test_daemon import XENCLONE, PrivateDaemon
 from tests.test_xenstore_client import until
 from tests.test_xenstore_server import NO_TOOLS
-from xenclone.cli.main import connect
-from xenclone.cli.xenstore_scenario import scenario_xenstore
+from xenclone.control_client import connect
 from xenclone.helpers import socket_owner_pid
+from xenclone.selftests.xenstore_scenario import scenario_xenstore
 from xenclone.service import make_service
 from xenclone.wire import WireError
 from xenclone.xenstore.client import XenStoreClient

@@ -102,6 +102,8 @@ class OpenImage:
     def drop_pages(self, pfns):
         """Let this host's cache of the image go of these pages (the disk
         copy stays); no clone may map them any more."""
-        from xenclone.memserver.cache import punch
+        from xenclone._linux import lib
         for pfn in pfns:
-            punch(self.mem_fd, pfn, 1)
+            rc = lib.lx_punch_hole(self.mem_fd, pfn * PAGE_SIZE, PAGE_SIZE)
+            if rc < 0:      # a hole: the next fault fetches the page again
+                raise OSError(-rc, os.strerror(-rc))

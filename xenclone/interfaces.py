@@ -269,6 +269,52 @@ class IMemoryServer(Interface):
         ``action`` (status, start, or stop: ``force`` drops its images)."""
 
 
+class IImageStore(Interface):
+    """The memory server's images, on disk and in RAM: in dom0 memfds
+    (``memserver/store.py``) or, on Xen, in a memory-server domain
+    (``backends/xen/server_domain_store.py``).  Calls are synchronous;
+    a bad request raises ``WireError``."""
+
+    dir = Attribute("The directory that holds the images.")
+
+    def put(name, capture):
+        """Copy a ``Capture`` into a new image; its info."""
+
+    def mirror(name, info, vcpu_state, zero, server, crcs):
+        """Record a remote image (as ``describe`` gave it) of ``server``."""
+
+    def load_all():
+        """Open every image on disk; [(name, why)] of those that failed."""
+
+    def images():
+        """[info dict] of every image, by name."""
+
+    def info(image_id):
+        """The image's info dict."""
+
+    def describe(image_id):
+        """(info with its vCPU state, zero map): what a mirror needs."""
+
+    def memfd(image_id):
+        """The image's memfd, the store's own (open until discarded)."""
+
+    def zero_map(image_id):
+        """bytes, one per page: 1 where the page is all zeros."""
+
+    def vcpu_state(image_id):
+        """The image's vCPU state, bytes."""
+
+    def fetch(image_id, pfn, count, generation=None):
+        """bytes of ``count`` pages from ``pfn``, checked against their CRCs."""
+
+    def crcs(image_id, first, count):
+        """Part of the image's CRC table, bytes."""
+
+    def discard(image_id, close):
+        """Forget the image and delete it; ``close`` (``os.close`` unless
+        given) receives its memfd."""
+
+
 class IEvictionPolicy(Interface):
     """Chooses victims; mechanism-free, as xenpaging's policy.h."""
 

@@ -2,7 +2,7 @@
 the clone's own writes.  The kill and cut self-tests compare every data
 page of every clone with this (no page lost, none from another clone).
 
-The data set is regenerated in C (``xc_fill_dataset_range``), one page at
+The data set is regenerated in C (``lx_fill_dataset_range``), one page at
 a time, so checking a 1 GiB clone needs no copy of the image.
 """
 
@@ -27,7 +27,7 @@ def _pages_c():
 
 
 class ExpectedMemory:
-    """The 64-bit word sums (``xc_page_sums``) a finished clone's data
+    """The 64-bit word sums (``lx_page_sums``) a finished clone's data
     pages must have.  The clone's writes are worked out once (the workload
     is run in Python), the data set page by page in C."""
 
@@ -47,8 +47,8 @@ class ExpectedMemory:
         sums = []
         for pfn in pfns:
             ffi.memmove(page, bytes(PAGE_SIZE), PAGE_SIZE)
-            lib.xc_fill_dataset_range(page, pfn, 1, params.data_first_pfn, params.data_npages,
+            lib.lx_fill_dataset_range(page, pfn, 1, params.data_first_pfn, params.data_npages,
                                       params.seed, params.zero_every)
-            lib.xc_page_sums(page, 1, out)
+            lib.lx_page_sums(page, 1, out)
             sums.append((out[0] + self._delta.get(pfn, 0)) & M64)
         return sums

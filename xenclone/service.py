@@ -212,7 +212,7 @@ class CoreService(Service):
         os.makedirs(run, mode=0o700, exist_ok=True)
         os.makedirs(s["memserver_dir"], mode=0o700, exist_ok=True)
         ms_socket = os.path.join(run, "memserver.sock")
-        memserver = HelperProcess(self.reactor, "memory server", "xenclone.memserver.server",
+        memserver = HelperProcess(self.reactor, "memory server", "xenclone.memserver_process",
                                   ["--dir", s["memserver_dir"]] + remote_args(s) + xen_args(s),
                                   ms_socket, os.path.join(run, "memserver.log"))
         # Up (started if need be); requests go through the client below.

@@ -1,6 +1,6 @@
 """The test guest's ABI, memory layout and workload, mirrored in Python.
 
-guest/workload.c is the guest; libxc_shim/src/pages.c writes its data set.
+guest/workload.c is the guest; libxc_shim/src/linux/pages.c writes its data set.
 `expected_result` computes what a clone must answer, so tests and benchmarks
 can check every clone. All arithmetic is uint32 wrapping, as in the guest.
 """
@@ -40,7 +40,7 @@ DEFAULT_SEED = 0x5EED1234
 
 
 def mix(seed, p, w):
-    """The data-set word; identical to xc_mix() in pages.c."""
+    """The data-set word; identical to lx_mix() in pages.c."""
     h = (seed ^ (p * 0x9E3779B1) ^ (w * 0x85EBCA77)) & M32
     h ^= h >> 16
     h = (h * 0x7FEB352D) & M32
@@ -150,7 +150,7 @@ def pages_written(params, clone_id, input):
 
 
 def page_sum(data):
-    """The 64-bit word sum of a page, as xc_page_sums computes it."""
+    """The 64-bit word sum of a page, as lx_page_sums computes it."""
     return sum(struct.unpack("<512Q", data)) & 0xFFFFFFFFFFFFFFFF
 
 

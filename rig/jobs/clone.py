@@ -15,8 +15,8 @@ from twisted.internet import defer, task, utils
 
 from xenclone import workload
 from xenclone.backends.xen import libxc, server_domain
-from xenclone.cli.scenarios import Session
 from xenclone.config import load_daemon_config
+from xenclone.selftests.scenarios import Session
 
 MASTER, IMAGE, CLONES, MEMORY_MIB = "xmaster", "ximg", 3, 16
 CLI = "import sys; from xenclone.cli.main import entry; sys.argv[0] = 'xenclone'; entry()"

@@ -249,8 +249,8 @@ class ForkJob(Job):
                                         for c in clones), 600)
         again = {c["name"]: _said(console(c["name"]), "XENCLONE-VERIFY 1") for c in clones}
         # Paged out as Xen counts it, and as the daemon's ledger does.
-        from xenclone.backends.xen import libxc
-        xc = libxc.XenCtrl()
+        from xenclone.backends.xen.xenctrl import XenCtrl
+        xc = XenCtrl()
         forks = [c["domid"] for c in clones + self.eight[1:]]
         r["paged_out_pages"] = sum(xc.domain_info(d).paged_pages for d in forks)
         xc.close()

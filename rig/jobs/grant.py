@@ -15,7 +15,7 @@ import time
 from twisted.internet import defer, task
 
 from xenclone.backends.xen import server_domain as sd
-from xenclone.backends.xen import libxc, xl
+from xenclone.backends.xen import libxc, xenctrl, xl
 from xenclone.wire import WireError
 
 KERNEL = os.path.join(os.environ["RIG_PROJECT"], "guest", "build", "guest.elf")
@@ -75,7 +75,7 @@ def run(reactor, checks, figures):
             lambda b, k: fm.map(dst, range(b, b + k)), NPAGES)
         figures["grants_vs_foreign"] = round(figures["fill_from_grants_pages_s"]
                                              / figures["fill_from_master_foreign_pages_s"], 3)
-        info = {d.domid: d for d in libxc.XenCtrl().domains()}
+        info = {d.domid: d for d in xenctrl.XenCtrl().domains()}
         checks["server_never_ran"] = info[srv_id].cpu_time == 0
         checks["nothing_mapped_at_revoke"] = server.revoke(run_) == 0
         try:

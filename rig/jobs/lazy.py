@@ -15,7 +15,7 @@ from twisted.internet import defer, task
 
 from clone import Job, run_job
 from xenclone import workload
-from xenclone.cli.scenarios import Session
+from xenclone.selftests.scenarios import Session
 
 MASTER, IMAGE, CLONES, MEMORY_MIB = "lmaster", "limg", 3, 16
 TARGET = 200                # pages: well under what a clone's run touches (~400)

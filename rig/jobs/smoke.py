@@ -9,7 +9,7 @@ import struct
 import subprocess
 import sys
 
-from xenclone.backends.xen import libxc
+from xenclone.backends.xen import libxc, xenctrl
 
 BANNER = b"Linux version "
 
@@ -57,13 +57,13 @@ def main(name):
         k[len("SMOKE_"):].lower(): float(v) for k, v in os.environ.items()
         if k.startswith("SMOKE_") and k.endswith("_S")}}
 
-    res["probe"] = probe = libxc.probe(check_paging=True)
+    res["probe"] = probe = xenctrl.probe(check_paging=True)
     checks["xen_present"] = probe.get("xen") == "present"
     checks["xen_4_17"] = str(probe.get("version", "")).startswith("4.17")
     checks["hap"] = "hap" in probe.get("capabilities", ())
 
     domid = int(subprocess.check_output(["xl", "domid", name]).strip())
-    with libxc.XenCtrl() as xc:
+    with xenctrl.XenCtrl() as xc:
         doms = xc.domains()
         res["domains"] = [d._asdict() for d in doms]
         info = xc.domain_info(domid)

@@ -9,8 +9,8 @@ edge: the daemon counts pages.
 """
 
 from xenclone.cli import text, units
-from xenclone.cli.errors import EXIT_USAGE, CliError
 from xenclone.config import ConfigError, load_domain_config
+from xenclone.control_client import EXIT_USAGE, CliError
 
 
 def cmd_create(args):

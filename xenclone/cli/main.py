@@ -13,32 +13,14 @@ import sys
 import time
 
 from twisted.internet import defer, task
-from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 
 from xenclone.cli import pipe, progress, top
-from xenclone.cli.errors import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, CliError
 from xenclone.cli.parser import build_parser
 from xenclone.config import ConfigError, load_daemon_config
 from xenclone.config_file import config_path
-from xenclone.wire import FrameProtocol, WireError
-
-__all__ = ["EXIT_FAILED", "EXIT_UNREACHABLE", "EXIT_USAGE", "CliError", "connect", "main"]
-
-
-@defer.inlineCallbacks
-def connect(reactor, socket_path):
-    try:
-        proto = yield connectProtocol(UNIXClientEndpoint(reactor, socket_path, timeout=5),
-                                      FrameProtocol())
-    except Exception as e:
-        raise CliError("cannot reach the xenclone daemon at %s (%s); start it with "
-                       "'twistd -n xenclone' or 'systemctl start xenclone'"
-                       % (socket_path, e.__class__.__name__), EXIT_UNREACHABLE)
-    return proto
-
-
-def _fields(msg):
-    return {k: v for k, v in msg.fields.items() if k not in ("id", "ok")}
+from xenclone.control_client import (EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, CliError,
+                                     ask, connect)
+from xenclone.wire import WireError
 
 
 # -- output
@@ -81,7 +63,7 @@ def _ask_control(reactor, settings, op, fields, shown=False):
         proto.on_event = lambda msg: msg.get("event") == "progress" and shown.event(msg.fields)
         fields = dict(fields, progress=True)
     try:
-        return _fields((yield proto.request(op, **fields)))
+        return (yield ask(proto, op, **fields))
     finally:
         if shown:
             shown.close()
@@ -148,7 +130,7 @@ def main(argv=None):
     if args.command == "top":
         body = lambda reactor: _run_top(reactor, args, settings)
     elif args.func is None:
-        from xenclone.cli.scenarios import run_scenario
+        from xenclone.selftests.scenarios import run_scenario
         body = lambda reactor: run_scenario(reactor, args, settings)
     else:
         body = lambda reactor: _run_command(reactor, args, settings)

@@ -26,10 +26,12 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from zope.interface import implementer
+
 from xenclone.image import OpenImage
+from xenclone.interfaces import PAGE_SIZE, IImageStore
 from xenclone.memserver import page_crcs
 from xenclone.names import check_generation, check_name
-from xenclone.interfaces import PAGE_SIZE
 from xenclone.wire import WireError
 
 FORMAT = 1
@@ -157,6 +159,7 @@ class StoredImage:
         return {k: v for k, v in self.meta.items() if k != "vcpu_state"}
 
 
+@implementer(IImageStore)
 class ImageStore:
     """Blessed images, keyed by image id (the name given at bless).
 

@@ -29,17 +29,17 @@ CLONE_UFFD_FEATURES = (lib.UFFD_FEATURE_MISSING_SHMEM | lib.UFFD_FEATURE_MINOR_S
                        | lib.UFFD_FEATURE_WP_HUGETLBFS_SHMEM)
 CLONE_UFFD_MODES = (lib.UFFDIO_REGISTER_MODE_MISSING | lib.UFFDIO_REGISTER_MODE_MINOR
                     | lib.UFFDIO_REGISTER_MODE_WP)
-_KIND_NAMES = {lib.XC_PAGE_SHARED: "shared", lib.XC_PAGE_PRIVATE: "private",
-               lib.XC_PAGE_ZERO: "zero", lib.XC_PAGE_ABSENT: "absent"}
-_NO_WP = bytes(k & ~lib.XC_KIND_WP for k in range(256))
+_KIND_NAMES = {lib.LX_PAGE_SHARED: "shared", lib.LX_PAGE_PRIVATE: "private",
+               lib.LX_PAGE_ZERO: "zero", lib.LX_PAGE_ABSENT: "absent"}
+_NO_WP = bytes(k & ~lib.LX_KIND_WP for k in range(256))
 _PAGER_KINDS = bytes(
-    k & ~lib.XC_KIND_WP if k & lib.XC_KIND_WP or k not in (lib.XC_PAGE_SHARED, lib.XC_PAGE_ZERO)
-    else lib.XC_PAGE_PRIVATE for k in range(256))
-STATE_SIZE = lib.xc_vm_state_size()
+    k & ~lib.LX_KIND_WP if k & lib.LX_KIND_WP or k not in (lib.LX_PAGE_SHARED, lib.LX_PAGE_ZERO)
+    else lib.LX_PAGE_PRIVATE for k in range(256))
+STATE_SIZE = lib.mvm_state_size()
 
 Exit = collections.namedtuple("Exit", "kind port value t_ns reason suberror")
 
-# struct xc_state (kvm_vm.c): magic, size, then struct kvm_regs, whose
+# struct mvm_state (kvm_vm.c): magic, size, then struct kvm_regs, whose
 # 16 general registers (rsp is the 7th) are followed by rip.
 _RSP_OFF, _RIP_OFF = 8 + 6 * 8, 8 + 16 * 8
 
@@ -53,10 +53,10 @@ def entry_pfns(blob):
 Exit.__new__.__defaults__ = (0, 0)
 
 _EXIT_KINDS = {
-    lib.XC_EXIT_IO_OUT: "io_out",
-    lib.XC_EXIT_HLT: "hlt",
-    lib.XC_EXIT_KICKED: "kicked",
-    lib.XC_EXIT_ERROR: "error",
+    lib.MVM_EXIT_IO_OUT: "io_out",
+    lib.MVM_EXIT_HLT: "hlt",
+    lib.MVM_EXIT_KICKED: "kicked",
+    lib.MVM_EXIT_ERROR: "error",
 }
 
 _kvm_fd = None
@@ -72,8 +72,8 @@ def kvm_fd():
     """The process-wide /dev/kvm fd; also installs the SIGUSR1 kick handler."""
     global _kvm_fd
     if _kvm_fd is None:
-        _kvm_fd = _check(lib.xc_kvm_open(), "open /dev/kvm")
-        _check(lib.xc_install_kick_handler(), "sigaction(SIGUSR1)")
+        _kvm_fd = _check(lib.mvm_kvm_open(), "open /dev/kvm")
+        _check(lib.mvm_install_kick_handler(), "sigaction(SIGUSR1)")
     return _kvm_fd
 
 
@@ -88,7 +88,7 @@ def host_features():
         except OSError as e:
             out["kvm_error"] = str(e)
     got = ffi.new("uint64_t *")
-    fd = lib.xc_uffd_open(0, got)
+    fd = lib.lx_uffd_open(0, got)
     if fd < 0:
         out["uffd_error"] = os.strerror(-fd)
     else:
@@ -117,12 +117,12 @@ class MicroVM:
         self.uffd = None
         self.in_t_ns = {}   # port -> t_ns of its latest IN exit (0x11: "first instruction")
         self.gate_open = not gated
-        self._exit = ffi.new("struct xc_exit *")
+        self._exit = ffi.new("struct mvm_exit *")
         self._pagemap_fd = None
         self._closing = threading.Lock()   # a kick never races the VM's teardown
         self._ram = threading.Lock()       # nor an eviction the unmapping of guest RAM
-        vm = ffi.new("struct xc_vm *")
-        _check(lib.xc_vm_create(kvm_fd(), self.size, int(gated), vm), "create VM")
+        vm = ffi.new("struct mvm *")
+        _check(lib.mvm_create(kvm_fd(), self.size, int(gated), vm), "create VM")
         self._vm = vm
         self.addr = vm.mem_addr
 
@@ -139,19 +139,19 @@ class MicroVM:
 
     def map_memory(self, mem_fd, private):
         assert self.private is None
-        _check(lib.xc_vm_map_memfd(self._vm, mem_fd, int(private)), "mmap guest RAM")
+        _check(lib.mvm_map_memfd(self._vm, mem_fd, int(private)), "mmap guest RAM")
         self.private = private
 
     def open_gate(self):
         self.gate_open = True
-        lib.xc_vm_open_gate(self._vm)
+        lib.mvm_open_gate(self._vm)
 
     def register_uffd(self, features=CLONE_UFFD_FEATURES):
         """A uffd over all of guest RAM (MISSING|MINOR|WP); closed by close()."""
         assert self.private and self.uffd is None
-        fd = _check(lib.xc_uffd_open(features, ffi.NULL), "userfaultfd")
+        fd = _check(lib.lx_uffd_open(features, ffi.NULL), "userfaultfd")
         try:
-            _check(lib.xc_uffd_register(fd, self.addr, self.size, CLONE_UFFD_MODES),
+            _check(lib.lx_uffd_register(fd, self.addr, self.size, CLONE_UFFD_MODES),
                    "UFFDIO_REGISTER")
         except BaseException:
             os.close(fd)
@@ -169,29 +169,29 @@ class MicroVM:
         ram = ffi.cast("char *", self.addr)
         ffi.memmove(ram + workload.PARAMS_ADDR, params.pack(), workload.PARAMS_STRUCT.size)
         ffi.memmove(ram + workload.CODE_ADDR, guest_bin, len(guest_bin))
-        lib.xc_fill_dataset(ram, self.npages, params.data_first_pfn, params.data_npages,
+        lib.lx_fill_dataset(ram, self.npages, params.data_first_pfn, params.data_npages,
                             params.seed, params.zero_every)
-        _check(lib.xc_vm_set_boot_state(self._vm, workload.CODE_ADDR, workload.STACK_TOP,
+        _check(lib.mvm_set_boot_state(self._vm, workload.CODE_ADDR, workload.STACK_TOP,
                                         0x2BADB002), "set boot state")
 
     def state(self):
         buf = ffi.new("char[]", STATE_SIZE)
-        _check(lib.xc_vm_get_state(self._vm, buf, STATE_SIZE), "get vCPU state")
+        _check(lib.mvm_get_state(self._vm, buf, STATE_SIZE), "get vCPU state")
         return ffi.buffer(buf)[:]
 
     def set_state(self, blob):
-        _check(lib.xc_vm_set_state(self._vm, blob, len(blob)), "set vCPU state")
+        _check(lib.mvm_set_state(self._vm, blob, len(blob)), "set vCPU state")
 
     def run_until_exit(self, in_values):
         """Run until an OUT, HLT, kick or error; IN exits are answered with
         in_values(port) and their times recorded in self.in_t_ns."""
         e = self._exit
         while True:
-            kind = _check(lib.xc_vm_run(self._vm, e), "KVM_RUN")
-            if kind != lib.XC_EXIT_IO_IN:
+            kind = _check(lib.mvm_run(self._vm, e), "KVM_RUN")
+            if kind != lib.MVM_EXIT_IO_IN:
                 return Exit(_EXIT_KINDS[kind], e.port, e.value, e.t_ns, e.reason, e.suberror)
             self.in_t_ns[e.port] = e.t_ns
-            lib.xc_vm_set_in(self._vm, in_values(e.port) & 0xFFFFFFFF)
+            lib.mvm_set_in(self._vm, in_values(e.port) & 0xFFFFFFFF)
 
     def kick(self, thread_id):
         """Make the vCPU thread's run_until_exit return 'kicked' (now, or at
@@ -201,7 +201,7 @@ class MicroVM:
         with self._closing:
             if self._vm is None:
                 return
-            lib.xc_vm_request_exit(self._vm)
+            lib.mvm_request_exit(self._vm)
             self.open_gate()    # a vCPU waiting at its gate leaves it, kicked
             # Under the lock the vCPU thread has not reached close(), so
             # it is alive and thread_id is still its own.
@@ -211,15 +211,15 @@ class MicroVM:
         if self._vm is None:
             raise VMClosed(errno.EBADF, "the VM is closed")
         if self._pagemap_fd is None:
-            self._pagemap_fd = _check(lib.xc_pagemap_open(), "open pagemap")
+            self._pagemap_fd = _check(lib.lx_pagemap_open(), "open pagemap")
         return self._pagemap_fd
 
     def kinds(self, first_pfn=0, npages=None):
-        """The kernel's view of guest pages: bytes of XC_PAGE_ABSENT,
-        _SHARED, _PRIVATE or _ZERO, each | XC_KIND_WP if write-protected."""
+        """The kernel's view of guest pages: bytes of LX_PAGE_ABSENT,
+        _SHARED, _PRIVATE or _ZERO, each | LX_KIND_WP if write-protected."""
         npages = self.npages - first_pfn if npages is None else npages
         out = ffi.new("uint8_t[]", npages)
-        _check(lib.xc_page_kinds(self._pagemap(), self.addr + first_pfn * PAGE_SIZE, npages, out),
+        _check(lib.lx_page_kinds(self._pagemap(), self.addr + first_pfn * PAGE_SIZE, npages, out),
                "PAGEMAP_SCAN")
         return ffi.buffer(out)[:]
 
@@ -246,7 +246,7 @@ class MicroVM:
         arr = ffi.new("uint64_t[]", pfns)
         dropped = ffi.new("uint8_t[]", len(pfns))
         with self._ram:
-            _check(lib.xc_drop_clean(self._pagemap(), self.addr, arr, len(pfns), dropped),
+            _check(lib.lx_drop_clean(self._pagemap(), self.addr, arr, len(pfns), dropped),
                    "drop_clean")
         return [p for p, d in zip(pfns, dropped) if d]
 
@@ -254,7 +254,7 @@ class MicroVM:
         """Write pages to ``slots`` (pages) of the store and their records
         to its index, push them to disk and out of the page cache, then
         drop them from guest RAM. Returns each page's CRC32. The pages must be held: present and write-
-        protected (xc_set_state), so they cannot change meanwhile; NotHeld
+        protected (lx_set_state), so they cannot change meanwhile; NotHeld
         otherwise. Nothing is dropped when the store fails (OSError).
 
         A held page may still be the image's: a write made it private for
@@ -268,29 +268,29 @@ class MicroVM:
         data = ffi.buffer(buf)
         with self._ram:
             kinds = [self.kinds(p, 1)[0] for p in pfns]
-            bad = [(p, k) for p, k in zip(pfns, kinds) if not k & lib.XC_KIND_WP]
+            bad = [(p, k) for p, k in zip(pfns, kinds) if not k & lib.LX_KIND_WP]
             if bad:
                 raise NotHeld(bad)
-            lib.xc_gather_pages(self.addr, arr, len(pfns), buf)
-            crcs = [lib.xc_crc32(buf + i * PAGE_SIZE, PAGE_SIZE) for i in range(len(pfns))]
+            lib.lx_gather_pages(self.addr, arr, len(pfns), buf)
+            crcs = [lib.lx_crc32(buf + i * PAGE_SIZE, PAGE_SIZE) for i in range(len(pfns))]
             for i, run in runs(slots):
                 _pwrite_all(store_fd, data[i * PAGE_SIZE:(i + run) * PAGE_SIZE],
                             slots[i] * PAGE_SIZE)
             lo, hi = min(slots), max(slots) + 1
-            _check(lib.xc_store_flush(store_fd, lo * PAGE_SIZE, (hi - lo) * PAGE_SIZE, int(sync)),
+            _check(lib.lx_store_flush(store_fd, lo * PAGE_SIZE, (hi - lo) * PAGE_SIZE, int(sync)),
                    "flush the page-out store")
             for offset, record in pageout_index.records(pfns, slots, crcs):
                 _pwrite_all(index_fd, record, offset)
             if sync:
                 os.fdatasync(index_fd)
-            _check(lib.xc_drop_pages(self.addr, arr, len(pfns)), "drop paged-out pages")
+            _check(lib.lx_drop_pages(self.addr, arr, len(pfns)), "drop paged-out pages")
         return crcs
 
     def page_sums(self, first_pfn=0, npages=None):
         """64-bit sum per page (C, GIL released: safe on clone RAM)."""
         npages = self.npages - first_pfn if npages is None else npages
         out = ffi.new("uint64_t[]", npages)
-        lib.xc_page_sums(ffi.cast("char *", self.addr) + first_pfn * PAGE_SIZE, npages, out)
+        lib.lx_page_sums(ffi.cast("char *", self.addr) + first_pfn * PAGE_SIZE, npages, out)
         return list(out)
 
     def prefill(self, pfns):
@@ -302,10 +302,10 @@ class MicroVM:
         # launch walks nothing of the image's size.
         npages = min(self.npages, max(pfns, default=-1) + 1)
         state = ffi.new("uint8_t[]", max(1, npages))
-        region = ffi.new("struct xc_region *", {"uffd": self.uffd, "base": self.addr,
+        region = ffi.new("struct lx_region *", {"uffd": self.uffd, "base": self.addr,
                                                 "npages": npages, "state": state})
         return [pfn for pfn in pfns
-                if 0 <= pfn < self.npages and lib.xc_resolve(region, pfn, 1, lib.XC_CONTINUE) == 0]
+                if 0 <= pfn < self.npages and lib.lx_resolve(region, pfn, 1, lib.LX_CONTINUE) == 0]
 
     def release_uffd(self):
         """Close this process's copy of the uffd: once the pager's copy is
@@ -318,7 +318,7 @@ class MicroVM:
         with self._closing, self._ram:
             vm, self._vm = self._vm, None
             if vm is not None:
-                lib.xc_vm_destroy(vm)      # and unmaps guest RAM
+                lib.mvm_destroy(vm)      # and unmaps guest RAM
             for fd in (self.uffd, self._pagemap_fd):
                 if fd is not None:
                     os.close(fd)

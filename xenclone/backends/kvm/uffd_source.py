@@ -1,6 +1,6 @@
 """The KVM fault source: every clone's userfaultfd, served by C.
 
-A native thread runs ``xc_pager_serve`` over an epoll set of all clones'
+A native thread runs ``lx_pager_serve`` over an epoll set of all clones'
 userfaultfds, never waiting for Python: its records go into a ring that
 the reactor empties when an eventfd says there are some.  It maps pages
 into a clone while that clone has credits, lets writes make private copies
@@ -49,7 +49,7 @@ class KvmRegion:
         # Mapped (shared) at launch, before the pager.  Their state is the
         # pager's to set: a hole punched since unmapped some of them.
         self.prefilled = list(prefilled)
-        self.c_region = ffi.new("struct xc_region *")
+        self.c_region = ffi.new("struct lx_region *")
         self.c_region.uffd = uffd
         self.c_region.base = base
         self.c_region.npages = npages
@@ -71,28 +71,28 @@ class KvmRegion:
                 "around_fills": r.around_fills}
 
     def load_zero(self, pfn):
-        _check(lib.xc_resolve(self.c_region, pfn, 1, lib.XC_ZEROPAGE))
+        _check(lib.lx_resolve(self.c_region, pfn, 1, lib.LX_ZEROPAGE))
 
     def load_shared(self, pfn):
-        rc = lib.xc_resolve(self.c_region, pfn, 1, lib.XC_CONTINUE)
+        rc = lib.lx_resolve(self.c_region, pfn, 1, lib.LX_CONTINUE)
         if rc in (-errno.ENOENT, -errno.EFAULT):   # not in this host's image cache
             return False
         _check(rc)
         return True
 
     def unprotect(self, pfn):
-        _check(lib.xc_resolve(self.c_region, pfn, 1, lib.XC_UNPROTECT))
+        _check(lib.lx_resolve(self.c_region, pfn, 1, lib.LX_UNPROTECT))
 
     def prefetch(self, pfns):
         """Map absent pages before they fault (blocking: call it off the
         reactor).  Returns (pages mapped shared, pages mapped zero)."""
         got = ffi.new("uint8_t[]", len(pfns))
-        _check(lib.xc_prefetch(self.c_region, pfns, len(pfns), got))
+        _check(lib.lx_prefetch(self.c_region, pfns, len(pfns), got))
         shared, zero = [], []
         for pfn, state in zip(pfns, got):
-            if state == lib.XC_PAGE_SHARED:
+            if state == lib.LX_PAGE_SHARED:
                 shared.append(pfn)
-            elif state == lib.XC_PAGE_ZERO:
+            elif state == lib.LX_PAGE_ZERO:
                 zero.append(pfn)
         return shared, zero
 
@@ -101,31 +101,31 @@ class KvmRegion:
 
     def fault_around(self, max_pages):
         """C maps up to ``max_pages`` (a power of two, 0 = off) of the
-        image around a fault it serves; see ``around`` in uffd_pager.c."""
+        image around a fault it serves; see ``around`` in fault_serve.c."""
         if self._around is None:
-            self._around = ffi.new("uint8_t[]", self.npages // lib.XC_AROUND_CHUNK + 1)
+            self._around = ffi.new("uint8_t[]", self.npages // lib.LX_AROUND_CHUNK + 1)
             self.c_region.around = self._around
         self.c_region.around_max = max_pages
 
     def load_copy(self, pfn, data):
-        _check(lib.xc_copy_page(self.c_region, pfn, ffi.from_buffer(data)))
+        _check(lib.lx_copy_page(self.c_region, pfn, ffi.from_buffer(data)))
 
     def _set(self, pfns, state):
         pfns = list(pfns)
         prev = ffi.new("uint8_t[]", len(pfns))
-        _check(lib.xc_set_state(self.c_region, pfns, len(pfns), state, prev))
+        _check(lib.lx_set_state(self.c_region, pfns, len(pfns), state, prev))
         return list(prev)
 
     def hold(self, pfns):
         """Also write-protects private pages, so a write cannot change one
         while it is paged out. Returns the states the pages had."""
-        return self._set(pfns, lib.XC_PAGE_HOLD)
+        return self._set(pfns, lib.LX_PAGE_HOLD)
 
     def wake_all(self):
-        _check(lib.xc_resolve(self.c_region, 0, self.npages, lib.XC_WAKE))
+        _check(lib.lx_resolve(self.c_region, 0, self.npages, lib.LX_WAKE))
 
     def release(self, pfns):
-        self._set(pfns, lib.XC_PAGE_ABSENT)
+        self._set(pfns, lib.LX_PAGE_ABSENT)
 
     def remember(self, pfns, state):
         """A private page also gets its write protection lifted again."""
@@ -151,7 +151,7 @@ class _Grant:
     def set(self, n):
         delta = self.seen + n - self.granted
         if delta:
-            lib.xc_add_credits(self.counter, delta)
+            lib.lx_add_credits(self.counter, delta)
             self.granted += delta
 
 
@@ -166,24 +166,24 @@ class UffdFaultSource:
         self._epoll = select.epoll()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._notify = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        _check(lib.xc_epoll_add(self._epoll.fileno(), self._wake, lib.XC_WAKE_DATA))
-        self._regions = ffi.new("struct xc_region *[]", max_regions)
+        _check(lib.lx_epoll_add(self._epoll.fileno(), self._wake, lib.LX_WAKE_DATA))
+        self._regions = ffi.new("struct lx_region *[]", max_regions)
         self._slots = [None] * max_regions    # slot -> KvmRegion
         self._by_domid = {}
         self._host_credits = ffi.new("int64_t *")
         self._host_grant = _Grant(self._host_credits)   # pages made private (WRITTEN)
         self._grants = {}                               # domid -> pages mapped (SERVED)
-        self._ring = ffi.new("struct xc_fault[]", RING)
-        self._out = ffi.new("struct xc_fault[]", MAX_OUT)
-        self._groups = ffi.new("struct xc_group[]", MAX_OUT)
+        self._ring = ffi.new("struct lx_fault[]", RING)
+        self._out = ffi.new("struct lx_fault[]", MAX_OUT)
+        self._groups = ffi.new("struct lx_group[]", MAX_OUT)
         self._pfns = ffi.new("uint64_t[]", MAX_OUT)
-        self._server = ffi.new("struct xc_server *")
+        self._server = ffi.new("struct lx_server *")
         self._pending = []      # records taken while C was paused, not delivered yet
         self._deliver = None
 
     def start(self, deliver):
         self._deliver = deliver
-        _check(lib.xc_server_start(self._server, self._epoll.fileno(), self._wake, self._notify,
+        _check(lib.lx_server_start(self._server, self._epoll.fileno(), self._wake, self._notify,
                                    self._regions, 0, self._host_credits, self._ring, RING))
         self.reactor.addReader(self)
 
@@ -195,7 +195,7 @@ class UffdFaultSource:
             os.eventfd_read(self._notify)
         except BlockingIOError:
             pass
-        err = lib.xc_server_error(self._server)
+        err = lib.lx_server_error(self._server)
         if err:
             self.log.error("pager serve loop: {err}", err=os.strerror(err))
         self._take()
@@ -218,8 +218,8 @@ class UffdFaultSource:
         empty."""
         groups, pfns, slots = self._groups, self._pfns, self._slots
         while True:
-            n = lib.xc_server_take(self._server, self._out, MAX_OUT)
-            for i in range(lib.xc_group_records(self._out, n, groups, pfns)):
+            n = lib.lx_server_take(self._server, self._out, MAX_OUT)
+            for i in range(lib.lx_group_records(self._out, n, groups, pfns)):
                 g = groups[i]
                 first, count, kind = g.first, g.count, g.kind
                 self._pending.append((slots[g.region].domid, kind,
@@ -230,25 +230,25 @@ class UffdFaultSource:
 
     def _delivered(self, records):
         for domid, kind, pfns in records:
-            if kind == lib.XC_SERVED or kind == lib.XC_AROUND:
+            if kind == lib.LX_SERVED or kind == lib.LX_AROUND:
                 grant = self._grants.get(domid)
                 if grant is not None:
                     grant.seen += len(pfns)
-            elif kind == lib.XC_WRITTEN:
+            elif kind == lib.LX_WRITTEN:
                 self._host_grant.seen += len(pfns)
         self._deliver(records)
 
     def exclusively(self, fn):
         """Run ``fn`` with the serve loop out of C (and its records taken,
         delivered on the reactor's next turn)."""
-        lib.xc_server_pause(self._server)
+        lib.lx_server_pause(self._server)
         try:
             self._take()
             if self._pending:
                 os.eventfd_write(self._notify, 1)
             return fn()
         finally:
-            lib.xc_server_resume(self._server)
+            lib.lx_server_resume(self._server)
 
     def add(self, region):
         def add():
@@ -258,7 +258,7 @@ class UffdFaultSource:
             self._server.nregions = max(self._server.nregions, slot + 1)
             self._by_domid[region.domid] = slot
             self._grants[region.domid] = _Grant(ffi.addressof(region.c_region, "credits"))
-            _check(lib.xc_epoll_add(self._epoll.fileno(), region.fileno(), slot))
+            _check(lib.lx_epoll_add(self._epoll.fileno(), region.fileno(), slot))
 
         self.exclusively(add)
 
@@ -288,6 +288,6 @@ class UffdFaultSource:
                 grant.set(n)
 
     def stop(self):
-        lib.xc_server_stop(self._server)
+        lib.lx_server_stop(self._server)
         if self._deliver is not None:
             self.reactor.removeReader(self)

@@ -47,7 +47,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from xenclone import workload
-from xenclone.backends.xen import libxc, linux, xl
+from xenclone.backends.xen import libxc, linux, xenctrl, xl
 from xenclone.backends.xen.evict import Evictor
 from xenclone.backends.xen.errors import xen_errors
 from xenclone.backends.xen.filled import FilledRegion, FilledSource
@@ -178,7 +178,7 @@ class XenBackend(ForkClones):
         self.work_dir = work_dir
         self.on_event = on_event
         self.guest_kernel = os.path.abspath(guest_kernel or GUEST_KERNEL)
-        self.xc = libxc.XenCtrl()
+        self.xc = xenctrl.XenCtrl()
         self.fm = libxc.ForeignMemory()
         self.mem_paging = self.xc.mem_paging_available()
         self.fill = fill

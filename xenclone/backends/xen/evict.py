@@ -15,7 +15,7 @@ import time
 import zlib
 
 from xenclone import pageout_index
-from xenclone.backends.xen import libxc
+from xenclone.backends.xen import libxc, xenctrl
 from xenclone.interfaces import PAGE_SIZE
 from xenclone.runs import runs
 
@@ -30,7 +30,7 @@ class Dropped(list):
 
 class Evictor:
     def __init__(self):
-        self.xc = libxc.XenCtrl()
+        self.xc = xenctrl.XenCtrl()
         self.fm = libxc.ForeignMemory()
         self._lock = threading.Lock()
         self.evict_failed = 0       # pages that stayed after an evict, all clones

@@ -17,7 +17,7 @@ class XenCall:
 
     def __init__(self):
         self._ffi, self._lib = libxc.load()
-        self._h = libxc._opened(self._lib.xencall_open(libxc._logger, 0), "xencall_open")
+        self._h = libxc.opened(self._lib.xencall_open(libxc.quiet_logger(), 0), "xencall_open")
         self._buf = self._ffi.new("uint64_t[]", BATCH)
 
     def close(self):

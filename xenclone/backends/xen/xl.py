@@ -13,7 +13,7 @@ from xenclone import child_process
 from xenclone.config import format_value
 
 XL = "xl"
-TIMEOUT = 60.0      # xl create of a small PVH domain takes 1-5 s under TCG
+TIMEOUT = 60.0      # far above a small PVH domain's xl create under TCG (design.md)
 
 
 def run(reactor, args, timeout=TIMEOUT):

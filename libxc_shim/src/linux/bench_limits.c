@@ -26,7 +26,7 @@ static int64_t now_ns(void)
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-int64_t xc_limit_memcpy(uint64_t bytes)
+int64_t lx_limit_memcpy(uint64_t bytes)
 {
     char *src = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     char *dst = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -42,7 +42,7 @@ int64_t xc_limit_memcpy(uint64_t bytes)
     return t;
 }
 
-int64_t xc_limit_first_touch(uint64_t bytes)
+int64_t lx_limit_first_touch(uint64_t bytes)
 {
     volatile char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -73,7 +73,7 @@ static void *touch(void *arg)
     return NULL;
 }
 
-uint64_t xc_touch_pages(uint64_t base, const uint32_t *order, uint64_t n, uint64_t first,
+uint64_t lx_touch_pages(uint64_t base, const uint32_t *order, uint64_t n, uint64_t first,
                         uint64_t step)
 {
     struct toucher t = { (const volatile char *)(uintptr_t)base, order, n, first, step, 0 };
@@ -84,7 +84,7 @@ uint64_t xc_touch_pages(uint64_t base, const uint32_t *order, uint64_t n, uint64
 /* The raw loop: one thread reads batches of fault messages without
  * blocking while faults come (busy-poll), poll()s when they stop, and
  * answers each with UFFDIO_CONTINUE (write-protected, as the pager maps). */
-int64_t xc_limit_raw_uffd(int memfd, uint64_t npages, const uint32_t *order, uint64_t n,
+int64_t lx_limit_raw_uffd(int memfd, uint64_t npages, const uint32_t *order, uint64_t n,
                           uint32_t threads, uint64_t *faults)
 {
     uint64_t len = npages * PAGE;
@@ -92,12 +92,12 @@ int64_t xc_limit_raw_uffd(int memfd, uint64_t npages, const uint32_t *order, uin
     if (base == MAP_FAILED)
         return -errno;
     int rc = 0;
-    int uffd = xc_uffd_open(UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM, NULL);
+    int uffd = lx_uffd_open(UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM, NULL);
     if (uffd < 0) {
         munmap(base, len);
         return uffd;
     }
-    rc = xc_uffd_register(uffd, (uint64_t)(uintptr_t)base, len,
+    rc = lx_uffd_register(uffd, (uint64_t)(uintptr_t)base, len,
                           UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP);
     pthread_t tid[64];
     struct toucher tt[64];

@@ -15,14 +15,14 @@ static void poke(int fd)
         ;
 }
 
-static void notify(struct xc_server *s)
+static void notify(struct lx_server *s)
 {
     if (!__atomic_exchange_n(&s->notified, 1, __ATOMIC_SEQ_CST))
         poke(s->notify_fd);
 }
 
 /* Waits while Python holds a pause; 1 when told to stop. */
-static int wait_unpaused(struct xc_server *s)
+static int wait_unpaused(struct lx_server *s)
 {
     pthread_mutex_lock(&s->mu);
     while (s->pause_req && !s->stop) {
@@ -38,7 +38,7 @@ static int wait_unpaused(struct xc_server *s)
 
 static void *serve(void *arg)
 {
-    struct xc_server *s = arg;
+    struct lx_server *s = arg;
     while (!wait_unpaused(s)) {
         uint64_t head = s->head, tail = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
         uint32_t at = (uint32_t)(head % s->ring_size);
@@ -50,7 +50,7 @@ static void *serve(void *arg)
             nanosleep(&t, NULL);
             continue;
         }
-        int n = xc_pager_serve(s->epfd, s->regions, s->nregions, s->wake_fd, s->host_credits,
+        int n = lx_pager_serve(s->epfd, s->regions, s->nregions, s->wake_fd, s->host_credits,
                                s->ring + at, room, 100);
         if (n < 0)
             __atomic_store_n(&s->error, -n, __ATOMIC_RELAXED);
@@ -62,9 +62,9 @@ static void *serve(void *arg)
     return NULL;
 }
 
-int xc_server_start(struct xc_server *s, int epfd, int wake_fd, int notify_fd,
-                    struct xc_region **regions, uint32_t nregions, int64_t *host_credits,
-                    struct xc_fault *ring, uint32_t ring_size)
+int lx_server_start(struct lx_server *s, int epfd, int wake_fd, int notify_fd,
+                    struct lx_region **regions, uint32_t nregions, int64_t *host_credits,
+                    struct lx_fault *ring, uint32_t ring_size)
 {
     memset(s, 0, sizeof *s);
     s->epfd = epfd;
@@ -84,7 +84,7 @@ int xc_server_start(struct xc_server *s, int epfd, int wake_fd, int notify_fd,
     return 0;
 }
 
-void xc_server_pause(struct xc_server *s)
+void lx_server_pause(struct lx_server *s)
 {
     pthread_mutex_lock(&s->mu);
     s->pause_req++;
@@ -95,7 +95,7 @@ void xc_server_pause(struct xc_server *s)
     pthread_mutex_unlock(&s->mu);
 }
 
-void xc_server_resume(struct xc_server *s)
+void lx_server_resume(struct lx_server *s)
 {
     pthread_mutex_lock(&s->mu);
     if (s->pause_req && !--s->pause_req)
@@ -103,7 +103,7 @@ void xc_server_resume(struct xc_server *s)
     pthread_mutex_unlock(&s->mu);
 }
 
-void xc_server_stop(struct xc_server *s)
+void lx_server_stop(struct lx_server *s)
 {
     pthread_mutex_lock(&s->mu);
     int running = s->running && !s->stop;
@@ -119,7 +119,7 @@ void xc_server_stop(struct xc_server *s)
     pthread_mutex_unlock(&s->mu);
 }
 
-uint32_t xc_server_take(struct xc_server *s, struct xc_fault *out, uint32_t max)
+uint32_t lx_server_take(struct lx_server *s, struct lx_fault *out, uint32_t max)
 {
     /* re-armed first: records written after head is read notify again */
     __atomic_store_n(&s->notified, 0, __ATOMIC_SEQ_CST);
@@ -133,20 +133,20 @@ uint32_t xc_server_take(struct xc_server *s, struct xc_fault *out, uint32_t max)
     return n;
 }
 
-int xc_server_error(struct xc_server *s)
+int lx_server_error(struct lx_server *s)
 {
     return __atomic_exchange_n(&s->error, 0, __ATOMIC_RELAXED);
 }
 
 static int is_run(uint16_t kind)
 {
-    return kind == XC_AROUND || kind == XC_AROUND_ZERO;
+    return kind == LX_AROUND || kind == LX_AROUND_ZERO;
 }
 
 /* The group of (region, kind), or a new one; last is where the previous
  * record went, most often this one's too. */
-static uint32_t group_of(struct xc_group *groups, uint32_t *ngroups, uint32_t *last,
-                         const struct xc_fault *f)
+static uint32_t group_of(struct lx_group *groups, uint32_t *ngroups, uint32_t *last,
+                         const struct lx_fault *f)
 {
     if (!is_run(f->kind)) {
         if (*ngroups && groups[*last].region == f->region && groups[*last].kind == f->kind)
@@ -155,16 +155,16 @@ static uint32_t group_of(struct xc_group *groups, uint32_t *ngroups, uint32_t *l
             if (groups[g].region == f->region && groups[g].kind == f->kind)
                 return *last = g;
     }
-    groups[*ngroups] = (struct xc_group){ .region = f->region, .kind = f->kind };
+    groups[*ngroups] = (struct lx_group){ .region = f->region, .kind = f->kind };
     return *last = (*ngroups)++;
 }
 
-uint32_t xc_group_records(const struct xc_fault *in, uint32_t n, struct xc_group *groups,
+uint32_t lx_group_records(const struct lx_fault *in, uint32_t n, struct lx_group *groups,
                           uint64_t *pfns)
 {
     uint32_t ngroups = 0, last = 0;
     for (uint32_t i = 0; i < n; i++) {     /* sizes, then where each group starts */
-        struct xc_group *g = &groups[group_of(groups, &ngroups, &last, &in[i])];
+        struct lx_group *g = &groups[group_of(groups, &ngroups, &last, &in[i])];
         g->count += is_run(in[i].kind) ? in[i].count : 1;
         if (is_run(in[i].kind))
             g->first = in[i].pfn;

@@ -31,15 +31,15 @@ import tempfile
 
 from twisted.internet import defer, threads, utils
 
-from xenclone.cli import hostile_links
-from xenclone.cli.lying_server import KINDS, LyingServer
-from xenclone.cli.main import connect
-from xenclone.cli.memory_scenarios import bless_master
-from xenclone.cli.scratch_daemon import ScratchDaemon, sleep
+from xenclone.control_client import connect
 from xenclone.helper_gate import hello
 from xenclone.image import OpenImage
 from xenclone.interfaces import PAGE_SIZE
 from xenclone.memserver.tls import write_server_files
+from xenclone.selftests import hostile_links
+from xenclone.selftests.lying_server import KINDS, LyingServer
+from xenclone.selftests.memory_scenarios import bless_master
+from xenclone.selftests.scratch_daemon import ScratchDaemon, sleep
 from xenclone.wire import WireError
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")

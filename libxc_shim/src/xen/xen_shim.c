@@ -72,7 +72,7 @@ int xen_shim_ring_unmap(void *page)
 }
 
 /* One call for a whole range: from Python each page cost two hypercall
- * round trips plus the interpreter (1.4-2.2 ms a page under TCG).  A page
+ * round trips plus the interpreter (docs/design.md, Lazy fill).  A page
  * that fails keeps going for the rest; err[i] says why (errno), 0 if the
  * steps asked for all succeeded. */
 int xen_shim_paging_evict_pages(xc_interface *xch, uint32_t domid,

@@ -11,10 +11,10 @@ import subprocess
 
 from twisted.internet import defer
 
-from xenclone.cli.main import connect
-from xenclone.cli.memory_scenarios import answers_right, bless_master, disagreements
-from xenclone.cli.scratch_daemon import ScratchDaemon, sleep
+from xenclone.control_client import connect
 from xenclone.helper_gate import hello
+from xenclone.selftests.memory_scenarios import answers_right, bless_master, disagreements
+from xenclone.selftests.scratch_daemon import ScratchDaemon, sleep
 from xenclone.wire import WireError
 
 

@@ -18,12 +18,12 @@ from twisted.internet import defer, task
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from xenclone import hostmem
-from xenclone.cli import crash_scenarios, memory_scenarios
-from xenclone.cli.hostile_scenario import scenario_hostile_peer
-from xenclone.cli.xenstore_scenario import scenario_xenstore
-from xenclone.cli.main import EXIT_FAILED, CliError, connect
 from xenclone.config import load_daemon_config
+from xenclone.control_client import EXIT_FAILED, CliError, ask, connect
 from xenclone.helpers import socket_owner_pid
+from xenclone.selftests import crash_scenarios, memory_scenarios
+from xenclone.selftests.hostile_scenario import scenario_hostile_peer
+from xenclone.selftests.xenstore_scenario import scenario_xenstore
 from xenclone.wire import WireError
 from xenclone.xenstore.plane import xenstore_mode, xenstore_socket
 
@@ -75,8 +75,7 @@ class Session:
         return self
 
     def call(self, op, **fields):
-        return self.proto.request(op, **fields).addCallback(
-            lambda msg: {k: v for k, v in msg.fields.items() if k not in ("id", "ok")})
+        return ask(self.proto, op, **fields)
 
     @defer.inlineCallbacks
     def close(self):
@@ -146,7 +145,7 @@ def launch_job(s, clones, memory_mib, name="demo", plot=None):
     sampler = PeakSampler(s.reactor, list(pids.values()))
     memory = None
     if plot:
-        from xenclone.cli.plot import MemorySampler
+        from xenclone.selftests.plot import MemorySampler
         memory = MemorySampler(s.reactor, s.proto, interval=PLOT_INTERVAL, kernel=False)
         memory.start()
     launched = yield s.call("launch", image=name, count=clones)
@@ -156,7 +155,7 @@ def launch_job(s, clones, memory_mib, name="demo", plot=None):
     sampler.stop()
     if memory is not None:
         samples = yield memory.stop(min_samples=PLOT_SAMPLES)
-        from xenclone.cli.plot import plot_memory
+        from xenclone.selftests.plot import plot_memory
         plot_memory(samples, memory.budget_pages, plot, title="xenclone %s: %d clones of a "
                     "%d MiB master, %s" % (name, clones, memory_mib,
                                            time.strftime("%Y-%m-%d %H:%M")))

@@ -15,7 +15,7 @@
 #define STATE_MAGIC 0x58435354u     /* "XCST" */
 
 /* The opaque state blob: everything a halted flat 32-bit guest needs. */
-struct xc_state {
+struct mvm_state {
     uint32_t magic, size;
     struct kvm_regs regs;
     struct kvm_sregs sregs;
@@ -30,7 +30,7 @@ static int xioctl(int fd, unsigned long req, void *arg)
     return r < 0 ? -errno : r;
 }
 
-int xc_kvm_open(void)
+int mvm_kvm_open(void)
 {
     int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (fd < 0)
@@ -44,7 +44,7 @@ int xc_kvm_open(void)
 
 static void kick_handler(int sig) { (void)sig; }
 
-int xc_install_kick_handler(void)
+int mvm_install_kick_handler(void)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -53,14 +53,14 @@ int xc_install_kick_handler(void)
     return sigaction(SIGUSR1, &sa, NULL) < 0 ? -errno : 0;
 }
 
-int64_t xc_map_memfd(int fd, uint64_t size, int private_)
+int64_t lx_map_memfd(int fd, uint64_t size, int private_)
 {
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
                    private_ ? MAP_PRIVATE : MAP_SHARED, fd, 0);
     return p == MAP_FAILED ? -errno : (int64_t)(uintptr_t)p;
 }
 
-int xc_unmap(uint64_t addr, uint64_t size)
+int lx_unmap(uint64_t addr, uint64_t size)
 {
     return munmap((void *)(uintptr_t)addr, size) < 0 ? -errno : 0;
 }
@@ -68,7 +68,7 @@ int xc_unmap(uint64_t addr, uint64_t size)
 /* Creating the VM, its vCPU and its memory slot is most of a clone's
  * start on kvm-pvm (the slot's metadata grows with guest RAM), so a VM
  * made ahead has them all; its RAM is backed at launch by one mmap. */
-int xc_vm_create(int kvm_fd, uint64_t mem_size, int gated, struct xc_vm *vm)
+int mvm_create(int kvm_fd, uint64_t mem_size, int gated, struct mvm *vm)
 {
     int r;
     memset(vm, 0, sizeof *vm);
@@ -106,20 +106,20 @@ int xc_vm_create(int kvm_fd, uint64_t mem_size, int gated, struct xc_vm *vm)
         goto fail;
     return 0;
 fail:
-    xc_vm_destroy(vm);
+    mvm_destroy(vm);
     return r;
 }
 
 /* Over the slot's reserved range: KVM follows the new mapping (its MMU
  * notifier drops what the old one had, nothing as the vCPU never ran). */
-int64_t xc_vm_map_memfd(struct xc_vm *vm, int fd, int private_)
+int64_t mvm_map_memfd(struct mvm *vm, int fd, int private_)
 {
     void *p = mmap((void *)(uintptr_t)vm->mem_addr, vm->mem_size, PROT_READ | PROT_WRITE,
                    MAP_FIXED | (private_ ? MAP_PRIVATE : MAP_SHARED), fd, 0);
     return p == MAP_FAILED ? -errno : (int64_t)(uintptr_t)p;
 }
 
-void xc_vm_open_gate(struct xc_vm *vm)
+void mvm_open_gate(struct mvm *vm)
 {
     uint64_t one = 1;
     __atomic_store_n(&vm->gate_open, 1, __ATOMIC_RELEASE);
@@ -128,7 +128,7 @@ void xc_vm_open_gate(struct xc_vm *vm)
         return;
 }
 
-void xc_vm_destroy(struct xc_vm *vm)
+void mvm_destroy(struct mvm *vm)
 {
     if (vm->run)
         munmap(vm->run, vm->run_size);
@@ -146,7 +146,7 @@ void xc_vm_destroy(struct xc_vm *vm)
     vm->mem_size = 0;
 }
 
-int xc_vm_set_boot_state(struct xc_vm *vm, uint32_t rip, uint32_t rsp, uint32_t eax)
+int mvm_set_boot_state(struct mvm *vm, uint32_t rip, uint32_t rsp, uint32_t eax)
 {
     struct kvm_sregs s;
     int r;
@@ -168,11 +168,11 @@ int xc_vm_set_boot_state(struct xc_vm *vm, uint32_t rip, uint32_t rsp, uint32_t 
     return xioctl(vm->vcpu_fd, KVM_SET_REGS, &regs);
 }
 
-uint32_t xc_vm_state_size(void) { return sizeof(struct xc_state); }
+uint32_t mvm_state_size(void) { return sizeof(struct mvm_state); }
 
-int xc_vm_get_state(struct xc_vm *vm, void *buf, uint32_t len)
+int mvm_get_state(struct mvm *vm, void *buf, uint32_t len)
 {
-    struct xc_state *st = buf;
+    struct mvm_state *st = buf;
     int r;
     if (len < sizeof *st)
         return -EINVAL;
@@ -183,9 +183,9 @@ int xc_vm_get_state(struct xc_vm *vm, void *buf, uint32_t len)
     return xioctl(vm->vcpu_fd, KVM_GET_SREGS, &st->sregs);
 }
 
-int xc_vm_set_state(struct xc_vm *vm, const void *buf, uint32_t len)
+int mvm_set_state(struct mvm *vm, const void *buf, uint32_t len)
 {
-    struct xc_state st;
+    struct mvm_state st;
     int r;
     if (len < sizeof st)
         return -EINVAL;
@@ -206,7 +206,7 @@ static int64_t now_ns(void)
 
 /* The vCPU thread blocks here, the GIL released, until the launch opens
  * the gate: it then enters KVM_RUN without waiting for the GIL. */
-static int wait_gate(struct xc_vm *vm)
+static int wait_gate(struct mvm *vm)
 {
     uint64_t v;
     while (!__atomic_load_n(&vm->gate_open, __ATOMIC_ACQUIRE))
@@ -215,7 +215,7 @@ static int wait_gate(struct xc_vm *vm)
     return 0;
 }
 
-int xc_vm_run(struct xc_vm *vm, struct xc_exit *e)
+int mvm_run(struct mvm *vm, struct mvm_exit *e)
 {
     struct kvm_run *run = vm->run;
     int r;
@@ -229,7 +229,7 @@ int xc_vm_run(struct xc_vm *vm, struct xc_exit *e)
             return -errno;
         /* A kick stays pending (immediate_exit) until a run consumes it. */
         run->immediate_exit = 0;
-        return e->kind = XC_EXIT_KICKED;
+        return e->kind = MVM_EXIT_KICKED;
     }
     e->reason = run->exit_reason;
     switch (run->exit_reason) {
@@ -238,12 +238,12 @@ int xc_vm_run(struct xc_vm *vm, struct xc_exit *e)
         e->port = run->io.port;
         e->size = run->io.size;
         if (run->io.direction == KVM_EXIT_IO_IN)
-            return e->kind = XC_EXIT_IO_IN;
+            return e->kind = MVM_EXIT_IO_IN;
         memcpy(&e->value, data, e->size <= 4 ? e->size : 4);
-        return e->kind = XC_EXIT_IO_OUT;
+        return e->kind = MVM_EXIT_IO_OUT;
     }
     case KVM_EXIT_HLT:
-        return e->kind = XC_EXIT_HLT;
+        return e->kind = MVM_EXIT_HLT;
     case KVM_EXIT_INTERNAL_ERROR:
         e->suberror = run->internal.suberror;
         break;
@@ -254,17 +254,17 @@ int xc_vm_run(struct xc_vm *vm, struct xc_exit *e)
         e->suberror = (uint32_t)run->mmio.phys_addr;
         break;
     }
-    return e->kind = XC_EXIT_ERROR;
+    return e->kind = MVM_EXIT_ERROR;
 }
 
-void xc_vm_set_in(struct xc_vm *vm, uint32_t value)
+void mvm_set_in(struct mvm *vm, uint32_t value)
 {
     struct kvm_run *run = vm->run;
     uint8_t *data = (uint8_t *)run + run->io.data_offset;
     memcpy(data, &value, run->io.size <= 4 ? run->io.size : 4);
 }
 
-void xc_vm_request_exit(struct xc_vm *vm)
+void mvm_request_exit(struct mvm *vm)
 {
     if (vm->run)
         __atomic_store_n(&((struct kvm_run *)vm->run)->immediate_exit, 1, __ATOMIC_SEQ_CST);

@@ -11,7 +11,7 @@
 
 #define PAGE 4096u
 
-uint32_t xc_mix(uint32_t seed, uint32_t pfn, uint32_t w)
+uint32_t lx_mix(uint32_t seed, uint32_t pfn, uint32_t w)
 {
     uint32_t h = seed ^ (pfn * 0x9E3779B1u) ^ (w * 0x85EBCA77u);
     h ^= h >> 16;
@@ -23,15 +23,15 @@ uint32_t xc_mix(uint32_t seed, uint32_t pfn, uint32_t w)
 }
 
 /* Zero pages are not written at all, so they stay holes in a memfd. */
-void xc_fill_dataset(void *mem, uint64_t mem_npages, uint32_t data_first_pfn,
+void lx_fill_dataset(void *mem, uint64_t mem_npages, uint32_t data_first_pfn,
                      uint32_t data_npages, uint32_t seed, uint32_t zero_every)
 {
-    xc_fill_dataset_range(mem, 0, mem_npages, data_first_pfn, data_npages, seed, zero_every);
+    lx_fill_dataset_range(mem, 0, mem_npages, data_first_pfn, data_npages, seed, zero_every);
 }
 
 /* Pages first_pfn .. first_pfn + npages - 1 of guest RAM, mapped at mem
  * (the Xen backend fills a master through foreign mappings, in batches). */
-void xc_fill_dataset_range(void *mem, uint64_t first_pfn, uint64_t npages,
+void lx_fill_dataset_range(void *mem, uint64_t first_pfn, uint64_t npages,
                            uint32_t data_first_pfn, uint32_t data_npages,
                            uint32_t seed, uint32_t zero_every)
 {
@@ -44,7 +44,7 @@ void xc_fill_dataset_range(void *mem, uint64_t first_pfn, uint64_t npages,
             continue;
         uint32_t *page = (uint32_t *)((char *)mem + (p - first_pfn) * PAGE);
         for (uint32_t w = 0; w < PAGE / 4; w++)
-            page[w] = xc_mix(seed, (uint32_t)p, w);
+            page[w] = lx_mix(seed, (uint32_t)p, w);
     }
 }
 
@@ -56,7 +56,7 @@ static int page_is_zero(const uint64_t *q)
     return 1;
 }
 
-uint64_t xc_copy_nonzero(const void *src, void *dst_or_null, uint64_t npages, uint8_t *zero_out)
+uint64_t lx_copy_nonzero(const void *src, void *dst_or_null, uint64_t npages, uint8_t *zero_out)
 {
     uint64_t nonzero = 0;
     for (uint64_t p = 0; p < npages; p++) {
@@ -71,7 +71,7 @@ uint64_t xc_copy_nonzero(const void *src, void *dst_or_null, uint64_t npages, ui
     return nonzero;
 }
 
-void xc_page_sums(const void *mem, uint64_t npages, uint64_t *out)
+void lx_page_sums(const void *mem, uint64_t npages, uint64_t *out)
 {
     for (uint64_t p = 0; p < npages; p++) {
         const uint64_t *q = (const uint64_t *)((const char *)mem + p * PAGE);
@@ -82,7 +82,7 @@ void xc_page_sums(const void *mem, uint64_t npages, uint64_t *out)
     }
 }
 
-int xc_pagemap_open(void)
+int lx_pagemap_open(void)
 {
     int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     return fd < 0 ? -errno : fd;
@@ -103,19 +103,19 @@ struct page_region_ { uint64_t start, end, categories; };
 
 static uint8_t page_kind(uint64_t c)
 {
-    uint8_t kind = c & PAGE_IS_PFNZERO ? XC_PAGE_ZERO
-                 : c & PAGE_IS_FILE ? XC_PAGE_SHARED : XC_PAGE_PRIVATE;
-    return kind | (c & PAGE_IS_WRITTEN ? 0 : XC_KIND_WP);
+    uint8_t kind = c & PAGE_IS_PFNZERO ? LX_PAGE_ZERO
+                 : c & PAGE_IS_FILE ? LX_PAGE_SHARED : LX_PAGE_PRIVATE;
+    return kind | (c & PAGE_IS_WRITTEN ? 0 : LX_KIND_WP);
 }
 
-/* The kernel's view of [addr, addr + npages pages): per page XC_PAGE_ABSENT,
+/* The kernel's view of [addr, addr + npages pages): per page LX_PAGE_ABSENT,
  * _SHARED (image page), _PRIVATE (anonymous copy) or _ZERO, plus
- * XC_KIND_WP when write-protected. */
-int xc_page_kinds(int pagemap_fd, uint64_t addr, uint64_t npages, uint8_t *kinds)
+ * LX_KIND_WP when write-protected. */
+int lx_page_kinds(int pagemap_fd, uint64_t addr, uint64_t npages, uint8_t *kinds)
 {
     struct page_region_ vec[256];
     uint64_t base = addr, end = addr + npages * PAGE;
-    memset(kinds, XC_PAGE_ABSENT, npages);
+    memset(kinds, LX_PAGE_ABSENT, npages);
     while (addr < end) {
         struct pm_scan_arg_ a = {
             .size = sizeof a, .start = addr, .end = end,
@@ -143,18 +143,18 @@ int xc_page_kinds(int pagemap_fd, uint64_t addr, uint64_t npages, uint8_t *kinds
  * A page whose protection was lifted may be copied (written) at any
  * moment, so it is kept, as are private copies.
  * Returns how many were dropped; dropped[i] says which. */
-int64_t xc_drop_clean(int pagemap_fd, uint64_t base, const uint64_t *pfns, uint64_t n,
+int64_t lx_drop_clean(int pagemap_fd, uint64_t base, const uint64_t *pfns, uint64_t n,
                       uint8_t *dropped)
 {
     int64_t count = 0;
     for (uint64_t i = 0; i < n; i++) {
         uint64_t va = base + pfns[i] * PAGE;
         uint8_t kind;
-        int rc = xc_page_kinds(pagemap_fd, va, 1, &kind);
+        int rc = lx_page_kinds(pagemap_fd, va, 1, &kind);
         dropped[i] = 0;
         if (rc < 0)
             return rc;
-        if (kind != (XC_PAGE_SHARED | XC_KIND_WP) && kind != (XC_PAGE_ZERO | XC_KIND_WP))
+        if (kind != (LX_PAGE_SHARED | LX_KIND_WP) && kind != (LX_PAGE_ZERO | LX_KIND_WP))
             continue;
         if (madvise((void *)(uintptr_t)va, PAGE, MADV_DONTNEED) < 0)
             return -errno;
@@ -164,7 +164,7 @@ int64_t xc_drop_clean(int pagemap_fd, uint64_t base, const uint64_t *pfns, uint6
     return count;
 }
 
-int xc_drop_pages(uint64_t base, const uint64_t *pfns, uint64_t n)
+int lx_drop_pages(uint64_t base, const uint64_t *pfns, uint64_t n)
 {
     for (uint64_t i = 0; i < n; i++)
         if (madvise((void *)(uintptr_t)(base + pfns[i] * PAGE), PAGE, MADV_DONTNEED) < 0)
@@ -172,7 +172,7 @@ int xc_drop_pages(uint64_t base, const uint64_t *pfns, uint64_t n)
     return 0;
 }
 
-int xc_gather_pages(uint64_t base, const uint64_t *pfns, uint64_t n, void *dst)
+int lx_gather_pages(uint64_t base, const uint64_t *pfns, uint64_t n, void *dst)
 {
     for (uint64_t i = 0; i < n; i++)
         memcpy((char *)dst + i * PAGE, (const void *)(uintptr_t)(base + pfns[i] * PAGE), PAGE);
@@ -195,7 +195,7 @@ __attribute__((constructor)) static void crc_init(void)
             crc_table[t][i] = crc_table[t - 1][i] >> 8 ^ crc_table[0][crc_table[t - 1][i] & 0xFF];
 }
 
-uint32_t xc_crc32(const void *p, uint64_t len)
+uint32_t lx_crc32(const void *p, uint64_t len)
 {
     const uint8_t *b = p;
     uint32_t c = 0xFFFFFFFFu;
@@ -217,7 +217,7 @@ uint32_t xc_crc32(const void *p, uint64_t len)
 /* Push written store pages to disk and out of the page cache: DONTNEED
  * drops only clean pages, so wait for the writeback first (fdatasync when
  * the caller wants it durable, else sync_file_range over the range). */
-int xc_store_flush(int fd, uint64_t offset, uint64_t len, int sync)
+int lx_store_flush(int fd, uint64_t offset, uint64_t len, int sync)
 {
     int rc = sync ? fdatasync(fd)
                   : sync_file_range(fd, (off_t)offset, (off_t)len,

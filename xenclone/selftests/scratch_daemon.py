@@ -13,8 +13,8 @@ import tempfile
 from twisted.internet import defer, task
 from twisted.internet.protocol import ProcessProtocol
 
-from xenclone.cli.main import CliError, connect
 from xenclone.config import format_value
+from xenclone.control_client import CliError, ask, connect
 from xenclone.wire import WireError
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -80,8 +80,7 @@ class ScratchDaemon:
                         % self.tmp)
 
     def call(self, op, **fields):
-        return self.link.request(op, **fields).addCallback(
-            lambda msg: {k: v for k, v in msg.fields.items() if k not in ("id", "ok")})
+        return ask(self.link, op, **fields)
 
     @defer.inlineCallbacks
     def kill(self):

@@ -1,6 +1,7 @@
 """The memory server's side of the memory-server domain: start (or find
 again after a restart), status and stop, and the XenStore nodes that
-publish its images.
+publish its images; ``xen_image_store`` makes the memory server's store
+on Xen.
 
 The domain is named ``server_domain.NAME``; ``server-domain.json`` in the
 image directory records its domid and size, so a restarted memory server
@@ -15,14 +16,31 @@ from twisted.logger import Logger
 
 from xenclone.backends.xen import server_domain as sd
 from xenclone.backends.xen import xl
-from xenclone.memserver.domain_store import RECORD, images_path
+from xenclone.backends.xen.server_domain_store import (RECORD, DomainImageStore, domain_reader,
+                                                      images_path)
+from xenclone.memserver.store import ImageStore
 from xenclone.wire import WireError
 
 log = Logger(namespace="xenclone.memserver")
 
+
+def xen_image_store(reactor, directory, server_domain_mib, server_kernel):
+    """(store, ServerDomainLife or None) of a memory server on Xen: it
+    blesses domains by domid; with a server domain configured, or one still
+    running from before, images go into it."""
+    from xenclone.backends.xen import libxc
+    fm = libxc.ForeignMemory()
+    if not server_domain_mib and not still_running(directory):
+        return ImageStore(directory, domain_reader(fm)), None
+    store = DomainImageStore(directory, domain_reader(fm))
+    return store, ServerDomainLife(reactor, store, server_domain_mib, server_kernel,
+                                   fm, libxc.GntTab())
+
+
 def still_running(directory):
     """Whether the server domain recorded in ``directory`` still runs."""
-    from xenclone.backends.xen.libxc import XenCtrl, XenError
+    from xenclone.backends.xen.libxc import XenError
+    from xenclone.backends.xen.xenctrl import XenCtrl
     try:
         with open(os.path.join(directory, RECORD)) as f:
             domid = json.load(f)["domid"]
