@@ -50,6 +50,8 @@ class ForkXc(FakeXc):
         self.max_pages, self.dropped = [], []
 
     def domain_info(self, domid):
+        if self.info is None:
+            raise libxc.XenError("xc_domain_getinfolist", errno.ESRCH)
         return self.info
 
     def set_max_pages(self, domid, pages):
@@ -113,7 +115,9 @@ class ForkPagedRegionTests(unittest.TestCase):
         self.paging.queue = [Req(9, False), Req(10, False)]
         self.assertEqual(self.region.take(), [(5, FaultKind.HOLD, 9)])
         self.assertEqual([r.gfn for r in self.paging.answered], [10])
+        self.region.credit(0)
         self.region.load_copy(9, b"w" * 4096)
+        self.assertEqual(self.xc.max_pages, [100, 101])     # a frame for the page-in
         self.assertEqual(self.xc.loads, [(9, b"wwww")])
         self.assertEqual(self.region.states()[9], PageState.PRIVATE)
 
@@ -128,6 +132,11 @@ class ForkPagedRegionTests(unittest.TestCase):
     def test_a_new_daemon_resumes_every_vcpu_left_waiting(self):
         self.region.resume_all()
         self.assertEqual(self.sharing.resumed, [([0, 1], "MEM_SHARING")])
+
+    def test_a_fork_gone_under_the_pager_takes_no_credit_and_raises_nothing(self):
+        self.xc.info = None
+        self.region.credit(64)
+        self.assertEqual(self.xc.max_pages, [])
 
     def test_hoard_touches_read_only(self):
         self.assertTrue(self.region.load_shared(3))

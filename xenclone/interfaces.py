@@ -166,6 +166,11 @@ class IForkBackend(Interface):
         """{image id: {domid, name, pages, shared_pages}}: each image
         domain with its memory as the hypervisor counts it."""
 
+    def frames(domid):
+        """Deferred[dict]: a fork clone's memory as the hypervisor counts
+        it: ``own`` frames (written, or copied), entries ``shared`` with
+        its image domain, pages ``paged_out``, and its ``max`` frames."""
+
 
 class IBalloonBackend(Interface):
     """A backend whose clones' frames only the guest can give back (Xen

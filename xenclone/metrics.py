@@ -1,6 +1,7 @@
 """Prometheus text exposition (format 0.0.4) of the host and its clones.
 
     GET /metrics   the figures of ``host`` and of every clone's ledger account
+                   (and a fork clone's hypervisor frames)
 
 Built afresh for each scrape from the controller, so it shows exactly what
 ``xenclone host`` and ``xenclone info`` show.
@@ -16,6 +17,7 @@ CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 CLONE_KINDS = (("shared", "shared_pages"), ("private", "private_pages"),
                ("zero", "zero_pages"), ("paged_out", "paged_out_pages"),
                ("resident", "resident_pages"))
+HYPERVISOR_KINDS = ("own", "shared", "paged_out")     # IForkBackend.frames
 
 log = Logger()
 
@@ -71,6 +73,12 @@ def collect(controller):
                   stats[key], {"domain": dom.name, "kind": kind})
         x.add("xenclone_clone_faults_total", "counter", "Faults served to a clone.",
               stats["faults"], {"domain": dom.name})
+        if dom.fill_mode == "fork":
+            frames = yield controller.backend.frames(domid)
+            for kind in HYPERVISOR_KINDS:
+                x.add("xenclone_clone_hypervisor_pages", "gauge",
+                      "A fork clone's pages as the hypervisor counts them.", frames[kind],
+                      {"domain": dom.name, "kind": kind})
     return x.text()
 
 

@@ -142,7 +142,7 @@ class ForkJob(Job):
         self.res["hoard"] = {"before": before, "after": after, "rc": rc, "stderr": err[-300:]}
         self.checks["hoard_fills_shared"] = (
             rc == 0 and after["shared"] - before["shared"] > 10000
-            and after["private"] - before["private"] < 1000)
+            and after["own"] - before["own"] < 1000)
 
     def fill_rate(self):
         """First-touch fill, seen from dom0: foreign maps of a paused
@@ -254,8 +254,9 @@ class ForkJob(Job):
         forks = [c["domid"] for c in clones + self.eight[1:]]
         r["paged_out_pages"] = sum(xc.domain_info(d).paged_pages for d in forks)
         xc.close()
-        r["ledger_paged_out_pages"] = sum(self.json("info", c["name"]).get("paged_out_pages", 0)
-                                          for c in clones + self.eight[1:])
+        infos = [self.json("info", c["name"]) for c in clones + self.eight[1:]]
+        r["ledger_paged_out_pages"] = sum(i.get("paged_out_pages", 0) for i in infos)
+        r["info_hypervisor"] = {i["name"]: i.get("hypervisor") for i in infos}
         r["sums"], r["sums_again"] = sums, again
         run("xl", "destroy", HOG)
         alive = set(xl_names())

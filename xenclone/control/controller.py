@@ -633,7 +633,7 @@ class Controller(SettingsOps):
         info["fetched_pages"] = stats["faults"]
         if dom.fill_mode == "fork":
             # Xen fills a fork itself: its pages as the hypervisor counts them.
-            return self.backend.scan(dom.domid).addCallback(
+            return self.backend.frames(dom.domid).addCallback(
                 lambda hv: dict(info, hypervisor=hv, **self._expected(dom)))
         info.update(self._expected(dom))
         return info

@@ -213,6 +213,14 @@ class ForkClones:
             changed += len(differ)
         return changed
 
+    def frames(self, domid):
+        def frames():
+            info = self.xc.domain_info(self._get(domid).domid)
+            return {"own": info.tot_pages, "shared": info.shr_pages,
+                    "paged_out": info.paged_pages, "max": info.max_pages}
+
+        return xen_errors(defer.maybeDeferred(frames))
+
     def image_domains(self):
         return self.images.info()
 

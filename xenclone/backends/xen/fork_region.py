@@ -93,12 +93,22 @@ class ForkPagedRegion(PagedRegion):
 
     def credit(self, pages):
         """The fork may own ``pages`` more frames than it does now: its
-        max_pages, set only when it changes."""
+        max_pages, set only when it changes.  A fork already gone (an
+        ``xl destroy``) is left to the watcher that notices it."""
         self._credit = pages
-        cap = self._xc.domain_info(self.domid).tot_pages + max(0, pages)
-        if cap != self._cap:
-            self._xc.set_max_pages(self.domid, cap)
-            self._cap = cap
+        try:
+            cap = self._xc.domain_info(self.domid).tot_pages + max(0, pages)
+            if cap != self._cap:
+                self._xc.set_max_pages(self.domid, cap)
+                self._cap = cap
+        except libxc.XenError as e:
+            self.log.debug("fork {domid}: credit: {why}", domid=self.domid, why=e)
+
+    def load_copy(self, pfn, data):
+        """A page-in takes a frame: room for it first, whatever the
+        credit (the pager decided there is room)."""
+        self.credit(max(1, self._credit))
+        super().load_copy(pfn, data)
 
     def frames(self):
         """(own frames, frames shared with its image domain, paged out),
