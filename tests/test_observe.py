@@ -151,9 +151,17 @@ class TopTests(unittest.TestCase):
 # -- /metrics
 
 class FakeDomain:
-    def __init__(self, name, role):
+    def __init__(self, name, role, fill_mode="lazy"):
         self.name = name
         self.role = role
+        self.fill_mode = fill_mode
+
+
+class FakeForkBackend:
+    """A fork's frames as the hypervisor counts them."""
+
+    def frames(self, domid):
+        return defer.succeed({"own": 40, "shared": 900, "paged_out": 7, "max": 300})
 
 
 class FakePager:
@@ -167,8 +175,10 @@ class FakePager:
 class FakeController:
     def __init__(self, fail=False):
         self.fail = fail
-        self.domains = {1: FakeDomain("web-master", "master"), 2: FakeDomain("web.1", "clone"),
+        self.domains = {1: FakeDomain("web-master", "master"),
+                        2: FakeDomain("web.1", "clone", fill_mode="fork"),
                         3: FakeDomain('odd "name"\\x', "clone"), 5: FakeDomain("new", "clone")}
+        self.backend = FakeForkBackend()
         self.pager = FakePager({2: INFO[2], 3: INFO[3]})    # 5: not attached yet
 
     def op_host(self, msg):
@@ -239,7 +249,8 @@ class MetricsTests(unittest.TestCase):
         self.assertEqual(types, {
             "xenclone_host_budget_pages": "gauge", "xenclone_host_allocated_pages": "gauge",
             "xenclone_host_resident_pages": "gauge", "xenclone_evictions_total": "counter",
-            "xenclone_clone_pages": "gauge", "xenclone_clone_faults_total": "counter"})
+            "xenclone_clone_pages": "gauge", "xenclone_clone_faults_total": "counter",
+            "xenclone_clone_hypervisor_pages": "gauge"})
         odd = 'odd "name"\\x'
         expected = {
             ("xenclone_host_budget_pages", ()): 1000,
@@ -251,6 +262,10 @@ class MetricsTests(unittest.TestCase):
             ("xenclone_evictions_total", (("class", "page-out"),)): 1,
             ("xenclone_clone_faults_total", (("domain", "web.1"),)): 154,
             ("xenclone_clone_faults_total", (("domain", odd),)): 131,
+            # web.1 is a fork: its frames as the hypervisor counts them too.
+            ("xenclone_clone_hypervisor_pages", (("domain", "web.1"), ("kind", "own"))): 40,
+            ("xenclone_clone_hypervisor_pages", (("domain", "web.1"), ("kind", "shared"))): 900,
+            ("xenclone_clone_hypervisor_pages", (("domain", "web.1"), ("kind", "paged_out"))): 7,
         }
         for name, stats in (("web.1", INFO[2]), (odd, INFO[3])):
             for kind, key in (("shared", "shared_pages"), ("private", "private_pages"),
