@@ -25,7 +25,6 @@ class FakeRegion:
     def __init__(self, domid, npages, cache=None):
         self.domid = domid
         self.npages = npages
-        self.c_region = None
         self.prefilled = []
         self.state = bytearray(npages)
         self.loaded = {}       # pfn -> "zero" | "shared" | bytes

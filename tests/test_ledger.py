@@ -78,14 +78,14 @@ class LedgerTests(unittest.TestCase):
 
     def test_page_out_and_back(self):
         self.ledger.written(1, [7, 8])
-        slots = [self.ledger.slot_for(1), self.ledger.slot_for(1)]
+        slots = self.ledger.take_slots(1, 2)
         self.ledger.paged_out(1, [7, 8], slots, [111, 222])
         self.assertEqual(self.ledger.allocated, 40)
         self.assertEqual(self.ledger.clone_stats(1)["paged_out_pages"], 2)
         self.assertEqual(self.ledger.slot(1, 8), (slots[1], 222))
         self.ledger.paged_in(1, 8)
         self.assertEqual(self.ledger.kind(1, 8), L.PRIVATE)
-        self.assertEqual(self.ledger.slot_for(1), slots[1])   # the freed slot is reused
+        self.assertEqual(self.ledger.take_slots(1, 2), [slots[1], 2])   # the freed slot first
         self.assertRaises(LedgerError, self.ledger.paged_in, 1, 8)
 
     def test_only_private_pages_can_be_paged_out(self):
@@ -169,7 +169,7 @@ class LedgerTests(unittest.TestCase):
         ledger.mapped_shared(3, [1, 2, 3])
         ledger.mapped_zero(3, [9])
         ledger.written(3, [2])
-        ledger.paged_out(3, [2], [ledger.slot_for(3)], [99])
+        ledger.paged_out(3, [2], ledger.take_slots(3, 1), [99])
         ledger.dropped_clean(3, [1])
         again = Ledger(100, ClockPolicy(), 32)
         again.replay(records)

@@ -7,12 +7,13 @@ import tempfile
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
+from zope.interface import directlyProvides
 from zope.interface.verify import verifyObject
 
 from xenclone import ledger as L
 from xenclone.backends.xen.evict import Dropped
-from xenclone.interfaces import (IBackend, IFaultRegion, IFaultSource, IMemoryServer, FaultKind,
-                                 PageState)
+from xenclone.interfaces import (IBackend, IFaultRegion, IFaultSource, IMemoryServer,
+                                 IUnwatchedWrites, FaultKind, PageState)
 from xenclone.image import OpenImage
 from xenclone.ledger import Ledger
 from xenclone.pager import Pager
@@ -22,7 +23,7 @@ from tests.fakes import (FakeBackend, FakeImageData, FakeMemoryServer, FakeRegio
                          page_data)
 
 S, Z, W = FaultKind.SERVED, FaultKind.ZERO, FaultKind.WRITTEN
-N, NW, F, H = FaultKind.NOCREDIT, FaultKind.NOCREDIT_WRITE, FaultKind.FETCH, FaultKind.HOLD
+N, NW, F, H = FaultKind.MISSING, FaultKind.WRITE, FaultKind.FETCH, FaultKind.HOLD
 
 
 class PagerTests(unittest.TestCase):
@@ -101,6 +102,7 @@ class PagerTests(unittest.TestCase):
             return defer.succeed(dropped)
 
         self.backend.drop_clean = drop_clean
+        directlyProvides(self.backend, IUnwatchedWrites)
         self.source.deliver([(1, N, 20)])
         self.assertEqual(self.ledger.kind(1, 2), L.PRIVATE)
         self.assertEqual(self.r1.state[2], PageState.PRIVATE)

@@ -30,16 +30,21 @@ class DomainState:
 
 
 class FaultKind:
-    """What the fast path did with one fault (matches the C enum)."""
+    """What a fault source did with one fault, in the pager's words.
+
+    Each backend maps its own events to these: the KVM fast path's C enum
+    has the same numbers (its no-credit faults are MISSING and WRITE); Xen's
+    paging ring gives MISSING for an absent page, HOLD for a held one."""
 
     SERVED = 1          # mapped the image's page (shared, write-protected)
     HOLD = 2            # the page is held (evicting, paged out): Python decides
-    NOCREDIT = 3        # the clone is at its limit: evict from it, then load
+    MISSING = 3         # the page is missing and was not mapped: the pager decides
+                        # (room in the clone, zero, shared, fetched or copied)
     FETCH = 4           # image page not cached on this host: fetch, then load
     ERROR = 5           # the load failed in C: Python retries it
     ZERO = 6            # mapped the zero page (write-protected); costs nothing
     WRITTEN = 7         # a write made the page private (copy on write)
-    NOCREDIT_WRITE = 8  # a write needs a host page and there is no room
+    WRITE = 8           # a write needs a host page: the pager decides
     COPY = 9            # the clone does not share: Python loads a private copy
     AROUND = 10         # mapped image pages around a fault it served (fault-around);
                         # its record's pfn is a range of pages
@@ -183,7 +188,6 @@ class IFaultRegion(Interface):
 
     domid = Attribute("domain id")
     npages = Attribute("nominal pages")
-    c_region = Attribute("the C fast path's region struct (cffi)")
     prefilled = Attribute("pages the backend mapped at launch, before the pager")
     fill_mode = Attribute("how this clone gets its memory: 'lazy', 'fork' or 'fill-before-run'")
 
@@ -229,6 +233,59 @@ class IFaultRegion(Interface):
 
     def close():
         """The pager is done with this clone: release its fault handle."""
+
+
+class IFaultCounters(Interface):
+    """A region whose fault source counts the faults the guest saw."""
+
+    def counters():
+        """Dict of the source's counts; ``faults``: faults the guest saw."""
+
+
+class INativeFaultRegion(Interface):
+    """A region whose faults a C fast path serves (KVM's userfaultfd)."""
+
+    c_region = Attribute("the C fast path's region struct (cffi)")
+
+
+class IFaultAroundRegion(Interface):
+    """A region whose fast path maps pages around a fault it serves."""
+
+    def fault_around(max_pages):
+        """The largest window mapped around a fault (0: none)."""
+
+
+class IPrefetchRegion(Interface):
+    """A region that can map a list of pages ahead of their faults."""
+
+    def prefetch(pfns):
+        """Map these pages, in order, as the fast path would (runs in a
+        thread); (shared pfns, zero pfns) mapped."""
+
+
+class IUnwatchedWrites(Interface):
+    """A backend that cannot write-protect clone pages (Xen): it finds a
+    clone's writes only when it drops pages.  ``drop_clean``'s list names
+    the pages it kept for that in its ``written`` attribute."""
+
+
+class IHypervisorMemory(Interface):
+    """A backend whose clones' frames the hypervisor gives (Xen), not the
+    host kernel: it has its own free memory and its own fault source."""
+
+    def free_pages():
+        """The hypervisor's free pages: what clones may take."""
+
+    def fault_source():
+        """Its ``IFaultSource`` (its paging rings)."""
+
+    def close():
+        """Let go of its handles (the daemon stops; the domains run on)."""
+
+
+class IDomainNumbering(Interface):
+    """A backend that numbers domains itself (Xen): the controller gives
+    launches handles from ``FIRST_HANDLE`` until it adopts the real id."""
 
 
 class IMemoryServer(Interface):

@@ -16,7 +16,8 @@ from twisted.logger import Logger
 
 from xenclone import memory_check, workload, xl_keys
 from xenclone.control.settings_ops import SettingsOps
-from xenclone.interfaces import FIRST_HANDLE, PAGE_SIZE, DomainState, IForkBackend, ILinuxBackend
+from xenclone.interfaces import (
+    FIRST_HANDLE, PAGE_SIZE, DomainState, IDomainNumbering, IForkBackend, ILinuxBackend)
 from xenclone.names import BadName, check_name
 from xenclone.wire import WireError
 
@@ -124,7 +125,7 @@ class Controller(SettingsOps):
         self.pager = pager
         self.domains = {}
         self._images = {}         # image id -> OpenImage (this host's mapping)
-        self._next_domid = FIRST_HANDLE if getattr(backend, "numbers_domains", False) else 1
+        self._next_domid = FIRST_HANDLE if IDomainNumbering.providedBy(backend) else 1
         self._next_clone_id = {}
         self.on_change = []       # called with no arguments when domains or images change
 
