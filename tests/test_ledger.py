@@ -1,8 +1,10 @@
 """The ledger and the policies, on plain Python: no backend, no kernel."""
 
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
 from xenclone import ledger as L
+from xenclone.interfaces import ILedger
 from xenclone.ledger import Ledger, LedgerError
 from xenclone.policy.clock import ClockPolicy
 from xenclone.policy.sharing import SharingPolicy
@@ -14,6 +16,27 @@ class LedgerTests(unittest.TestCase):
         self.ledger.add_image("img", 64, cached=range(1, 41))   # 40 cached pages
         self.ledger.add_clone(1, "img", 64)
         self.ledger.add_clone(2, "img", 64)
+
+    def test_provides_all_that_ILedger_states(self):
+        self.assertTrue(verifyObject(ILedger, self.ledger))
+
+    def test_slots_of_a_failed_page_out_are_given_out_again(self):
+        slots = self.ledger.take_slots(1, 3)
+        self.ledger.free_slots(1, slots[1:])
+        self.assertEqual(self.ledger.take_slots(1, 3), [slots[2], slots[1], 3])
+
+    def test_a_paused_page_out_comes_back_unless_the_operator_changed_the_classes(self):
+        left = self.ledger.pause_pageout(1, "disk full: retrying")
+        self.assertNotIn(L.PAGE_OUT, left)
+        self.assertEqual(self.ledger.clone_stats(1)["pageout_error"], "disk full: retrying")
+        self.ledger.resume_pageout(1, left)
+        self.assertIn(L.PAGE_OUT, self.ledger.clone_stats(1)["flags"]["evict"])
+        self.ledger.pageout_works(1, "disk full")
+        self.assertIsNone(self.ledger.clone_stats(1)["pageout_error"])
+        left = self.ledger.pause_pageout(2, "disk full: retrying")
+        self.ledger.set_knobs(2, classes=[L.DROP_CLEAN])
+        self.ledger.resume_pageout(2, left)
+        self.assertEqual(self.ledger.clone_stats(2)["flags"]["evict"], [L.DROP_CLEAN])
 
     def test_cached_image_pages_count_once_however_many_clones_map_them(self):
         self.ledger.mapped_shared(1, [1, 2, 3])

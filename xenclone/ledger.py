@@ -123,9 +123,6 @@ class Ledger(Room):
     def has_clone(self, domid):
         return domid in self._clones
 
-    def clone(self, domid):
-        return self._clones[domid]
-
     def clones(self):
         return list(self._clones)
 
@@ -150,6 +147,10 @@ class Ledger(Room):
     def kinds(self, domid):
         """The clone's ``Kinds`` (read only)."""
         return self._clones[domid].kind
+
+    @property
+    def policy_name(self):
+        return self.policy.name
 
     def set_budget(self, pages):
         self.budget_pages = pages

@@ -60,7 +60,7 @@ def _take_clone(controller, dom, meta):
     paged_out = controller.pager.store(dom.domid).index()
     controller.pager.reattach(region, image, kinds, paged_out, meta.get("share", True))
     controller.note_clone_id(dom.image, dom.clone_id)
-    stats = controller.pager.ledger.clone_stats(dom.domid)
+    stats = controller.ledger.clone_stats(dom.domid)
     log.info("clone {domid} taken back: {shared} shared, {private} private, {paged_out} "
              "paged-out pages", domid=dom.domid, shared=stats["shared_pages"],
              private=stats["private_pages"], paged_out=stats["paged_out_pages"])
