@@ -4,12 +4,12 @@ The interface tests run the same cases against these and the KVM backend.
 """
 
 import os
-import zlib
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from xenclone.image import Capture, OpenImage
+from xenclone.pageout_store import PageOutStore, crcs_of
 from xenclone.wire import ConnectionLost, WireError
 from xenclone.interfaces import (IBackend, IFaultRegion, IFaultSource, IMemoryServer, FaultKind,
                                  PageState)
@@ -218,13 +218,13 @@ class FakeBackend:
             code = "pageout-full" if "No space" in self.pageout_error else "pageout-failed"
             return defer.fail(WireError(code, self.pageout_error))
         self.pageouts.append((domid, list(pfns)))
-        fd = os.open(store_path, os.O_RDWR | os.O_CREAT, 0o600)
-        crcs = []
-        for pfn, slot in zip(pfns, slots):
-            data = page_data(domid, pfn)
-            os.pwrite(fd, data, slot * 4096)
-            crcs.append(zlib.crc32(data))
-        os.close(fd)
+        data = b"".join(page_data(domid, pfn) for pfn in pfns)
+        crcs = crcs_of(data, len(pfns))
+        store = PageOutStore(store_path)
+        try:
+            store.write(pfns, slots, data, crcs, sync)
+        finally:
+            store.close()
         return defer.succeed(crcs)
 
     def scan(self, domid):

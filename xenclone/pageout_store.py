@@ -12,6 +12,7 @@ a daemon that restarts reads the index (``control/recovery.py``).  The
 store goes when its clone does.
 """
 
+import errno
 import os
 import zlib
 
@@ -24,6 +25,8 @@ def pwrite_all(fd, data, offset):
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
+        if n == 0:
+            raise OSError(errno.EIO, "page-out store: short write")
         view, offset = view[n:], offset + n
 
 
