@@ -25,7 +25,7 @@ all their pages keeps 2 M pages here.
 
 from zope.interface import implementer
 
-from xenclone.interfaces import ILedger
+from xenclone.ledger_interfaces import ILedger
 from xenclone.ledger_room import Room
 from xenclone.ledger_accounts import (  # noqa: F401 (the kinds and classes, as ledger.X)
     _CODE, _SHARED, CLASSES, DROP_CLEAN, DROP_SHARED, EVICTED, KINDS, PAGE_OUT, PAGED_OUT,
