@@ -14,7 +14,7 @@ import time
 
 from xenclone.backends.xen import libxc
 from xenclone.interfaces import PAGE_SIZE
-from xenclone.pageout_store import PageOutStore, crcs_of
+from xenclone.pageout_store import write_pages
 
 ZERO_PAGE = bytes(PAGE_SIZE)
 
@@ -79,12 +79,7 @@ class Evictor:
             self._nominated(domid, pfns)
             with self.fm.map(domid, pfns, writable=False) as m:
                 data = bytes(m.buffer)
-            crcs = crcs_of(data, len(pfns))
-            store = PageOutStore(store_path)
-            try:
-                store.write(pfns, slots, data, crcs, sync)
-            finally:
-                store.close()
+            crcs = write_pages(store_path, pfns, slots, data, sync)
             self._evict(domid, pfns)
         return crcs
 
