@@ -238,7 +238,7 @@ class PagerTests(unittest.TestCase):
         # A broken store (not a full disk) is not tried again.
         self.pager.set_knobs(2, classes=[L.PAGE_OUT])
         self.backend.pageout_error = "bad record"
-        self.pager._pump()
+        self.pager.pump()
         self.clock.advance(120)
         self.assertEqual(self.ledger.clone_stats(2)["flags"]["evict"], [])
         self.assertEqual(self.ledger.clone_stats(2)["pageout_error"], "bad record")

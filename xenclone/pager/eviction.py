@@ -55,7 +55,7 @@ class Evictor:
 
     @property
     def _clones(self):
-        return self.pager._clones
+        return self.pager.clones
 
     def in_flight(self, domid, pfn):
         return (domid, pfn) in self._in_flight
@@ -114,9 +114,9 @@ class Evictor:
             if self.ledger.host_stats() == before:
                 # Nothing moved (a page not yet free to go): try again in a
                 # moment rather than spin.
-                self.pager.reactor.callLater(0.001, self.pager._pump)
+                self.pager.reactor.callLater(0.001, self.pager.pump)
             else:
-                self.pager._pump()
+                self.pager.pump()
 
         defer.gatherResults(ops, consumeErrors=True).addBoth(done)
 
@@ -265,7 +265,7 @@ class Evictor:
 
         def punch():
             for image_id, pfns in by_image.items():
-                if image_id not in self.pager._images:
+                if image_id not in self.pager.images:
                     continue            # discarded meanwhile
                 # A clone attached since may map some now.
                 pfns = [p for p in pfns if not self.ledger.mapped(image_id, p)]
@@ -279,7 +279,7 @@ class Evictor:
                     if image.image_id == image_id:
                         states = region.states()
                         region.release([p for p in pfns if states[p] == PageState.SHARED])
-                self.pager._images[image_id].drop_pages(pfns)
+                self.pager.images[image_id].drop_pages(pfns)
                 self.ledger.uncached(image_id, pfns)
                 for p in pfns:
                     self._punched[(image_id, p)] = self.punch_seq

@@ -28,7 +28,7 @@ class Hoarder:
         self.stop(domid)
         done = defer.Deferred()
         per_tick = max(1, rate // 10)
-        region, _ = self.pager._clones[domid]
+        region, _ = self.pager.clones[domid]
         cursor = [0]
 
         def tick():
@@ -41,14 +41,14 @@ class Hoarder:
                 pfn = cursor[0]
                 cursor[0] += 1
                 if states[pfn] == PageState.ABSENT:
-                    self.pager._map(domid, pfn)
+                    self.pager.map_page(domid, pfn)
                     moved += 1
                 elif self.ledger.kind(domid, pfn) == L.PAGED_OUT:
                     self.pager.faults.wait_host(domid, pfn, Waits.PAGE_IN)
                     moved += 1
             if cursor[0] >= region.npages or moved < per_tick:
                 self.stop(domid)
-            self.pager._pump()
+            self.pager.pump()
 
         loop = task.LoopingCall(tick)
         loop.clock = self.pager.reactor
@@ -71,7 +71,7 @@ class Hoarder:
     def prefetch(self, domid, pfns):
         """Map a clone's pages before it faults on them: as many as its
         room allows, in the given order.  Deferred of the number mapped."""
-        region = self.pager._clones[domid][0]
+        region = self.pager.clones[domid][0]
         room = self.ledger.clone_room(domid)
         if not IPrefetchRegion.providedBy(region) or room <= 0:
             return defer.succeed(0)
@@ -81,14 +81,14 @@ class Hoarder:
 
         def account(mapped):
             shared, zero = mapped
-            if domid in self.pager._clones:
+            if domid in self.pager.clones:
                 # A hole punched meanwhile unmapped some: those fault again.
                 states = region.states()
                 shared = [p for p in shared if states[p] == PageState.SHARED]
                 zero = [p for p in zero if states[p] == PageState.ZERO]
                 self.ledger.mapped_shared(domid, shared, how="prefetch")
                 self.ledger.mapped_zero(domid, zero, how="prefetch")
-                self.pager._grant()
+                self.pager.grant()
             return len(shared) + len(zero)
 
         return d.addCallback(account)

@@ -12,8 +12,8 @@ ledger's credits last, and reports what it did in batches
     an image page the host lacks -> a fetch from the memory server (``fetching``)
     a held page             -> the eviction's end, or a page-in from its store
 
-``_pump`` serves what waits while there is room and starts eviction rounds
-where there is none; every round, fetch and page-in ends in ``_pump`` again.
+``pump`` serves what waits while there is room and starts eviction rounds
+where there is none; every round, fetch and page-in ends in ``pump`` again.
 Python decides; C moves pages.  Every eviction holds its pages first, so a
 write cannot sneak in between the decision and the drop.
 """
@@ -50,13 +50,13 @@ class Pager:
         self.backend = backend
         self.memserver = memserver
         self.store_dir = store_dir
-        self._clones = {}              # domid -> (region, image)
-        self._images = {}              # image id -> its OpenImage (this host's cache)
+        self.clones = {}               # domid -> (region, image) of the clones served
+        self.images = {}               # image id -> its OpenImage (this host's cache)
         self._stores = {}              # domid -> its PageOutStore, open to read
         self._stopped = False
         self.faults = WaitingFaults()
-        self.pageout_retry = PageOutRetry(reactor, ledger, self._pump)
-        self.fetcher = Fetcher(reactor, memserver, ledger, self._clones, self.faults, self._pump)
+        self.pageout_retry = PageOutRetry(reactor, ledger, self.pump)
+        self.fetcher = Fetcher(reactor, memserver, ledger, self.clones, self.faults, self.pump)
         self.evictor = Evictor(self, sync)
         self.hoarder = Hoarder(self)
         self.observe = lambda records: None   # sees every fault record first (working sets)
@@ -98,7 +98,7 @@ class Pager:
             return None
         stats = self.ledger.clone_stats(domid)
         stats["hoarding"] = self.hoarder.hoarding(domid)
-        region = self._clones[domid][0]
+        region = self.clones[domid][0]
         if INativeFaultRegion.providedBy(region):   # the faults the guest saw, as C counted them
             stats["guest_faults"] = region.counters()["faults"]
         return stats
@@ -106,7 +106,7 @@ class Pager:
     def audit(self, domid, kernel):
         """Pages where the ledger, the fast path's state and the kernel's
         ``kernel`` kinds (one per page) disagree: (pfn, ledger, state, kernel)."""
-        return audit.disagreements(self.ledger, domid, self._clones[domid][0].states(), kernel)
+        return audit.disagreements(self.ledger, domid, self.clones[domid][0].states(), kernel)
 
     def store(self, domid):
         """The clone's page-out store."""
@@ -131,12 +131,12 @@ class Pager:
         region.remember(shared, PageState.SHARED)
         self.ledger.mapped_shared(region.domid, shared)
         self.source.add(region)
-        self._grant()
+        self.grant()
 
     def _add(self, region, image):
         self.track_image(image)
         self.ledger.add_clone(region.domid, image.image_id, region.npages)
-        self._clones[region.domid] = (region, image)
+        self.clones[region.domid] = (region, image)
         if region.fill_mode != "lazy":
             # Filled before it ran, it holds frames of its own that the
             # hypervisor cannot take (only its balloon can give some back):
@@ -169,20 +169,20 @@ class Pager:
         self.set_knobs(domid, share=share)
         self.set_fault_around(domid)
         self.source.add(region)
-        self._grant()
+        self.grant()
         region.wake_all()
 
     def set_fault_around(self, domid, pages=None):
         """A clone's largest fault-around window (None: the daemon's).  A
         clone whose faults are recorded as a working set gets none."""
-        region = self._clones[domid][0] if domid in self._clones else None
+        region = self.clones[domid][0] if domid in self.clones else None
         if IFaultAroundRegion.providedBy(region):
             region.fault_around(self.fault_around if pages is None else pages)
 
     def track_image(self, image):
         """This host caches the image (from bless, or its first open): its
         resident pages count in the budget from now on."""
-        self._images[image.image_id] = image
+        self.images[image.image_id] = image
         if not self.ledger.has_image(image.image_id):
             self.ledger.add_image(image.image_id, image.npages, image.cached_pages())
             self.rebudget(self.ledger.budget_pages)
@@ -194,11 +194,11 @@ class Pager:
         share.onfetch: pages mapped already stay as they are."""
         self.ledger.set_knobs(domid, target=target, limit=limit, classes=classes, share=share)
         if share is not None:
-            self._clones[domid][0].share(share)
-        self._pump()
+            self.clones[domid][0].share(share)
+        self.pump()
 
     def detach(self, domid):
-        if self._clones.pop(domid, None) is None:
+        if self.clones.pop(domid, None) is None:
             return
         self.hoarder.stop(domid)
         self.pageout_retry.forget(domid)
@@ -208,10 +208,10 @@ class Pager:
         self.fetcher.forget(domid)
         store = self._stores.pop(domid, None) or self.store(domid)
         store.remove()
-        self._pump()
+        self.pump()
 
     def forget_image(self, image_id):
-        self._images.pop(image_id, None)
+        self.images.pop(image_id, None)
         if self.ledger.has_image(image_id):
             self.ledger.remove_image(image_id)
 
@@ -231,7 +231,7 @@ class Pager:
         """A batch of the fast path's records: account what it did, queue
         what it could not do, then serve what waits."""
         self.observe(records)
-        by_kind = fast_path.group(records, self._clones)
+        by_kind = fast_path.group(records, self.clones)
         fast_path.account(self.ledger, by_kind)
         for domid, pfns in by_kind[FaultKind.SERVED].items():
             self.faults.served(domid, pfns)     # retried faults the fast path served
@@ -249,7 +249,7 @@ class Pager:
                     self.faults.wait_host(domid, pfn, Waits.PAGE_IN)
                 else:   # being evicted: answered when the eviction ends
                     self.faults.park(domid, pfn, Waits.EVICTION)
-        self._pump()
+        self.pump()
 
     def stop(self):
         """The daemon stops: no more decisions (the clones' faults wait)."""
@@ -257,7 +257,7 @@ class Pager:
         self.fetcher.stop()
         self.hoarder.stop_all()
 
-    def _pump(self):
+    def pump(self):
         """Serve what waits while there is room; evict where there is none."""
         if self._stopped:
             return
@@ -266,14 +266,14 @@ class Pager:
             self._serve_host(faults.take_host())
         for domid in faults.clones_waiting_room():
             while faults.room_waiting(domid) and self.ledger.clone_room(domid) > 0:
-                self._map(domid, faults.take_room(domid).pfn)
+                self.map_page(domid, faults.take_room(domid).pfn)
         if faults.host_waiting():
             self.evictor.evict_host(faults.host_waiting())
         for domid in faults.clones_waiting_room():
             self.evictor.evict_clone(domid, faults.room_waiting(domid))
-        self._grant()
+        self.grant()
 
-    def _grant(self):
+    def grant(self):
         host, clones = self.ledger.take_credits()
         if self.faults.host_waiting():
             host = 0                  # first come, first served
@@ -281,10 +281,10 @@ class Pager:
             clones[domid] = 0
         self.source.set_credits(host, clones)
 
-    def _map(self, domid, pfn):
+    def map_page(self, domid, pfn):
         """Load a page the clone has room for: zero, shared or copied from
         this host's cache, or fetched first."""
-        region, image = self._clones[domid]
+        region, image = self.clones[domid]
         if region.states()[pfn] != PageState.ABSENT:
             return      # the fast path got there first (a retried fault)
         if image.zero[pfn]:
@@ -303,7 +303,7 @@ class Pager:
     def _serve_host(self, request):
         """A request the host now has room for."""
         domid, pfn = request.key
-        if domid not in self._clones:
+        if domid not in self.clones:
             return
         if request.waits == Waits.WRITE:
             self._let_write(domid, pfn)
@@ -317,7 +317,7 @@ class Pager:
     def _let_write(self, domid, pfn):
         # A page being evicted is not touched: the eviction's end wakes the
         # writer, who faults again; so does a page that left meanwhile.
-        region = self._clones[domid][0]
+        region = self.clones[domid][0]
         if (not self.evictor.in_flight(domid, pfn)
                 and region.states()[pfn] in (PageState.SHARED, PageState.ZERO)
                 and self.ledger.kind(domid, pfn) in (L.SHARED, L.ZERO)):
@@ -327,7 +327,7 @@ class Pager:
     def _copy(self, domid, pfn):
         """A clone that does not share gets its own copy of an image page,
         from this host's cache (fetched first if the cache lacks it)."""
-        region, image = self._clones[domid]
+        region, image = self.clones[domid]
         if region.states()[pfn] != PageState.ABSENT:
             return
         if not self.ledger.is_cached(image.image_id, pfn):
@@ -349,7 +349,7 @@ class Pager:
             self.log.critical("clone {domid}: page-out record of page {pfn} is corrupt",
                               domid=domid, pfn=pfn)
             return
-        self._clones[domid][0].load_copy(pfn, data)
+        self.clones[domid][0].load_copy(pfn, data)
         self.ledger.paged_in(domid, pfn)
 
     # -- operator actions
@@ -360,7 +360,7 @@ class Pager:
         over = self.ledger.allocated - pages
         if over > 0:
             self.evictor.evict_host(over)
-        self._grant()
+        self.grant()
 
     def evict_to(self, domid, pages):
         """Evict a clone down to ``pages`` resident; Deferred of the count."""
