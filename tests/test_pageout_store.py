@@ -269,6 +269,11 @@ class PageOutStoreFileTests(unittest.TestCase):
         self.assertIsNone(self.store.read(9, 0))          # past the end
         self.assertEqual(self.store.read(0, self.crcs[0]), self.pages[0])
 
+    def test_writing_no_pages_makes_no_store(self):
+        empty = PageOutStore(os.path.join(self.tmp, "empty.pages"))
+        empty.write([], [], b"", [], sync=True)
+        self.assertFalse(os.path.exists(empty.path))
+
     def test_a_newer_record_of_a_page_wins_and_remove_leaves_nothing(self):
         self.store.write([40], [2], self.pages[2], self.crcs[2:], sync=False)
         self.assertEqual(self.store.index()[40], (2, self.crcs[2]))

@@ -71,6 +71,8 @@ class PageOutStore:
         flush them, then write their index records.  ``flush(fd, offset,
         length)`` pushes the pages out (default: fdatasync if ``sync``).
         Raises OSError, having written no index record, if the pages failed."""
+        if not slots:
+            return
         fd, index_fd = self.open()
         for i, n in runs(slots):
             pwrite_all(fd, data[i * PAGE_SIZE:(i + n) * PAGE_SIZE], slots[i] * PAGE_SIZE)
