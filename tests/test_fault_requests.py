@@ -84,3 +84,21 @@ class WaitingFaultsTests(unittest.TestCase):
 
         small, big = min(cost(2) for _ in range(3)), min(cost(100_000) for _ in range(3))
         self.assertLess(big, small * 10)
+
+    def test_draining_a_queue_oldest_first_is_linear(self):
+        """Taking the oldest request again and again costs the same per
+        request however long the queue (a dict's front pops would not)."""
+        def per_request(n):
+            f = WaitingFaults()
+            for pfn in range(n):
+                f.wait_room(1, pfn)
+                f.wait_host(1, pfn, Waits.FETCH)
+            t = time.perf_counter()
+            while f.host_waiting():
+                f.take_host()
+            while f.room_waiting(1):
+                f.take_room(1)
+            return (time.perf_counter() - t) / n
+
+        short, long = (min(per_request(n) for _ in range(3)) for n in (5_000, 80_000))
+        self.assertLess(long, short * 4)

@@ -10,10 +10,12 @@ page, what it waits for) in one of these queues:
 
 A page is in a queue at most once; asking again keeps its place (and, on
 the host queue, takes the newer want).  Every operation is O(1) per fault,
-and so is every count: the counts are kept, never summed.
+and so is every count: the counts are kept, never summed.  The queues are
+``OrderedDict``s: taking the oldest of a plain dict again and again walks
+the slots its earlier pops left, quadratic over a drain.
 """
 
-from collections import Counter
+from collections import Counter, OrderedDict
 
 import attr
 
@@ -45,8 +47,8 @@ class FaultRequest:
 
 class WaitingFaults:
     def __init__(self):
-        self._host = {}         # (domid, pfn) -> FaultRequest, oldest first
-        self._room = {}         # domid -> {pfn: FaultRequest}, oldest first
+        self._host = OrderedDict()   # (domid, pfn) -> FaultRequest, oldest first
+        self._room = {}         # domid -> OrderedDict {pfn: FaultRequest}, oldest first
         self._parked = {Waits.EVICTION: {}, Waits.MEMSERVER: {}}   # waits -> domid -> {pfn}
         self._host_of = {}      # domid -> {pfn} of its requests on the host queue
         self._copies = set()    # (domid, pfn) on the host queue for a private copy
@@ -55,7 +57,9 @@ class WaitingFaults:
     # -- room in the clone
 
     def wait_room(self, domid, pfn):
-        queue = self._room.setdefault(domid, {})
+        queue = self._room.get(domid)
+        if queue is None:
+            queue = self._room[domid] = OrderedDict()
         if pfn not in queue:
             queue[pfn] = FaultRequest(domid, pfn, Waits.ROOM)
             self._counts[Waits.ROOM] += 1
@@ -78,8 +82,7 @@ class WaitingFaults:
 
     def take_room(self, domid):
         """The clone's oldest request for room, out of its queue."""
-        queue = self._room[domid]
-        request = queue.pop(next(iter(queue)))
+        _, request = self._room[domid].popitem(last=False)
         self._counts[Waits.ROOM] -= 1
         self._drop_empty(domid)
         return request
@@ -108,7 +111,7 @@ class WaitingFaults:
 
     def take_host(self):
         """The oldest request for host room, out of the queue."""
-        request = self._host.pop(next(iter(self._host)))
+        _, request = self._host.popitem(last=False)
         self._counts[request.waits] -= 1
         self._copies.discard(request.key)
         pfns = self._host_of[request.domid]
