@@ -4,12 +4,12 @@ The interface tests run the same cases against these and the KVM backend.
 """
 
 import os
-import zlib
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from xenclone.image import Capture, OpenImage
+from xenclone.pageout_store import write_pages
 from xenclone.wire import ConnectionLost, WireError
 from xenclone.interfaces import (IBackend, IFaultRegion, IFaultSource, IMemoryServer, FaultKind,
                                  PageState)
@@ -25,7 +25,6 @@ class FakeRegion:
     def __init__(self, domid, npages, cache=None):
         self.domid = domid
         self.npages = npages
-        self.c_region = None
         self.prefilled = []
         self.state = bytearray(npages)
         self.loaded = {}       # pfn -> "zero" | "shared" | bytes
@@ -219,14 +218,8 @@ class FakeBackend:
             code = "pageout-full" if "No space" in self.pageout_error else "pageout-failed"
             return defer.fail(WireError(code, self.pageout_error))
         self.pageouts.append((domid, list(pfns)))
-        fd = os.open(store_path, os.O_RDWR | os.O_CREAT, 0o600)
-        crcs = []
-        for pfn, slot in zip(pfns, slots):
-            data = page_data(domid, pfn)
-            os.pwrite(fd, data, slot * 4096)
-            crcs.append(zlib.crc32(data))
-        os.close(fd)
-        return defer.succeed(crcs)
+        data = b"".join(page_data(domid, pfn) for pfn in pfns)
+        return defer.succeed(write_pages(store_path, pfns, slots, data, sync))
 
     def scan(self, domid):
         def count(_):

@@ -15,6 +15,24 @@ class LedgerTests(unittest.TestCase):
         self.ledger.add_clone(1, "img", 64)
         self.ledger.add_clone(2, "img", 64)
 
+    def test_slots_of_a_failed_page_out_are_given_out_again(self):
+        slots = self.ledger.take_slots(1, 3)
+        self.ledger.free_slots(1, slots[1:])
+        self.assertEqual(self.ledger.take_slots(1, 3), [slots[2], slots[1], 3])
+
+    def test_a_paused_page_out_comes_back_unless_the_operator_changed_the_classes(self):
+        left = self.ledger.pause_pageout(1, "disk full: retrying")
+        self.assertNotIn(L.PAGE_OUT, left)
+        self.assertEqual(self.ledger.clone_stats(1)["pageout_error"], "disk full: retrying")
+        self.ledger.resume_pageout(1, left)
+        self.assertIn(L.PAGE_OUT, self.ledger.clone_stats(1)["flags"]["evict"])
+        self.ledger.pageout_works(1, "disk full")
+        self.assertIsNone(self.ledger.clone_stats(1)["pageout_error"])
+        left = self.ledger.pause_pageout(2, "disk full: retrying")
+        self.ledger.set_knobs(2, classes=[L.DROP_CLEAN])
+        self.ledger.resume_pageout(2, left)
+        self.assertEqual(self.ledger.clone_stats(2)["flags"]["evict"], [L.DROP_CLEAN])
+
     def test_cached_image_pages_count_once_however_many_clones_map_them(self):
         self.ledger.mapped_shared(1, [1, 2, 3])
         self.ledger.mapped_shared(2, [1, 2, 3])
@@ -78,14 +96,14 @@ class LedgerTests(unittest.TestCase):
 
     def test_page_out_and_back(self):
         self.ledger.written(1, [7, 8])
-        slots = [self.ledger.slot_for(1), self.ledger.slot_for(1)]
+        slots = self.ledger.take_slots(1, 2)
         self.ledger.paged_out(1, [7, 8], slots, [111, 222])
         self.assertEqual(self.ledger.allocated, 40)
         self.assertEqual(self.ledger.clone_stats(1)["paged_out_pages"], 2)
         self.assertEqual(self.ledger.slot(1, 8), (slots[1], 222))
         self.ledger.paged_in(1, 8)
         self.assertEqual(self.ledger.kind(1, 8), L.PRIVATE)
-        self.assertEqual(self.ledger.slot_for(1), slots[1])   # the freed slot is reused
+        self.assertEqual(self.ledger.take_slots(1, 2), [slots[1], 2])   # the freed slot first
         self.assertRaises(LedgerError, self.ledger.paged_in, 1, 8)
 
     def test_only_private_pages_can_be_paged_out(self):
@@ -169,7 +187,7 @@ class LedgerTests(unittest.TestCase):
         ledger.mapped_shared(3, [1, 2, 3])
         ledger.mapped_zero(3, [9])
         ledger.written(3, [2])
-        ledger.paged_out(3, [2], [ledger.slot_for(3)], [99])
+        ledger.paged_out(3, [2], ledger.take_slots(3, 1), [99])
         ledger.dropped_clean(3, [1])
         again = Ledger(100, ClockPolicy(), 32)
         again.replay(records)
@@ -260,7 +278,7 @@ class PolicyTests(unittest.TestCase):
 class InterfaceTests(unittest.TestCase):
     def test_ledger_and_policies_provide_their_interfaces(self):
         from zope.interface.verify import verifyObject
-        from xenclone.interfaces import IEvictionPolicy, ILedger
+        from xenclone.ledger_interfaces import IEvictionPolicy, ILedger
         verifyObject(ILedger, Ledger(10, ClockPolicy()))
         verifyObject(IEvictionPolicy, ClockPolicy())
         verifyObject(IEvictionPolicy, SharingPolicy())

@@ -13,7 +13,8 @@ import zlib
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from xenclone.pageout_index import index_path, read_index
+from xenclone.pageout_index import read_index
+from xenclone.pageout_store import PageOutStore
 from xenclone.wire import Message, WireError
 from tests.test_microvm import GUEST_BIN, ImageTestCase, run_clone
 from tests.test_uffd_pager import pattern_sum, serve_until, set_state
@@ -62,21 +63,20 @@ class PageOutTests(ImageTestCase):
         return [ffi.buffer(buf)[i * PAGE:(i + 1) * PAGE] for i in range(len(pfns))]
 
     def store(self, path=None):
-        """(path, fd, index fd) of a page-out store."""
+        """(path, PageOutStore, its page fd) of a page-out store."""
         path = path or os.path.join(self.tmp, "clone.pages")
-        fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o600) for p in (path, index_path(path))]
-        for fd in fds:
-            self.addCleanup(os.close, fd)
-        return (path, *fds)
+        store = PageOutStore(path)
+        self.addCleanup(store.close)
+        return path, store, store.open()[0]
 
     def test_page_out_and_back_exact(self):
         pfns = self.private
         self.assertGreater(len(pfns), len(WRITTEN))
         before = self.vm.scan()
         slots = [1000 + i for i in range(len(pfns))]
-        path, fd, ifd = self.store()
+        path, store, fd = self.store()
         self.assertEqual(set(set_state(self.region, pfns, lib.LX_PAGE_HOLD)), {lib.LX_PAGE_PRIVATE})
-        crcs = self.vm.page_out(pfns, slots, fd, ifd, False)
+        crcs = self.vm.page_out(pfns, slots, store, False)
         self.assertEqual(crcs, [zlib.crc32(d) for d in self.data])
         # The index says where each page went, for a daemon that restarts.
         self.assertEqual(read_index(path), dict(zip(pfns, zip(slots, crcs))))
@@ -98,7 +98,8 @@ class PageOutTests(ImageTestCase):
             for _, kind, pfn in self.pager.records:
                 self.assertEqual(kind, lib.LX_HOLD)
                 if pfn in pending:
-                    data = os.pread(fd, PAGE, slots[pfns.index(pfn)] * PAGE)
+                    i = pfns.index(pfn)
+                    data = store.read(slots[i], crcs[i])
                     self.assertEqual(lib.lx_copy_page(self.region, pfn, data), 0)
                     pending.discard(pfn)
             del self.pager.records[:]
@@ -114,22 +115,22 @@ class PageOutTests(ImageTestCase):
 
     def test_sync_page_out(self):
         pfns = self.private[:16]
-        path, fd, ifd = self.store()
+        path, store, fd = self.store()
         set_state(self.region, pfns, lib.LX_PAGE_HOLD)
-        self.assertEqual(self.vm.page_out(pfns, range(16), fd, ifd, True),
+        self.assertEqual(self.vm.page_out(pfns, range(16), store, True),
                          [zlib.crc32(d) for d in self.data[:16]])
         self.assertEqual(os.path.getsize(path), 16 * PAGE)
         self.assertEqual(resident(path), 0)
 
     def test_unheld_pages_are_refused(self):
         pfns = self.private[:4]
-        path, fd, ifd = self.store()
+        path, store, fd = self.store()
         with self.assertRaises(NotHeld) as cm:
-            self.vm.page_out(pfns, range(4), fd, ifd, False)     # writable: could change
+            self.vm.page_out(pfns, range(4), store, False)     # writable: could change
         self.assertEqual(cm.exception.pfns, pfns)
         absent = [i for i in range(self.vm.npages) if self.region.state[i] == lib.LX_PAGE_ABSENT][:2]
         set_state(self.region, absent, lib.LX_PAGE_HOLD)
-        self.assertRaises(NotHeld, self.vm.page_out, absent, range(2), fd, ifd, False)
+        self.assertRaises(NotHeld, self.vm.page_out, absent, range(2), store, False)
         self.assertEqual(os.path.getsize(path), 0)
 
     def test_page_out_before_the_write_lands(self):
@@ -141,8 +142,8 @@ class PageOutTests(ImageTestCase):
         self.assertEqual(lib.lx_resolve(self.region, pfn, 1, lib.LX_UNPROTECT), 0)
         self.assertEqual(set_state(self.region, [pfn], lib.LX_PAGE_HOLD), [lib.LX_PAGE_PRIVATE])
         self.assertEqual(self.vm.kinds(pfn, 1)[0], lib.LX_PAGE_SHARED | lib.LX_KIND_WP)
-        path, fd, ifd = self.store()
-        self.assertEqual(self.vm.page_out([pfn], [0], fd, ifd, False), [zlib.crc32(image)])
+        path, store, fd = self.store()
+        self.assertEqual(self.vm.page_out([pfn], [0], store, False), [zlib.crc32(image)])
         writer = threading.Thread(target=lib.lx_fill_dataset, daemon=True, args=(
             ffi.cast("void *", self.vm.addr), self.vm.npages, pfn, 1, 4321, 0))
         writer.start()
@@ -165,11 +166,11 @@ class PageOutTests(ImageTestCase):
         return os.path.join(mnt, "clone.pages")
 
     def test_full_store_drops_nothing(self):
-        path, fd, ifd = self.store(self.full_store())
+        path, store, fd = self.store(self.full_store())
         pfns = self.private[:32]
         set_state(self.region, pfns, lib.LX_PAGE_HOLD)
         with self.assertRaises(OSError) as cm:
-            self.vm.page_out(pfns, range(32), fd, ifd, True)
+            self.vm.page_out(pfns, range(32), store, True)
         self.assertEqual(cm.exception.errno, 28)    # ENOSPC
         held = lib.LX_PAGE_PRIVATE | lib.LX_KIND_WP
         self.assertEqual(set(self.vm.kinds()[p] for p in pfns), {held})
@@ -183,7 +184,7 @@ class PageOutTests(ImageTestCase):
         host = VmmHost(reactor, GUEST_BIN)
         dom = Domain(5, "c", "clone", self.vm, self.vm.npages)
         host.domains[5] = dom
-        self.addCleanup(lambda: dom.store and os.close(dom.store[1]))
+        self.addCleanup(lambda: dom.store and dom.store.close())
         return host
 
     def test_op_page_out_validates(self):
@@ -239,3 +240,43 @@ class PageOutTests(ImageTestCase):
             self.assertEqual(dropped, {"dropped": clean})
 
         return d.addCallback(paged_out).addCallback(scanned)
+
+
+class PageOutStoreFileTests(unittest.TestCase):
+    """The store's own format, with no clone: what both backends write and
+    the pager and recovery read."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="xenclone-store-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.store = PageOutStore.of_clone(self.tmp, 7)
+        self.addCleanup(self.store.close)
+        self.pages = [bytes([i]) * PAGE for i in (1, 2, 3)]
+        self.crcs = [zlib.crc32(p) for p in self.pages]
+        self.store.write([40, 41, 90], [0, 1, 5], b"".join(self.pages), self.crcs, sync=True)
+
+    def test_written_pages_read_back_checked_and_indexed(self):
+        self.assertEqual(self.store.path, os.path.join(self.tmp, "clone-7.pages"))
+        self.assertEqual([self.store.read(s, c) for s, c in zip([0, 1, 5], self.crcs)], self.pages)
+        self.assertEqual(self.store.index(), {40: (0, self.crcs[0]), 41: (1, self.crcs[1]),
+                                              90: (5, self.crcs[2])})
+
+    def test_a_corrupt_or_short_record_is_never_handed_out(self):
+        with open(self.store.path, "r+b") as f:
+            f.seek(PAGE + 9)
+            f.write(b"\xff")
+        self.assertIsNone(self.store.read(1, self.crcs[1]))
+        self.assertIsNone(self.store.read(9, 0))          # past the end
+        self.assertEqual(self.store.read(0, self.crcs[0]), self.pages[0])
+
+    def test_writing_no_pages_makes_no_store(self):
+        empty = PageOutStore(os.path.join(self.tmp, "empty.pages"))
+        empty.write([], [], b"", [], sync=True)
+        self.assertFalse(os.path.exists(empty.path))
+
+    def test_a_newer_record_of_a_page_wins_and_remove_leaves_nothing(self):
+        self.store.write([40], [2], self.pages[2], self.crcs[2:], sync=False)
+        self.assertEqual(self.store.index()[40], (2, self.crcs[2]))
+        self.store.remove()
+        self.assertEqual(os.listdir(self.tmp), [])
+        self.assertEqual(self.store.index(), {})

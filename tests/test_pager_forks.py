@@ -12,7 +12,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from xenclone import ledger as L
-from xenclone.fork_frames import INTERVAL
+from xenclone.pager.fork_frames import INTERVAL
 from xenclone.interfaces import FaultKind, IForkRegion
 from xenclone.ledger import Ledger
 from xenclone.pager import Pager
@@ -20,7 +20,7 @@ from xenclone.policy.sharing import SharingPolicy
 
 from tests.fakes import FakeBackend, FakeImageData, FakeMemoryServer, FakeRegion, FakeSource
 
-NW = FaultKind.NOCREDIT_WRITE
+NW = FaultKind.WRITE
 
 
 @implementer(IForkRegion)
@@ -81,7 +81,7 @@ class PagerForkTests(unittest.TestCase):
         self.assertEqual(self.ledger.allocated, self.base + 1)
 
     def test_a_fork_is_a_victim_only_by_page_out(self):
-        self.assertEqual(self.ledger.clone(3).classes, {L.PAGE_OUT})
+        self.assertEqual(self.ledger.clone_stats(3)["flags"]["evict"], [L.PAGE_OUT])
 
     def test_a_write_waiting_for_room_goes_on_when_there_is_room(self):
         self.source.deliver([(4, NW, 9)])

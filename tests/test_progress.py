@@ -60,8 +60,7 @@ class DaemonSideTests(unittest.TestCase):
         self.attached = set()
         self.controller = types.SimpleNamespace(
             domains={1: clone(1, None)}, _clone=no_clone,
-            pager=types.SimpleNamespace(ledger=types.SimpleNamespace(
-                has_clone=self.attached.__contains__)))
+            ledger=types.SimpleNamespace(has_clone=self.attached.__contains__))
         self.handler = WithProgress(self.ops, self.controller, self.link, self.clock)
 
     def figures(self):

@@ -135,9 +135,12 @@ class PagerTests(unittest.TestCase):
         self.assertEqual(self.m.read(pfn), [writer.sum])
 
     def test_constants_match_the_interface(self):
-        for name in ("SERVED", "HOLD", "NOCREDIT", "FETCH", "ERROR", "ZERO", "WRITTEN",
-                     "NOCREDIT_WRITE", "COPY", "AROUND", "AROUND_ZERO"):
+        for name in ("SERVED", "HOLD", "FETCH", "ERROR", "ZERO", "WRITTEN", "COPY", "AROUND",
+                     "AROUND_ZERO"):
             self.assertEqual(getattr(lib, "LX_" + name), getattr(FaultKind, name), name)
+        # The fast path's no-credit faults are, to the pager, faults it decides.
+        self.assertEqual(lib.LX_NOCREDIT, FaultKind.MISSING)
+        self.assertEqual(lib.LX_NOCREDIT_WRITE, FaultKind.WRITE)
         for name in ("ABSENT", "SHARED", "HOLD", "PRIVATE", "ZERO"):
             self.assertEqual(getattr(lib, "LX_PAGE_" + name), getattr(PageState, name), name)
 

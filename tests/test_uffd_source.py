@@ -55,7 +55,7 @@ class UffdFaultSourceTests(unittest.TestCase):
     def test_a_grant_counts_from_the_records_seen(self):
         """The same grant twice is one grant; once the reactor has seen the
         pages C mapped, granting n again lets C map n more."""
-        S, N = FaultKind.SERVED, FaultKind.NOCREDIT
+        S, N = FaultKind.SERVED, FaultKind.MISSING
         self.source.set_credits(0, {1: 2})
         self.source.set_credits(0, {1: 2})
         self.assertEqual((yield self._touch_each([3, 4, 6])), [S, S, N])

@@ -12,13 +12,14 @@ import tempfile
 
 from twisted.internet import defer
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from xenclone import workload
 from xenclone.backends.xen import xl
 from xenclone.backends.xen.backend import Mailbox, pack_state, unpack_state
 from xenclone.config import parse
 from xenclone.control.controller import Controller
-from xenclone.interfaces import FIRST_HANDLE
+from xenclone.interfaces import FIRST_HANDLE, IDomainNumbering
 from xenclone.ledger import Ledger
 from xenclone.pager import Pager
 from xenclone.policy.sharing import SharingPolicy
@@ -178,10 +179,9 @@ class XlTests(unittest.TestCase):
         self.assertEqual(cm.exception.code, "xl-timeout")
 
 
+@implementer(IDomainNumbering)
 class _NumberingBackend(FakeBackend):
     """A backend that numbers domains itself, as Xen does."""
-
-    numbers_domains = True
 
     def __init__(self):
         super().__init__()

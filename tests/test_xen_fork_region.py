@@ -87,14 +87,14 @@ class ForkPagedRegionTests(unittest.TestCase):
         self.sharing.queue = [Req(3, False)]
         self.evtchn.fired = [self.region.sharing_port]
         source.doRead()
-        self.assertEqual(got, [(5, FaultKind.NOCREDIT_WRITE, 3)])
+        self.assertEqual(got, [(5, FaultKind.WRITE, 3)])
         source.remove(5)
         self.assertTrue(self.sharing.closed and self.paging.closed)
 
     def test_a_write_without_a_frame_waits_for_room_once_and_resumes(self):
         self.sharing.queue = [Req(3, False), Req(3, False), Req(4, False)]
-        self.assertEqual(self.region.take(), [(5, FaultKind.NOCREDIT_WRITE, 3),
-                                              (5, FaultKind.NOCREDIT_WRITE, 4)])
+        self.assertEqual(self.region.take(), [(5, FaultKind.WRITE, 3),
+                                              (5, FaultKind.WRITE, 4)])
         self.assertEqual(sorted(self.region.waiting_for_room()), [3, 4])
         self.region.credit(64)
         self.assertEqual(self.xc.max_pages, [164])      # its 100 frames + 64

@@ -15,7 +15,7 @@ from zope.interface import implementer
 from xenclone.backends.xen import linux
 from xenclone.control.controller import Controller
 from xenclone.image import Capture
-from xenclone.interfaces import ILinuxBackend
+from xenclone.interfaces import IDomainNumbering, ILinuxBackend
 from xenclone.ledger import Ledger
 from xenclone.pager import Pager
 from xenclone.policy.sharing import SharingPolicy
@@ -249,12 +249,11 @@ class AdoptedConfigTests(unittest.TestCase):
         self.refused("not json", "no config")
 
 
-@implementer(ILinuxBackend)
+@implementer(ILinuxBackend, IDomainNumbering)
 class _LinuxBackend(FakeBackend):
     """Knows one domain of another toolstack's, 7 'rig-pvh'."""
 
     name = "xen"
-    numbers_domains = True
 
     def __init__(self, suspends=True):
         super().__init__()

@@ -88,7 +88,7 @@ class PagedRegionTests(unittest.TestCase):
         pager, and loading the page answers every request."""
         self.ring.queue = [Req(3, False), Req(3, False), Req(9, False), Req(3, False)]
         self.assertEqual(self.region.take(),
-                         [(5, FaultKind.NOCREDIT, 3), (5, FaultKind.NOCREDIT, 9)])
+                         [(5, FaultKind.MISSING, 3), (5, FaultKind.MISSING, 9)])
         self.region.load_copy(3, b"abcd" * 1024)
         self.assertEqual([r.gfn for r in self.ring.answered], [3, 3, 3])
         self.region.load_zero(9)
@@ -127,7 +127,7 @@ class PagedRegionTests(unittest.TestCase):
         self.ring.queue = [Req(8, False)]
         self.assertEqual(self.region.take(), [(5, FaultKind.HOLD, 8)])
         self.region.release([8])
-        self.assertEqual(redelivered, [(5, FaultKind.NOCREDIT, 8)])
+        self.assertEqual(redelivered, [(5, FaultKind.MISSING, 8)])
         self.assertEqual(self.ring.answered, [])
 
     def test_held_page_kept_after_all_is_answered(self):
@@ -166,10 +166,10 @@ class PagingSourceTests(unittest.TestCase):
         source.doRead()          # not added yet: the request waits on the ring
         self.assertEqual(got, [])
         source.add(region)
-        self.assertEqual(got, [(5, FaultKind.NOCREDIT, 1)])
+        self.assertEqual(got, [(5, FaultKind.MISSING, 1)])
         ring.queue = [Req(2, False)]
         evtchn.fired = [region.port]
         source.doRead()
-        self.assertEqual(got[-1], (5, FaultKind.NOCREDIT, 2))
+        self.assertEqual(got[-1], (5, FaultKind.MISSING, 2))
         source.remove(5)
         self.assertTrue(ring.closed)

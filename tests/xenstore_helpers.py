@@ -51,8 +51,6 @@ class Ledger:
 
 
 class Pager:
-    ledger = Ledger()
-
     def stats(self, domid):
         return {"resident_pages": 10 + domid, "faults": 3}
 
@@ -65,6 +63,7 @@ class FakeController:
         self.images = [{"image_id": "img", "generation": "g1", "npages": 4096,
                         "meta": {"master": "m"}}]
         self.pager = Pager()
+        self.ledger = Ledger()
         self.on_change = []
         self.calls = []
 

@@ -2,8 +2,10 @@
 
 The pager, the ledger and the memory server meet the hypervisors only here.
 The KVM backend (embedded) and the Xen backend implement the same
-interfaces, so one pager pipeline serves both.  The ledger and the eviction
-policies are plain Python with no I/O.
+interfaces, so one pager pipeline serves both; what only some offer is a
+capability interface of its own (fault-around, prefetch, fork, balloon...),
+asked with ``providedBy``.  The ledger and the eviction policies are plain
+Python with no I/O: their seams are in ``ledger_interfaces``.
 """
 
 from zope.interface import Attribute, Interface
@@ -30,16 +32,21 @@ class DomainState:
 
 
 class FaultKind:
-    """What the fast path did with one fault (matches the C enum)."""
+    """What a fault source did with one fault, in the pager's words.
+
+    Each backend maps its own events to these: the KVM fast path's C enum
+    has the same numbers (its no-credit faults are MISSING and WRITE); Xen's
+    paging ring gives MISSING for an absent page, HOLD for a held one."""
 
     SERVED = 1          # mapped the image's page (shared, write-protected)
     HOLD = 2            # the page is held (evicting, paged out): Python decides
-    NOCREDIT = 3        # the clone is at its limit: evict from it, then load
+    MISSING = 3         # the page is missing and was not mapped: the pager decides
+                        # (room in the clone, zero, shared, fetched or copied)
     FETCH = 4           # image page not cached on this host: fetch, then load
     ERROR = 5           # the load failed in C: Python retries it
     ZERO = 6            # mapped the zero page (write-protected); costs nothing
     WRITTEN = 7         # a write made the page private (copy on write)
-    NOCREDIT_WRITE = 8  # a write needs a host page and there is no room
+    WRITE = 8           # a write needs a host page: the pager decides
     COPY = 9            # the clone does not share: Python loads a private copy
     AROUND = 10         # mapped image pages around a fault it served (fault-around);
                         # its record's pfn is a range of pages
@@ -190,7 +197,6 @@ class IFaultRegion(Interface):
 
     domid = Attribute("domain id")
     npages = Attribute("nominal pages")
-    c_region = Attribute("the C fast path's region struct (cffi)")
     prefilled = Attribute("pages the backend mapped at launch, before the pager")
     fill_mode = Attribute("how this clone gets its memory: 'lazy', 'fork' or 'fill-before-run'")
 
@@ -241,7 +247,7 @@ class IFaultRegion(Interface):
 class IForkRegion(IFaultRegion):
     """A fork whose memory the pager governs though the hypervisor fills
     it: its own frames are listed, capped by credit, and a write that finds
-    no frame waits for room as a NOCREDIT_WRITE fault (``unprotect``
+    no frame waits for room as a WRITE fault (``unprotect``
     answers it; the request stands until then, so it is never stale)."""
 
     def owned():
@@ -249,6 +255,59 @@ class IForkRegion(IFaultRegion):
 
     def credit(pages):
         """The fork may own ``pages`` more frames than it does now."""
+
+
+class IFaultCounters(Interface):
+    """A region whose fault source counts the faults the guest saw."""
+
+    def counters():
+        """Dict of the source's counts; ``faults``: faults the guest saw."""
+
+
+class INativeFaultRegion(Interface):
+    """A region whose faults a C fast path serves (KVM's userfaultfd)."""
+
+    c_region = Attribute("the C fast path's region struct (cffi)")
+
+
+class IFaultAroundRegion(Interface):
+    """A region whose fast path maps pages around a fault it serves."""
+
+    def fault_around(max_pages):
+        """The largest window mapped around a fault (0: none)."""
+
+
+class IPrefetchRegion(Interface):
+    """A region that can map a list of pages ahead of their faults."""
+
+    def prefetch(pfns):
+        """Map these pages, in order, as the fast path would (runs in a
+        thread); (shared pfns, zero pfns) mapped."""
+
+
+class IUnwatchedWrites(Interface):
+    """A backend that cannot write-protect clone pages (Xen): it finds a
+    clone's writes only when it drops pages.  ``drop_clean``'s list names
+    the pages it kept for that in its ``written`` attribute."""
+
+
+class IHypervisorMemory(Interface):
+    """A backend whose clones' frames the hypervisor gives (Xen), not the
+    host kernel: it has its own free memory and its own fault source."""
+
+    def free_pages():
+        """The hypervisor's free pages: what clones may take."""
+
+    def fault_source():
+        """Its ``IFaultSource`` (its paging rings)."""
+
+    def close():
+        """Let go of its handles (the daemon stops; the domains run on)."""
+
+
+class IDomainNumbering(Interface):
+    """A backend that numbers domains itself (Xen): the controller gives
+    launches handles from ``FIRST_HANDLE`` until it adopts the real id."""
 
 
 class IMemoryServer(Interface):
@@ -318,78 +377,6 @@ class IImageStore(Interface):
     def discard(image_id, close):
         """Forget the image and delete it; ``close`` (``os.close`` unless
         given) receives its memfd."""
-
-
-class IEvictionPolicy(Interface):
-    """Chooses victims; mechanism-free, as xenpaging's policy.h."""
-
-    def paged_in(keys):
-        """``keys`` (ints, ``domid << 32 | pfn``) became resident, in this
-        order: faults."""
-
-    def added(keys):
-        """``keys``, none resident before, became resident with no fault of
-        theirs (mapped ahead: fault-around, a working set)."""
-
-    def dropped(keys):
-        """``keys`` left host memory."""
-
-    def choose(count, evictable):
-        """Up to ``count`` resident keys for which ``evictable(key)``."""
-
-
-class ILedger(Interface):
-    """Every page on the host, and the budget.  No I/O.
-
-    Its invariant: the only copy of a written page is never dropped."""
-
-    def add_image(image_id, npages, cached):
-        """An image whose ``cached`` pages this host holds in RAM."""
-
-    def add_clone(domid, image_id, npages):
-        """Start accounting for a clone."""
-
-    def remove_clone(domid):
-        """The clone is gone; its pages are freed."""
-
-    def mapped_shared(domid, pfns):
-        """These image pages are mapped into the clone, shared."""
-
-    def mapped_zero(domid, pfns):
-        """These pages are mapped to the zero page."""
-
-    def written(domid, pfns):
-        """Copy on write: the clone holds the only copy of these pages."""
-
-    def dropped_clean(domid, pfns, cls):
-        """Unwritten pages left the clone (they can be fetched again)."""
-
-    def paged_out(domid, pfns, slots, crcs):
-        """Private pages went to the clone's page-out store."""
-
-    def paged_in(domid, pfn):
-        """A paged-out page is back."""
-
-    def take_credits():
-        """(host pages, {domid: pages}) the fast path may use now."""
-
-    def clone_victims(domid, count, exclude):
-        """Pages to evict from one clone, by policy."""
-
-    def host_victims(count, exclude):
-        """Pages whose eviction frees host memory, by policy."""
-
-    def clone_stats(domid):
-        """Per-clone figures (shared, private, zero, paged out...)."""
-
-    def host_stats():
-        """Host totals against the budget."""
-
-    def set_journal(write):
-        """Every state change is also passed to ``write(record)``."""
-
-    def replay(records):
-        """Rebuild state from journal records."""
 
 
 class IFaultSource(Interface):

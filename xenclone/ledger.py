@@ -23,95 +23,21 @@ and 24 bytes in the policy's arrays: a host of 8 clones of 1 GiB that map
 all their pages keeps 2 M pages here.
 """
 
-from array import array
-
-import attr
 from zope.interface import implementer
 
-from xenclone.interfaces import ILedger
-
-SHARED, PRIVATE, ZERO, EVICTED, PAGED_OUT = "shared", "private", "zero", "evicted", "paged-out"
-DROP_CLEAN, DROP_SHARED, PAGE_OUT = "drop-clean", "drop-shared", "page-out"
-CLASSES = (DROP_CLEAN, DROP_SHARED, PAGE_OUT)
-KINDS = (None, SHARED, PRIVATE, ZERO, EVICTED, PAGED_OUT)     # a page's code is its index
-_CODE = {kind: code for code, kind in enumerate(KINDS)}
-_SHARED = _CODE[SHARED]
+from xenclone.ledger_interfaces import ILedger
+from xenclone.ledger_room import Room
+from xenclone.ledger_accounts import (  # noqa: F401 (the kinds and classes, as ledger.X)
+    _CODE, _SHARED, CLASSES, DROP_CLEAN, DROP_SHARED, EVICTED, KINDS, PAGE_OUT, PAGED_OUT,
+    PRIVATE, SHARED, ZERO, CloneAccount, ImageAccount, key, unkey)
 
 
 class LedgerError(Exception):
     pass
 
 
-def key(domid, pfn):
-    """A page's key in the eviction policy: one int, not a tuple."""
-    return domid << 32 | pfn
-
-
-def unkey(k):
-    return k >> 32, k & 0xFFFFFFFF
-
-
-class Kinds:
-    """A clone's page kinds, one byte a page."""
-
-    def __init__(self, npages):
-        self.codes = bytearray(npages)
-
-    def get(self, pfn):
-        return KINDS[self.codes[pfn]] if 0 <= pfn < len(self.codes) else None
-
-    def items(self):
-        """(pfn, kind) of every page with a kind."""
-        codes = self.codes
-        return [(pfn, KINDS[c]) for pfn, c in enumerate(codes) if c]
-
-
-@attr.s
-class ImageAccount:
-    npages = attr.ib()
-    cached = attr.ib(factory=set)      # image pages this host holds in RAM
-    clones = attr.ib(factory=dict)     # domid -> CloneAccount of its clones
-
-    def __attrs_post_init__(self):
-        self.mapcount = array("H", bytes(2 * self.npages))   # clones mapping each page
-
-    def mappers(self, pfn):
-        if not self.mapcount[pfn]:
-            return ()
-        return tuple(d for d, a in self.clones.items() if a.kind.codes[pfn] == _SHARED)
-
-
-@attr.s
-class CloneAccount:
-    image_id = attr.ib()
-    npages = attr.ib()
-    kind = attr.ib(default=None)       # Kinds: SHARED | PRIVATE | ZERO | EVICTED | PAGED_OUT | None
-    counts = attr.ib(factory=lambda: dict.fromkeys((SHARED, PRIVATE, ZERO, EVICTED, PAGED_OUT), 0))
-    slots = attr.ib(factory=dict)      # paged-out pfn -> (slot, crc)
-    free_slots = attr.ib(factory=list)
-    next_slot = attr.ib(default=0)
-    target = attr.ib(default=None)     # pages; None: no target
-    limit = attr.ib(default=None)      # pages; None: no limit
-    cap = attr.ib(default=None)        # pages: the host's burst policy; None: none
-    classes = attr.ib(factory=lambda: set(CLASSES))   # eviction classes allowed
-    share = attr.ib(default=True)      # share.onfetch: map image pages, or copy them
-    faults = attr.ib(default=0)
-    prefetched = attr.ib(default=0)    # pages mapped ahead of their faults (working set)
-    around = attr.ib(default=0)        # pages mapped around a fault (fault-around)
-    evictions = attr.ib(factory=lambda: dict.fromkeys(CLASSES, 0))
-    pageout_error = attr.ib(default=None)
-
-    def __attrs_post_init__(self):
-        if self.kind is None:
-            self.kind = Kinds(self.npages)
-
-    @property
-    def resident(self):
-        return self.counts[SHARED] + self.counts[PRIVATE]
-
-
 @implementer(ILedger)
-class Ledger:
+class Ledger(Room):
     def __init__(self, budget_pages, policy, credit_batch=256):
         if budget_pages <= 0:
             raise LedgerError("the host budget must be positive")
@@ -191,14 +117,43 @@ class Ledger:
             self._evictions_gone[cls] += n
         self._log("remove", domid)
 
+    def has_image(self, image_id):
+        return image_id in self.images
+
     def has_clone(self, domid):
         return domid in self._clones
 
-    def clone(self, domid):
-        return self._clones[domid]
-
     def clones(self):
         return list(self._clones)
+
+    def image_of(self, domid):
+        return self._clones[domid].image_id
+
+    def npages(self, domid):
+        return self._clones[domid].npages
+
+    def resident(self, domid):
+        return self._clones[domid].resident
+
+    def fill_goal(self, domid):
+        """The resident pages a hoard fills the clone to: its target, or all."""
+        acct = self._clones[domid]
+        return acct.target if acct.target is not None else acct.npages
+
+    def shares(self, domid):
+        """share.onfetch: whether the clone maps image pages, or copies them."""
+        return self._clones[domid].share
+
+    def kinds(self, domid):
+        """The clone's ``Kinds`` (read only)."""
+        return self._clones[domid].kind
+
+    @property
+    def policy_name(self):
+        return self.policy.name
+
+    def set_budget(self, pages):
+        self.budget_pages = pages
 
     def set_cap(self, domid, pages):
         """The host's burst policy caps the clone (beside its own limit)."""
@@ -386,13 +341,18 @@ class Ledger:
                 self._cached -= 1
         self._log("uncached", image_id, list(pfns))
 
-    def slot_for(self, domid):
-        """A free slot in the clone's page-out store."""
+    def take_slots(self, domid, count):
+        """``count`` free slots in the clone's page-out store."""
         acct = self._clones[domid]
-        if acct.free_slots:
-            return acct.free_slots.pop()
-        acct.next_slot += 1
-        return acct.next_slot - 1
+        slots = [acct.free_slots.pop() for _ in range(min(count, len(acct.free_slots)))]
+        fresh = count - len(slots)
+        slots += range(acct.next_slot, acct.next_slot + fresh)
+        acct.next_slot += fresh
+        return slots
+
+    def free_slots(self, domid, slots):
+        """Slots a page-out took but did not fill (it failed): free again."""
+        self._clones[domid].free_slots.extend(slots)
 
     def reserve_slots(self, domid, slots):
         """After a restart: slots in the store that hold pages (paged out,
@@ -429,6 +389,25 @@ class Ledger:
         self._log("paged_in", domid, pfn)
         self._peak()
 
+    def pause_pageout(self, domid, why):
+        """Page-out stops for a while (a full disk); the classes left meanwhile."""
+        acct = self._clones[domid]
+        acct.classes.discard(PAGE_OUT)
+        acct.pageout_error = why
+        return set(acct.classes)
+
+    def resume_pageout(self, domid, left):
+        """Page-out may go on, unless the operator changed the classes since."""
+        acct = self._clones[domid]
+        if acct.classes == left:
+            acct.classes.add(PAGE_OUT)
+
+    def pageout_works(self, domid, paused_why):
+        """A page-out worked: a pause's reason (it starts ``paused_why``) goes."""
+        acct = self._clones[domid]
+        if (acct.pageout_error or "").startswith(paused_why):
+            acct.pageout_error = None
+
     def pageout_failed(self, domid, why):
         """The store failed: stop paging this clone out; nothing is lost."""
         acct = self._clones.get(domid)
@@ -446,91 +425,12 @@ class Ledger:
         """The clones that map an image page shared."""
         return self.images[image_id].mappers(pfn)
 
-    # -- room and victims
+    def mapped(self, image_id, pfn):
+        """Whether some clone maps the image page."""
+        return bool(self.images[image_id].mapcount[pfn])
 
-    @property
-    def allocated(self):
-        return self._cached + self._private
-
-    def _peak(self):
-        self.peak = max(self.peak, self.allocated)
-
-    def host_room(self):
-        return self.budget_pages - self.allocated
-
-    def clone_room(self, domid):
-        acct = self._clones[domid]
-        caps = [c for c in (acct.limit, acct.cap) if c is not None]
-        if not caps:
-            return acct.npages
-        return min(caps) - acct.resident
-
-    def _capped(self, domid):
-        acct = self._clones[domid]
-        return acct.limit is not None or acct.cap is not None
-
-    def take_credits(self):
-        """Credits for the fast path: host pages, and per clone mappings.
-        A clone with no limit or cap gets its whole room: mapping an image
-        page the host holds costs the host nothing, and a clone whose
-        credits ran out between two reactor turns faults one page at a
-        time through Python, fault-around stepping back (8 x 1 GiB x 10%
-        with a working set: 49.7k faults with 16,384 at a time, 14.1k)."""
-        host = max(0, min(self.credit_batch, self.host_room()))
-        clones = {d: max(0, min(self.credit_batch, self.clone_room(d)) if self._capped(d)
-                         else self.clone_room(d))
-                  for d in self._clones}
-        return host, clones
-
-    def clone_victims(self, domid, count, exclude=()):
-        """Pages to evict from one clone (over its limit or target): clean
-        pages are dropped first, private ones paged out.  Pages in
-        ``exclude`` (faults waiting on them) are spared."""
-        acct = self._clones[domid]
-        codes, classes = acct.kind.codes, acct.classes
-        ranks = {_SHARED: 0 if DROP_CLEAN in classes else None,
-                 _CODE[PRIVATE]: 2 if PAGE_OUT in classes else None}
-
-        def rank(k):
-            d, pfn = unkey(k)
-            if d != domid or (d, pfn) in exclude:
-                return None
-            return ranks.get(codes[pfn])
-
-        return [unkey(k) for k in self.policy.choose(count, rank)]
-
-    def host_victims(self, count, exclude=()):
-        """Pages whose eviction frees host memory: private pages (paged out)
-        and image pages whose every mapper may drop them (drop-shared)."""
-        def rank(k):
-            domid, pfn = unkey(k)
-            acct = self._clones.get(domid)
-            if acct is None or (domid, pfn) in exclude:
-                return None
-            kind = acct.kind.get(pfn)
-            if kind == PRIVATE and PAGE_OUT in acct.classes:
-                return 2
-            if kind == SHARED:
-                img = self.images[acct.image_id]
-                mappers = img.mappers(pfn)
-                if pfn in img.cached and all(
-                        DROP_SHARED in self._clones[m].classes and (m, pfn) not in exclude
-                        for m in mappers):
-                    return 0 if len(mappers) == 1 else 1
-            return None
-
-        return [unkey(k) for k in self.policy.choose(count, rank)]
-
-    def unmapped_cache(self, count, exclude=()):
-        """Cached image pages no clone maps: free to drop at once."""
-        out = []
-        for image_id, img in self.images.items():
-            for pfn in img.cached:
-                if not img.mapcount[pfn] and (image_id, pfn) not in exclude:
-                    out.append((image_id, pfn))
-                    if len(out) >= count:
-                        return out
-        return out
+    def is_cached(self, image_id, pfn):
+        return pfn in self.images[image_id].cached
 
     # -- figures
 

@@ -21,11 +21,12 @@ import errno
 
 from twisted.logger import Logger
 
-from xenclone.ledger import PAGE_OUT
+from xenclone.wire import WireError
 
 log = Logger()
 
 FIRST, MOST = 1.0, 60.0         # seconds between tries while the disk is full
+PAUSED = "disk full"            # how a pause's pageout_error starts
 
 
 def failure_code(error):
@@ -42,43 +43,36 @@ class PageOutRetry:
         self._paused = {}               # domid -> (IDelayedCall, classes left while paused)
         self._delay = {}                # domid -> seconds before the next try
 
-    def _acct(self, domid):
-        return self.ledger.clone(domid) if self.ledger.has_clone(domid) else None
-
     def failed(self, domid, failure):
         """A page-out of ``domid`` failed (nothing was dropped)."""
-        acct = self._acct(domid)
-        if acct is None:
+        if not self.ledger.has_clone(domid):
             return
         why = failure.getErrorMessage()
-        if getattr(failure.value, "code", None) != "pageout-full":
+        if not (failure.check(WireError) and failure.value.code == "pageout-full"):
             self.ledger.pageout_failed(domid, why)
             return
         if domid in self._paused:       # another batch of the same round
             return
         delay = self._delay.get(domid, FIRST)
         self._delay[domid] = min(delay * 2, MOST)
-        acct.classes.discard(PAGE_OUT)
-        acct.pageout_error = "disk full, page-out paused, retrying in %g s: %s" % (delay, why)
+        left = self.ledger.pause_pageout(
+            domid, "%s, page-out paused, retrying in %g s: %s" % (PAUSED, delay, why))
         call = self.reactor.callLater(delay, self._again, domid)
-        self._paused[domid] = (call, set(acct.classes))
+        self._paused[domid] = (call, left)
         log.warn("clone {domid}: page-out paused {delay} s, the disk is full: {why}",
                  domid=domid, delay=delay, why=why)
 
     def _again(self, domid):
         _, left = self._paused.pop(domid)
-        acct = self._acct(domid)
-        if acct is None:
+        if not self.ledger.has_clone(domid):
             return
-        if acct.classes == left:        # the operator changed nothing meanwhile
-            acct.classes.add(PAGE_OUT)
+        self.ledger.resume_pageout(domid, left)
         self.pump()
 
     def succeeded(self, domid):
         if self._delay.pop(domid, None) is not None:
-            acct = self._acct(domid)
-            if acct is not None and (acct.pageout_error or "").startswith("disk full"):
-                acct.pageout_error = None
+            if self.ledger.has_clone(domid):
+                self.ledger.pageout_works(domid, PAUSED)
             log.info("clone {domid}: page-out works again", domid=domid)
 
     def forget(self, domid):

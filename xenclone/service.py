@@ -33,7 +33,7 @@ from xenclone.control.oplog import LoggedHandler, peer
 from xenclone.control.progress import WithProgress
 from xenclone.control.recovery import recover
 from xenclone.helpers import HelperProcess
-from xenclone.interfaces import IBalloonBackend
+from xenclone.interfaces import IBalloonBackend, IHypervisorMemory
 from xenclone.ledger import Ledger
 from xenclone.config import ConfigError
 from xenclone.memserver.client import MemoryServerClient, RemotePageSource
@@ -227,7 +227,8 @@ class CoreService(Service):
         memory = MirroringMemoryServer(client, self._remote())
         backend = self.backend = yield self._backend(run)
         # On Xen, clones' frames come from the hypervisor's free memory.
-        available = backend.free_pages if backend.name == "xen" else hostmem.available_pages
+        available = (backend.free_pages if IHypervisorMemory.providedBy(backend)
+                     else hostmem.available_pages)
         ledger = Ledger(host_budget_pages(s, available), POLICIES[s["eviction_policy"]](),
                         s["credit_batch"])
         self.source = self._fault_source(backend)
@@ -308,7 +309,7 @@ class CoreService(Service):
         return KvmBackend(link)
 
     def _fault_source(self, backend):
-        if backend.name == "xen":
+        if IHypervisorMemory.providedBy(backend):
             return backend.fault_source()
         from xenclone.backends.kvm.uffd_source import UffdFaultSource
         return UffdFaultSource(self.reactor)
@@ -319,7 +320,7 @@ class CoreService(Service):
             self.controller.pager.stop()
         if self.source is not None:
             self.source.stop()
-        if self.backend is not None and self.backend.name == "xen":
+        if IHypervisorMemory.providedBy(self.backend):
             self.backend.close()     # its watcher and libxc handles
         # The helpers keep running: they hold what must outlive the daemon.
         return defer.gatherResults([link.close() for link in self.links])

@@ -32,8 +32,8 @@ from xenclone.interfaces import FaultKind
 RECORDERS = 2    # clones recorded per generation: their common pages are the set
 
 # Records that say a clone touched a page it did not have.
-_FIRST_TOUCH = {FaultKind.SERVED, FaultKind.ZERO, FaultKind.FETCH, FaultKind.NOCREDIT,
-                FaultKind.COPY, FaultKind.NOCREDIT_WRITE, FaultKind.HOLD}
+_FIRST_TOUCH = {FaultKind.SERVED, FaultKind.ZERO, FaultKind.FETCH, FaultKind.MISSING,
+                FaultKind.COPY, FaultKind.WRITE, FaultKind.HOLD}
 
 
 class WorkingSets:

@@ -16,7 +16,8 @@ from twisted.logger import Logger
 
 from xenclone import memory_check, workload, xl_keys
 from xenclone.control.settings_ops import SettingsOps
-from xenclone.interfaces import FIRST_HANDLE, PAGE_SIZE, DomainState, IForkBackend, ILinuxBackend
+from xenclone.interfaces import (
+    FIRST_HANDLE, PAGE_SIZE, DomainState, IDomainNumbering, IForkBackend, ILinuxBackend)
 from xenclone.names import BadName, check_name
 from xenclone.wire import WireError
 
@@ -124,9 +125,14 @@ class Controller(SettingsOps):
         self.pager = pager
         self.domains = {}
         self._images = {}         # image id -> OpenImage (this host's mapping)
-        self._next_domid = FIRST_HANDLE if getattr(backend, "numbers_domains", False) else 1
+        self._next_domid = FIRST_HANDLE if IDomainNumbering.providedBy(backend) else 1
         self._next_clone_id = {}
         self.on_change = []       # called with no arguments when domains or images change
+
+    @property
+    def ledger(self):
+        """The host's ``ILedger`` (the pager's): its pages and budget."""
+        return self.pager.ledger
 
     def _changed(self):
         for listener in self.on_change:
@@ -347,7 +353,7 @@ class Controller(SettingsOps):
                  for image_id, image in self._images.items()}
         clones = {}
         for dom in list(self.domains.values()):
-            if dom.role == "clone" and self.pager.ledger.has_clone(dom.domid):
+            if dom.role == "clone" and self.ledger.has_clone(dom.domid):
                 try:
                     clones[dom.domid] = yield self.backend.scan(dom.domid)
                 except WireError as e:
@@ -364,11 +370,11 @@ class Controller(SettingsOps):
         d = self.kernel_view() if msg.get("kernel", True) is not False else defer.succeed(None)
         d.addCallback(lambda kernel: {
             "backend": self.backend.name, "capabilities": self.backend.capabilities(),
-            "ledger": self.pager.ledger.host_stats(), "kernel": kernel,
+            "ledger": self.ledger.host_stats(), "kernel": kernel,
             "stalled": self.pager.stalled, "waiting": self.pager.waiting(),
             "pressure": self.host_memory.state(),
             "balloons": self.balloons.last if self.balloons is not None else None,
-            "policy": self.pager.ledger.policy.name})
+            "policy": self.ledger.policy_name})
         return d
 
     def op_create(self, msg):
@@ -658,7 +664,7 @@ class Controller(SettingsOps):
         disagree for an instant: a page counts only if it still does after
         they had time to land."""
         dom = self._clone(msg)
-        npages = self.pager.ledger.clone(dom.domid).npages
+        npages = self.ledger.npages(dom.domid)
         for settle in range(AUDIT_SETTLE_ROUNDS):
             if settle:
                 yield task.deferLater(self.reactor, 0.05, lambda: None)
@@ -754,7 +760,7 @@ class Controller(SettingsOps):
                             "reset" % (dom.name, dom.fill_mode))
         # Its pages leave the ledger with its old region (what it paged out
         # too); it comes back as at launch.
-        region, image = self.pager.attached(dom.domid)
+        region, image = self.pager.clones[dom.domid]
         self.pager.detach(dom.domid)
 
         def done(result):

@@ -61,7 +61,7 @@ class HostMemoryService(service.Service):
 
     def _burst(self):
         ledger = self.pager.ledger
-        resident = {d: ledger.clone(d).resident for d in ledger.clones()}
+        resident = {d: ledger.resident(d) for d in ledger.clones()}
         now = int(self.reactor.seconds() * 1e9)
         for domid, (cap, evict_to) in self.bursts.step(now, resident).items():
             ledger.set_cap(domid, cap)

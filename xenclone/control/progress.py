@@ -32,7 +32,7 @@ def _int(value, default):
 
 def _launch(controller, msg):
     before = set(controller.domains.values())
-    ledger = controller.pager.ledger
+    ledger = controller.ledger
 
     def read():
         new = [d for d in controller.domains.values() if d not in before

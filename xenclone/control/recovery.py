@@ -15,7 +15,6 @@ from twisted.logger import Logger
 
 from xenclone.control.controller import Domain
 from xenclone.names import check_generation, check_id, check_name
-from xenclone.pageout_index import read_index
 
 log = Logger()
 
@@ -58,10 +57,10 @@ def _take_clone(controller, dom, meta):
         raise ValueError("image %s is at generation %s, the clone was made from %s"
                          % (dom.image, image.generation, meta.get("generation")))
     region, kinds = yield controller.backend.reattach(dom.domid, image)
-    store = controller.pager.store_path(dom.domid)
-    controller.pager.reattach(region, image, kinds, read_index(store), meta.get("share", True))
+    paged_out = controller.pager.store(dom.domid).index()
+    controller.pager.reattach(region, image, kinds, paged_out, meta.get("share", True))
     controller.note_clone_id(dom.image, dom.clone_id)
-    stats = controller.pager.ledger.clone_stats(dom.domid)
+    stats = controller.ledger.clone_stats(dom.domid)
     log.info("clone {domid} taken back: {shared} shared, {private} private, {paged_out} "
              "paged-out pages", domid=dom.domid, shared=stats["shared_pages"],
              private=stats["private_pages"], paged_out=stats["paged_out_pages"])

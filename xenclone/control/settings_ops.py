@@ -74,7 +74,7 @@ class SettingsOps:
         self.host_memory.set_ceiling(budget)
         if self.kept is not None:
             self.kept.set_host_budget(budget)
-        return self.pager.ledger.host_stats()
+        return self.ledger.host_stats()
 
     def restore_settings(self):
         """What the operator set before a restart, for the domains taken back."""

@@ -5,7 +5,7 @@ from collections import deque
 
 from zope.interface import implementer
 
-from xenclone.interfaces import IEvictionPolicy
+from xenclone.ledger_interfaces import IEvictionPolicy
 
 _PFN = 0xFFFFFFFF
 _SEQ = "I"                  # 32-bit sequence numbers

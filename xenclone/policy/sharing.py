@@ -2,7 +2,7 @@
 
 from zope.interface import implementer
 
-from xenclone.interfaces import IEvictionPolicy
+from xenclone.ledger_interfaces import IEvictionPolicy
 from xenclone.policy.clock import ClockPolicy
 
 

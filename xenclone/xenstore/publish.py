@@ -151,7 +151,7 @@ class Publisher:
         for dom in self.controller.domains.values():
             if dom.role == "clone":
                 want.update(flatten("%s/clones/%d" % (ROOT, dom.domid), self._clone(dom)))
-        want.update(flatten(ROOT + "/host", self.controller.pager.ledger.host_stats()))
+        want.update(flatten(ROOT + "/host", self.controller.ledger.host_stats()))
         return want
 
 

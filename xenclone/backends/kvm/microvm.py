@@ -21,8 +21,7 @@ import struct
 import threading
 
 from xenclone._linux import ffi, lib
-from xenclone import pageout_index, workload
-from xenclone.runs import runs
+from xenclone import workload
 
 PAGE_SIZE = 4096
 CLONE_UFFD_FEATURES = (lib.UFFD_FEATURE_MISSING_SHMEM | lib.UFFD_FEATURE_MINOR_SHMEM
@@ -250,8 +249,8 @@ class MicroVM:
                    "drop_clean")
         return [p for p, d in zip(pfns, dropped) if d]
 
-    def page_out(self, pfns, slots, store_fd, index_fd, sync):
-        """Write pages to ``slots`` (pages) of the store and their records
+    def page_out(self, pfns, slots, store, sync):
+        """Write pages to ``slots`` of the ``PageOutStore`` and their records
         to its index, push them to disk and out of the page cache, then
         drop them from guest RAM. Returns each page's CRC32. The pages must be held: present and write-
         protected (lx_set_state), so they cannot change meanwhile; NotHeld
@@ -273,16 +272,12 @@ class MicroVM:
                 raise NotHeld(bad)
             lib.lx_gather_pages(self.addr, arr, len(pfns), buf)
             crcs = [lib.lx_crc32(buf + i * PAGE_SIZE, PAGE_SIZE) for i in range(len(pfns))]
-            for i, run in runs(slots):
-                _pwrite_all(store_fd, data[i * PAGE_SIZE:(i + run) * PAGE_SIZE],
-                            slots[i] * PAGE_SIZE)
-            lo, hi = min(slots), max(slots) + 1
-            _check(lib.lx_store_flush(store_fd, lo * PAGE_SIZE, (hi - lo) * PAGE_SIZE, int(sync)),
-                   "flush the page-out store")
-            for offset, record in pageout_index.records(pfns, slots, crcs):
-                _pwrite_all(index_fd, record, offset)
-            if sync:
-                os.fdatasync(index_fd)
+
+            def flush(fd, offset, length):     # to disk, and out of the page cache
+                _check(lib.lx_store_flush(fd, offset, length, int(sync)),
+                       "flush the page-out store")
+
+            store.write(pfns, slots, data, crcs, sync, flush)
             _check(lib.lx_drop_pages(self.addr, arr, len(pfns)), "drop paged-out pages")
         return crcs
 
@@ -335,12 +330,3 @@ class NotHeld(ValueError):
     def __init__(self, bad):
         super().__init__("pages not held (pfn, kind): %s" % bad[:16])
         self.pfns = [p for p, _ in bad]
-
-
-def _pwrite_all(fd, data, offset):
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        if n == 0:
-            raise OSError(errno.EIO, "page-out store: short write")
-        view, offset = view[n:], offset + n

@@ -18,7 +18,9 @@ from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
 from xenclone._linux import ffi, lib
-from xenclone.interfaces import FaultKind, IFaultRegion, IFaultSource
+from xenclone.interfaces import (
+    FaultKind, IFaultAroundRegion, IFaultCounters, IFaultRegion, IFaultSource, INativeFaultRegion,
+    IPrefetchRegion)
 
 MAX_OUT = 4096      # records taken from the ring at a time
 RING = 1 << 16      # records C may serve ahead of the reactor
@@ -30,7 +32,8 @@ def _check(rc):
     return rc
 
 
-@implementer(IFaultRegion)
+@implementer(IFaultRegion, IFaultCounters, INativeFaultRegion, IFaultAroundRegion,
+             IPrefetchRegion)
 class KvmRegion:
     """A clone's guest RAM inside the VMM host, reached through its uffd.
 
@@ -215,7 +218,8 @@ class UffdFaultSource:
         were served; a run mapped around a fault as (domid, AROUND or
         AROUND_ZERO, range).  The slots are those they were served with:
         slots change only while C is paused, and only once the ring is
-        empty."""
+        empty.  C's kinds are ``FaultKind``'s numbers (its no-credit
+        faults are MISSING and WRITE), so they pass as they are."""
         groups, pfns, slots = self._groups, self._pfns, self._slots
         while True:
             n = lib.lx_server_take(self._server, self._out, MAX_OUT)

@@ -21,13 +21,14 @@ import attr
 from twisted.internet import threads
 from twisted.logger import Logger
 
-from xenclone import pageout_index, workload
+from xenclone import workload
 from xenclone.backends.kvm.microvm import MicroVM, NotHeld, VMClosed, entry_pfns
 from xenclone.backends.kvm.vcpu_threads import VcpuThreads
 from xenclone.backends.kvm.xenstore_port import XenStorePort
 from xenclone._linux import lib
 from xenclone.interfaces import DomainState
 from xenclone.pageout_retry import failure_code
+from xenclone.pageout_store import PageOutStore
 from xenclone.wire import Reply, WireError, takes_fds
 
 ARCH = "kvm-x86-32"
@@ -70,7 +71,7 @@ class Domain:
     want = attr.ib(default="run")
     cond = attr.ib(factory=threading.Condition)
     waiters = attr.ib(factory=list)   # Deferreds fired when the vCPU parks or ends
-    store = attr.ib(default=None)     # (path, fd, index fd) of its page-out store
+    store = attr.ib(default=None)     # its PageOutStore, open to write
     meta = attr.ib(factory=dict)      # the daemon's record of it, given back by list
     xenstore = attr.ib(default=None)  # its XenStorePort, when XenStore is served
     image = attr.ib(default=None)     # a spare's: the image its RAM maps (_image_key)
@@ -88,8 +89,7 @@ def _meta(msg):
 
 def _close_store(dom):
     if dom.store is not None:
-        for fd in dom.store[1:]:
-            os.close(fd)
+        dom.store.close()
         dom.store = None
 
 
@@ -426,13 +426,13 @@ class VmmHost(VcpuThreads):
         if not isinstance(sync, bool):
             raise WireError("bad-request", "sync must be true or false")
         try:
-            fd, index_fd = self._store(dom, store)
+            pages = self._store(dom, store)
         except OSError as e:
             raise WireError("pageout-failed", "cannot open page-out store %s: %s" % (store, e))
 
         def page_out():
             try:
-                return dom.vm.page_out(pfns, slots, fd, index_fd, sync)
+                return dom.vm.page_out(pfns, slots, pages, sync)
             except NotHeld as e:
                 raise WireError("not-held", "domain %d: %s" % (dom.domid, e))
             except VMClosed:
@@ -445,12 +445,12 @@ class VmmHost(VcpuThreads):
         return self._in_thread(dom, page_out).addCallback(lambda crcs: {"crcs": crcs})
 
     def _store(self, dom, path):
-        if dom.store is None or dom.store[0] != path:
-            fds = [os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                   for p in (path, pageout_index.index_path(path))]
+        if dom.store is None or dom.store.path != path:
+            store = PageOutStore(path)
+            store.open()
             _close_store(dom)
-            dom.store = (path, *fds)
-        return dom.store[1:]
+            dom.store = store
+        return dom.store
 
     def op_page_kinds(self, msg):
         """The kernel's kind of each page (absent, shared, private, zero)."""

@@ -58,7 +58,8 @@ from xenclone.backends.xen.image_state import GUEST, LINUX, pack_state, unpack_s
 from xenclone.backends.xen.paging import PagedRegion, PagingSource
 from xenclone.image import Capture
 from xenclone.interfaces import (PAGE_SIZE, DomainState, IBackend, IBalloonBackend,
-                                 IForkBackend, ILinuxBackend, PageState)
+                                 IDomainNumbering, IForkBackend, IHypervisorMemory,
+                                 ILinuxBackend, IUnwatchedWrites, PageState)
 from xenclone.pageout_retry import failure_code
 from xenclone.runs import runs
 from xenclone.wire import WireError
@@ -163,10 +164,10 @@ def _spread(times):
             "service_us_p90": pct(0.9)}
 
 
-@implementer(IBackend, ILinuxBackend, IBalloonBackend, IForkBackend)
+@implementer(IBackend, ILinuxBackend, IBalloonBackend, IForkBackend, IHypervisorMemory,
+             IDomainNumbering, IUnwatchedWrites)
 class XenBackend(ForkClones):
     name = "xen"
-    numbers_domains = True      # Xen assigns domids: the controller adopts them
     log = Logger()
 
     def __init__(self, reactor, work_dir, on_event, guest_kernel=None, fill="auto",

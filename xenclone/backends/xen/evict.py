@@ -9,15 +9,12 @@ Everything here has its own libxc handles and one lock, so the reactor's
 handle (loads, ring answers) is never shared with a thread.
 """
 
-import os
 import threading
 import time
-import zlib
 
-from xenclone import pageout_index
 from xenclone.backends.xen import libxc, xenctrl
 from xenclone.interfaces import PAGE_SIZE
-from xenclone.runs import runs
+from xenclone.pageout_store import write_pages
 
 ZERO_PAGE = bytes(PAGE_SIZE)
 
@@ -82,22 +79,7 @@ class Evictor:
             self._nominated(domid, pfns)
             with self.fm.map(domid, pfns, writable=False) as m:
                 data = bytes(m.buffer)
-            crcs = [zlib.crc32(data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
-                    for i in range(len(pfns))]
-            fds = [os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                   for p in (store_path, pageout_index.index_path(store_path))]
-            try:
-                for i, n in runs(slots):
-                    _pwrite_all(fds[0], data[i * PAGE_SIZE:(i + n) * PAGE_SIZE],
-                                slots[i] * PAGE_SIZE)
-                for offset, record in pageout_index.records(pfns, slots, crcs):
-                    _pwrite_all(fds[1], record, offset)
-                if sync:
-                    for fd in fds:
-                        os.fdatasync(fd)
-            finally:
-                for fd in fds:
-                    os.close(fd)
+            crcs = write_pages(store_path, pfns, slots, data, sync)
             self._evict(domid, pfns)
         return crcs
 
@@ -105,9 +87,3 @@ class Evictor:
         self.fm.close()
         self.xc.close()
 
-
-def _pwrite_all(fd, data, offset):
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n

@@ -17,7 +17,6 @@ class FilledRegion:
     """A clone whose pages the backend filled; ``prefilled`` are the
     image's non-zero pages, each now the clone's own frame."""
 
-    c_region = None
     fill_mode = "fill-before-run"
 
     def __init__(self, domid, npages, image, fmem, prefilled):

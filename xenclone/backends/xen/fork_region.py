@@ -71,7 +71,7 @@ class ForkPagedRegion(PagedRegion):
                 self._room[req.gfn].append(req)
                 if first:
                     self._counts["room_waits"] += 1
-                    records.append((self.domid, FaultKind.NOCREDIT_WRITE, req.gfn))
+                    records.append((self.domid, FaultKind.WRITE, req.gfn))
 
     def _fault_kind(self, pfn):
         # Only a page the pager paged out (held) is ever requested on the

@@ -24,19 +24,18 @@ from zope.interface import implementer
 from twisted.internet.interfaces import IReadDescriptor
 
 from xenclone.backends.xen import libxc
-from xenclone.interfaces import (PAGE_SIZE, FaultKind, IFaultRegion, IFaultSource, IForkRegion,
-                                 PageState)
+from xenclone.interfaces import (
+    PAGE_SIZE, FaultKind, IFaultCounters, IFaultRegion, IFaultSource, IForkRegion, PageState)
 
 ZERO_PAGE = bytes(PAGE_SIZE)
 SAMPLES = 100000        # fault service times kept per clone (µs)
 CLONES_KEPT = 16        # clones whose times are kept, the latest
 
 
-@implementer(IFaultRegion)
+@implementer(IFaultRegion, IFaultCounters)
 class PagedRegion:
     """One lazy clone: its paging ring, bound event channel and page states."""
 
-    c_region = None
     fill_mode = "lazy"
     log = Logger()
 
@@ -115,7 +114,7 @@ class PagedRegion:
     def _fault_kind(self, pfn):
         state = self._state[pfn]
         if state == PageState.ABSENT:
-            return FaultKind.NOCREDIT   # no fast path on Xen: the pager decides
+            return FaultKind.MISSING    # no fast path on Xen: the pager decides
         if state == PageState.HOLD:
             return FaultKind.HOLD       # paged out, or being evicted
         return None                     # Xen still has it: a touch during a nominate

@@ -53,7 +53,7 @@ class ForkFrames:
                 continue
             before = self._owned[domid]
             held = {p for d, p in busy if d == domid}
-            kinds = self.ledger.clone(domid).kind
+            kinds = self.ledger.kinds(domid)
             new = sorted(p for p in owned - before - held if kinds.get(p) != L.PAGED_OUT)
             gone = sorted(before - owned - held)
             if new:
