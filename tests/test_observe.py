@@ -46,7 +46,9 @@ def clone_stats(resident, shared, private, zero, paged_out, faults, target=None,
 
 
 INFO = {1: {"nominal_pages": 256, "faults": 0},
-        2: clone_stats(150, 100, 20, 30, 4, 154, limit=500),
+        # web.1 is a fork: info adds its frames as the hypervisor counts them.
+        2: dict(clone_stats(150, 100, 20, 30, 4, 154, limit=500),
+                hypervisor={"own": 40, "shared": 900, "paged_out": 7, "max": 300}),
         3: clone_stats(130, 110, 20, 0, 0, 131, target=64)}
 # domid 4 is destroyed between ``list`` and its ``info``
 
@@ -107,10 +109,12 @@ class TopTests(unittest.TestCase):
         self.assertEqual(lines[1].split(), [title for title, _ in top.COLUMNS])
         rows = [line.split() for line in lines[2:]]
         self.assertEqual(rows, [
-            ["web-master", "1", "master", "paused", "-", "-", "-", "-", "-", "0", "-", "-"],
+            ["web-master", "1", "master", "paused", "-", "-", "-", "-", "-", "0", "-", "-",
+             "-", "-"],
             ["web.1", "2", "clone", "running", "600K", "400K", "80K", "120K", "16K", "154", "-",
-             "2M"],
-            ["web.2", "3", "clone", "done", "520K", "440K", "80K", "0", "0", "131", "256K", "-"],
+             "2M", "160K", "28K"],
+            ["web.2", "3", "clone", "done", "520K", "440K", "80K", "0", "0", "131", "256K", "-",
+             "-", "-"],
         ])
         # Numbers are right-aligned under their titles.
         self.assertEqual(len({len(line) for line in lines[1:]}), 1)

@@ -37,7 +37,7 @@ LOG = "xenclone-fork-daemon.log"      # fork.sh's, in $RIG_OUT (the job's direct
 FILL_BATCH, FILL_BATCHES = 512, 6
 # The pressure step: forks that write while a hog domain leaves the
 # hypervisor HOG_LEAVES_MIB above the low watermark (fork.sh's).
-PRESSURE_CLONES, PRESSURE_MIB = 4, 16
+PRESSURE_CLONES, PRESSURE_MIB = 4, 24
 LOW_WATERMARK_MIB, HOG_LEAVES_MIB = 64, 24
 HOG = "xenclone-hog"
 

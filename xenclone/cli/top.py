@@ -21,7 +21,16 @@ COLUMNS = (("NAME", "name"), ("DOMID", "domid"), ("ROLE", "role"), ("STATE", "st
            ("RESIDENT", "resident_pages"), ("SHARED", "shared_pages"),
            ("PRIVATE", "private_pages"), ("ZERO", "zero_pages"),
            ("PAGEDOUT", "paged_out_pages"), ("FAULTS", "faults"),
-           ("TARGET", "target_pages"), ("LIMIT", "limit_pages"))
+           ("TARGET", "target_pages"), ("LIMIT", "limit_pages"),
+           # A fork's frames as the hypervisor counts them (info's hypervisor).
+           ("HV-OWN", "hypervisor.own"), ("HV-PAGEDOUT", "hypervisor.paged_out"))
+
+
+def _figure(info, key):
+    """``info[key]``; a dotted key looks inside a dict (``hypervisor.own``)."""
+    head, _, leaf = key.partition(".")
+    v = info.get(head)
+    return v.get(leaf) if leaf and isinstance(v, dict) else (None if leaf else v)
 
 
 def add_parser(sub):
@@ -54,7 +63,8 @@ def table(infos):
     """Right-aligned figures (sizes in units), left-aligned words; missing
     figures are '-' (a master has no page accounting, a clone may have no
     target)."""
-    cells = [[value(key, info.get(key)) for _, key in COLUMNS] for info in infos]
+    cells = [[value(key, _figure(info, key), pages=key.startswith("hypervisor."))
+              for _, key in COLUMNS] for info in infos]
     widths = [max([len(title)] + [len(row[i]) for row in cells])
               for i, (title, _) in enumerate(COLUMNS)]
 
