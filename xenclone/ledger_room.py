@@ -37,8 +37,8 @@ class Room:
         A clone with no limit or cap gets its whole room: mapping an image
         page the host holds costs the host nothing, and a clone whose
         credits ran out between two reactor turns faults one page at a
-        time through Python, fault-around stepping back (8 x 1 GiB x 10%
-        with a working set: 49.7k faults with 16,384 at a time, 14.1k)."""
+        time through Python, fault-around stepping back (docs/design.md
+        has the fault counts either way)."""
         host = max(0, min(self.credit_batch, self.host_room()))
         clones = {d: max(0, min(self.credit_batch, self.clone_room(d)) if self._capped(d)
                          else self.clone_room(d))

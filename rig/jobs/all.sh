@@ -1,5 +1,5 @@
 #!/bin/sh
-# Every rig job in one boot (a boot costs ~15 s before a job can start):
+# Every rig job in one boot (a boot's start-up is paid once):
 # the smoke job, the memory-server domain's grants, the clone job (the long
 # one), then the Linux PVH master's.  Exits non-zero if any failed.
 rc=0
