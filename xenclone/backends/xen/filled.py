@@ -78,20 +78,13 @@ class FilledRegion:
         """Nothing is held for the pager: no fault handle, no mapping."""
 
 
-class ForkRegion(FilledRegion):
-    """A fork of an image domain: Xen fills each page on the clone's first
-    touch, inside the hypervisor (shared with the image domain until
-    written), so the pager hears of no fault and nothing is prefilled."""
-
-    fill_mode = "fork"
-
-    def __init__(self, domid, npages, image, fmem):
-        super().__init__(domid, npages, image, fmem, [])
+class TouchFill:
+    """A fork's loads (a hoard's): a read-only foreign map of the page makes
+    Xen fill it from the image domain, shared (writing the image's bytes
+    would give the clone a private copy).  A mixin of the fork regions;
+    needs ``domid``, ``_fmem`` and ``_state``."""
 
     def _touch(self, pfn):
-        """A read-only foreign map of the page makes Xen fill it from the
-        image domain, shared: what a hoard wants (writing the image's bytes
-        would give the clone a private copy)."""
         with self._fmem.map(self.domid, [pfn], writable=False):
             pass
 
@@ -103,6 +96,17 @@ class ForkRegion(FilledRegion):
         self._touch(pfn)
         self._state[pfn] = PageState.SHARED
         return True
+
+
+class ForkRegion(TouchFill, FilledRegion):
+    """A fork of an image domain: Xen fills each page on the clone's first
+    touch, inside the hypervisor (shared with the image domain until
+    written), so the pager hears of no fault and nothing is prefilled."""
+
+    fill_mode = "fork"
+
+    def __init__(self, domid, npages, image, fmem):
+        super().__init__(domid, npages, image, fmem, [])
 
     def drop_paged_out(self):
         """Before a reset: nothing, as Xen alone fills this fork."""

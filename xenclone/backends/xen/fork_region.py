@@ -26,12 +26,13 @@ from collections import defaultdict
 from zope.interface import implementer
 
 from xenclone.backends.xen import libxc
+from xenclone.backends.xen.filled import TouchFill
 from xenclone.backends.xen.paging import PagedRegion
 from xenclone.interfaces import FaultKind, IForkRegion, PageState
 
 
 @implementer(IForkRegion)
-class ForkPagedRegion(PagedRegion):
+class ForkPagedRegion(TouchFill, PagedRegion):
     """A fork with its paging ring (``PagedRegion``'s) and its sharing ring."""
 
     fill_mode = "fork"
@@ -138,21 +139,6 @@ class ForkPagedRegion(PagedRegion):
         vcpus = self._xc.domain_info(self.domid).max_vcpu_id + 1
         self._sharing.resume_vcpus(range(vcpus), "MEM_SHARING")
         self._evtchn.notify(self.sharing_port)
-
-    def _touch(self, pfn):
-        """A read-only foreign map makes Xen fill the page, shared."""
-        with self._fmem.map(self.domid, [pfn], writable=False):
-            pass
-
-    def load_zero(self, pfn):
-        self._touch(pfn)
-        self._state[pfn] = PageState.ZERO
-
-    def load_shared(self, pfn):
-        """A hoard's touch: Xen fills the page from the image domain."""
-        self._touch(pfn)
-        self._state[pfn] = PageState.SHARED
-        return True
 
     def close(self):
         """Both rings down, the sharing ring's first: a vCPU waiting for
