@@ -110,6 +110,19 @@ class PagerForkTests(unittest.TestCase):
     def test_forks_get_the_hosts_credit(self):
         self.assertEqual(self.source.credits, 4)
 
+    def test_a_hoard_leaves_what_the_fork_wrote(self):
+        """A hoard touches only pages the fork does not own: one it wrote
+        (learned from the list) is not taken for an absent page."""
+        self.f3.write(5)
+        self.clock.advance(INTERVAL)
+        done = self.pager.hoard(3, 1000)
+        for _ in range(20):
+            self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(done), 3)
+        self.assertEqual(self.f3.loaded[5], "written")
+        self.assertEqual(self.ledger.kind(3, 5), L.PRIVATE)
+        self.assertEqual(self.f3.loaded[6], "shared")
+
     def test_the_looks_stop_with_the_last_fork(self):
         self.pager.detach(3)
         self.pager.detach(4)

@@ -160,11 +160,35 @@ class ForkJob(Job):
                             writable=False):
                     pass
                 times.append((time.perf_counter() - t) * 1e6 / FILL_BATCH)
+            self.refill(fm, clone["domid"], 16384)
         finally:
             fm.close()
             self.xenclone("destroy", clone["name"])
         self.res["fork_fill_us_per_batch"] = [round(x, 2) for x in times]
         self.res["fork_fill_us_median"] = round(statistics.median(times), 2)
+
+    def refill(self, fm, domid, pfn):
+        """A page taken from a fork (as a drop would) is filled again from
+        the image domain on its next touch: the same bytes, shared again."""
+        from xenclone.backends.xen.xenctrl import XenCtrl
+        image_domid = self.json("host")["capabilities"]["image_domains"][MASTER]["domid"]
+
+        def page(dom):
+            with fm.map(dom, [pfn], writable=False) as m:
+                return bytes(m.buffer[:4096])
+
+        xc = XenCtrl()
+        try:
+            before, shared0 = page(domid), xc.domain_info(domid).shr_pages
+            xc.decrease_reservation(domid, [pfn])
+            shared1 = xc.domain_info(domid).shr_pages
+            after, shared2 = page(domid), xc.domain_info(domid).shr_pages
+        finally:
+            xc.close()
+        self.res["refill_shared_pages"] = [shared0, shared1, shared2]
+        self.checks["fork_refills_a_dropped_page"] = (
+            after == before == page(image_domid) and shared1 == shared0 - 1
+            and shared2 == shared0)
 
     def eight_forks(self):
         free0 = xen_free_mib()

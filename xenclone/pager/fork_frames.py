@@ -13,6 +13,7 @@ Pages an eviction is working on are left for the eviction to account.
 from twisted.logger import Logger
 
 from xenclone import ledger as L
+from xenclone.interfaces import PageState
 
 INTERVAL = 0.5      # seconds between two looks at every fork's frames
 
@@ -55,10 +56,14 @@ class ForkFrames:
             held = {p for d, p in busy if d == domid}
             kinds = self.ledger.kinds(domid)
             new = sorted(p for p in owned - before - held if kinds.get(p) != L.PAGED_OUT)
-            gone = sorted(before - owned - held)
+            gone = sorted(p for p in before - owned - held if kinds.get(p) == L.PRIVATE)
+            # The region's states follow, so no load takes an owned page
+            # for an absent one (a hoard's).
             if new:
                 self.ledger.written(domid, new)
+                region.remember(new, PageState.PRIVATE)
             if gone:
                 self.ledger.unwritten(domid, gone)
+                region.remember(gone, PageState.ABSENT)
             # A busy page is looked at again next time.
             self._owned[domid] = (owned - held) | (before & held)

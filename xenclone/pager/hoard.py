@@ -53,8 +53,15 @@ class Hoarder:
         loop = task.LoopingCall(tick)
         loop.clock = self.pager.reactor
         self._hoards[domid] = (loop, done)
-        loop.start(0.1)
+        # A tick that fails (a bug) ends the hoard with its failure, never
+        # leaves a waiting operator hanging.
+        loop.start(0.1).addErrback(self._failed, domid)
         return done
+
+    def _failed(self, failure, domid):
+        entry = self._hoards.pop(domid, None)
+        if entry is not None:
+            entry[1].errback(failure)
 
     def stop(self, domid):
         entry = self._hoards.pop(domid, None)

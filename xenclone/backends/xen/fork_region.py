@@ -87,6 +87,7 @@ class ForkPagedRegion(TouchFill, PagedRegion):
         more (the credit granted next may give more), then the vCPUs
         waiting on it resume and Xen allocates again."""
         self.credit(max(1, self._credit))
+        self._state[pfn] = PageState.PRIVATE
         reqs = self._room.pop(pfn, None)
         if reqs:
             self._sharing.respond(reqs)
