@@ -169,6 +169,9 @@ def rig_summary(stock, lazy, forks):
         "paging_over_fork_fill": _ratio(fill.get("service_us_median"),
                                         forks.get("fork_fill_us_median"), 1),
         "reset_ok": forks.get("reset_ok"),
+        "pressure_ok": forks.get("pressure_ok"),
+        "pressure_paged_out_pages": (forks.get("pressure") or {}).get("paged_out_pages"),
+        "pressure_write_s": (forks.get("pressure") or {}).get("write_s"),
         "clone_of_clone_shared_pages": forks.get("clone_of_clone_shared_pages"),
         "stock_linux_launch_ms": [c.get("launch_ms") for c in (stock or {}).get("clones", ())],
         "lazy_linux_launch_ms": [c.get("launch_ms") for c in
@@ -524,7 +527,7 @@ class XenForkTests(_PagingCase, unittest.TestCase):
                       summary=json.dumps(summary, sort_keys=True))
         for key in ("fork_launch_over_restore", "restore_id_seen_s", "fork_id_seen_s",
                     "fork_1_clone_s", "fork_8_clones_s", "fork_clones_hv_mib",
-                    "fork_fill_us_median", "paging_fill_us_median"):
+                    "fork_fill_us_median", "paging_fill_us_median", "pressure_ok"):
             self.assertIsNotNone(summary[key], key)
         self.assertGreater(summary["fork_launch_over_restore"], 1, summary)
         self.assertGreater(summary["clone_of_clone_shared_pages"], 0, summary)
