@@ -2,6 +2,7 @@
 
 import attr
 
+from xenclone.domain_record import DomainRecord
 from xenclone.interfaces import DomainState
 
 LIVE = (DomainState.RUNNING, DomainState.PAUSED, DomainState.READY, DomainState.DONE,
@@ -34,16 +35,11 @@ class CloneSpec:
 
 
 @attr.s(eq=False)
-class Domain:
-    domid = attr.ib()
-    name = attr.ib()
-    role = attr.ib()
+class Domain(DomainRecord):
     memory_mib = attr.ib()
     image = attr.ib(default=None)
     clone_id = attr.ib(default=None)
     input = attr.ib(default=None)
-    state = attr.ib(default=DomainState.PAUSED)
-    result = attr.ib(default=None)
     params = attr.ib(default=None)
     t0_ns = attr.ib(default=None)
     launch_ms = attr.ib(default=None)

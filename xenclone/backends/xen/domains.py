@@ -31,6 +31,7 @@ from xenclone.backends.xen.errors import xen_errors
 from xenclone.backends.xen.filled import FilledRegion
 from xenclone.backends.xen.image_state import GUEST, LINUX
 from xenclone.backends.xen.paging import PagedRegion
+from xenclone.domain_record import DomainRecord
 from xenclone.interfaces import DomainState, PageState
 from xenclone.wire import WireError
 
@@ -64,10 +65,7 @@ class Mailbox:
 
 
 @attr.s(eq=False)
-class _Domain:
-    domid = attr.ib()
-    name = attr.ib()
-    role = attr.ib()
+class _Domain(DomainRecord):
     npages = attr.ib()
     config = attr.ib()
     mailbox = attr.ib()                 # None for a Linux domain
@@ -75,9 +73,7 @@ class _Domain:
     suspended = attr.ib(default=False)  # a Linux master, suspended to be blessed
     fill = attr.ib(default="before-run")
     image = attr.ib(default=None)       # a lazy clone's: what a clean page holds
-    state = attr.ib(default=DomainState.PAUSED)
     paused = attr.ib(default=True)      # our own pause (xl create -p is one)
-    result = attr.ib(default=None)
     error = attr.ib(default=None)
     t_first_ns = attr.ib(default=None)  # monotonic: first unpaused (a clone's launch ends)
     first_told = attr.ib(default=False)  # a Linux domain's t_first_ns reported
