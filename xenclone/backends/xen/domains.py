@@ -94,7 +94,7 @@ class _Domain(DomainRecord):
 
 
 class Domains:
-    """Domain records and states; needs ``XenBackend``'s ``xc``, ``fm``,
+    """Domain records and states; needs ``XenBackend``'s ``reactor``, ``xc``, ``fm``,
     ``work_dir``, ``on_event``, ``images``, ``log`` and its helpers
     (``_xenstore``, ``fault_source``, ``_readable``, ``_destroy_fork``,
     ``_reattach_fork``)."""

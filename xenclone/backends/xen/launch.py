@@ -51,9 +51,9 @@ def _zero_runs(batch, zero):
 class Launches:
     """Filled and lazy launches; needs ``XenBackend``'s ``xc``, ``fm``,
     ``fill``, ``_grants``, ``grant_cache_pages``, ``_evictor``,
-    ``setup_us_per_page``, its domain records (``Domains``) and its helpers
-    (``_fill_of``, ``fault_source``, ``_thread``, ``_xenstore``, ``_create``,
-    ``_undo``)."""
+    ``setup_us_per_page``, ``log``, its domain records (``Domains``), its
+    helpers (``_fill_of``, ``fault_source``, ``_thread``, ``_xenstore``,
+    ``_create``, ``_undo``) and ``ForkClones._launch_fork``."""
 
     def _fill(self, domid, image):
         """Copy every non-zero image page into the clone and zero the rest:

@@ -33,9 +33,9 @@ READY_TIMEOUT = 120.0   # xl create to the bless point, under TCG
 
 
 class Masters:
-    """Masters' operations; needs ``XenBackend``'s ``xc``, ``fm``,
-    ``guest_kernel``, its domain records (``Domains``) and its helpers
-    (``_thread``, ``_xenstore``, ``_create``, ``_undo``)."""
+    """Masters' operations; needs ``XenBackend``'s ``reactor``, ``xc``,
+    ``fm``, ``guest_kernel``, ``log``, its domain records (``Domains``) and
+    its helpers (``_thread``, ``_xenstore``, ``_create``, ``_undo``)."""
 
     def _master_config(self, spec):
         mib = spec.npages * PAGE_SIZE // 2**20
