@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from xenclone import workload
-from xenclone.control.controller import CloneSpec, MasterSpec
+from xenclone.control.records import CloneSpec, MasterSpec
 from xenclone.image import OpenImage
 from xenclone.interfaces import DomainState, FaultKind, IBackend, IFaultRegion, PageState
 from xenclone.wire import WireError

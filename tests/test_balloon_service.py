@@ -7,7 +7,8 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from xenclone.control.balloons import BalloonService
-from xenclone.control.controller import Controller, Domain
+from xenclone.control.controller import Controller
+from xenclone.control.records import Domain
 from xenclone.interfaces import DomainState, IBalloonBackend
 from xenclone.policy.balloon import Balloons
 from xenclone.wire import WireError

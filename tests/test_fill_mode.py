@@ -7,7 +7,8 @@ from twisted.trial import unittest
 
 from xenclone.backends.kvm.backend import KvmBackend
 from xenclone.backends.xen.backend import XenBackend
-from xenclone.control.controller import CloneSpec, Controller
+from xenclone.control.controller import Controller
+from xenclone.control.records import CloneSpec
 from xenclone.wire import WireError
 
 

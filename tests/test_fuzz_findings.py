@@ -9,7 +9,8 @@ from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from xenclone.control.controller import Controller, Domain
+from xenclone.control.controller import Controller
+from xenclone.control.records import Domain
 from xenclone.names import check_name
 from xenclone.memserver.remote_link import RemoteFactory
 from xenclone.memserver.server import LocalHandler

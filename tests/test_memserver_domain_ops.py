@@ -9,7 +9,8 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from tests.fakes import FakeBackend
-from xenclone.control.controller import Controller, Domain
+from xenclone.control.controller import Controller
+from xenclone.control.records import Domain
 from xenclone.interfaces import DomainState
 from xenclone.wire import WireError
 

@@ -16,7 +16,8 @@ from twisted.trial import unittest
 
 from tests import memserver_helpers as H
 from xenclone.config import ConfigError, loads_daemon_config
-from xenclone.control.controller import Controller, Domain
+from xenclone.control.controller import Controller
+from xenclone.control.records import Domain
 from xenclone.control.recovery import _take_clone
 from xenclone.interfaces import PAGE_SIZE
 from xenclone.memserver import page_crcs

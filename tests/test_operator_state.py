@@ -11,7 +11,8 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from tests.xenstore_helpers import Dom, FakeController
-from xenclone.control.controller import Controller, Domain
+from xenclone.control.controller import Controller
+from xenclone.control.records import Domain
 from xenclone.control.operator_state import OperatorState
 from xenclone.wire import WireError
 from xenclone.xenstore.guest import GuestPolicy, GuestRequests

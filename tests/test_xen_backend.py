@@ -16,7 +16,8 @@ from zope.interface import implementer
 
 from xenclone import workload
 from xenclone.backends.xen import xl
-from xenclone.backends.xen.backend import Mailbox, pack_state, unpack_state
+from xenclone.backends.xen.domains import Mailbox
+from xenclone.backends.xen.image_state import pack_state, unpack_state
 from xenclone.config import parse
 from xenclone.control.controller import Controller
 from xenclone.interfaces import FIRST_HANDLE, IDomainNumbering

@@ -367,7 +367,7 @@ class TakeOverTests(unittest.TestCase):
 
 class ZeroRunsTests(unittest.TestCase):
     def test_runs_split_where_zero_changes(self):
-        from xenclone.backends.xen.backend import _zero_runs
+        from xenclone.backends.xen.launch import _zero_runs
         zero = bytes([1, 1, 0, 0, 0, 1, 0, 1])
         self.assertEqual(_zero_runs(list(range(8)), zero),
                          [(0, 2, True), (2, 3, False), (5, 1, True), (6, 1, False),

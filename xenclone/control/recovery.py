@@ -13,7 +13,7 @@ the daemon's own is needed: nothing it knew is lost with it.
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from xenclone.control.controller import Domain
+from xenclone.control.records import Domain
 from xenclone.names import check_generation, check_id, check_name
 
 log = Logger()

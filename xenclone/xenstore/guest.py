@@ -29,7 +29,7 @@ import json
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from xenclone.control.controller import MAX_LAUNCH
+from xenclone.control.domain_ops import MAX_LAUNCH
 from xenclone.control.oplog import as_caller
 from xenclone.names import BadName, check_token
 from xenclone.wire import Message, WireError, dispatch

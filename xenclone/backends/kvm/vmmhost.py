@@ -26,6 +26,7 @@ from xenclone.backends.kvm.microvm import MicroVM, NotHeld, VMClosed, entry_pfns
 from xenclone.backends.kvm.vcpu_threads import VcpuThreads
 from xenclone.backends.kvm.xenstore_port import XenStorePort
 from xenclone._linux import lib
+from xenclone.domain_record import DomainRecord
 from xenclone.interfaces import DomainState
 from xenclone.pageout_retry import failure_code
 from xenclone.pageout_store import PageOutStore
@@ -54,17 +55,12 @@ def default_guest_kernel():
 
 
 @attr.s(eq=False)
-class Domain:
-    domid = attr.ib()             # None: a spare, not launched yet
-    name = attr.ib()
-    role = attr.ib()              # "master" or "clone"
+class Domain(DomainRecord):
     vm = attr.ib()
     npages = attr.ib()
     inputs = attr.ib(factory=dict)
     mem_fd = attr.ib(default=-1)  # master only: its RAM
-    state = attr.ib(default=DomainState.PAUSED)
     parked = attr.ib(default=False)
-    result = attr.ib(default=None)
     t_first_ns = attr.ib(default=None)
     error = attr.ib(default=None)
     thread = attr.ib(default=None)
