@@ -23,6 +23,7 @@ from xenclone.wire import WireError
 MIN_MEMORY_MIB = 4
 MAX_MEMORY_MIB = 64 * 1024
 MAX_LAUNCH = 256
+MAX_IDENTITY_WAIT = 3600     # s: --wait-identity
 LIVE = (DomainState.RUNNING, DomainState.PAUSED, DomainState.READY, DomainState.DONE,
         DomainState.WAITING_FOR_MEMSERVER, DomainState.PAUSED_BY_TIMEOUT,
         DomainState.IMAGE_GONE)
@@ -35,7 +36,8 @@ class MasterSpec:
     npages = attr.ib()
     params = attr.ib()                 # the project's guest: its workload (else None)
     meta = attr.ib(factory=dict)       # the daemon's record, kept by the backend
-    boot = attr.ib(default=None)       # a Linux master: memory, vcpus, kernel, ramdisk, extra
+    boot = attr.ib(default=None)       # a Linux master: memory, vcpus, kernel, ramdisk, extra,
+                                       # vif, disk (xl strings)
 
 
 @attr.s(frozen=True)
@@ -91,6 +93,12 @@ def _int(msg, key, lo, hi, default=None):
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise WireError("bad-argument", "%s must be an integer from %d to %d" % (key, lo, hi))
     return value
+
+
+def _unknown_identity(f):
+    """A clone gone while its handshake was awaited."""
+    f.trap(WireError)
+    return {"identity": "unknown (%s)" % f.value}
 
 
 AUDIT_SETTLE_ROUNDS = 20      # 50 ms apart
@@ -391,6 +399,9 @@ class Controller(SettingsOps):
         if cfg.get("vcpus", 1) != 1 or cfg.get("ramdisk") or cfg.get("extra"):
             raise WireError("bad-config", "the project's guest takes 1 vCPU and no ramdisk or "
                             "extra; name a kernel for a Linux master")
+        if cfg.get("vif") or cfg.get("disk"):
+            raise WireError("bad-config", "the project's guest has no vif or disk: only a "
+                            "Linux master (kernel =) has devices")
         try:
             params = workload.Params.for_memory(
                 memory, read_percent=cfg.get("read_percent", 10),
@@ -414,6 +425,11 @@ class Controller(SettingsOps):
             value = cfg.get(key) or None
             if value is not None and not isinstance(value, str):
                 raise WireError("bad-config", "%s must be a string" % key)
+            boot[key] = value
+        for key in ("vif", "disk"):
+            value = cfg.get(key) or []
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise WireError("bad-config", "%s must be a list of strings" % key)
             boot[key] = value
         dom = Domain(self._allocate(), name, "master", memory)
         self.domains[dom.domid] = dom
@@ -510,6 +526,12 @@ class Controller(SettingsOps):
         fill = msg.get("fill")
         if fill not in (None, "fork", "lazy", "before-run", "auto"):
             raise WireError("bad-argument", "fill must be fork, lazy, before-run or auto")
+        wait = msg.get("wait_identity")
+        if wait is not None:
+            wait = _int(msg, "wait_identity", 0, MAX_IDENTITY_WAIT)
+            if not ILinuxBackend.providedBy(self.backend):
+                raise WireError("unsupported", "wait_identity: clones of the %s backend have "
+                                "no identity agent" % self.backend.name)
 
         @defer.inlineCallbacks
         def launch():
@@ -517,6 +539,14 @@ class Controller(SettingsOps):
             launched = []
             for _ in range(count):
                 launched.append((yield self._launch_one(image, paused, share, prefetch, fill)))
+            if wait is not None and image.meta.get("params") is None:   # Linux clones
+                # Together: a clone without the agent costs the wait once.
+                told = yield defer.gatherResults(
+                    [self.backend.identity(c["domid"], wait).addErrback(_unknown_identity)
+                     for c in launched])
+                for clone, identity in zip(launched, told):
+                    clone.update(identity=identity["identity"],
+                                 identity_s=identity.get("seconds"))
             return {"clones": launched}
 
         return launch()
@@ -631,12 +661,21 @@ class Controller(SettingsOps):
         stats.pop("image", None)
         info.update(stats)
         info["fetched_pages"] = stats["faults"]
+        info.update(self._expected(dom))
+        linux_clone = (dom.role == "clone" and dom.params is None
+                       and ILinuxBackend.providedBy(self.backend))
+        if dom.fill_mode != "fork" and not linux_clone:
+            return info
+        d = defer.succeed(info)
         if dom.fill_mode == "fork":
             # Xen fills a fork itself: its pages as the hypervisor counts them.
-            return self.backend.scan(dom.domid).addCallback(
-                lambda hv: dict(info, hypervisor=hv, **self._expected(dom)))
-        info.update(self._expected(dom))
-        return info
+            d.addCallback(lambda info: self.backend.scan(dom.domid).addCallback(
+                lambda hv: dict(info, hypervisor=hv)))
+        if linux_clone:
+            # Whether its guest agent renewed its identity, and what it did.
+            d.addCallback(lambda info: self.backend.identity(dom.domid).addCallback(
+                lambda i: dict(info, identity=i["identity"], identity_detail=i.get("detail"))))
+        return d
 
     @staticmethod
     def _expected(dom):
@@ -733,10 +772,24 @@ class Controller(SettingsOps):
 
     def op_destroy(self, msg):
         dom = self._domain(msg.get("domain"))
+        keep = msg.get("keep_disks", False)
+        if not isinstance(keep, bool):
+            raise WireError("bad-argument", "keep_disks must be true or false")
+        if keep and not ILinuxBackend.providedBy(self.backend):
+            raise WireError("unsupported", "keep_disks: domains of the %s backend have no "
+                            "disks" % self.backend.name)
         self.pager.detach(dom.domid)
-        d = self.backend.destroy(dom.domid)
-        d.addCallback(lambda _: (self._forget(dom), {"domid": dom.domid, "name": dom.name})[1])
-        return d
+        # Only when asked: backends without disks take no such argument.
+        d = self.backend.destroy(dom.domid, keep_disks=True) if keep else \
+            self.backend.destroy(dom.domid)
+
+        def done(r):
+            self._forget(dom)
+            kept = r.get("kept_disks") if isinstance(r, dict) else None
+            return dict({"domid": dom.domid, "name": dom.name},
+                        **({"kept_disks": kept} if kept else {}))
+
+        return d.addCallback(done)
 
     def op_reset(self, msg):
         """A fork clone back to its image's state (the backend refuses

@@ -47,7 +47,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from xenclone import workload
-from xenclone.backends.xen import libxc, linux, xl
+from xenclone.backends.xen import clone_devices, libxc, linux, xl
+from xenclone.backends.xen.clone_devices import DeviceClones
+from xenclone.backends.xen.disk_snapshots import DiskSnapshots
 from xenclone.backends.xen.evict import Evictor
 from xenclone.backends.xen.errors import xen_errors
 from xenclone.backends.xen.filled import FilledRegion, FilledSource, ForkRegion
@@ -138,6 +140,7 @@ class _Domain:
     t_first_ns = attr.ib(default=None)  # monotonic: first unpaused (a clone's launch ends)
     first_told = attr.ib(default=False)  # a Linux domain's t_first_ns reported
     meta = attr.ib(factory=dict)        # the daemon's record of it
+    devices = attr.ib(default=None)     # a Linux master's vifs and disks, xl strings
 
     def info(self):
         return {"domid": self.domid, "name": self.name, "role": self.role,
@@ -149,7 +152,7 @@ class _Domain:
         """What a restarted daemon needs to take the domain back."""
         return {"domid": self.domid, "name": self.name, "role": self.role,
                 "npages": self.npages, "config": self.config, "meta": self.meta,
-                "fill": self.fill, "kind": self.kind}
+                "fill": self.fill, "kind": self.kind, "devices": self.devices}
 
 
 def _spread(times):
@@ -164,7 +167,7 @@ def _spread(times):
 
 
 @implementer(IBackend, ILinuxBackend, IBalloonBackend, IForkBackend)
-class XenBackend(ForkClones):
+class XenBackend(DeviceClones, ForkClones):
     name = "xen"
     numbers_domains = True      # Xen assigns domids: the controller adopts them
     log = Logger()
@@ -187,6 +190,7 @@ class XenBackend(ForkClones):
         self._domains = {}
         os.makedirs(work_dir, mode=0o700, exist_ok=True)
         self.images = ImageDomains(reactor, self.xc, work_dir)
+        self.disks = DiskSnapshots(reactor, os.path.join(work_dir, "disks"))
         self._take_back()
         self._watcher = task.LoopingCall(self._watch)
         self._watcher.clock = reactor
@@ -288,10 +292,11 @@ class XenBackend(ForkClones):
         except WireError as e:
             self.log.error("domain {domid} left behind: {why}", domid=domid, why=e)
 
-    def _track(self, domid, name, role, npages, config, meta, fill="before-run", kind=GUEST):
+    def _track(self, domid, name, role, npages, config, meta, fill="before-run", kind=GUEST,
+               devices=None):
         box = Mailbox(self.fm.map(domid, [workload.PARAMS_PFN])) if kind == GUEST else None
         dom = self._domains[domid] = _Domain(domid, name, role, npages, config, box,
-                                             kind=kind, fill=fill, meta=meta)
+                                             kind=kind, fill=fill, meta=meta, devices=devices)
         self._write_record(dom)
         return dom
 
@@ -330,7 +335,7 @@ class XenBackend(ForkClones):
                 continue
             dom = self._track(rec["domid"], rec["name"], rec["role"], rec["npages"],
                               rec["config"], rec["meta"], rec.get("fill", "before-run"),
-                              rec.get("kind", GUEST))
+                              rec.get("kind", GUEST), rec.get("devices"))
             dom.paused = info.paused
             if dom.kind == LINUX:
                 dom.suspended = info.shutdown_reason == SHUTDOWN_SUSPEND
@@ -398,11 +403,14 @@ class XenBackend(ForkClones):
             if path and not os.path.isfile(path):
                 raise WireError("bad-config", "%s: no file %s" % (what, path))
         config = linux.master_config(spec.boot, spec.name)
+        kept = clone_devices.specs(clone_devices.parse(
+            {"vif": spec.boot.get("vif") or [], "disk": spec.boot.get("disk") or []}))
+        yield self.disks.check(clone_devices.parse(kept).disks)
         xs = yield self._xenstore()
-        domid = yield self._create(config)
+        domid = yield self._create(clone_devices.master_settings(config, kept))
         try:
             dom = self._track(domid, spec.name, "master", spec.npages, config, spec.meta,
-                              kind=LINUX)
+                              kind=LINUX, devices=kept)
             self._unpause(dom)
             yield linux.wait_ready(self.reactor, xs, self.xc, domid, spec.name)
         except Exception:
@@ -467,6 +475,7 @@ class XenBackend(ForkClones):
                                 "launch more of its image" % dom.name)
             meta["parent_image"] = dom.meta.get("image")
         if dom.kind == LINUX and not dom.suspended:
+            yield self._check_devices(dom)
             xs = yield self._xenstore()
             times = yield linux.suspend(self.reactor, xs, self.xc, domid, dom.name)
             dom.suspended = True
@@ -475,7 +484,8 @@ class XenBackend(ForkClones):
                           name=dom.name, **times)
         self._pause(dom)
         record = self.xc.hvm_getcontext(domid)
-        return Capture(arch=ARCH, vcpu_state=pack_state(dom.config, record, dom.kind),
+        state = pack_state(dom.config, record, dom.kind, dom.devices)
+        return Capture(arch=ARCH, vcpu_state=state,
                        mem_fd=None, npages=dom.npages, domid=domid, meta=meta)
 
     # -- clones
@@ -530,9 +540,21 @@ class XenBackend(ForkClones):
             # afresh from the kernel, as no clone of the image.
             config.update(on_reboot="preserve", on_crash="preserve")
         fill = self._fill_of(clone.fill or self.fill, image.image_id)   # refused before
-        if fill == "fork":                                                # anything is built
+        config = yield self._clone_config(image, clone, config, fill)     # anything is built
+        if fill == "fork":
             region = yield self._launch_fork(image, clone, config, kind)
             return region
+        try:
+            region = yield self._launch_domain(image, clone, config, record, kind, fill)
+        except Exception:
+            self._drop_disks(clone.meta)
+            raise
+        return region
+
+    @defer.inlineCallbacks
+    def _launch_domain(self, image, clone, config, record, kind, fill):
+        """A clone libxl makes (``xl create -p``), with its devices: filled
+        before it runs, or lazily."""
         xs = (yield self._xenstore()) if kind == LINUX else None
         image = self._readable(image)
         if fill == "lazy":
@@ -544,7 +566,7 @@ class XenBackend(ForkClones):
             dom = self._track(domid, clone.name, "clone", image.npages, config, clone.meta,
                               kind=kind)
             if kind == LINUX:
-                yield linux.write_clone_id(xs, domid, clone.clone_id)
+                yield self._tell_linux_clone(xs, domid, clone.clone_id)
             else:
                 dom.mailbox.write(clone_id=clone.clone_id, input=clone.input, go=1)
             self.xc.hvm_setcontext(domid, record)
@@ -579,7 +601,7 @@ class XenBackend(ForkClones):
                               fill="lazy", kind=kind)
             dom.image = image
             if kind == LINUX:
-                yield linux.write_clone_id(xs, domid, clone.clone_id)
+                yield self._tell_linux_clone(xs, domid, clone.clone_id)
             else:
                 dom.mailbox.load(image.read_page(workload.PARAMS_PFN))
                 dom.mailbox.write(clone_id=clone.clone_id, input=clone.input, go=1)
@@ -734,9 +756,6 @@ class XenBackend(ForkClones):
             raise WireError("no-domain", "unknown domain %r (neither xenclone's nor Xen's)"
                             % (ref,))
         domid, config, found = linux.adopted_config(text, ref)
-        if found:   # issue 18: until launch gives each clone its own vifs and disks
-            raise WireError("unsupported", "%s has vif or disk devices: launch does not give "
-                            "clones their own yet" % config["name"])
         info = self.xc.domain_info(domid)
         if not info.hvm:
             raise WireError("unsupported", "%s is a PV guest: PV domains are not supported, "
@@ -746,7 +765,8 @@ class XenBackend(ForkClones):
         npages = linux.npages(config)
         # The daemon's record of a master that has no workload: its size.
         dom = self._track(domid, config["name"], "master", npages, config,
-                          {"memory_mib": config["memory"]}, kind=LINUX)
+                          {"memory_mib": config["memory"]}, kind=LINUX,
+                          devices=clone_devices.specs(found) if found else None)
         dom.paused = info.paused
         dom.suspended = info.shutdown_reason == SHUTDOWN_SUSPEND
         dom.state = (DomainState.PAUSED if dom.paused or dom.suspended
@@ -760,15 +780,23 @@ class XenBackend(ForkClones):
         self._drop(domid)
         return defer.succeed(None)
 
-    def destroy(self, domid):
+    def destroy(self, domid, keep_disks=False):
+        """The domain gone; a clone's disk overlays too, unless kept
+        (``kept_disks``: their paths)."""
         def destroy():
             dom = self._get(domid)
+            meta = dom.meta if dom.role == "clone" else {}
+            done = {"domid": domid}
             if self._info(dom) is None:
-                return {"domid": domid, "gone": True}
-            if dom.fill == "fork":
-                return self._destroy_fork(domid).addCallback(lambda _: {"domid": domid})
-            self._drop(domid)
-            return xl.destroy(self.reactor, domid).addCallback(lambda _: {"domid": domid})
+                done["gone"] = True
+                d = defer.succeed(None)
+            elif dom.fill == "fork":
+                d = self._destroy_fork(domid)
+            else:
+                self._drop(domid)
+                d = xl.destroy(self.reactor, domid)
+            return d.addCallback(lambda _: dict(done, kept_disks=self._drop_disks(meta,
+                                                                                  keep_disks)))
 
         return defer.maybeDeferred(destroy)
 
