@@ -332,6 +332,7 @@ class XenBackend(DeviceClones, ForkClones):
                 info = None
             if info is None or info.dying:
                 self._drop(rec["domid"])
+                self._drop_disks(rec["meta"] if rec["role"] == "clone" else {})
                 continue
             dom = self._track(rec["domid"], rec["name"], rec["role"], rec["npages"],
                               rec["config"], rec["meta"], rec.get("fill", "before-run"),
@@ -665,7 +666,8 @@ class XenBackend(DeviceClones, ForkClones):
                 self._event(dom)
         for dom in list(self._domains.values()):
             info = self._info(dom)
-            if info is None:
+            if info is None:    # xl destroy behind our back: its overlays go too
+                self._drop_disks(dom.meta if dom.role == "clone" else {})
                 dom.state = DomainState.DESTROYED
                 self._event(dom)
                 continue
