@@ -96,7 +96,7 @@ def _int(msg, key, lo, hi, default=None):
 
 
 def _unknown_identity(f):
-    """A clone gone while its handshake was awaited."""
+    """A clone the backend no longer has: its handshake cannot be read."""
     f.trap(WireError)
     return {"identity": "unknown (%s)" % f.value}
 
@@ -673,7 +673,8 @@ class Controller(SettingsOps):
                 lambda hv: dict(info, hypervisor=hv)))
         if linux_clone:
             # Whether its guest agent renewed its identity, and what it did.
-            d.addCallback(lambda info: self.backend.identity(dom.domid).addCallback(
+            d.addCallback(lambda info: self.backend.identity(dom.domid).addErrback(
+                _unknown_identity).addCallback(
                 lambda i: dict(info, identity=i["identity"], identity_detail=i.get("detail"))))
         return d
 
