@@ -2,9 +2,9 @@
 without Xen: the image state carries them, bless snapshots the disks (real
 qemu-img) and makes no image domain, each clone's xl settings get its own
 MAC and overlay, destroy keeps or removes them, discard is guarded, the
-identity nodes go before the clone-id; and the controller's side
-(``--wait-identity``, ``info``, ``destroy --keep-disks``).  The real thing
-is the rig's Linux job."""
+identity nodes go before the clone-id; XenBackend's launch with Xen and xl
+faked; and the controller's side (``--wait-identity``, ``info``,
+``destroy --keep-disks``).  The real thing is the rig's Linux job."""
 
 import os
 import shutil
@@ -12,12 +12,14 @@ import subprocess
 import tempfile
 import types
 
+import attr
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from xenclone.backends.xen import clone_devices, linux
+from xenclone.backends.xen import clone_devices, linux, xl
+from xenclone.backends.xen.backend import XenBackend
 from xenclone.backends.xen.clone_devices import DeviceClones
 from xenclone.backends.xen.clone_mac import clone_mac
 from xenclone.backends.xen.disk_snapshots import DiskSnapshots
@@ -258,3 +260,84 @@ class ControllerTests(unittest.TestCase):
         kept = self.successResultOf(c.op_destroy({"domain": two, "keep_disks": True}))
         self.assertEqual(kept["kept_disks"], ["/d/%d.qcow2" % two])
         self.assertEqual(backend.destroyed, [(one, False), (two, True)])
+
+
+class _Xc:
+    def __init__(self):
+        self.calls = []
+
+    def hvm_setcontext(self, domid, record):
+        self.calls.append(("setcontext", domid))
+
+    def unpause(self, domid):
+        self.calls.append(("unpause", domid))
+
+    def version(self):
+        return "4.17.5"
+
+
+class BackendLaunchTests(unittest.TestCase):
+    """XenBackend's launch of a clone filled before it runs, Xen and xl
+    faked: what ``xl create -p`` is given, and what is undone."""
+
+    def setUp(self):
+        if not shutil.which("qemu-img"):
+            raise unittest.SkipTest("qemu-img is not installed (Debian package qemu-utils)")
+        tmp = tempfile.mkdtemp(prefix="xenclone-launch-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        raw = os.path.join(tmp, "master.img")
+        with open(raw, "wb") as f:
+            f.truncate(MIB)
+        b = self.backend = XenBackend.__new__(XenBackend)
+        b.reactor, b.work_dir, b._domains, b.fill, b.mem_paging = reactor, tmp, {}, "auto", False
+        b.disks = DiskSnapshots(reactor, os.path.join(tmp, "disks"))
+        b.images = types.SimpleNamespace(available=False, refused="no MEM_SHARING",
+                                         domid=lambda image_id: None)
+        b.xc, b.fm, b.xs = _Xc(), None, FakeXenStore()
+        b._xenstore = lambda: defer.succeed(b.xs)
+        b._thread = lambda fn, *args: defer.maybeDeferred(fn, *args)
+        b._fill = lambda domid, image: []
+        self.created = []
+        b._create = lambda config: (self.created.append(config), defer.succeed(12))[1]
+        kept = {"vif": ["bridge=xenbr0"], "disk": ["%s,raw,xvda,w" % raw]}
+        self.image = types.SimpleNamespace(
+            image_id="web", arch="xen-pvh-x86", npages=16, server_domain=None, pages=None,
+            vcpu_state=pack_state(CONFIG, b"hvm", LINUX, kept))
+
+    @defer.inlineCallbacks
+    def test_the_clone_is_created_with_its_devices_and_identity(self):
+        written = []
+        self.backend.xs.on_write = lambda path, value: written.append(path)
+        yield self.backend.prepare_image(self.image)
+        region = yield self.backend.launch(self.image, clone(1))
+        self.assertEqual(region.domid, 12)
+        [config] = self.created
+        self.assertEqual(config["name"], "web.1")
+        self.assertEqual(config["vif"], ["mac=%s,bridge=xenbr0" % clone_mac("web", 1, 1)])
+        self.assertIn("clones/1/xvda.qcow2", config["disk"][0])
+        self.assertEqual(written[-1], "/local/domain/12/xenclone/clone-id")
+        self.assertIn("/local/domain/12/xenclone/entropy", written)
+        self.assertEqual(self.backend.xc.calls, [("setcontext", 12), ("unpause", 12)])
+        destroyed = []
+        self.patch(xl, "destroy",
+                   lambda reactor, domid: (destroyed.append(domid), defer.succeed(""))[1])
+        self.backend._info = lambda dom: object()
+        done = yield self.backend.destroy(12, keep_disks=True)
+        self.assertEqual(destroyed, [12])
+        self.assertEqual([os.path.basename(p) for p in done["kept_disks"]], ["xvda.qcow2"])
+
+    @defer.inlineCallbacks
+    def test_a_failed_launch_leaves_no_overlay(self):
+        yield self.backend.prepare_image(self.image)
+        self.backend._create = lambda config: defer.fail(WireError("xl-failed", "no bridge"))
+        with self.assertRaises(WireError):
+            yield self.backend.launch(self.image, clone(1))
+        self.assertEqual(self.backend.disks.overlays("web"), {})
+
+    @defer.inlineCallbacks
+    def test_fork_is_refused_for_an_image_with_devices(self):
+        self.backend.images.available = True
+        with self.assertRaises(WireError) as cm:
+            yield self.backend.launch(self.image, attr.evolve(clone(1), fill="fork"))
+        self.assertEqual(cm.exception.code, "no-fork")
+        self.assertEqual(self.created, [])
