@@ -82,6 +82,7 @@ class DiskSyntaxTests(unittest.TestCase):
         self.refused(p, "nbd:/srv:1234,xvda,w", "script (block-nbd)")
         self.refused(p, "/srv/a.img,,xvda,backend=stor", "driver domain (backend=stor)")
         self.refused(p, "/srv/a.img", "no vdev")
+        self.refused(p, "/srv/a.img,raw,vdev=../../etc/x", "vdev '../../etc/x': letters")
 
     def test_bad_syntax(self):
         p = devices.parse_disk
