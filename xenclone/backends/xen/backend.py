@@ -173,7 +173,7 @@ class XenBackend(DeviceClones, ForkClones):
     log = Logger()
 
     def __init__(self, reactor, work_dir, on_event, guest_kernel=None, fill="auto",
-                 grant_cache_pages=DEFAULT_GRANT_CACHE, xenstore_path=None):
+                 grant_cache_pages=DEFAULT_GRANT_CACHE, xenstore_path=None, disk_dir=None):
         self.reactor = reactor
         self._xenstore_path = xenstore_path     # xenstored's socket; None: the default
         self._xs = None
@@ -190,7 +190,9 @@ class XenBackend(DeviceClones, ForkClones):
         self._domains = {}
         os.makedirs(work_dir, mode=0o700, exist_ok=True)
         self.images = ImageDomains(reactor, self.xc, work_dir)
-        self.disks = DiskSnapshots(reactor, os.path.join(work_dir, "disks"))
+        # Disk snapshots are disk-sized: on the host's disk (the daemon's
+        # state_dir), not beside the records (under run_dir, often tmpfs).
+        self.disks = DiskSnapshots(reactor, disk_dir or os.path.join(work_dir, "disks"))
         self._take_back()
         self._watcher = task.LoopingCall(self._watch)
         self._watcher.clock = reactor
