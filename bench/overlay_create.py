@@ -15,7 +15,7 @@ import time
 
 from twisted.internet import defer, task
 
-from xenclone.backends.xen.devices import Disk
+from xenclone.xl_devices import Disk
 from xenclone.backends.xen.disk_snapshots import DiskSnapshots
 
 

@@ -190,14 +190,23 @@ class DomainTests(unittest.TestCase):
                               "memory = 64\n", "m.cfg")
         self.assertEqual(str(e), "m.cfg: 'name' is required")
 
+    def test_a_linux_masters_devices_are_read_as_xl_writes_them(self):
+        cfg = config.loads_domain_config(
+            "name='m'\nkernel='/k'\nvif=['bridge=xenbr0,mac=00:16:3e:00:00:01']\n"
+            "disk=['/srv/m.img,raw,xvda,w', 'format=qcow2,vdev=xvdb,target=/srv/b.qcow2']\n")
+        self.assertEqual(cfg["vif"], ["bridge=xenbr0,mac=00:16:3e:00:00:01"])
+        self.assertEqual(len(cfg["disk"]), 2)
+
     def test_domain_errors(self):
         for text, msg in [("vcpus = 200", "vcpus: must be at most 128"),
                           ("read_percent = 101", "must be at most 100"),
                           ("workload = 'boot'", "expected one of scan"),
                           ("kernel = 'boot/x'", "kernel: must be an absolute path"),
                           ("type = 'pv'", "PV and HVM guests are not supported"),
-                          ("vif = ['bridge=xenbr0']", "vif: devices are not handled yet"),
-                          ("disk = ['phy:/dev/vg/a,xvda,w']", "disk: devices are not handled"),
+                          ("vif = ['bridge=xenbr0,colo_sock=x']", "COLO settings"),
+                          ("vif = 'bridge=xenbr0'", "vif: expected a list"),
+                          ("disk = ['phy:/dev/vg/a,xvda,w']", "is a block device"),
+                          ("disk = ['/a.vhd,vhd,xvda,w']", "vhd cannot be snapshotted"),
                           ("bootloader = 'pygrub'", "bootloader: only direct kernel boot"),
                           ("frob = 1", "unknown key 'frob'")]:
             e = self.assertRaises(ConfigError, config.loads_domain_config,

@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from xenclone.backends.xen import disk_tool
-from xenclone.backends.xen.devices import Disk
+from xenclone.xl_devices import Disk
 from xenclone.backends.xen.disk_snapshots import DiskSnapshots
 from xenclone.wire import WireError
 

@@ -4,8 +4,8 @@ written back for a clone."""
 
 from twisted.trial import unittest
 
-from xenclone.backends.xen import devices
-from xenclone.backends.xen.devices import Disk, Nic
+from xenclone import xl_devices as devices
+from xenclone.xl_devices import Disk, Nic
 from xenclone.wire import WireError
 
 
@@ -82,6 +82,7 @@ class DiskSyntaxTests(unittest.TestCase):
         self.refused(p, "nbd:/srv:1234,xvda,w", "script (block-nbd)")
         self.refused(p, "/srv/a.img,,xvda,backend=stor", "driver domain (backend=stor)")
         self.refused(p, "/srv/a.img", "no vdev")
+        self.refused(p, "/srv/a.img,raw,vdev=../../etc/x", "vdev '../../etc/x': letters")
 
     def test_bad_syntax(self):
         p = devices.parse_disk

@@ -357,10 +357,13 @@ class TakeOverTests(unittest.TestCase):
             {"domid": 9, "state": "running"}))[1]
         c = self.controller(backend)
         made = self.successResultOf(c.op_create({"config": {
-            "name": "lx", "memory": 64, "vcpus": 2, "kernel": "/k", "extra": "quiet"}}))
+            "name": "lx", "memory": 64, "vcpus": 2, "kernel": "/k", "extra": "quiet",
+            "vif": ["bridge=xenbr0"], "disk": ["/srv/lx.img,raw,xvda,w"]}}))
         self.assertEqual(made["domid"], 9)
         self.assertEqual(specs[0].boot, {"memory": 64, "vcpus": 2, "kernel": "/k",
-                                         "ramdisk": None, "extra": "quiet"})
+                                         "ramdisk": None, "extra": "quiet",
+                                         "vif": ["bridge=xenbr0"],
+                                         "disk": ["/srv/lx.img,raw,xvda,w"]})
         self.assertIsNone(specs[0].params)
         self.assertEqual(specs[0].npages, 64 * 256)
 

@@ -396,7 +396,7 @@ class XenLinuxTests(_RigCase, unittest.TestCase):
         self.assertEqual(errors["pv_refused"]["rc"], 1)
         self.assertIn("PV domains are not supported", errors["pv_refused"]["stderr"])
         self.assertIn("unknown domain", errors["unknown_domain_refused"]["stderr"])
-        self.assertEqual(errors["vif_refused"]["rc"], 2)
+        self.assertEqual(errors["vkb_refused"]["rc"], 2)
         self.assertEqual(self.results["linux"]["left_in_xl_list"], [])
 
 

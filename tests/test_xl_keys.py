@@ -48,7 +48,7 @@ class ParseTests(unittest.TestCase):
                 ("uuid = 'nope'", "uuid: not a uuid"),
                 ("builder = 'hvm'", "PV and HVM guests are not supported"),
                 ("cmdline = 3", "cmdline: expected a string"),
-                ("vfb = ['vnc=1']", "vfb: devices are not handled yet"),
+                ("vfb = ['vnc=1']", "vfb: only vif and disk devices are handled"),
                 ("on_crahs = 'destroy'", "unknown key 'on_crahs': neither xenclone's nor "
                                           "xl.cfg(5)'s (did you mean 'on_crash'?)")]:
             e = self.assertRaises(ConfigError, config.loads_domain_config,

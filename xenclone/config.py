@@ -18,7 +18,9 @@ import sys
 from collections import namedtuple
 
 from xenclone import xl_keys
+from xenclone import xl_devices as devices
 from xenclone.names import check_name
+from xenclone.wire import WireError
 
 REQUIRED = object()
 Entry = namedtuple("Entry", "key value line")
@@ -390,9 +392,14 @@ def _pvh_only(value):
         raise ValueError('only PVH guests (type = "pvh"): PV and HVM guests are not supported')
 
 
-def _no_devices(value):
-    if value:
-        raise ValueError("devices are not handled yet: a master has no vif or disk")
+def _devices(kind):
+    """A check of ``vif`` or ``disk``: xl's syntax, refusals by name."""
+    def check(value):
+        try:
+            devices.from_xl_cfg(*((value, []) if kind == "vif" else ([], value)))
+        except WireError as e:
+            raise ValueError(str(e))
+    return check
 
 
 DOMAIN = Table("xenclone domain configuration", [
@@ -404,8 +411,10 @@ DOMAIN = Table("xenclone domain configuration", [
         "not the project's", path=True),
     Key("ramdisk", "", "its initramfs", path=True),
     Key("extra", "", "its kernel command line"),
-    Key("disk", [], "not handled yet: must be empty", check=_no_devices),
-    Key("vif", [], "not handled yet: must be empty", check=_no_devices),
+    Key("disk", [], "a Linux master's disks, as xl.cfg(5): raw or qcow2 files; each clone "
+        "gets a copy-on-write overlay of their snapshot at bless", check=_devices("disk")),
+    Key("vif", [], "a Linux master's vifs, as xl.cfg(5); each clone gets its own on the "
+        "same bridge, with a MAC of its own", check=_devices("vif")),
     Key("workload", "scan", "guest workload: scan (touch and checksum pages)",
         choices=("scan",)),
     Key("read_percent", 10, "percent of pages the workload reads per pass",

@@ -149,6 +149,13 @@ class ILinuxBackend(Interface):
     def release(domid):
         """Stop managing an adopted domain, which runs on; Deferred."""
 
+    def identity(domid, wait=0):
+        """A Linux clone's identity handshake with its guest agent:
+        Deferred[dict] ``identity`` (renewed, failed or not renewed),
+        ``detail`` (what the agent did), ``seconds``; waits up to ``wait``
+        seconds for an answer.  Its ``destroy(domid, keep_disks=True)``
+        keeps a clone's disk overlays."""
+
 
 class IForkBackend(Interface):
     """A backend (Xen with MEM_SHARING) whose clones can be forks of an

@@ -295,7 +295,8 @@ class CoreService(Service):
             return XenBackend(self.reactor, os.path.join(run, "xl"), self._on_event,
                               self.settings["xen_guest_kernel"] or None, self.settings["fill"],
                               grant_cache_pages=self.settings["grant_cache_mib"] * 256,
-                              xenstore_path=xenstored)
+                              xenstore_path=xenstored,
+                              disk_dir=os.path.join(self.settings["state_dir"], "disks"))
         from xenclone.backends.kvm.backend import KvmBackend
         from xenclone.backends.kvm.vmmhost import default_guest_kernel
 

@@ -9,6 +9,7 @@ xl knows is accepted as xl would accept it, and sorted by what it does here:
         maxmem, maxvcpus, on_*,     checked as xl checks them (bad value,
         uuid, builder               maxmem < memory: errors), then no effect
         devices, bootloader         refused unless empty: clones cannot share them
+                                    (vif and disk are xenclone's own keys)
         any other xl key            accepted, no effect
         a key xl does not know      an error, as before
     -> daemon op_create -> for_master(cfg): the applied config, and one
@@ -37,7 +38,8 @@ _ACTIONS = ("destroy", "restart", "rename-restart", "preserve", "coredump-destro
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 # Devices (and a boot loader) a clone would need of its own: refused unless empty.
-REFUSED = {key: "devices are not handled yet: a master has none" for key in (
+REFUSED = {key: "only vif and disk devices are handled: a clone could not get its own"
+           for key in (
     "vfb", "vkb", "pci", "usbctrl", "usbdev", "channel", "vtpm", "vdispl", "vsnd", "p9",
     "pvcalls", "dtdev", "iomem", "ioports", "irqs", "rdm", "virtio", "usbdevice")}
 REFUSED.update(bootloader="only direct kernel boot (kernel =): no boot loader",

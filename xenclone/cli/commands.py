@@ -35,8 +35,12 @@ def cmd_launch(args):
         fields["prefetch"] = False
     if args.fill:
         fields["fill"] = args.fill
-    return ("launch", fields,
-            lambda r: "\n".join("%d %s" % (c["domid"], c["name"]) for c in r["clones"]))
+    if args.wait_identity is not None:
+        fields["wait_identity"] = args.wait_identity
+    return ("launch", fields, lambda r: "\n".join(
+        "%d %s" % (c["domid"], c["name"]) + (" identity %s" % c["identity"] + (
+            " in %.1f s" % c["identity_s"] if c.get("identity_s") is not None else "")
+            if "identity" in c else "") for c in r["clones"]))
 
 
 def cmd_list(args):
@@ -127,6 +131,14 @@ def cmd_evict(args):
 
 def domain_cmd(op):
     return lambda args: (op, {"domain": args.domain}, lambda r: "%s %s" % (op, r["name"]))
+
+
+def cmd_destroy(args):
+    fields = {"domain": args.domain}
+    if args.keep_disks:
+        fields["keep_disks"] = True
+    return ("destroy", fields, lambda r: "destroy %s" % r["name"] + "".join(
+        "\n  kept %s" % path for path in r.get("kept_disks", ())))
 
 
 def cmd_discard(args):

@@ -8,7 +8,7 @@ import argparse
 
 from xenclone.cli import top, units
 from xenclone.cli.commands import (domain_cmd, cmd_audit, cmd_bless, cmd_check, cmd_create,
-                                   cmd_discard, cmd_evict, cmd_hoard, cmd_host, cmd_images,
+                                   cmd_destroy, cmd_discard, cmd_evict, cmd_hoard, cmd_host, cmd_images,
                                    cmd_info, cmd_launch, cmd_list, cmd_memserver, cmd_page,
                                    cmd_set, cmd_shutdown, cmd_wait)
 
@@ -46,6 +46,9 @@ def build_parser():
                     help="do not map the image's recorded working set at launch")
     sp.add_argument("--fill", choices=("fork", "lazy", "before-run", "auto"),
                     help="how the clone gets its memory (default: the daemon's fill setting)")
+    sp.add_argument("--wait-identity", type=int, nargs="?", const=60, metavar="SECONDS",
+                    help="Linux clones: wait up to SECONDS (default 60) for their guest "
+                         "agents to renew their identity, and say which did")
     add("list", cmd_list, "list domains with role, image and state", True)
     add("images", cmd_images, "list images", True)
     add("info", cmd_info, "show a domain's state and page figures", True).add_argument(
@@ -61,9 +64,13 @@ def build_parser():
     sp.add_argument("domain", metavar="Domain")
     sp.add_argument("--timeout", type=int, default=60)
     for op, text in (("pause", "stop a domain's vCPUs"), ("unpause", "let a domain run"),
-                     ("destroy", "destroy a domain and free its memory"),
                      ("reset", "return a fork clone to its image's state (Xen VM fork)")):
         add(op, domain_cmd(op), text, True).add_argument("domain", metavar="Domain")
+    sp = add("destroy", cmd_destroy, "destroy a domain and free its memory", True)
+    sp.add_argument("domain", metavar="Domain")
+    sp.add_argument("--keep-disks", action="store_true",
+                    help="keep a clone's disk overlays (its image cannot be discarded "
+                         "while they are kept)")
     sp = add("set", cmd_set, "set a clone's target, limit and eviction classes", True)
     sp.add_argument("domain", metavar="Domain")
     sp.add_argument("knobs", nargs="+", metavar="key=value",

@@ -14,9 +14,9 @@ from xenclone.control.domain_ops import DomainOps
 from xenclone.control.image_ops import ImageOps
 from xenclone.control.master_ops import MasterOps
 from xenclone.control.memory_ops import MemoryOps
-from xenclone.control.records import _RUNS
+from xenclone.control.records import _RUNS, unknown_identity
 from xenclone.control.settings_ops import SettingsOps
-from xenclone.interfaces import FIRST_HANDLE, DomainState, IDomainNumbering
+from xenclone.interfaces import FIRST_HANDLE, DomainState, IDomainNumbering, ILinuxBackend
 from xenclone.wire import WireError
 
 # The daemon's state -> the backend's word for it, which does not override it.
@@ -187,12 +187,22 @@ class Controller(MasterOps, DomainOps, ImageOps, MemoryOps, Diagnostics, Setting
         stats.pop("image", None)
         info.update(stats)
         info["fetched_pages"] = stats["faults"]
+        info.update(self._expected(dom))
+        linux_clone = (dom.role == "clone" and dom.params is None
+                       and ILinuxBackend.providedBy(self.backend))
+        if dom.fill_mode != "fork" and not linux_clone:
+            return info
+        d = defer.succeed(info)
         if dom.fill_mode == "fork":
             # Xen fills a fork itself: its pages as the hypervisor counts them.
-            return self.backend.frames(dom.domid).addCallback(
-                lambda hv: dict(info, hypervisor=hv, **self._expected(dom)))
-        info.update(self._expected(dom))
-        return info
+            d.addCallback(lambda info: self.backend.frames(dom.domid).addCallback(
+                lambda hv: dict(info, hypervisor=hv)))
+        if linux_clone:
+            # Whether its guest agent renewed its identity, and what it did.
+            d.addCallback(lambda info: self.backend.identity(dom.domid).addErrback(
+                unknown_identity).addCallback(
+                lambda i: dict(info, identity=i["identity"], identity_detail=i.get("detail"))))
+        return d
 
     @staticmethod
     def _expected(dom):

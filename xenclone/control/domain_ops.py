@@ -18,11 +18,12 @@ import time
 from twisted.internet import defer
 
 from xenclone.control.args import _image_arg, _int
-from xenclone.control.records import _RUNS, CloneSpec, Domain
-from xenclone.interfaces import DomainState, IForkBackend
+from xenclone.control.records import _RUNS, CloneSpec, Domain, unknown_identity
+from xenclone.interfaces import DomainState, IForkBackend, ILinuxBackend
 from xenclone.wire import WireError
 
 MAX_LAUNCH = 256
+MAX_IDENTITY_WAIT = 3600     # s: --wait-identity
 
 
 class DomainOps:
@@ -43,6 +44,12 @@ class DomainOps:
         fill = msg.get("fill")
         if fill not in (None, "fork", "lazy", "before-run", "auto"):
             raise WireError("bad-argument", "fill must be fork, lazy, before-run or auto")
+        wait = msg.get("wait_identity")
+        if wait is not None:
+            wait = _int(msg, "wait_identity", 0, MAX_IDENTITY_WAIT)
+            if not ILinuxBackend.providedBy(self.backend):
+                raise WireError("unsupported", "wait_identity: clones of the %s backend have "
+                                "no identity agent" % self.backend.name)
 
         @defer.inlineCallbacks
         def launch():
@@ -50,6 +57,14 @@ class DomainOps:
             launched = []
             for _ in range(count):
                 launched.append((yield self._launch_one(image, paused, share, prefetch, fill)))
+            if wait is not None and image.meta.get("params") is None:   # Linux clones
+                # Together: a clone without the agent costs the wait once.
+                told = yield defer.gatherResults(
+                    [self.backend.identity(c["domid"], wait).addErrback(unknown_identity)
+                     for c in launched])
+                for clone, identity in zip(launched, told):
+                    clone.update(identity=identity["identity"],
+                                 identity_s=identity.get("seconds"))
             return {"clones": launched}
 
         return launch()
@@ -150,10 +165,24 @@ class DomainOps:
 
     def op_destroy(self, msg):
         dom = self._domain(msg.get("domain"))
+        keep = msg.get("keep_disks", False)
+        if not isinstance(keep, bool):
+            raise WireError("bad-argument", "keep_disks must be true or false")
+        if keep and not ILinuxBackend.providedBy(self.backend):
+            raise WireError("unsupported", "keep_disks: domains of the %s backend have no "
+                            "disks" % self.backend.name)
         self.pager.detach(dom.domid)
-        d = self.backend.destroy(dom.domid)
-        d.addCallback(lambda _: (self._forget(dom), {"domid": dom.domid, "name": dom.name})[1])
-        return d
+        # Only when asked: backends without disks take no such argument.
+        d = self.backend.destroy(dom.domid, keep_disks=True) if keep else \
+            self.backend.destroy(dom.domid)
+
+        def done(r):
+            self._forget(dom)
+            kept = r.get("kept_disks") if isinstance(r, dict) else None
+            return dict({"domid": dom.domid, "name": dom.name},
+                        **({"kept_disks": kept} if kept else {}))
+
+        return d.addCallback(done)
 
     def op_destroy_all(self, msg):
         doms = sorted(self.domains.values(), key=lambda d: d.role != "clone")

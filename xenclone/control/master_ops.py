@@ -56,6 +56,9 @@ class MasterOps:
         if cfg.get("vcpus", 1) != 1 or cfg.get("ramdisk") or cfg.get("extra"):
             raise WireError("bad-config", "the project's guest takes 1 vCPU and no ramdisk or "
                             "extra; name a kernel for a Linux master")
+        if cfg.get("vif") or cfg.get("disk"):
+            raise WireError("bad-config", "the project's guest has no vif or disk: only a "
+                            "Linux master (kernel =) has devices")
         try:
             params = workload.Params.for_memory(
                 memory, read_percent=cfg.get("read_percent", 10),
@@ -79,6 +82,11 @@ class MasterOps:
             value = cfg.get(key) or None
             if value is not None and not isinstance(value, str):
                 raise WireError("bad-config", "%s must be a string" % key)
+            boot[key] = value
+        for key in ("vif", "disk"):
+            value = cfg.get(key) or []
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise WireError("bad-config", "%s must be a list of strings" % key)
             boot[key] = value
         dom = Domain(self._allocate(), name, "master", memory)
         self.domains[dom.domid] = dom

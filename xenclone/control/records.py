@@ -4,6 +4,7 @@ import attr
 
 from xenclone.domain_record import DomainRecord
 from xenclone.interfaces import DomainState
+from xenclone.wire import WireError
 
 LIVE = (DomainState.RUNNING, DomainState.PAUSED, DomainState.READY, DomainState.DONE,
         DomainState.WAITING_FOR_MEMSERVER, DomainState.PAUSED_BY_TIMEOUT,
@@ -19,7 +20,8 @@ class MasterSpec:
     npages = attr.ib()
     params = attr.ib()                 # the project's guest: its workload (else None)
     meta = attr.ib(factory=dict)       # the daemon's record, kept by the backend
-    boot = attr.ib(default=None)       # a Linux master: memory, vcpus, kernel, ramdisk, extra
+    boot = attr.ib(default=None)       # a Linux master: memory, vcpus, kernel, ramdisk, extra,
+                                       # vif, disk (xl strings)
 
 
 @attr.s(frozen=True)
@@ -55,3 +57,8 @@ class Domain(DomainRecord):
         return {"domid": self.domid, "name": self.name, "role": self.role,
                 "image": self.image, "state": self.state, "memory_mib": self.memory_mib}
 
+
+def unknown_identity(f):
+    """A clone the backend no longer has: its handshake cannot be read."""
+    f.trap(WireError)
+    return {"identity": "unknown (%s)" % f.value}

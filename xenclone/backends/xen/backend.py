@@ -42,6 +42,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from xenclone.backends.xen import libxc, xenctrl, xl
+from xenclone.backends.xen.clone_devices import DeviceClones
+from xenclone.backends.xen.disk_snapshots import DiskSnapshots
 from xenclone.backends.xen.domains import POLL, Domains
 from xenclone.backends.xen.errors import xen_errors
 from xenclone.backends.xen.evict import Evictor
@@ -65,7 +67,7 @@ FILL_MODES = ("auto", "fork", "lazy", "before-run")
 
 @implementer(IBackend, ILinuxBackend, IBalloonBackend, IForkBackend, IHypervisorMemory,
              IDomainNumbering, IUnwatchedWrites)
-class XenBackend(Masters, Launches, Domains, Memory, ForkClones):
+class XenBackend(Masters, Launches, Domains, Memory, DeviceClones, ForkClones):
     """The backend: its state and the helpers its lifecycles share; each
     lifecycle is a mixin (``masters.py``, ``launch.py``, ``fork_clones.py``,
     ``domains.py``, ``memory.py``)."""
@@ -74,7 +76,7 @@ class XenBackend(Masters, Launches, Domains, Memory, ForkClones):
     log = Logger()
 
     def __init__(self, reactor, work_dir, on_event, guest_kernel=None, fill="auto",
-                 grant_cache_pages=DEFAULT_GRANT_CACHE, xenstore_path=None):
+                 grant_cache_pages=DEFAULT_GRANT_CACHE, xenstore_path=None, disk_dir=None):
         self.reactor = reactor
         self._xenstore_path = xenstore_path     # xenstored's socket; None: the default
         self._xs = None
@@ -91,6 +93,9 @@ class XenBackend(Masters, Launches, Domains, Memory, ForkClones):
         self._domains = {}
         os.makedirs(work_dir, mode=0o700, exist_ok=True)
         self.images = ImageDomains(reactor, self.xc, work_dir)
+        # Disk snapshots are disk-sized: on the host's disk (the daemon's
+        # state_dir), not beside the records (under run_dir, often tmpfs).
+        self.disks = DiskSnapshots(reactor, disk_dir or os.path.join(work_dir, "disks"))
         self._take_back()
         self._watcher = task.LoopingCall(self._watch)
         self._watcher.clock = reactor

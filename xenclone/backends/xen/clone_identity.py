@@ -88,10 +88,10 @@ def write_identity(xs, domid, ip=None, gateway=None, hostname=None):
 def wait_identity(reactor, xs, domid, timeout):
     """``{"identity": "renewed"|"failed", "detail": {...}, "seconds": s}``
     once the agent answers; ``{"identity": "not renewed"}`` after
-    ``timeout`` seconds without an answer."""
+    ``timeout`` seconds without an answer (0: one look)."""
     base = linux.home(domid) + "/xenclone"
     t0 = reactor.seconds()
-    while reactor.seconds() - t0 < timeout:
+    while True:
         state = yield linux.read_node(xs, base + "/identity")
         if state in (b"renewed", b"failed"):
             raw = yield linux.read_node(xs, base + "/identity-detail")
@@ -101,5 +101,6 @@ def wait_identity(reactor, xs, domid, timeout):
                 detail = {"unreadable": (raw or b"")[:200].decode(errors="replace")}
             return {"identity": state.decode(), "detail": detail,
                     "seconds": round(reactor.seconds() - t0, 3)}
+        if reactor.seconds() - t0 >= timeout:
+            return {"identity": NOT_RENEWED}
         yield task.deferLater(reactor, POLL, lambda: None)
-    return {"identity": NOT_RENEWED}

@@ -32,7 +32,8 @@ import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from xenclone.backends.xen import devices, disk_tool
+from xenclone import xl_devices as devices
+from xenclone.backends.xen import disk_tool
 from xenclone.wire import WireError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

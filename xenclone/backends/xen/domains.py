@@ -78,6 +78,7 @@ class _Domain(DomainRecord):
     t_first_ns = attr.ib(default=None)  # monotonic: first unpaused (a clone's launch ends)
     first_told = attr.ib(default=False)  # a Linux domain's t_first_ns reported
     meta = attr.ib(factory=dict)        # the daemon's record of it
+    devices = attr.ib(default=None)     # a Linux master's vifs and disks, xl strings
 
     def info(self):
         return {"domid": self.domid, "name": self.name, "role": self.role,
@@ -89,7 +90,7 @@ class _Domain(DomainRecord):
         """What a restarted daemon needs to take the domain back."""
         return {"domid": self.domid, "name": self.name, "role": self.role,
                 "npages": self.npages, "config": self.config, "meta": self.meta,
-                "fill": self.fill, "kind": self.kind}
+                "fill": self.fill, "kind": self.kind, "devices": self.devices}
 
 
 
@@ -108,10 +109,11 @@ class Domains:
     def _event(self, dom):
         self.on_event(dict(dom.info(), event="state"))
 
-    def _track(self, domid, name, role, npages, config, meta, fill="before-run", kind=GUEST):
+    def _track(self, domid, name, role, npages, config, meta, fill="before-run", kind=GUEST,
+               devices=None):
         box = Mailbox(self.fm.map(domid, [workload.PARAMS_PFN])) if kind == GUEST else None
         dom = self._domains[domid] = _Domain(domid, name, role, npages, config, box,
-                                             kind=kind, fill=fill, meta=meta)
+                                             kind=kind, fill=fill, meta=meta, devices=devices)
         self._write_record(dom)
         return dom
 
@@ -147,10 +149,11 @@ class Domains:
                 info = None
             if info is None or info.dying:
                 self._drop(rec["domid"])
+                self._drop_disks(rec["meta"] if rec["role"] == "clone" else {})
                 continue
             dom = self._track(rec["domid"], rec["name"], rec["role"], rec["npages"],
                               rec["config"], rec["meta"], rec.get("fill", "before-run"),
-                              rec.get("kind", GUEST))
+                              rec.get("kind", GUEST), rec.get("devices"))
             dom.paused = info.paused
             if dom.kind == LINUX:
                 dom.suspended = info.shutdown_reason == SHUTDOWN_SUSPEND
@@ -211,7 +214,8 @@ class Domains:
                 self._event(dom)
         for dom in list(self._domains.values()):
             info = self._info(dom)
-            if info is None:
+            if info is None:    # xl destroy behind our back: its overlays go too
+                self._drop_disks(dom.meta if dom.role == "clone" else {})
                 dom.state = DomainState.DESTROYED
                 self._event(dom)
                 continue
@@ -288,15 +292,23 @@ class Domains:
         self._drop(domid)
         return defer.succeed(None)
 
-    def destroy(self, domid):
+    def destroy(self, domid, keep_disks=False):
+        """The domain gone; a clone's disk overlays too, unless kept
+        (``kept_disks``: their paths)."""
         def destroy():
             dom = self._get(domid)
+            meta = dom.meta if dom.role == "clone" else {}
+            done = {"domid": domid}
             if self._info(dom) is None:
-                return {"domid": domid, "gone": True}
-            if dom.fill == "fork":
-                return self._destroy_fork(domid).addCallback(lambda _: {"domid": domid})
-            self._drop(domid)
-            return xl.destroy(self.reactor, domid).addCallback(lambda _: {"domid": domid})
+                done["gone"] = True
+                d = defer.succeed(None)
+            elif dom.fill == "fork":
+                d = self._destroy_fork(domid)
+            else:
+                self._drop(domid)
+                d = xl.destroy(self.reactor, domid)
+            return d.addCallback(lambda _: dict(done, kept_disks=self._drop_disks(meta,
+                                                                                  keep_disks)))
 
         return defer.maybeDeferred(destroy)
 

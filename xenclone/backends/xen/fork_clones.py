@@ -18,7 +18,7 @@ import os
 
 from twisted.internet import defer
 
-from xenclone.backends.xen import fork, libxc
+from xenclone.backends.xen import clone_identity, fork, libxc
 from xenclone.backends.xen.errors import xen_errors
 from xenclone.backends.xen.filled import ForkRegion
 from xenclone.backends.xen.fork_region import ForkPagedRegion
@@ -128,7 +128,10 @@ class ForkClones:
         XenStore home and introduction, and its id where its guest reads it
         (a Linux clone's XenStore node, the project's guest's mailbox)."""
         clone_id = dom.meta.get("clone_id")
-        extra = fork.clone_id_nodes(dom.domid, clone_id) if dom.kind == LINUX else ()
+        # A Linux clone's fresh identity (entropy, ...) before its id: the
+        # guest agent acts on the id.
+        extra = (clone_identity.identity_nodes(dom.domid) + fork.clone_id_nodes(dom.domid, clone_id)
+                 if dom.kind == LINUX else ())
         d = fork.write_home(xs, dom.domid, dom.name, fork.memory_kib(dom.npages),
                             dom.config.get("vcpus", 1), store, console, extra)
         if dom.kind == GUEST:

@@ -105,9 +105,21 @@ class Launches:
             # afresh from the kernel, as no clone of the image.
             config.update(on_reboot="preserve", on_crash="preserve")
         fill = self._fill_of(clone.fill or self.fill, image.image_id)   # refused before
-        if fill == "fork":                                                # anything is built
+        config = yield self._clone_config(image, clone, config, fill)     # anything is built
+        if fill == "fork":
             region = yield self._launch_fork(image, clone, config, kind)
             return region
+        try:
+            region = yield self._launch_domain(image, clone, config, record, kind, fill)
+        except Exception:
+            self._drop_disks(clone.meta)
+            raise
+        return region
+
+    @defer.inlineCallbacks
+    def _launch_domain(self, image, clone, config, record, kind, fill):
+        """A clone libxl makes (``xl create -p``), with its devices: filled
+        before it runs, or lazily."""
         xs = (yield self._xenstore()) if kind == LINUX else None
         image = self._readable(image)
         if fill == "lazy":
@@ -119,7 +131,7 @@ class Launches:
             dom = self._track(domid, clone.name, "clone", image.npages, config, clone.meta,
                               kind=kind)
             if kind == LINUX:
-                yield linux.write_clone_id(xs, domid, clone.clone_id)
+                yield self._tell_linux_clone(xs, domid, clone.clone_id)
             else:
                 dom.mailbox.write(clone_id=clone.clone_id, input=clone.input, go=1)
             self.xc.hvm_setcontext(domid, record)
@@ -154,7 +166,7 @@ class Launches:
                               fill="lazy", kind=kind)
             dom.image = image
             if kind == LINUX:
-                yield linux.write_clone_id(xs, domid, clone.clone_id)
+                yield self._tell_linux_clone(xs, domid, clone.clone_id)
             else:
                 dom.mailbox.load(image.read_page(workload.PARAMS_PFN))
                 dom.mailbox.write(clone_id=clone.clone_id, input=clone.input, go=1)

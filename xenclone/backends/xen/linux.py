@@ -23,7 +23,8 @@ import json
 
 from twisted.internet import defer, task
 
-from xenclone.backends.xen import devices, pagewalk
+from xenclone import xl_devices as devices
+from xenclone.backends.xen import pagewalk
 from xenclone.interfaces import PAGE_SIZE
 from xenclone.wire import WireError
 from xenclone.xenstore.wire import XenStoreError

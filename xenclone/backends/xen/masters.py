@@ -19,7 +19,7 @@ import os
 from twisted.internet import defer, task
 
 from xenclone import workload
-from xenclone.backends.xen import linux, xl
+from xenclone.backends.xen import clone_devices, linux, xl
 from xenclone.backends.xen.batches import _batches
 from xenclone.backends.xen.domains import POLL, SHUTDOWN_SUSPEND
 from xenclone.backends.xen.errors import xen_errors
@@ -71,11 +71,14 @@ class Masters:
             if path and not os.path.isfile(path):
                 raise WireError("bad-config", "%s: no file %s" % (what, path))
         config = linux.master_config(spec.boot, spec.name)
+        kept = clone_devices.specs(clone_devices.parse(
+            {"vif": spec.boot.get("vif") or [], "disk": spec.boot.get("disk") or []}))
+        yield self.disks.check(clone_devices.parse(kept).disks)
         xs = yield self._xenstore()
-        domid = yield self._create(config)
+        domid = yield self._create(clone_devices.master_settings(config, kept))
         try:
             dom = self._track(domid, spec.name, "master", spec.npages, config, spec.meta,
-                              kind=LINUX)
+                              kind=LINUX, devices=kept)
             self._unpause(dom)
             yield linux.wait_ready(self.reactor, xs, self.xc, domid, spec.name)
         except Exception:
@@ -138,6 +141,7 @@ class Masters:
                                 "launch more of its image" % dom.name)
             meta["parent_image"] = dom.meta.get("image")
         if dom.kind == LINUX and not dom.suspended:
+            yield self._check_devices(dom)
             xs = yield self._xenstore()
             times = yield linux.suspend(self.reactor, xs, self.xc, domid, dom.name)
             dom.suspended = True
@@ -146,7 +150,8 @@ class Masters:
                           name=dom.name, **times)
         self._pause(dom)
         record = self.xc.hvm_getcontext(domid)
-        return Capture(arch=ARCH, vcpu_state=pack_state(dom.config, record, dom.kind),
+        state = pack_state(dom.config, record, dom.kind, dom.devices)
+        return Capture(arch=ARCH, vcpu_state=state,
                        mem_fd=None, npages=dom.npages, domid=domid, meta=meta)
 
     def adopt(self, ref):
@@ -166,9 +171,6 @@ class Masters:
             raise WireError("no-domain", "unknown domain %r (neither xenclone's nor Xen's)"
                             % (ref,))
         domid, config, found = linux.adopted_config(text, ref)
-        if found:   # issue 18: until launch gives each clone its own vifs and disks
-            raise WireError("unsupported", "%s has vif or disk devices: launch does not give "
-                            "clones their own yet" % config["name"])
         info = self.xc.domain_info(domid)
         if not info.hvm:
             raise WireError("unsupported", "%s is a PV guest: PV domains are not supported, "
@@ -178,7 +180,8 @@ class Masters:
         npages = linux.npages(config)
         # The daemon's record of a master that has no workload: its size.
         dom = self._track(domid, config["name"], "master", npages, config,
-                          {"memory_mib": config["memory"]}, kind=LINUX)
+                          {"memory_mib": config["memory"]}, kind=LINUX,
+                          devices=clone_devices.specs(found) if found else None)
         dom.paused = info.paused
         dom.suspended = info.shutdown_reason == SHUTDOWN_SUSPEND
         dom.state = (DomainState.PAUSED if dom.paused or dom.suspended

@@ -41,6 +41,7 @@ _DISK_FLAGS = ("direct-io-safe", "discard", "no-discard", "trusted", "untrusted"
 _VIF_KEYS = ("mac", "bridge", "ip", "model", "type", "vifname", "script", "backend",
              "rate", "gatewaydev")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_VDEV = re.compile(r"^[A-Za-z0-9]{1,32}$")
 
 
 def _refuse(what, why):
@@ -258,6 +259,8 @@ def check_disk(disk, what, cdrom=False, script=None, backend=None, specification
                       "CD-ROM)")
     if not disk.vdev:
         raise _refuse(what, "no vdev (e.g. xvda)")
+    if not _VDEV.match(disk.vdev):     # it names the snapshot's file too
+        raise _refuse(what, "vdev %r: letters and digits (xvda, d0p1)" % disk.vdev)
     if not disk.target:
         raise _refuse(what, "no target (an empty drive)")
     if disk.format not in SNAPSHOT_FORMATS:
