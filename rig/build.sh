@@ -17,8 +17,8 @@
 #                    uncompressed (same reason)
 #   share/           shared read-only into dom0 at /mnt/rig
 #     domu/          PVH domU: the same vmlinux, busybox initramfs, xl config
-#     pylib/xenclone/_xen.cpython-311-x86_64-linux-gnu.so
-#                    the project's cffi Xen shim, built for dom0's python3
+#     pylib/xenclone/_xen*.so, _linux*.so
+#                    the project's cffi shims, built for dom0's python3
 #
 # Why the shim is built here on the host and not in dom0: dom0 has Debian's
 # python3.11 and libxen 4.17 from the same mirror as the host, so building it
@@ -73,9 +73,8 @@ VERSIONS=$(apt-cache policy "$KPKG" $XENPKG xen-utils-4.17 busybox-static python
 candidate() { echo "$VERSIONS" | awk -F= -v p="$1" '$1 == p {print $2}'; }
 KEY=$( { echo "$VERSIONS"
          cat "$RIG/build.sh" "$RIG/dom0/init" "$RIG/domu/init" \
-             "$RIG/domu/pvh.cfg" "$ROOT/libxc_shim/xen_build.py" \
-             "$ROOT"/libxc_shim/src/xen/xen_shim.* "$ROOT"/libxc_shim/src/xen/grant_seed.* \
-             "$ROOT"/libxc_shim/src/linux/pages.*; } |
+             "$RIG/domu/pvh.cfg" "$ROOT"/libxc_shim/*_build.py \
+             "$ROOT"/libxc_shim/src/xen/*.[ch] "$ROOT"/libxc_shim/src/linux/*.[ch]; } |
        sha256sum | cut -c1-16)
 OUT=$CACHE/$KEY
 if [ $FORCE = 0 ] && [ -f "$OUT/.complete" ]; then
@@ -218,9 +217,11 @@ cp "$RIG/domu/pvh.cfg" "$OUT.tmp/share/domu/pvh.cfg"
 S=$W/shim
 mkdir -p "$S/xenclone"
 cp -a "$ROOT/libxc_shim" "$S/"
-(cd "$S" && /usr/bin/python3 libxc_shim/xen_build.py) >"$W/shim.log" 2>&1 ||
-    { tail -20 "$W/shim.log" >&2; exit 1; }
-cp "$S"/xenclone/_xen*.so "$OUT.tmp/share/pylib/xenclone/"
+# Both shims: the Linux one holds the page-cache helpers (a hole punched
+# in an image cache in dom0) as well as KVM's.
+(cd "$S" && /usr/bin/python3 libxc_shim/xen_build.py && /usr/bin/python3 libxc_shim/linux_build.py) \
+    >"$W/shim.log" 2>&1 || { tail -20 "$W/shim.log" >&2; exit 1; }
+cp "$S"/xenclone/_xen*.so "$S"/xenclone/_linux*.so "$OUT.tmp/share/pylib/xenclone/"
 
 echo "$VERSIONS" > "$OUT.tmp/versions.txt"
 rm -rf "$W"
