@@ -154,13 +154,10 @@ class Pager:
             # never a victim.
             self.ledger.set_knobs(region.domid, classes=())
 
-    def _look_at_forks(self, domids=None):
+    def _look_at_forks(self):
         """The ledger learns what forks wrote; over budget, evict."""
-        self.forks.sync(domids, busy=self.evictor.flying)
-        over = self.ledger.allocated - self.ledger.budget_pages
-        if over > 0:
-            self.evictor.evict_host(over)
-        self.grant()
+        self.forks.sync(busy=self.evictor.flying)
+        self.rebudget(self.ledger.budget_pages)
 
     def reattach(self, region, image, kinds, paged_out, share=True):
         """Take back a clone a previous daemon served.  Its pages are what
