@@ -6,6 +6,7 @@ import tempfile
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 from twisted.trial import unittest
 from zope.interface import directlyProvides
 from zope.interface.verify import verifyObject
@@ -89,6 +90,24 @@ class PagerTests(unittest.TestCase):
         self.assertNotIn(20, self.r1.loaded)
         self.pager.set_knobs(1, limit=0)
         self.assertEqual(self.r1.loaded[20], "shared")
+
+    def test_a_round_that_keeps_failing_backs_off_and_is_logged_once(self):
+        """A drop that fails every time (a bug) must neither spin the
+        reactor nor fill the log: retries wait longer each time, and the
+        same failure is logged once until a round moves pages again."""
+        events = []
+        self.pager.evictor.log = Logger(observer=events.append)
+        self.ledger.set_knobs(1, limit=3)
+        self.source.deliver([(1, S, p) for p in (1, 2, 3)])
+        tries = []
+        self.backend.drop_clean = lambda domid, pfns: (tries.append(pfns),
+                                                       defer.fail(RuntimeError("bug")))[1]
+        self.source.deliver([(1, N, 20)])
+        for _ in range(200):
+            self.clock.advance(0.01)                # 2 s
+        self.assertLess(len(tries), 20)
+        self.assertEqual(len([e for e in events if e.get("log_failure")]), 1)
+        self.assertNotIn(20, self.r1.loaded)
 
     def test_drop_that_finds_a_page_written_makes_it_private(self):
         """Xen cannot write-protect: its drop finds writes by comparing, keeps

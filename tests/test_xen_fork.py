@@ -9,7 +9,7 @@ import types
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from xenclone.backends.xen import fork
+from xenclone.backends.xen import clone_identity, fork
 from xenclone.backends.xen.filled import ForkRegion
 from xenclone.backends.xen.fork_clones import ForkClones
 from xenclone.interfaces import PAGE_SIZE, PageState
@@ -61,6 +61,21 @@ class ForkHomeTests(unittest.TestCase):
             self.assertEqual(getattr(e, "code", None), "EACCES", leaf)
         other = Caller(DOMID + 1)
         self.assertRaises(Exception, self.store.read, other, home + "/name")
+
+    @defer.inlineCallbacks
+    def test_every_node_has_its_permissions_with_few_requests(self):
+        """Nodes that share their parent's permissions inherit them, as
+        xenstored gives them: only the others cost a request."""
+        asked = []
+        set_perms = self.client.set_perms
+        self.client.set_perms = lambda path, perms: (asked.append(path),
+                                                     set_perms(path, perms))[1]
+        extra = clone_identity.identity_nodes(DOMID) + fork.clone_id_nodes(DOMID, 3)
+        yield fork.write_home(self.client, DOMID, NAME, KIB, 2, STORE, CONSOLE, extra)
+        nodes = fork.home_nodes(DOMID, NAME, KIB, 2, STORE, CONSOLE) + extra
+        for path, _, perms in nodes:
+            self.assertEqual(self.store.get_perms(Caller(0), path), perms, path)
+        self.assertLess(len(asked), len(nodes) // 2)
 
     @defer.inlineCallbacks
     def test_unwire_leaves_nothing_and_tolerates_a_domain_already_gone(self):

@@ -47,9 +47,10 @@ class ForkXc(FakeXc):
     def __init__(self):
         super().__init__()
         self.info = Info(100, 100, 900, 0, 1)
-        self.max_pages, self.dropped = [], []
+        self.max_pages, self.dropped, self.asked = [], [], 0
 
     def domain_info(self, domid):
+        self.asked += 1
         if self.info is None:
             raise libxc.XenError("xc_domain_getinfolist", errno.ESRCH)
         return self.info
@@ -107,6 +108,17 @@ class ForkPagedRegionTests(unittest.TestCase):
         self.region.credit(0)
         self.region.unprotect(4)                         # at least the frame it waits for
         self.assertEqual(self.xc.max_pages, [164, 100, 101])
+
+    def test_the_same_credit_again_keeps_its_cap_without_asking_xen(self):
+        """The pager grants on every pump: only a new credit, or room made
+        now, moves the cap (from the frames the fork owns then)."""
+        self.region.credit(64)
+        self.xc.info = self.xc.info._replace(tot_pages=150)     # it wrote 50 pages
+        asked = self.xc.asked
+        self.region.credit(64)
+        self.assertEqual((self.xc.max_pages, self.xc.asked), ([164], asked))
+        self.region.credit(32)
+        self.assertEqual(self.xc.max_pages, [164, 182])
 
     def test_only_a_held_page_comes_back_through_the_paging_ring(self):
         """Xen fills the rest itself; a request for a page not held is a

@@ -156,6 +156,7 @@ def rig_summary(stock, lazy, forks):
     return {
         "fork_launch_over_restore": _ratio(forks.get("restore_s"), launch_s, 1),
         "restore_s": forks.get("restore_s"), "fork_launch_s": launch_s,
+        "fork_launch_steps_ms": (forks.get("launch_steps_ms") or [None])[0],
         "restore_id_seen_s": forks.get("restore_id_seen_s"),
         "fork_id_seen_s": forks.get("fork_id_seen_s"),
         "fork_1_clone_s": (forks.get("timings_s") or {}).get("fork_1_clone"),

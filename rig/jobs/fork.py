@@ -332,7 +332,13 @@ class ForkJob(Job):
         """The daemon's log: each operation with who, what, domain, result
         and duration (issue 20)."""
         with open(LOG, errors="replace") as f:
-            lines = [line for line in f if "[xenclone.ops#info]" in line]
+            log = f.read()
+        lines = [line for line in log.splitlines() if "[xenclone.ops#info]" in line]
+        # Where each fork launch's time went (the backend's log).
+        self.res["launch_steps_ms"] = [
+            {k: float(v) for k, v in zip(("child", "rings", "xenstore"), m)}
+            for m in re.findall(r": child ([\d.]+) ms, rings ([\d.]+) ms, xenstore ([\d.]+) ms",
+                                log)]
         self.res["ops_logged"] = len(lines)
         for op, target in (("bless", MASTER), ("launch", MASTER), ("reset", "no-such-clone"),
                            ("discard", MASTER)):

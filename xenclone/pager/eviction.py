@@ -22,6 +22,7 @@ from xenclone.pager.requests import Waits
 from xenclone.wire import WireError
 
 BATCH = 1024     # pages per backend request
+RETRY_MIN_S, RETRY_MAX_S = 0.001, 0.5   # a round that moved nothing is retried after
 
 
 def _chunks(pfns):
@@ -52,6 +53,8 @@ class Evictor:
         self._in_flight = set()        # (domid, pfn) a round works on
         self.punch_seq, self._punched = 0, {}   # (image id, pfn) -> seq when its hole was made
         self._spared = _Spared(self.faults, self._in_flight)
+        self._retry_s = RETRY_MIN_S     # after a round that moved nothing
+        self._logged = set()            # failures logged since a round last moved pages
 
     @property
     def _clones(self):
@@ -115,12 +118,14 @@ class Evictor:
         def done(result):
             self._rounds.discard(tag)
             if isinstance(result, Failure):      # a bug: the ops handle what they expect
-                self.log.failure("eviction {tag} failed", result.value.subFailure, tag=tag)
+                self._log_once(result.value.subFailure, "eviction {tag} failed", tag=tag)
             if self.ledger.host_stats() == before:
-                # Nothing moved (a page not yet free to go): try again in a
-                # moment rather than spin.
-                self.pager.reactor.callLater(0.001, self.pager.pump)
+                # Nothing moved (a page not yet free to go, or a failure):
+                # try again in a moment, longer each time, rather than spin.
+                self.pager.reactor.callLater(self._retry_s, self.pager.pump)
+                self._retry_s = min(2 * self._retry_s, RETRY_MAX_S)
             else:
+                self._retry_s, self._logged = RETRY_MIN_S, set()
                 self.pager.pump()
 
         defer.gatherResults(ops, consumeErrors=True).addBoth(done)
@@ -307,4 +312,12 @@ class Evictor:
             self.log.error("clone {domid}: page-out stopped, nothing dropped: {why}",
                            domid=domid, why=f.value)
         else:
-            self.log.failure("clone {domid}: eviction failed", f, domid=domid)
+            self._log_once(f, "clone {domid}: eviction failed", domid=domid)
+
+    def _log_once(self, f, fmt, **fields):
+        """A failure the retries would repeat is logged once, until a
+        round moves pages again."""
+        key = (fmt, repr(sorted(fields.items())), repr(f.value))
+        if key not in self._logged:
+            self._logged.add(key)
+            self.log.failure(fmt, f, **fields)

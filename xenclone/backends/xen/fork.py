@@ -83,15 +83,29 @@ def _pipelined(calls):
     return defer.gatherResults([call() for call in calls], consumeErrors=True)
 
 
+def _inherited(written, path):
+    """The permissions ``path`` gets from its nearest ancestor in
+    ``written`` (None: from one not written here)."""
+    while "/" in path.strip("/"):
+        path = path.rsplit("/", 1)[0]
+        if path in written:
+            return written[path]
+    return None
+
+
 @defer.inlineCallbacks
 def write_home(xs, domid, name, memory_kib, vcpus, store, console, extra=()):
     """The clone's XenStore home, ``extra`` nodes ``(path, value, perms)``
     (its id) after it, then its introduction to xenstored."""
-    calls = []
+    calls, written = [], {}
     for path, value, perms in list(home_nodes(domid, name, memory_kib, vcpus, store,
                                               console)) + list(extra):
         calls.append(lambda p=path, v=value: xs.write(p, v))
-        calls.append(lambda p=path, ps=perms: xs.set_perms(p, ps))
+        # xenstored gives the nodes dom0 creates their nearest ancestor's
+        # permissions: only a node that differs from it needs its own.
+        if _inherited(written, path) != perms:
+            calls.append(lambda p=path, ps=perms: xs.set_perms(p, ps))
+        written[path] = perms
     try:
         yield _pipelined(calls)
     except defer.FirstError as e:

@@ -64,7 +64,7 @@ class ForkPagedRegion(TouchFill, PagedRegion):
                 if req.gfn >= self.npages:
                     # Not guest RAM (a ring or special page): a frame for
                     # it, now, without the pager.
-                    self.credit(max(1, self._credit))
+                    self.credit(max(1, self._credit), fresh=True)
                     self._sharing.respond([req])
                     self._evtchn.notify(self.sharing_port)
                     continue
@@ -86,17 +86,22 @@ class ForkPagedRegion(TouchFill, PagedRegion):
         """The pager made room for the write waiting on ``pfn``: a frame
         more (the credit granted next may give more), then the vCPUs
         waiting on it resume and Xen allocates again."""
-        self.credit(max(1, self._credit))
+        self.credit(max(1, self._credit), fresh=True)
         self._state[pfn] = PageState.PRIVATE
         reqs = self._room.pop(pfn, None)
         if reqs:
             self._sharing.respond(reqs)
             self._evtchn.notify(self.sharing_port)
 
-    def credit(self, pages):
+    def credit(self, pages, fresh=False):
         """The fork may own ``pages`` more frames than it does now: its
-        max_pages, set only when it changes.  A fork already gone (an
-        ``xl destroy``) is left to the watcher that notices it."""
+        max_pages, set only when it changes.  The same credit again keeps
+        the cap it was given (no hypercall: the pager grants on every
+        pump), unless ``fresh``: room made now, counted from the frames the
+        fork owns now.  A fork already gone (an ``xl destroy``) is left to
+        the watcher that notices it."""
+        if pages == self._credit and self._cap is not None and not fresh:
+            return
         self._credit = pages
         try:
             cap = self._xc.domain_info(self.domid).tot_pages + max(0, pages)
@@ -109,7 +114,7 @@ class ForkPagedRegion(TouchFill, PagedRegion):
     def load_copy(self, pfn, data):
         """A page-in takes a frame: room for it first, whatever the
         credit (the pager decided there is room)."""
-        self.credit(max(1, self._credit))
+        self.credit(max(1, self._credit), fresh=True)
         super().load_copy(pfn, data)
 
     def frames(self):
