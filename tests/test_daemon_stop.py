@@ -3,6 +3,7 @@ operations in its log, and ``xenclone shutdown`` taking everything down."""
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -46,12 +47,24 @@ class TwistdTests(unittest.TestCase):
         notify.bind(os.path.join(self.tmp, "notify"))
         notify.settimeout(120)
         log_path = os.path.join(self.tmp, "daemon.log")
+        stderr = open(os.path.join(self.tmp, "stderr"), "w+")
+        self.addCleanup(stderr.close)
         daemon = subprocess.Popen(
             [os.path.join(BIN, "twistd"), "--nodaemon", "--pidfile=", "--logfile", log_path,
              "xenclone", "--config", self.conf],
-            env=dict(os.environ, NOTIFY_SOCKET=os.path.join(self.tmp, "notify")))
+            env=dict(os.environ, NOTIFY_SOCKET=os.path.join(self.tmp, "notify")), stderr=stderr)
         self.addCleanup(lambda: daemon.poll() is None and (daemon.kill(), daemon.wait()))
         self.assertTrue(notify.recv(200).startswith(b"READY=1"))
+        # An operator's look inside: each thread's stack, and it runs on.
+        daemon.send_signal(signal.SIGUSR2)
+        for _ in range(100):
+            stderr.seek(0)
+            stacks = stderr.read()
+            if "reactor" in stacks:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertRegex(stacks, r'(?s)[Tt]hread 0x.*File ".*reactor')
+        self.assertIsNone(daemon.poll())
         # Not by connecting to the VMM host's socket: its newest link gets the events.
         link = yield connect(reactor, os.path.join(self.run_dir, "control.sock"))
         pids = (yield link.request("pids")).fields

@@ -207,6 +207,25 @@ class PagerTests(unittest.TestCase):
         self.assertNotIn(5, self.r2.loaded)
         self.assertIn("corrupt", self.ledger.clone_stats(2)["pageout_error"])
 
+    def test_a_page_touched_during_its_page_out_stays_private(self):
+        """Xen's evict fails for a page touched after its nominate: the
+        page-out says so (None), and the page stays private, in memory,
+        its slot free again; the rest are paged out."""
+        page_out, slot_of_5 = self.backend.page_out, []
+
+        def touched_5(domid, pfns, slots, *rest):
+            slot_of_5.extend(s for p, s in zip(pfns, slots) if p == 5)
+            return page_out(domid, pfns, slots, *rest).addCallback(
+                lambda crcs: [None if p == 5 else c for p, c in zip(pfns, crcs)])
+
+        self.backend.page_out = touched_5
+        self._page_out_5_and_6()
+        self.assertEqual((self.ledger.kind(2, 5), self.ledger.kind(2, 6)),
+                         (L.PRIVATE, L.PAGED_OUT))
+        self.assertEqual(self.r2.state[5], PageState.PRIVATE)
+        self.assertEqual(self.ledger.clone_stats(2)["paged_out_pages"], 1)
+        self.assertEqual(self.ledger.take_slots(2, 1), slot_of_5)     # free again
+
     def test_failed_page_out_drops_nothing(self):
         self._cache_only([8])
         self.ledger.budget_pages = 3

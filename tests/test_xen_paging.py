@@ -14,7 +14,7 @@ from xenclone.backends.xen.paging import PagedRegion, PagingSource
 from xenclone.image import OpenImage
 from xenclone.interfaces import PAGE_SIZE, FaultKind, PageState
 
-Req = namedtuple("Req", "gfn dropped")
+Req = namedtuple("Req", "gfn dropped evict_fails", defaults=(False,))
 
 
 class FakeRing:
@@ -103,6 +103,19 @@ class PagedRegionTests(unittest.TestCase):
         self.assertEqual(self.region.take(), [])
         self.assertEqual(len(self.ring.answered), 2)
         self.assertGreater(self.evtchn.notified, 0)
+
+    def test_a_touch_before_the_evict_is_answered_at_once(self):
+        """An eviction holds the page and maps it from a thread; a guest
+        touch before its evict (EVICT_FAIL) gets the page back at once,
+        or that map (waiting for the answer) and the fault (waiting for
+        the eviction) would wait for each other."""
+        self.region.deliver = self.fail
+        self.region.hold([8])
+        self.ring.queue = [Req(8, False, True)]
+        self.assertEqual(self.region.take(), [])
+        self.assertEqual([r.gfn for r in self.ring.answered], [8])
+        self.assertEqual(self.region.counters()["touched_while_evicted"], 1)
+        self.assertEqual(self.region.states()[8], PageState.HOLD)   # the eviction decides
 
     def test_page_xen_kept_is_answered_without_the_pager(self):
         """A touch of a nominated page before its evict: Xen kept the

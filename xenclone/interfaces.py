@@ -129,8 +129,10 @@ class IBackend(Interface):
 
     def page_out(domid, pfns, slots, store_path, sync):
         """Write held private pages to slots of a page-out store, then drop
-        them; Deferred[list of CRC32s].  Nothing is dropped that was not
-        written (and flushed out of the page cache, fsync'd if ``sync``)."""
+        them; Deferred[list of CRC32s, one a page: None for a page that
+        stayed, touched meanwhile where the backend cannot hold it].
+        Nothing is dropped that was not written (and flushed out of the
+        page cache, fsync'd if ``sync``)."""
 
     def scan(domid):
         """Deferred[dict]: the kernel's count of the clone's pages by kind:

@@ -1,5 +1,7 @@
 """``twistd xenclone``: options and the service maker."""
 
+import faulthandler
+import signal
 import sys
 
 from twisted.python import usage
@@ -33,6 +35,9 @@ def makeService(options):
         # Before anything is touched: no socket, no helper, no state.
         print("xenclone: cannot start: %s" % e, file=sys.stderr)
         sys.exit(2)
+    # An operator's (or the rig's) look inside a daemon that seems stuck:
+    # kill -USR2 writes every thread's stack to stderr (the journal).
+    faulthandler.register(signal.SIGUSR2, file=sys.__stderr__, all_threads=True)
     tree = make_service(settings, reactor)
     daemon_lock.LockHolder(locks).setServiceParent(tree)
     # options.parent: twistd's own options (--logfile, --syslog, --nodaemon).

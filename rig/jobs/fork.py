@@ -268,6 +268,8 @@ class ForkJob(Job):
         wrote = wait_for(lambda: all("XENCLONE-WROTE" in console(c["name"]) for c in clones),
                          600)
         r["write_s"] = since(t)
+        if wrote is None:
+            self.stuck(r)
         sums = {c["name"]: _said(console(c["name"]), "XENCLONE-WROTE") for c in clones}
         r["free_mib_after_writes"] = xen_free_mib()
         for c in clones:
@@ -300,6 +302,15 @@ class ForkJob(Job):
         self.res["pressure_ok"] = self.checks["pressure_ok"] = all(checks.values())
         for c in clones:
             self.xenclone("destroy", c["name"])
+
+    def stuck(self, r):
+        """What a step that waited in vain leaves to look at: the daemon's
+        threads (SIGUSR2: their stacks on its stderr, job.out) and its view
+        of the host and of each fork."""
+        run("pkill", "-USR2", "-f", "twistd import run")
+        r["stuck_host"] = self.json("host")
+        r["stuck_info"] = {n: self.json("info", n) for n in xl_names()
+                           if n.startswith(MASTER + ".")}
 
     def bad_input(self):
         self.refused("reset_of_unknown_refused", ("reset", "no-such-clone"),

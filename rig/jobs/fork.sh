@@ -10,8 +10,8 @@ export XENCLONE_W=/tmp/xenclone-fork XENCLONE_SERVER_DOMAIN_MIB=0 XENCLONE_MEMSE
 export XENCLONE_LOG=xenclone-fork-daemon.log
 # The pressure step's watermarks on the hypervisor's free memory (fork.py's
 # LOW_WATERMARK_MIB): its hog leaves a little above the low one.
-export XENCLONE_EXTRA_CONF="low_watermark_mib = 64
-high_watermark_mib = 96"
+export XENCLONE_EXTRA_CONF="${XENCLONE_EXTRA_CONF:-low_watermark_mib = 64
+high_watermark_mib = 96}"
 . "$RIG_PROJECT/rig/jobs/daemon.sh"
 JOB=fork
 . "$RIG_PROJECT/rig/jobs/domu.sh"

@@ -5,4 +5,8 @@
 # not pass yet (the notes of issue 21 say where it stands).
 #   rig/boot.sh --xen $(xen/build.sh --rig | tail -1) --job rig/jobs/pressure.sh --out DIR
 export XENCLONE_RIG_PRESSURE=1
+# fork.sh's watermarks, and every decision of the pager in the log.
+export XENCLONE_EXTRA_CONF="low_watermark_mib = 64
+high_watermark_mib = 96
+log_level = \"debug\""
 . "$RIG_PROJECT/rig/jobs/fork.sh"

@@ -210,11 +210,19 @@ class Evictor:
 
         def account(crcs):
             if domid in self._clones:
-                self.ledger.paged_out(domid, pfns, slots, crcs)
+                out = [(p, s, c) for p, s, c in zip(pfns, slots, crcs) if c is not None]
+                stayed = [(p, s) for p, s, c in zip(pfns, slots, crcs) if c is None]
+                if out:
+                    self.ledger.paged_out(domid, *map(list, zip(*out)))
                 self.pager.pageout_retry.succeeded(domid)
                 # A fault that came during the page-out: loaded back now.
+                paged = {p for p, _, _ in out}
                 for pfn in self.faults.unpark(domid, pfns, Waits.EVICTION):
-                    self.faults.wait_host(domid, pfn, Waits.PAGE_IN)
+                    if pfn in paged:
+                        self.faults.wait_host(domid, pfn, Waits.PAGE_IN)
+                if stayed:      # touched meanwhile: still private, in memory
+                    self.ledger.free_slots(domid, [s for _, s in stayed])
+                    region.remember([p for p, _ in stayed], PageState.PRIVATE)
 
         def failed(f):
             if domid in self._clones:

@@ -2,8 +2,10 @@
 
 Nominating a page makes it not present to the guest, so its contents are
 frozen from then on: a touch pauses the vCPU and sends a paging request
-(flagged EVICT_FAIL), and the evict that follows fails.  A page whose evict
-fails simply stays the clone's; it is counted, never an error.
+(flagged EVICT_FAIL), which the region answers at once (``paging.py``),
+and the evict that follows fails.  A page whose evict fails simply stays
+the clone's; it is counted, never an error.  The foreign map that reads a
+frozen page waits while a touch has it on its way back in.
 
 Everything here has its own libxc handles and one lock, so the reactor's
 handle (loads, ring answers) is never shared with a thread.
@@ -73,15 +75,17 @@ class Evictor:
 
     def page_out(self, domid, pfns, slots, store_path, sync):
         """Write the pages to their slots of the store (and its index), then
-        evict them.  A page already nominated (an earlier drop found it
-        written) is frozen too; nothing is evicted if the store fails."""
+        evict them; nothing is evicted if the store fails.  A page already
+        nominated (an earlier drop found it written) is frozen too.
+        Returns each page's CRC32, None for a page that stayed (its evict
+        failed: touched meanwhile, or never frozen)."""
         with self._lock:
             self._nominated(domid, pfns)
             with self.fm.map(domid, pfns, writable=False) as m:
                 data = bytes(m.buffer)
             crcs = write_pages(store_path, pfns, slots, data, sync)
-            self._evict(domid, pfns)
-        return crcs
+            evicted = set(self._evict(domid, pfns))
+        return [crc if pfn in evicted else None for pfn, crc in zip(pfns, crcs)]
 
     def close(self):
         self.fm.close()

@@ -56,7 +56,7 @@ class PagedRegion:
         self.deliver = None                 # the source's: redeliver a fault
         self.service_us = deque()           # the source's, once added
         self._counts = {"requests": 0, "faults": 0, "answered_present": 0,
-                        "load_kept": 0, "dropped_by_guest": 0}
+                        "load_kept": 0, "dropped_by_guest": 0, "touched_while_evicted": 0}
 
     def fileno(self):
         return self._evtchn.fileno()
@@ -93,6 +93,16 @@ class PagedRegion:
                     # A page the guest gave back, or not RAM we manage:
                     # nothing to load, but the vCPU waits for the answer.
                     self._counts["dropped_by_guest"] += 1
+                    answer.append(req)
+                    continue
+                if req.evict_fails:
+                    # Touched while an eviction holds it, before its evict:
+                    # the page is still there, and the answer gives it back
+                    # to the guest now.  Waiting for the eviction's end
+                    # instead would deadlock: its foreign map of the page
+                    # waits for this answer.  Its evict fails; the eviction
+                    # keeps it.
+                    self._counts["touched_while_evicted"] += 1
                     answer.append(req)
                     continue
                 first = not self._pending[pfn]

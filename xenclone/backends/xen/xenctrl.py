@@ -59,6 +59,12 @@ class PagingRequest(namedtuple("PagingRequest",
         """The guest gave the page back: nothing to load."""
         return bool(self.paging_flags & _lib.MEM_PAGING_DROP_PAGE)
 
+    @property
+    def evict_fails(self):
+        """The guest touched a page nominated and not yet evicted: it is
+        still in place, and the evict that follows fails."""
+        return bool(self.paging_flags & _lib.MEM_PAGING_EVICT_FAIL)
+
 
 class XenCtrl:
     """A libxenctrl handle."""
