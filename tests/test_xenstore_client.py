@@ -126,6 +126,18 @@ class OperationTests(ClientCase):
         yield self.fails("ENOENT", c.get_perms("/nowhere"))
 
     @defer.inlineCallbacks
+    def test_write_nodes_in_order_with_their_permissions(self):
+        c = self.client
+        yield c.write_nodes([("/h", "", ["n0", "r5"]), ("/h/name", "web.3", None),
+                             ("/h/data", b"", ["n5"])])
+        self.assertEqual((yield c.read("/h/name")), b"web.3")
+        self.assertEqual((yield c.get_perms("/h/name")), ["n0", "r5"])    # the parent's
+        self.assertEqual((yield c.get_perms("/h/data")), ["n5"])
+        yield self.fails("EINVAL", c.write_nodes([("/h/ok", "1", None), ("/bad path", "", None),
+                                                  ("/h/after", "2", None)]))
+        self.assertEqual((yield c.read("/h/ok")), b"1")
+
+    @defer.inlineCallbacks
     def test_long_directory(self):
         names = ["entry-%05d" % i for i in range(500)]
         for name in names:

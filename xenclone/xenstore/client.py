@@ -51,6 +51,13 @@ def _directory_parts(call, path):
             return _list(listing[:-1])
 
 
+def _first_error(d):
+    def unwrap(f):
+        f.trap(defer.FirstError)
+        return f.value.subFailure
+    return d.addCallbacks(lambda _: None, unwrap)
+
+
 class _Ops:
     """The data operations, outside (tx_id 0) or inside a transaction."""
 
@@ -90,6 +97,17 @@ class _Ops:
     def set_perms(self, path, perms):
         """``perms`` like ``["n5", "r0"]``: owner and default first."""
         return self._call(Op.SET_PERMS, strings(path, *perms)).addCallback(lambda _: None)
+
+    def write_nodes(self, nodes):
+        """Write ``(path, value, perms)`` in order, setting ``perms``
+        unless None: all sent at once (xenstored answers a connection's
+        requests in order); fails with the first error."""
+        calls = []
+        for path, value, perms in nodes:
+            calls.append(self.write(path, value))
+            if perms is not None:
+                calls.append(self.set_perms(path, perms))
+        return _first_error(defer.gatherResults(calls, consumeErrors=True))
 
 
 class Transaction(_Ops):

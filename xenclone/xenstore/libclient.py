@@ -80,6 +80,14 @@ class _Ops:
         """``perms`` like ``["n5", "r0"]``: owner and default first."""
         return self._request("set_perms", self.tx_id, path, list(perms))
 
+    def write_nodes(self, nodes):
+        """Write ``(path, value, perms)`` in order, setting ``perms``
+        unless None, in one go on the worker (libxenstore waits for each
+        answer, so one trip to the worker is what can be saved)."""
+        return self._request("write_nodes", self.tx_id, [
+            (path, value.encode() if isinstance(value, str) else value,
+             None if perms is None else list(perms)) for path, value, perms in nodes])
+
 
 class Transaction(_Ops):
     def __init__(self, client, tx_id):

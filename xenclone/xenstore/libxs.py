@@ -114,6 +114,13 @@ class Handle:
         self._ok(self._lib.xs_set_permissions(self._handle(), t, path.encode(), array,
                                               len(perms)), path)
 
+    def write_nodes(self, t, nodes):
+        """``(path, value, perms)`` written in order, perms set unless None."""
+        for path, value, perms in nodes:
+            self.write(t, path, value)
+            if perms is not None:
+                self.set_perms(t, path, perms)
+
     # -- watches ---------------------------------------------------------------
 
     def watch(self, path, token):

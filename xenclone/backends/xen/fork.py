@@ -77,12 +77,6 @@ def home_nodes(domid, name, memory_kib, vcpus, store, console):
     return nodes
 
 
-def _pipelined(calls):
-    """Send every request at once: xenstored answers a connection's
-    requests in order, so one round trip waits for all of them."""
-    return defer.gatherResults([call() for call in calls], consumeErrors=True)
-
-
 def _inherited(written, path):
     """The permissions ``path`` gets from its nearest ancestor in
     ``written`` (None: from one not written here)."""
@@ -97,19 +91,14 @@ def _inherited(written, path):
 def write_home(xs, domid, name, memory_kib, vcpus, store, console, extra=()):
     """The clone's XenStore home, ``extra`` nodes ``(path, value, perms)``
     (its id) after it, then its introduction to xenstored."""
-    calls, written = [], {}
+    nodes, written = [], {}
     for path, value, perms in list(home_nodes(domid, name, memory_kib, vcpus, store,
                                               console)) + list(extra):
-        calls.append(lambda p=path, v=value: xs.write(p, v))
         # xenstored gives the nodes dom0 creates their nearest ancestor's
         # permissions: only a node that differs from it needs its own.
-        if _inherited(written, path) != perms:
-            calls.append(lambda p=path, ps=perms: xs.set_perms(p, ps))
+        nodes.append((path, value, None if _inherited(written, path) == perms else perms))
         written[path] = perms
-    try:
-        yield _pipelined(calls)
-    except defer.FirstError as e:
-        e.subFailure.raiseException()
+    yield xs.write_nodes(nodes)
     yield xs.introduce(domid, store[0], store[1])
 
 

@@ -77,12 +77,19 @@ class ForkClones:
         laps.lap("child")
         region = None
         try:
-            region = self._fork_region(domid, image)
-            laps.lap("rings")
             dom = self._track(domid, clone.name, "clone", image.npages, config,
                               dict(clone.meta, parent=parent), fill="fork", kind=kind)
             dom.image = self._readable(image)
-            yield self._tell(xs, dom, store, console)
+            # xenstored's answers come to their own thread: the rings are
+            # made meanwhile.
+            told = self._tell(xs, dom, store, console)
+            try:
+                region = self._fork_region(domid, image)
+            except Exception:
+                yield told.addErrback(lambda _: None)
+                raise
+            laps.lap("rings")
+            yield told
             laps.lap("xenstore")
             if not clone.paused:
                 self._unpause(dom)
@@ -91,7 +98,8 @@ class ForkClones:
                 region.close()
             yield self._destroy_fork(domid)
             raise
-        # Where a launch's time goes, for the operator (and the rig).
+        # Where a launch's time goes, for the operator (and the rig):
+        # "xenstore" is the wait for its home after the rings were made.
         self.log.info("fork {name}: dom {domid}: child {child_ms} ms, rings {rings_ms} ms, "
                       "xenstore {xenstore_ms} ms", name=clone.name, domid=domid, **laps.ms)
         return region
