@@ -61,6 +61,19 @@ class ChoiceTests(unittest.TestCase):
         self.assertIsInstance(other, XenStoreClient)
         self.assertEqual(other.path, "/run/xenclone/xenstore.sock")
 
+    def test_many_writes_go_by_xenstoreds_socket_where_it_has_one(self):
+        """libxenstore waits for each answer; the wire client sends all."""
+        self.patch(connect, "host_has_xen", lambda: True)
+        sock = os.path.join(tempfile.mkdtemp(prefix="xs-"), "socket")
+        self.addCleanup(shutil.rmtree, os.path.dirname(sock))
+        self.patch(connect, "DEFAULT_SOCKET", sock)
+        self.assertIsNone(connect.bulk_client(reactor))            # no socket
+        open(sock, "w").close()
+        bulk = connect.bulk_client(reactor)
+        self.assertIsInstance(bulk, XenStoreClient)
+        self.assertEqual(bulk.path, sock)
+        self.assertIsNone(connect.bulk_client(reactor, "/run/xenclone/xenstore.sock"))
+
     def test_wire_client_without_xen(self):
         self.patch(connect, "host_has_xen", lambda: False)
         self.assertIsInstance(xenstore_client(reactor, DEFAULT_SOCKET), XenStoreClient)

@@ -58,7 +58,7 @@ from xenclone.backends.xen.paging import PagingSource
 from xenclone.interfaces import (IBackend, IBalloonBackend, IDomainNumbering, IForkBackend,
                                  IHypervisorMemory, ILinuxBackend, IUnwatchedWrites)
 from xenclone.wire import WireError
-from xenclone.xenstore.connect import xenstore_client
+from xenclone.xenstore.connect import bulk_client, xenstore_client
 
 GUEST_KERNEL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "guest", "build",
                             "guest.elf")
@@ -80,6 +80,8 @@ class XenBackend(Masters, Launches, Domains, Memory, DeviceClones, ForkClones):
         self.reactor = reactor
         self._xenstore_path = xenstore_path     # xenstored's socket; None: the default
         self._xs = None
+        # A second client for many writes at once, where there is a better one.
+        self._bulk_xs = bulk_client(reactor, xenstore_path)
         self.grant_cache_pages = grant_cache_pages
         self.work_dir = work_dir
         self.on_event = on_event
@@ -168,6 +170,18 @@ class XenBackend(Masters, Launches, Domains, Memory, DeviceClones, ForkClones):
         return self._xs
 
     @defer.inlineCallbacks
+    def _xenstore_bulk(self):
+        """The client for many writes at once (``connect.bulk_client``):
+        the usual one where it is as good."""
+        if self._bulk_xs is None:
+            return (yield self._xenstore())
+        try:
+            yield self._bulk_xs.connect().addTimeout(10, self.reactor)
+        except defer.TimeoutError:
+            raise WireError("no-xenstore", "cannot reach xenstored at %s" % self._bulk_xs.path)
+        return self._bulk_xs
+
+    @defer.inlineCallbacks
     def _create(self, config):
         path = os.path.join(self.work_dir, "%s.cfg" % config["name"])
         with open(path, "w") as f:
@@ -216,8 +230,9 @@ class XenBackend(Masters, Launches, Domains, Memory, DeviceClones, ForkClones):
         for dom in self._domains.values():
             if dom.mailbox is not None:
                 dom.mailbox.close()
-        if self._xs is not None:
-            self._xs.close()
+        for xs in (self._xs, self._bulk_xs):
+            if xs is not None:
+                xs.close()
         if self._evictor is not None:
             self._evictor.close()
             self._source.evtchn.close()

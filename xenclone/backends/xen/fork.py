@@ -88,9 +88,10 @@ def _inherited(written, path):
 
 
 @defer.inlineCallbacks
-def write_home(xs, domid, name, memory_kib, vcpus, store, console, extra=()):
+def write_home(xs, domid, name, memory_kib, vcpus, store, console, extra=(), writer=None):
     """The clone's XenStore home, ``extra`` nodes ``(path, value, perms)``
-    (its id) after it, then its introduction to xenstored."""
+    (its id) after it, through ``writer`` (default ``xs``), then its
+    introduction to xenstored."""
     nodes, written = [], {}
     for path, value, perms in list(home_nodes(domid, name, memory_kib, vcpus, store,
                                               console)) + list(extra):
@@ -98,7 +99,7 @@ def write_home(xs, domid, name, memory_kib, vcpus, store, console, extra=()):
         # permissions: only a node that differs from it needs its own.
         nodes.append((path, value, None if _inherited(written, path) == perms else perms))
         written[path] = perms
-    yield xs.write_nodes(nodes)
+    yield (writer or xs).write_nodes(nodes)
     yield xs.introduce(domid, store[0], store[1])
 
 

@@ -71,6 +71,7 @@ class ForkClones:
         home and id written, then unpaused: nothing is copied."""
         parent = self.images.parent(image.image_id)
         xs = yield self._xenstore()
+        writer = yield self._xenstore_bulk()
         vcpus = config.get("vcpus", 1)
         laps = _Laps()
         domid, store, console = fork.make_child(self.xc, parent, vcpus)
@@ -80,9 +81,8 @@ class ForkClones:
             dom = self._track(domid, clone.name, "clone", image.npages, config,
                               dict(clone.meta, parent=parent), fill="fork", kind=kind)
             dom.image = self._readable(image)
-            # xenstored's answers come to their own thread: the rings are
-            # made meanwhile.
-            told = self._tell(xs, dom, store, console)
+            # The home's requests go out while the rings are made.
+            told = self._tell(xs, dom, store, console, writer)
             try:
                 region = self._fork_region(domid, image)
             except Exception:
@@ -151,7 +151,7 @@ class ForkClones:
                 self._unpause(dom)
         return region, [PageState.ABSENT] * dom.npages
 
-    def _tell(self, xs, dom, store, console):
+    def _tell(self, xs, dom, store, console, writer=None):
         """Step 4 for a tracked fork, at launch and after a reset: its
         XenStore home and introduction, and its id where its guest reads it
         (a Linux clone's XenStore node, the project's guest's mailbox)."""
@@ -161,7 +161,7 @@ class ForkClones:
         extra = (clone_identity.identity_nodes(dom.domid) + fork.clone_id_nodes(dom.domid, clone_id)
                  if dom.kind == LINUX else ())
         d = fork.write_home(xs, dom.domid, dom.name, fork.memory_kib(dom.npages),
-                            dom.config.get("vcpus", 1), store, console, extra)
+                            dom.config.get("vcpus", 1), store, console, extra, writer)
         if dom.kind == GUEST:
             dom.mailbox.write(clone_id=clone_id, input=dom.meta.get("input"), go=1)
         return d
@@ -274,6 +274,7 @@ class ForkClones:
             raise WireError("unsupported", "%s is not a fork (fill %s): only fork clones are "
                             "reset" % (dom.name, dom.fill))
         xs = yield self._xenstore()
+        writer = yield self._xenstore_bulk()
         self._pause(dom)
         # What it paged out is dropped (Xen's reset leaves paged-out
         # entries, which would page the old contents back in), and its
@@ -287,7 +288,7 @@ class ForkClones:
         region = self._fork_region(domid, image)
         yield fork.unwire(xs, self.xc, domid)
         store, console = fork.wire(self.xc, domid)
-        yield self._tell(xs, dom, store, console)
+        yield self._tell(xs, dom, store, console, writer)
         dom.t_first_ns, dom.first_told = None, False
         dom.state, dom.result, dom.error = DomainState.PAUSED, None, None
         self._unpause(dom)
