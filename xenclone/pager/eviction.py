@@ -96,6 +96,8 @@ class Evictor:
         if not free and not victims:
             self._stall("host budget reached with nothing to evict")
             return
+        self.log.debug("host round: {free} cache pages, {victims} victims for {wanted} faults",
+                       free=len(free), victims=len(victims), wanted=wanted)
         self._run(("host",), lambda: ([self._uncache(free)] if free else [])
                   + self._evict_keys(victims, L.DROP_SHARED))
 
@@ -119,7 +121,10 @@ class Evictor:
             self._rounds.discard(tag)
             if isinstance(result, Failure):      # a bug: the ops handle what they expect
                 self._log_once(result.value.subFailure, "eviction {tag} failed", tag=tag)
-            if self.ledger.host_stats() == before:
+            moved = self.ledger.host_stats() != before
+            self.log.debug("round {tag} ends: {moved}", tag=tag,
+                           moved="moved" if moved else "nothing moved")
+            if not moved:
                 # Nothing moved (a page not yet free to go, or a failure):
                 # try again in a moment, longer each time, rather than spin.
                 self.pager.reactor.callLater(self._retry_s, self.pager.pump)
