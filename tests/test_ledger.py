@@ -69,6 +69,23 @@ class LedgerTests(unittest.TestCase):
         self.assertEqual(self.ledger.clone_stats(1)["zero_pages"], 2)
         self.assertEqual(self.ledger.clone_stats(1)["resident_pages"], 0)
 
+    def test_an_image_the_hypervisor_holds_is_outside_the_budget(self):
+        """Its cache here is dom0's memory: not counted, and no eviction
+        drops it (that would free nothing of the hypervisor's)."""
+        self.ledger.set_knobs(1, classes=[L.DROP_SHARED])
+        self.ledger.mapped_shared(1, [1, 2])
+        self.assertEqual(self.ledger.allocated, 40)
+        self.ledger.hold_image("img")
+        self.ledger.hold_image("img")                     # once is enough
+        self.assertEqual(self.ledger.allocated, 0)
+        self.ledger.cached("img", [50])
+        self.ledger.written(2, [60])
+        self.assertEqual(self.ledger.allocated, 1)        # the written page alone
+        self.assertEqual(self.ledger.unmapped_cache(10), [])
+        self.assertEqual(self.ledger.host_victims(10), [(2, 60)])   # not its shared 1, 2
+        self.ledger.uncached("img", [50])
+        self.assertEqual(self.ledger.allocated, 1)
+
     def test_credits_follow_host_room_and_clone_limit(self):
         self.ledger.set_knobs(1, limit=10)
         host, clones = self.ledger.take_credits()
@@ -189,6 +206,7 @@ class LedgerTests(unittest.TestCase):
         ledger.written(3, [2])
         ledger.paged_out(3, [2], ledger.take_slots(3, 1), [99])
         ledger.dropped_clean(3, [1])
+        ledger.hold_image("img")
         again = Ledger(100, ClockPolicy(), 32)
         again.replay(records)
         self.assertEqual(again.clone_stats(3), ledger.clone_stats(3))

@@ -13,7 +13,7 @@ from zope.interface.verify import verifyObject
 
 from xenclone import ledger as L
 from xenclone.pager.fork_frames import INTERVAL
-from xenclone.interfaces import FaultKind, IForkRegion
+from xenclone.interfaces import FaultKind, IForkBackend, IForkRegion
 from xenclone.ledger import Ledger
 from xenclone.pager import Pager
 from xenclone.policy.sharing import SharingPolicy
@@ -46,6 +46,14 @@ class FakeFork(FakeRegion):
     def unprotect(self, pfn):
         self.room.append(pfn)
         self.write(pfn)
+
+
+@implementer(IForkBackend)
+class ForkBackend(FakeBackend):
+    """A backend whose image is held by an image domain."""
+
+    def image_domains(self):
+        return {"img": {"domid": 2}}
 
 
 class PagerForkTests(unittest.TestCase):
@@ -122,6 +130,30 @@ class PagerForkTests(unittest.TestCase):
         self.assertEqual(self.f3.loaded[5], "written")
         self.assertEqual(self.ledger.kind(3, 5), L.PRIVATE)
         self.assertEqual(self.f3.loaded[6], "shared")
+
+    def test_a_hoarded_fork_of_an_image_domain_takes_no_room_from_another(self):
+        """A hoard maps every page of the image, which this host also
+        caches: the image domain holds the image, so neither that cache
+        nor the hoarded fork's shared pages are in the hypervisor's budget,
+        and another fork's write gets room."""
+        cached = FakeImageData(64)
+        ledger = Ledger(100, SharingPolicy(protect=0), credit_batch=4)
+        backend = ForkBackend()
+        backend.states.update({5: "running", 6: "running"})
+        pager = Pager(self.clock, ledger, FakeSource(), backend, FakeMemoryServer(), self.store)
+        f5, f6 = FakeFork(5, 64), FakeFork(6, 64)
+        for fork in (f5, f6):
+            backend.regions[fork.domid] = fork
+            pager.attach(fork, cached)
+        done = pager.hoard(5, 1000)
+        for _ in range(20):
+            self.clock.advance(0.1)
+        self.successResultOf(done)
+        self.assertEqual(ledger.allocated, 0)
+        ledger.budget_pages = 1
+        pager.source.deliver([(6, NW, 9)])
+        self.assertEqual(f6.room, [9])
+        self.assertIsNone(pager.stalled)
 
     def test_the_looks_stop_with_the_last_fork(self):
         self.pager.detach(3)

@@ -79,13 +79,25 @@ class Ledger(Room):
         self._log("image", image_id, npages, sorted(cached))
         self._peak()
 
+    def hold_image(self, image_id):
+        """The hypervisor holds the image's pages (its image domain, which
+        fork clones share): this host's cache of it is dom0's memory, not
+        the budget's (the hypervisor's), and dropping it frees nothing
+        there."""
+        img = self.images[image_id]
+        if not img.held:
+            img.held = True
+            self._cached -= len(img.cached)
+            self._log("held", image_id)
+
     def remove_image(self, image_id):
         if any(c.image_id == image_id for c in self._clones.values()):
             raise LedgerError("image %s still has clones" % image_id)
         img = self.images.pop(image_id, None)
         if img is None:
             return
-        self._cached -= len(img.cached)
+        if not img.held:
+            self._cached -= len(img.cached)
         self._log("unimage", image_id)
 
     def add_clone(self, domid, image_id, npages):
@@ -311,7 +323,8 @@ class Ledger(Room):
         img = self.images[image_id]
         new = set(pfns) - img.cached
         img.cached |= new
-        self._cached += len(new)
+        if not img.held:
+            self._cached += len(new)
         self._log("cached", image_id, sorted(new))
         self._peak()
 
@@ -338,7 +351,8 @@ class Ledger(Room):
                                   % (image_id, pfn, sorted(img.mappers(pfn))))
             if pfn in img.cached:
                 img.cached.discard(pfn)
-                self._cached -= 1
+                if not img.held:
+                    self._cached -= 1
         self._log("uncached", image_id, list(pfns))
 
     def take_slots(self, domid, count):
@@ -474,7 +488,7 @@ class Ledger(Room):
 
 
 _REPLAYABLE = {
-    "image": "add_image", "unimage": "remove_image", "add": "add_clone",
+    "image": "add_image", "held": "hold_image", "unimage": "remove_image", "add": "add_clone",
     "remove": "remove_clone", "knobs": "set_knobs", "shared": "mapped_shared",
     "zero": "mapped_zero", "written": "written", "cached": "cached",
     "dropped": "dropped_clean", "uncached": "uncached", "paged_out": "paged_out",

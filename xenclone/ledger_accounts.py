@@ -47,6 +47,7 @@ class ImageAccount:
     npages = attr.ib()
     cached = attr.ib(factory=set)      # image pages this host holds in RAM
     clones = attr.ib(factory=dict)     # domid -> CloneAccount of its clones
+    held = attr.ib(default=False)      # the hypervisor holds it: its cache is not budget memory
 
     def __attrs_post_init__(self):
         self.mapcount = array("H", bytes(2 * self.npages))   # clones mapping each page

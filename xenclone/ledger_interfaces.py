@@ -43,6 +43,10 @@ class ILedger(Interface):
     def add_image(image_id, npages, cached):
         """An image whose ``cached`` pages this host holds in RAM."""
 
+    def hold_image(image_id):
+        """The hypervisor holds the image (an image domain): its cache here
+        is outside the budget and no eviction's to drop."""
+
     def remove_image(image_id):
         """The image is gone (it has no clones left)."""
 

@@ -75,6 +75,8 @@ class Room:
                 return 2
             if kind == SHARED:
                 img = self.images[acct.image_id]
+                if img.held:
+                    return None
                 mappers = img.mappers(pfn)
                 if pfn in img.cached and all(
                         DROP_SHARED in self._clones[m].classes and (m, pfn) not in exclude
@@ -88,6 +90,8 @@ class Room:
         """Cached image pages no clone maps: free to drop at once."""
         out = []
         for image_id, img in self.images.items():
+            if img.held:
+                continue        # frees nothing of the budget
             for pfn in img.cached:
                 if not img.mapcount[pfn] and (image_id, pfn) not in exclude:
                     out.append((image_id, pfn))

@@ -165,6 +165,7 @@ class MasterOps:
             image = yield self.open_image(name)   # its cache counts in the budget from now
             if IForkBackend.providedBy(self.backend):
                 yield self.backend.prepare_image(image, self._images.get(dom.image))
+                self.pager.note_image_domains()
             self._set_state(dom, DomainState.PAUSED)
             if msg.get("resume"):
                 yield self.backend.unpause(dom.domid)

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from xenclone import ledger as L
 from xenclone.interfaces import (
-    FaultKind, IFaultAroundRegion, IForkRegion, INativeFaultRegion, PageState)
+    FaultKind, IFaultAroundRegion, IForkBackend, IForkRegion, INativeFaultRegion, PageState)
 from xenclone.pageout_retry import PageOutRetry
 from xenclone.pageout_store import PageOutStore
 from xenclone.pager import audit, fast_path
@@ -201,7 +201,16 @@ class Pager:
         self.images[image.image_id] = image
         if not self.ledger.has_image(image.image_id):
             self.ledger.add_image(image.image_id, image.npages, image.cached_pages())
-            self.rebudget(self.ledger.budget_pages)
+            self.note_image_domains()
+
+    def note_image_domains(self):
+        """Images the hypervisor holds in image domains (forks share their
+        frames): their cache here leaves the hypervisor's budget."""
+        if IForkBackend.providedBy(self.backend):
+            for image_id in self.backend.image_domains():
+                if self.ledger.has_image(image_id):
+                    self.ledger.hold_image(image_id)
+        self.rebudget(self.ledger.budget_pages)
 
     def set_knobs(self, domid, target=None, limit=None, classes=None, share=None):
         """A clone's settings (``LedgerError`` if out of range).  Faults
