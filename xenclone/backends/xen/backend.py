@@ -157,29 +157,27 @@ class XenBackend(Masters, Launches, Domains, Memory, DeviceClones, ForkClones):
         return xen_errors(threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                                      fn, *args))
 
-    @defer.inlineCallbacks
     def _xenstore(self):
         """xenstored, where Linux guests' control nodes live (connected on
         first use, reconnected by the client when it drops)."""
         if self._xs is None:
             self._xs = xenstore_client(self.reactor, self._xenstore_path)
-        try:
-            yield self._xs.connect().addTimeout(10, self.reactor)
-        except defer.TimeoutError:
-            raise WireError("no-xenstore", "cannot reach xenstored at %s" % self._xs.path)
-        return self._xs
+        return self._connected(self._xs)
 
-    @defer.inlineCallbacks
     def _xenstore_bulk(self):
         """The client for many writes at once (``connect.bulk_client``):
         the usual one where it is as good."""
         if self._bulk_xs is None:
-            return (yield self._xenstore())
+            return self._xenstore()
+        return self._connected(self._bulk_xs)
+
+    @defer.inlineCallbacks
+    def _connected(self, xs):
         try:
-            yield self._bulk_xs.connect().addTimeout(10, self.reactor)
+            yield xs.connect().addTimeout(10, self.reactor)
         except defer.TimeoutError:
-            raise WireError("no-xenstore", "cannot reach xenstored at %s" % self._bulk_xs.path)
-        return self._bulk_xs
+            raise WireError("no-xenstore", "cannot reach xenstored at %s" % xs.path)
+        return xs
 
     @defer.inlineCallbacks
     def _create(self, config):
