@@ -47,7 +47,10 @@ class TwistdTests(unittest.TestCase):
         notify.bind(os.path.join(self.tmp, "notify"))
         notify.settimeout(120)
         log_path = os.path.join(self.tmp, "daemon.log")
-        stderr = open(os.path.join(self.tmp, "stderr"), "w+")
+        # The daemon's stderr has its own file offset: reading it here must
+        # not move where the daemon writes.
+        stderr_path = os.path.join(self.tmp, "stderr")
+        stderr = open(stderr_path, "w")
         self.addCleanup(stderr.close)
         daemon = subprocess.Popen(
             [os.path.join(BIN, "twistd"), "--nodaemon", "--pidfile=", "--logfile", log_path,
@@ -58,9 +61,9 @@ class TwistdTests(unittest.TestCase):
         # An operator's look inside: each thread's stack, and it runs on.
         daemon.send_signal(signal.SIGUSR2)
         for _ in range(100):
-            stderr.seek(0)
-            stacks = stderr.read()
-            if "reactor" in stacks:
+            with open(stderr_path) as f:
+                stacks = f.read()
+            if " in <module>" in stacks:        # the main thread's last frame
                 break
             yield task.deferLater(reactor, 0.05, lambda: None)
         self.assertRegex(stacks, r'(?s)[Tt]hread 0x.*File ".*reactor')
