@@ -196,7 +196,8 @@ typedef struct {
     ...;
 } vm_event_request_t;
 typedef vm_event_request_t vm_event_response_t;
-typedef struct { ...; } vm_event_back_ring_t;
+typedef struct { unsigned int req_prod, req_event, rsp_prod, rsp_event; ...; } vm_event_sring_t;
+typedef struct { unsigned int rsp_prod_pvt, req_cons; vm_event_sring_t *sring; ...; } vm_event_back_ring_t;
 
 /* ---- HVM save record: vCPU state a Linux clone's lazy fill reads ---- */
 struct hvm_save_descriptor { uint16_t typecode; uint16_t instance; uint32_t length; };

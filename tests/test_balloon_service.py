@@ -106,6 +106,9 @@ class _Pager:
     def stats(self, domid):
         return {"faults": 0}
 
+    def requests(self, domid):
+        return None
+
 
 class ControllerTargetTests(unittest.TestCase):
     """``xenclone set CLONE target=N``: a clone the hypervisor cannot page

@@ -60,6 +60,9 @@ class _Pager:
     def stats(self, domid):
         return {"faults": 0}
 
+    def requests(self, domid):
+        return None
+
     def detach(self, domid):
         pass
 

@@ -5,6 +5,8 @@ pages are Xen's list.  Real forks under pressure: tests/test_xen_rig.py."""
 
 import errno
 import os
+import shutil
+import tempfile
 from collections import namedtuple
 
 from twisted.internet import task
@@ -14,7 +16,11 @@ from xenclone.backends.xen import libxc
 from xenclone.backends.xen.fork_region import ForkPagedRegion
 from xenclone.backends.xen.paging import PagingSource
 from xenclone.interfaces import FaultKind, PageState
+from xenclone.ledger import Ledger
+from xenclone.pager import Pager
+from xenclone.policy.sharing import SharingPolicy
 
+from tests.fakes import FakeBackend, FakeMemoryServer, FakeRegion, FakeSource
 from tests.test_xen_fork import _Maps
 from tests.test_xen_paging import FakeEvtChn, FakeRing, FakeXc, Req, image
 
@@ -92,6 +98,23 @@ class ForkPagedRegionTests(unittest.TestCase):
         source.remove(5)
         self.assertTrue(self.sharing.closed and self.paging.closed)
 
+    def test_info_shows_a_forks_waiting_requests_and_rings(self):
+        """``Pager.requests``, which ``xenclone info`` shows: for a Xen
+        clone, its rings' counts; for a clone a fast path serves, none."""
+        store = tempfile.mkdtemp(prefix="xenclone-store-")
+        self.addCleanup(shutil.rmtree, store, True)
+        pager = Pager(task.Clock(), Ledger(100, SharingPolicy(protect=0)), FakeSource(),
+                      FakeBackend(), FakeMemoryServer(), store)
+        pager.attach(self.region, self.image)
+        self.sharing.queue = [Req(3, False)]
+        self.region.take()
+        requests = pager.requests(5)
+        self.assertEqual(requests["room_pending"], 1)
+        self.assertEqual(requests["sharing_ring"]["req_cons"], 1)
+        self.assertEqual(requests["sharing_ring"]["rsp_prod"], 0)
+        pager.attach(FakeRegion(6, 32), self.image)
+        self.assertIsNone(pager.requests(6))
+
     def test_a_write_without_a_frame_waits_for_room_once_and_resumes(self):
         self.sharing.queue = [Req(3, False), Req(3, False), Req(4, False)]
         self.assertEqual(self.region.take(), [(5, FaultKind.WRITE, 3),
@@ -104,7 +127,9 @@ class ForkPagedRegionTests(unittest.TestCase):
         self.region.unprotect(3)
         self.assertEqual([r.gfn for r in self.sharing.answered], [3, 3])
         self.assertEqual(self.region.waiting_for_room(), [4])
-        self.assertEqual(self.region.counters()["room_waits"], 2)
+        counts = self.region.counters()
+        self.assertEqual((counts["room_waits"], counts["room_pending"]), (2, 1))
+        self.assertEqual(counts["sharing_ring"]["rsp_prod"], 2)
         self.region.credit(0)
         self.region.unprotect(4)                         # at least the frame it waits for
         self.assertEqual(self.xc.max_pages, [164, 100, 101])

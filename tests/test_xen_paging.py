@@ -22,10 +22,16 @@ class FakeRing:
 
     def __init__(self):
         self.queue, self.answered, self.closed = [], [], False
+        self.taken = 0
 
     def take(self):
         out, self.queue = self.queue[:3], self.queue[3:]    # in batches, as the ring
+        self.taken += len(out)
         return out
+
+    def indices(self):
+        return {"req_prod": self.taken + len(self.queue), "req_cons": self.taken,
+                "rsp_prod": len(self.answered), "rsp_event": len(self.answered) + 1}
 
     def respond(self, reqs):
         self.answered.extend(reqs)
@@ -97,6 +103,20 @@ class PagedRegionTests(unittest.TestCase):
         self.assertEqual(self.region.states()[3], PageState.PRIVATE)
         self.assertEqual(self.region.states()[9], PageState.ZERO)
         self.assertEqual(len(self.region.service_us), 2)
+
+    def test_counters_show_the_pages_that_wait_and_the_ring(self):
+        """What ``xenclone info`` shows of a stuck clone: the pages whose
+        requests wait for the pager, and the ring's indices."""
+        self.ring.queue = [Req(3, False), Req(3, False)]
+        self.region.take()
+        counts = self.region.counters()
+        self.assertEqual((counts["requests"], counts["faults"], counts["pending_pages"]), (2, 1, 1))
+        self.assertEqual(counts["ring"]["req_cons"], 2)
+        self.assertEqual(counts["ring"]["rsp_prod"], 0)
+        self.region.load_zero(3)
+        counts = self.region.counters()
+        self.assertEqual(counts["pending_pages"], 0)
+        self.assertEqual(counts["ring"]["rsp_prod"], 2)
 
     def test_dropped_and_foreign_pages_are_answered_at_once(self):
         self.ring.queue = [Req(2, True), Req(1000, False)]

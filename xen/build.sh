@@ -41,7 +41,7 @@ T0=$(date +%s)
 
 # Bump with every change to the patches, so the package version rises and
 # hosts upgrade to it.
-REVISION=2
+REVISION=3
 PKG=xen-hypervisor-4.17-amd64
 # The series applied, in order: production, then with --rig the rig-only one.
 series() { sed -e '/^#/d' -e '/^[[:space:]]*$/d' -e "s|^|$1/|" "$1/series"; }

@@ -18,6 +18,7 @@ once each writing a few MiB (the hypervisor memory they cost), a reset, bad
 input, and destroy/discard leaving nothing behind.
 """
 
+import bisect
 import json
 import os
 import re
@@ -53,6 +54,25 @@ def _said(text, marker):
     """The md5 a clone's console gave after ``marker``, or None."""
     m = re.search(re.escape(marker) + r" ([0-9a-f]{32})", text)
     return m.group(1) if m else None
+
+
+def guest_stack(domid, xenctx="/usr/lib/xen-4.17/bin/xenctx"):
+    """Each vCPU's registers and stack (``xenctx``), kernel addresses
+    named from dom0's /proc/kallsyms: the domU runs dom0's kernel, entered
+    without the decompressor, so without KASLR."""
+    out = run(xenctx, "-C", "-S", str(domid)).stdout
+    try:
+        with open("/proc/kallsyms") as f:
+            syms = sorted((int(a, 16), n) for a, _, n, *_ in (line.split() for line in f))
+    except OSError:
+        return out.splitlines()
+    addrs = [a for a, _ in syms]
+
+    def name(m):
+        a = int(m.group(0), 16)
+        i = bisect.bisect_right(addrs, a) - 1
+        return "%s(%s+%#x)" % (m.group(0), syms[i][1], a - addrs[i]) if i >= 0 and addrs[i] else m.group(0)
+    return [re.sub(r"ffffffff[89a-f][0-9a-f]{7}", name, line) for line in out.splitlines()]
 
 
 def domid_of(name):
@@ -312,12 +332,18 @@ class ForkJob(Job):
 
     def stuck(self, r):
         """What a step that waited in vain leaves to look at: the daemon's
-        threads (SIGUSR2: their stacks on its stderr, job.out) and its view
-        of the host and of each fork."""
+        threads (SIGUSR2: their stacks on its stderr, job.out), its view
+        of the host and of each fork (rings included), the hypervisor's
+        view of each vCPU (pause_count: paused for a ring, or blocked in
+        the guest), and where each fork's kernel is."""
         run("pkill", "-USR2", "-f", "twistd import run")
         r["stuck_host"] = self.json("host")
-        r["stuck_info"] = {n: self.json("info", n) for n in xl_names()
-                           if n.startswith(MASTER + ".")}
+        names = [n for n in xl_names() if n.startswith(MASTER + ".")]
+        r["stuck_info"] = {n: self.json("info", n) for n in names}
+        run("xl", "dmesg", "-c")
+        run("xl", "debug-keys", "q")
+        r["stuck_xen_domains"] = run("xl", "dmesg").stdout.splitlines()
+        r["stuck_guest_stacks"] = {n: guest_stack(domid_of(n)) for n in names}
         print(json.dumps(r, indent=1, sort_keys=True), file=sys.stderr, flush=True)
         self.checks["pressure_ok"] = False
 

@@ -187,6 +187,9 @@ class Controller(MasterOps, DomainOps, ImageOps, MemoryOps, Diagnostics, Setting
         stats.pop("image", None)
         info.update(stats)
         info["fetched_pages"] = stats["faults"]
+        requests = self.pager.requests(dom.domid)
+        if requests is not None:
+            info["requests"] = requests
         info.update(self._expected(dom))
         linux_clone = (dom.role == "clone" and dom.params is None
                        and ILinuxBackend.providedBy(self.backend))

@@ -25,7 +25,8 @@ from twisted.logger import Logger
 
 from xenclone import ledger as L
 from xenclone.interfaces import (
-    FaultKind, IFaultAroundRegion, IForkBackend, IForkRegion, INativeFaultRegion, PageState)
+    FaultKind, IFaultAroundRegion, IFaultCounters, IForkBackend, IForkRegion,
+    INativeFaultRegion, PageState)
 from xenclone.pageout_retry import PageOutRetry
 from xenclone.pageout_store import PageOutStore
 from xenclone.pager import audit, fast_path
@@ -107,6 +108,14 @@ class Pager:
             stats["guest_faults"] = region.counters()["faults"]
         return stats
 
+    def requests(self, domid):
+        """A Xen clone's ring requests, those that wait, and where its rings
+        stand (``info`` shows them; too lively to publish); else None."""
+        region = self.clones.get(domid, (None,))[0]
+        if IFaultCounters.providedBy(region) and not INativeFaultRegion.providedBy(region):
+            return region.counters()
+        return None
+
     def audit(self, domid, kernel):
         """Pages where the ledger, the fast path's state and the kernel's
         ``kernel`` kinds (one per page) disagree: (pfn, ledger, state, kernel)."""
@@ -155,8 +164,17 @@ class Pager:
             self.ledger.set_knobs(region.domid, classes=())
 
     def _look_at_forks(self):
-        """The ledger learns what forks wrote; over budget, evict."""
+        """The ledger learns what forks wrote; over budget, evict.  A write
+        a fork's region holds for room that no fault waits for is a lost
+        wake-up: said, and asked again."""
         self.forks.sync(busy=self.evictor.flying)
+        for domid in list(self.forks):
+            region = self.clones[domid][0]
+            lost = [p for p in region.waiting_for_room() if (domid, p) not in self.faults]
+            if lost:
+                self.log.error("fork {domid}: writes wait for room no fault asks for: {pfns}",
+                               domid=domid, pfns=lost)
+                self.on_faults([(domid, FaultKind.WRITE, p) for p in lost])
         self.rebudget(self.ledger.budget_pages)
 
     def reattach(self, region, image, kinds, paged_out, share=True):
@@ -271,6 +289,8 @@ class Pager:
         forks = [domid for domid in by_kind[FaultKind.WRITE] if domid in self.forks]
         if forks:
             self.forks.sync(forks, busy=self.evictor.flying)
+        if by_kind[FaultKind.WRITE]:
+            self.log.debug("writes wait for room: {writes}", writes=dict(by_kind[FaultKind.WRITE]))
         for kind, waits in ((FaultKind.WRITE, Waits.WRITE), (FaultKind.FETCH, Waits.FETCH)):
             for domid, pfns in by_kind[kind].items():
                 for pfn in pfns:
@@ -339,6 +359,8 @@ class Pager:
         domid, pfn = request.key
         if domid not in self.clones:
             return
+        self.log.debug("clone {domid}: room for page {pfn} ({waits})", domid=domid, pfn=pfn,
+                       waits=request.waits)
         if request.waits == Waits.WRITE:
             self._let_write(domid, pfn)
         elif request.waits == Waits.FETCH:

@@ -70,9 +70,17 @@ class ForkPagedRegion(TouchFill, PagedRegion):
                     continue
                 first = not self._room[req.gfn]
                 self._room[req.gfn].append(req)
+                self.log.debug("fork {domid}: page {pfn} waits for room ({n} requests)",
+                               domid=self.domid, pfn=req.gfn, n=len(self._room[req.gfn]))
                 if first:
                     self._counts["room_waits"] += 1
                     records.append((self.domid, FaultKind.WRITE, req.gfn))
+
+    def counters(self):
+        """The paging ring's, and the sharing ring's: pages whose writes
+        wait for room, and where that ring stands."""
+        return dict(super().counters(), room_pending=len(self._room),
+                    sharing_ring=self._sharing.indices())
 
     def _fault_kind(self, pfn):
         # Only a page the pager paged out (held) is ever requested on the
@@ -89,6 +97,8 @@ class ForkPagedRegion(TouchFill, PagedRegion):
         self.credit(max(1, self._credit), fresh=True)
         self._state[pfn] = PageState.PRIVATE
         reqs = self._room.pop(pfn, None)
+        self.log.debug("fork {domid}: room for page {pfn}: {n} requests answered",
+                       domid=self.domid, pfn=pfn, n=len(reqs or ()))
         if reqs:
             self._sharing.respond(reqs)
             self._evtchn.notify(self.sharing_port)

@@ -68,8 +68,10 @@ class PagedRegion:
 
     def counters(self):
         """The paging requests this clone made, as the KVM region's
-        ``counters()`` reports its faults."""
-        return dict(self._counts)
+        ``counters()`` reports its faults; the pages whose requests wait
+        for the pager, and where the ring stands (a vCPU that waits on
+        nothing the pager holds shows there)."""
+        return dict(self._counts, pending_pages=len(self._pending), ring=self._ring.indices())
 
     def keep(self, pfns):
         """Pages Xen kept at launch: they are the clone's already."""

@@ -404,6 +404,13 @@ class VmEventRing:
                                      raw.reason, p.flags, raw))
         return out
 
+    def indices(self):
+        """Where the ring stands: requests Xen put and we took, responses
+        we put and Xen took (a stuck vCPU shows which side lags)."""
+        r = self._ring
+        return {"req_prod": r.sring.req_prod, "req_cons": r.req_cons,
+                "rsp_prod": r.rsp_prod_pvt, "rsp_event": r.sring.rsp_event}
+
     def respond(self, requests):
         """Put a paging response for each request (the page is in place)."""
         rsps = _ffi.new("vm_event_response_t[]", len(requests))
