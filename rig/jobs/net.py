@@ -1,0 +1,163 @@
+"""dom0 side of the rig's net job (issue 18's acceptance): the rig's PVH
+domU with a vif on xenbr0 and an ext4 disk (rig/domu/pvh-net.cfg), made by
+plain xl, blessed by name and cloned 4 times, filled before run; prints one
+JSON object and exits non-zero if a check failed.
+
+    python3 net.py CONF
+
+From dom0, over HTTP (the guest's /cgi-bin/id): each clone answers at its
+own address with its own clone id and hostname and 16 fresh random bytes;
+each writes a file on its disk that no other clone and not the master
+sees; the master, resumed, answers at its old address with its disk
+unchanged by the clones.  The identity agent's handshake is awaited by
+``launch --wait-identity``; the overlays go with ``destroy``.
+"""
+
+import os
+import statistics
+import sys
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from linux import Job, console, main, run, since, wait_console, xl_names  # noqa: E402
+
+MASTER, CFG, CLONES = "rig-net", "/mnt/rig/domu/pvh-net.cfg", 4
+LEASES = "/var/lib/misc/dnsmasq.leases"
+IDENTITY_WAIT = 300         # s: the agents' handshake under TCG
+
+
+def ask(ip, query="", timeout=30):
+    """The guest's answer as a dict (``files`` a sorted list), or None."""
+    try:
+        with urllib.request.urlopen("http://%s/cgi-bin/id%s" % (ip, query),
+                                    timeout=timeout) as r:
+            text = r.read().decode(errors="replace")
+    except OSError:
+        return None
+    answer = dict(line.split(" ", 1) if " " in line else (line, "")
+                  for line in text.splitlines() if line)
+    answer["files"] = sorted(answer.get("files", "").split())
+    return answer
+
+
+def macs(name):
+    """The domain's vif MACs, as ``xl network-list`` gives them."""
+    rows = run("xl", "network-list", name).stdout.splitlines()[1:]
+    return [row.split()[2] for row in rows if len(row.split()) > 2]
+
+
+class NetJob(Job):
+    def steps(self):
+        ends = self.res["steps_end_s"] = {}
+        t0 = time.monotonic()
+        for step in (self.master_up, self.bless, self.launch, self.clones_answer,
+                     self.master_resumes, self.clean_up):
+            step()
+            ends[step.__name__] = since(t0)
+
+    def master_up(self):
+        p = run("xl", "create", CFG)
+        self.res["xl_create"] = {"rc": p.returncode, "stderr": p.stderr[-800:]}
+        up = wait_console(MASTER, "XENCLONE-NET-UP", 300)
+        line = [l for l in console(MASTER).splitlines() if l.startswith("XENCLONE-NET-UP")]
+        self.res["master_console"] = console(MASTER)[-1500:]
+        self.master_ip = line[0].split()[1].split("/")[0] if line and up is not None else None
+        self.master = ask(self.master_ip) if self.master_ip else None
+        self.res["master_before"] = self.master
+        self.checks["master_up_with_lease"] = bool(self.master and self.master["ip"])
+
+    def bless(self):
+        rc, out, err = self.xenclone("bless", MASTER, timed="bless")
+        self.res["bless"] = {"rc": rc, "stderr": err.strip()[-800:]}
+        self.checks["blessed_with_devices"] = rc == 0
+        snaps = "/tmp/xenclone-net/state/disks/%s" % MASTER
+        self.res["snapshot_files"] = sorted(os.listdir(snaps)) if os.path.isdir(snaps) else None
+
+    def launch(self):
+        t = time.monotonic()
+        made = self.json("launch", MASTER, "-n", str(CLONES), "--fill", "before-run",
+                         "--wait-identity", str(IDENTITY_WAIT), timed="launch")["clones"]
+        self.res["launch_s"] = since(t)
+        self.res["clones"] = made
+        for c in made:
+            c["macs"] = macs(c["name"])
+            c["info"] = self.json("info", c["name"])
+        self.checks["identity_renewed"] = all(c.get("identity") == "renewed" for c in made)
+        seconds = [c["identity_s"] for c in made if c.get("identity_s") is not None]
+        self.res["identity_renewed_s_median"] = statistics.median(seconds) if seconds else None
+
+    def lease_ip(self, mac):
+        try:
+            with open(LEASES) as f:
+                rows = [line.split() for line in f]
+        except OSError:
+            return None
+        found = [r[2] for r in rows if len(r) > 2 and r[1].lower() == mac.lower()]
+        return found[-1] if found else None
+
+    def clones_answer(self):
+        clones = self.res["clones"]
+        for c in clones:
+            c["ip"] = self.lease_ip(c["macs"][0]) if c["macs"] else None
+            c["answer"] = ask(c["ip"], "?write=clone-%d" % c["clone_id"]) if c["ip"] else None
+        for c in clones:     # after all wrote: each sees its own file only
+            c["answer_after"] = ask(c["ip"]) if c["ip"] else None
+            c["console_tail"] = console(c["name"])[-1500:]
+        answering = [c for c in clones if c["answer"] and c["answer_after"]]
+        self.res["summary"] = summary = {
+            "net_clones_answering": len(answering),
+            "distinct_ips": len({c["ip"] for c in answering}),
+            "distinct_macs": len({tuple(c["macs"]) for c in clones}),
+            "rng_distinct": len({c["answer"]["random"] for c in answering}
+                                | {self.master["random"] if self.master else None})
+            == len(answering) + 1,
+            "disk_isolated": len(answering) == CLONES and all(
+                c["answer_after"]["files"] == ["clone-%d" % c["clone_id"]] for c in answering),
+            "identity_renewed_s_median": self.res["identity_renewed_s_median"]}
+        self.checks["net_clones_answering"] = summary["net_clones_answering"] == CLONES
+        self.checks["distinct_ips_and_macs"] = (summary["distinct_ips"] == CLONES
+                                                and summary["distinct_macs"] == CLONES)
+        self.checks["own_clone_id_and_hostname"] = bool(answering) and all(
+            c["answer"]["clone_id"] == str(c["clone_id"])
+            and c["answer"]["hostname"].endswith("-%d" % c["clone_id"]) for c in answering)
+        self.checks["rng_distinct"] = summary["rng_distinct"]
+        self.checks["disk_isolated"] = summary["disk_isolated"]
+
+    def master_resumes(self):
+        rc, _, err = self.xenclone("unpause", MASTER)
+        self.res["unpause"] = {"rc": rc, "stderr": err.strip()}
+        deadline = time.monotonic() + 120
+        after = None
+        while time.monotonic() < deadline and after is None:
+            after = ask(self.master_ip, timeout=10) if self.master_ip else None
+            time.sleep(2)
+        self.res["master_after"] = after
+        ok = bool(after and self.master) and after["ip"] == self.master["ip"] and \
+            after["files"] == self.master["files"] and after["clone_id"] == "none"
+        self.res["summary"]["master_ok"] = ok
+        self.checks["master_ok"] = ok
+
+    def clean_up(self):
+        kept = None
+        for i, c in enumerate(self.res["clones"]):
+            args = ("destroy", c["name"]) + (("--keep-disks",) if i == 0 else ())
+            rc, out, _ = self.xenclone(*args)
+            if i == 0:
+                kept = [l.split()[1] for l in out.splitlines() if l.strip().startswith("kept")]
+        self.res["kept_disks"] = kept
+        rc, _, err = self.xenclone("discard", MASTER)
+        self.checks["discard_refused_while_kept"] = rc == 1 and "depend" in err
+        for path in kept or ():
+            os.unlink(path)
+        rc, _, err = self.xenclone("discard", MASTER)
+        self.res["discard"] = {"rc": rc, "stderr": err.strip()}
+        self.checks["discarded"] = rc == 0
+        self.xenclone("destroy", MASTER)
+        left = [n for n in xl_names() if n.startswith(MASTER)]
+        self.res["left_in_xl_list"] = left
+        self.checks["nothing_left"] = not left
+
+
+if __name__ == "__main__":
+    sys.exit(main(NetJob(sys.argv[1])))
