@@ -24,6 +24,7 @@ from xenclone.backends.xen.clone_devices import DeviceClones
 from xenclone.backends.xen.clone_mac import clone_mac
 from xenclone.backends.xen.disk_snapshots import DiskSnapshots
 from xenclone.backends.xen.image_state import LINUX, pack_state, unpack_devices, unpack_state
+from xenclone.control import domain_ops
 from xenclone.control.records import CloneSpec
 from xenclone.interfaces import ILinuxBackend
 from xenclone.wire import WireError
@@ -245,6 +246,15 @@ class ControllerTests(unittest.TestCase):
         info = self.successResultOf(c.op_info({"domain": clones[0]["domid"]}))
         self.assertEqual((info["identity"], info["identity_detail"]),
                          ("renewed", {"hostname": "h"}))
+
+    def test_identity_seconds_count_from_each_clones_launch(self):
+        """The first clone waited while the second launched: its handshake
+        time counts from its own launch, not from the start of the wait."""
+        ticks = iter(range(0, 1000, 10))
+        self.patch(domain_ops, "time", types.SimpleNamespace(
+            monotonic=lambda: next(ticks), monotonic_ns=lambda: 0))
+        c, backend, clones = self.launched(wait_identity=30)
+        self.assertEqual([x["identity_s"] for x in clones], [21.5, None])
 
     def test_bad_wait_identity(self):
         c = self.controller(_IdentityBackend())

@@ -26,6 +26,12 @@ MAX_LAUNCH = 256
 MAX_IDENTITY_WAIT = 3600     # s: --wait-identity
 
 
+def _since_launch(seconds, before_wait):
+    """A handshake's time from its clone's launch (the clones launched
+    after it made it wait too), not from the start of the wait."""
+    return None if seconds is None else round(seconds + before_wait, 3)
+
+
 class DomainOps:
     """Clones' and domains' ops; needs ``Controller``'s ``backend``,
     ``pager``, ``domains``, ``working_sets``, ``share_onfetch``,
@@ -54,17 +60,19 @@ class DomainOps:
         @defer.inlineCallbacks
         def launch():
             image = yield self.open_image(image_id)
-            launched = []
+            launched, ran = [], []
             for _ in range(count):
                 launched.append((yield self._launch_one(image, paused, share, prefetch, fill)))
+                ran.append(time.monotonic())
             if wait is not None and image.meta.get("params") is None:   # Linux clones
                 # Together: a clone without the agent costs the wait once.
+                waited = time.monotonic()
                 told = yield defer.gatherResults(
                     [self.backend.identity(c["domid"], wait).addErrback(unknown_identity)
                      for c in launched])
-                for clone, identity in zip(launched, told):
+                for clone, at, identity in zip(launched, ran, told):
                     clone.update(identity=identity["identity"],
-                                 identity_s=identity.get("seconds"))
+                                 identity_s=_since_launch(identity.get("seconds"), waited - at))
             return {"clones": launched}
 
         return launch()
