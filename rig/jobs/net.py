@@ -1,7 +1,8 @@
 """dom0 side of the rig's net job (issue 18's acceptance): the rig's PVH
 domU with a vif on xenbr0 and an ext4 disk (rig/domu/pvh-net.cfg), made by
-plain xl, blessed by name and cloned 4 times, filled before run; prints one
-JSON object and exits non-zero if a check failed.
+plain xl, blessed by name and cloned 4 times, filled as $XENCLONE_FILL says
+(before-run on stock Xen, lazy on the patched one); prints one JSON object
+and exits non-zero if a check failed.
 
     python3 net.py CONF
 
@@ -14,6 +15,7 @@ unchanged by the clones.  The identity agent's handshake is awaited by
 """
 
 import os
+import re
 import statistics
 import sys
 import time
@@ -25,20 +27,71 @@ from linux import Job, console, main, run, since, wait_console, xl_names  # noqa
 MASTER, CFG, CLONES = "rig-net", "/mnt/rig/domu/pvh-net.cfg", 4
 LEASES = "/var/lib/misc/dnsmasq.leases"
 IDENTITY_WAIT = 300         # s: the agents' handshake under TCG
+FILL = os.environ.get("XENCLONE_FILL", "before-run")
+DAEMON_LOG = os.environ.get("XENCLONE_LOG", "xenclone-net-daemon.log")
 
 
 def ask(ip, query="", timeout=30):
-    """The guest's answer as a dict (``files`` a sorted list), or None."""
+    """The guest's answer as a dict (``files`` a sorted list), or
+    ``{"error": why, "s": seconds}``."""
+    t = time.monotonic()
     try:
         with urllib.request.urlopen("http://%s/cgi-bin/id%s" % (ip, query),
                                     timeout=timeout) as r:
             text = r.read().decode(errors="replace")
-    except OSError:
-        return None
+    except OSError as e:
+        return {"error": str(e), "s": since(t)}
     answer = dict(line.split(" ", 1) if " " in line else (line, "")
                   for line in text.splitlines() if line)
     answer["files"] = sorted(answer.get("files", "").split())
+    answer["s"] = since(t)
     return answer
+
+
+def answered(answer):
+    return bool(answer) and "error" not in answer
+
+
+# What dom0 and a guest that does not answer say about its network and disk.
+DOM0_LOOKS = (("ip", "-br", "addr"), ("ip", "neigh"), ("bridge", "fdb", "show", "br", "xenbr0"),
+              ("ip", "-s", "link"))
+GUEST_LOOK = ("echo DBG-BEGIN; ip addr; ip route; ip neigh; cat /proc/net/tcp; ps; "
+              "cat /tmp/agent.log /tmp/udhcpc.log; dmesg | tail -30; "
+              "cat /sys/block/xvda/inflight; ls /mnt/disk; echo DBG-LS-$((6*7)); "
+              "wget -q -O- -T 30 http://127.0.0.1/cgi-bin/id; echo DBG-WGET-$((6*7))\n")
+
+
+def dom0_look():
+    return {" ".join(c): run(*c).stdout[-4000:] for c in DOM0_LOOKS}
+
+
+def backend_look(domid):
+    return "".join(run("xenstore-ls", "-f", path % domid).stdout
+                   for path in ("/local/domain/0/backend/vif/%d", "/local/domain/0/backend/qdisk/%d",
+                                "/local/domain/0/backend/vbd/%d", "/local/domain/%d/device"))
+
+
+def guest_look(name, domid, wait=90):
+    """What the guest's console shell (rig/domu/init) prints for GUEST_LOOK."""
+    tty = run("xenstore-read", "/local/domain/%d/console/tty" % domid).stdout.strip()
+    before = len(console(name))
+    try:
+        fd = os.open(tty, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        os.write(fd, GUEST_LOOK.encode())
+        os.close(fd)
+    except OSError as e:
+        return "no console shell: %s (%r)" % (e, tty)
+    wait_console(name, "DBG-WGET-42", wait, after=before)
+    return console(name)[before:]
+
+
+def overlay_ms():
+    """Each clone's overlay creation as the daemon logged it (clone_devices.py)."""
+    try:
+        with open(DAEMON_LOG) as f:
+            return [float(m) for m in re.findall(r"overlays made in ([0-9.]+) ms", f.read())]
+    except OSError:
+        return []
 
 
 def macs(name):
@@ -65,7 +118,7 @@ class NetJob(Job):
         self.master_ip = line[0].split()[1].split("/")[0] if line and up is not None else None
         self.master = ask(self.master_ip) if self.master_ip else None
         self.res["master_before"] = self.master
-        self.checks["master_up_with_lease"] = bool(self.master and self.master["ip"])
+        self.checks["master_up_with_lease"] = answered(self.master) and bool(self.master["ip"])
 
     def bless(self):
         rc, out, err = self.xenclone("bless", MASTER, timed="bless")
@@ -76,13 +129,19 @@ class NetJob(Job):
 
     def launch(self):
         t = time.monotonic()
-        made = self.json("launch", MASTER, "-n", str(CLONES), "--fill", "before-run",
+        made = self.json("launch", MASTER, "-n", str(CLONES), "--fill", FILL,
                          "--wait-identity", str(IDENTITY_WAIT), timed="launch")["clones"]
         self.res["launch_s"] = since(t)
+        self.res["fill"] = FILL
         self.res["clones"] = made
         for c in made:
             c["macs"] = macs(c["name"])
-            c["info"] = self.json("info", c["name"])
+        # What info says of one (every CLI call is seconds under TCG).
+        made[0]["info"] = self.json("info", made[0]["name"])
+        self.checks["info_shows_identity"] = made[0]["info"].get("identity") == "renewed"
+        ms = overlay_ms()
+        self.res["overlay_create_ms"] = ms
+        self.res["overlay_create_ms_median"] = statistics.median(ms) if ms else None
         self.checks["identity_renewed"] = all(c.get("identity") == "renewed" for c in made)
         seconds = [c["identity_s"] for c in made if c.get("identity_s") is not None]
         self.res["identity_renewed_s_median"] = statistics.median(seconds) if seconds else None
@@ -97,24 +156,33 @@ class NetJob(Job):
         return found[-1] if found else None
 
     def clones_answer(self):
+        """Each clone answers at its lease's address (its network), then
+        writes a file on its disk; once all wrote, each sees its own only."""
         clones = self.res["clones"]
         for c in clones:
             c["ip"] = self.lease_ip(c["macs"][0]) if c["macs"] else None
-            c["answer"] = ask(c["ip"], "?write=clone-%d" % c["clone_id"]) if c["ip"] else None
-        for c in clones:     # after all wrote: each sees its own file only
-            c["answer_after"] = ask(c["ip"]) if c["ip"] else None
-            c["console_tail"] = console(c["name"])[-1500:]
-        answering = [c for c in clones if c["answer"] and c["answer_after"]]
+            c["answer_first"] = ask(c["ip"]) if c["ip"] else None
+            c["answer"] = ask(c["ip"], "?write=clone-%d" % c["clone_id"]) \
+                if answered(c["answer_first"]) else None
+        for c in clones:
+            c["answer_after"] = ask(c["ip"]) if answered(c["answer"]) else None
+        for c in clones:
+            if not answered(c["answer_after"]):
+                c["look"] = {"dom0": dom0_look(), "backends": backend_look(c["domid"]),
+                             "guest": guest_look(c["name"], c["domid"])}
+            c["console_tail"] = console(c["name"])[-3000:]
+        answering = [c for c in clones if answered(c["answer"]) and answered(c["answer_after"])]
         self.res["summary"] = summary = {
             "net_clones_answering": len(answering),
             "distinct_ips": len({c["ip"] for c in answering}),
             "distinct_macs": len({tuple(c["macs"]) for c in clones}),
             "rng_distinct": len({c["answer"]["random"] for c in answering}
-                                | {self.master["random"] if self.master else None})
+                                | {self.master["random"] if answered(self.master) else None})
             == len(answering) + 1,
             "disk_isolated": len(answering) == CLONES and all(
                 c["answer_after"]["files"] == ["clone-%d" % c["clone_id"]] for c in answering),
-            "identity_renewed_s_median": self.res["identity_renewed_s_median"]}
+            "identity_renewed_s_median": self.res["identity_renewed_s_median"],
+            "overlay_create_ms_median": self.res["overlay_create_ms_median"]}
         self.checks["net_clones_answering"] = summary["net_clones_answering"] == CLONES
         self.checks["distinct_ips_and_macs"] = (summary["distinct_ips"] == CLONES
                                                 and summary["distinct_macs"] == CLONES)
@@ -131,9 +199,10 @@ class NetJob(Job):
         after = None
         while time.monotonic() < deadline and after is None:
             after = ask(self.master_ip, timeout=10) if self.master_ip else None
+            after = after if answered(after) else None
             time.sleep(2)
         self.res["master_after"] = after
-        ok = bool(after and self.master) and after["ip"] == self.master["ip"] and \
+        ok = bool(after) and answered(self.master) and after["ip"] == self.master["ip"] and \
             after["files"] == self.master["files"] and after["clone_id"] == "none"
         self.res["summary"]["master_ok"] = ok
         self.checks["master_ok"] = ok

@@ -8,10 +8,13 @@
 # dnsmasq.log.
 set -eu
 export XENCLONE_W=/tmp/xenclone-net XENCLONE_SERVER_DOMAIN_MIB=0 XENCLONE_MEMSERVER_TCP=
-export XENCLONE_LOG=xenclone-net-daemon.log XENCLONE_FILL=before-run
+export XENCLONE_LOG=xenclone-net-daemon.log XENCLONE_FILL=${XENCLONE_FILL:-before-run}
 . "$RIG_PROJECT/rig/jobs/daemon.sh"
 JOB=net
 . "$RIG_PROJECT/rig/jobs/domu.sh"
+# domu.sh's clean-up, and dnsmasq's and the net master's.
+trap '[ -z "${DAEMON:-}" ] || kill $DAEMON 2>/dev/null; xl destroy rig-net 2>/dev/null
+      kill "$(cat /run/dnsmasq.pid 2>/dev/null)" 2>/dev/null || true' EXIT
 modprobe -a xen-netback xen-blkback bridge loop
 ip link add xenbr0 type bridge
 ip addr add 10.99.0.1/24 dev xenbr0
