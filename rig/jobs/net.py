@@ -20,12 +20,14 @@ import statistics
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from linux import Job, console, main, run, since, wait_console, xl_names  # noqa: E402
 
 MASTER, CFG, CLONES = "rig-net", "/mnt/rig/domu/pvh-net.cfg", 4
 LEASES = "/var/lib/misc/dnsmasq.leases"
+IMAGE = "/tmp/rig-net.img"       # the master's disk (net.sh)
 IDENTITY_WAIT = 300         # s: the agents' handshake under TCG
 FILL = os.environ.get("XENCLONE_FILL", "before-run")
 DAEMON_LOG = os.environ.get("XENCLONE_LOG", "xenclone-net-daemon.log")
@@ -94,6 +96,20 @@ def overlay_ms():
         return []
 
 
+def each(fn, items):
+    """``fn`` over ``items`` at once: each waits on a guest or a CLI call,
+    seconds under TCG."""
+    with ThreadPoolExecutor(max(len(items), 1)) as pool:
+        return list(pool.map(fn, items))
+
+
+def disk_files(image):
+    """The files on an ext4 image's root, read from dom0 (debugfs)."""
+    out = run("debugfs", "-R", "ls", image).stdout.split()
+    return sorted(set(out) - {".", "..", "lost+found"} - {w for w in out if w.isdigit()
+                                                             or w.startswith("(")})
+
+
 def macs(name):
     """The domain's vif MACs, as ``xl network-list`` gives them."""
     rows = run("xl", "network-list", name).stdout.splitlines()[1:]
@@ -159,13 +175,18 @@ class NetJob(Job):
         """Each clone answers at its lease's address (its network), then
         writes a file on its disk; once all wrote, each sees its own only."""
         clones = self.res["clones"]
-        for c in clones:
+
+        def first(c):
             c["ip"] = self.lease_ip(c["macs"][0]) if c["macs"] else None
             c["answer_first"] = ask(c["ip"]) if c["ip"] else None
             c["answer"] = ask(c["ip"], "?write=clone-%d" % c["clone_id"]) \
                 if answered(c["answer_first"]) else None
-        for c in clones:
+
+        def after(c):
             c["answer_after"] = ask(c["ip"]) if answered(c["answer"]) else None
+
+        each(first, clones)
+        each(after, clones)
         for c in clones:
             if not answered(c["answer_after"]):
                 c["look"] = {"dom0": dom0_look(), "backends": backend_look(c["domid"]),
@@ -208,12 +229,11 @@ class NetJob(Job):
         self.checks["master_ok"] = ok
 
     def clean_up(self):
-        kept = None
-        for i, c in enumerate(self.res["clones"]):
-            args = ("destroy", c["name"]) + (("--keep-disks",) if i == 0 else ())
-            rc, out, _ = self.xenclone(*args)
-            if i == 0:
-                kept = [l.split()[1] for l in out.splitlines() if l.strip().startswith("kept")]
+        names = [c["name"] for c in self.res["clones"]]
+        done = each(lambda i: self.xenclone("destroy", names[i], *(("--keep-disks",) if i == 0
+                                                                   else ())), range(len(names)))
+        kept = [line.split()[1] for line in done[0][1].splitlines()
+                if line.strip().startswith("kept")] if done else []
         self.res["kept_disks"] = kept
         rc, _, err = self.xenclone("discard", MASTER)
         self.checks["discard_refused_while_kept"] = rc == 1 and "depend" in err
@@ -223,6 +243,9 @@ class NetJob(Job):
         self.res["discard"] = {"rc": rc, "stderr": err.strip()}
         self.checks["discarded"] = rc == 0
         self.xenclone("destroy", MASTER)
+        # Its disk's own file, as dom0 reads it: nothing of the clones'.
+        self.res["master_disk_files"] = files = disk_files(IMAGE)
+        self.checks["master_disk_untouched"] = files == (self.master or {}).get("files")
         left = [n for n in xl_names() if n.startswith(MASTER)]
         self.res["left_in_xl_list"] = left
         self.checks["nothing_left"] = not left
