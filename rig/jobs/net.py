@@ -33,7 +33,7 @@ FILL = os.environ.get("XENCLONE_FILL", "before-run")
 DAEMON_LOG = os.environ.get("XENCLONE_LOG", "xenclone-net-daemon.log")
 
 
-def ask(ip, query="", timeout=30):
+def ask(ip, query="", timeout=90):
     """The guest's answer as a dict (``files`` a sorted list), or
     ``{"error": why, "s": seconds}``."""
     t = time.monotonic()
