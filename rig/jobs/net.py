@@ -14,9 +14,13 @@ unchanged by the clones.  The identity agent's handshake is awaited by
 ``launch --wait-identity``; the overlays go with ``destroy``.
 """
 
+import functools
+import http.server
 import os
 import re
+import socket
 import statistics
+import threading
 import sys
 import time
 import urllib.request
@@ -57,14 +61,44 @@ def answered(answer):
 # What dom0 and a guest that does not answer say about its network and disk.
 DOM0_LOOKS = (("ip", "-br", "addr"), ("ip", "neigh"), ("bridge", "fdb", "show", "br", "xenbr0"),
               ("ip", "-s", "link"))
-GUEST_LOOK = ("echo DBG-BEGIN; ip addr; ip route; ip neigh; cat /proc/net/tcp; ps; "
-              "cat /tmp/agent.log /tmp/udhcpc.log; dmesg | tail -30; "
-              "cat /sys/block/xvda/inflight; ls /mnt/disk; echo DBG-LS-$((6*7)); "
-              "wget -q -O- -T 30 http://127.0.0.1/cgi-bin/id; echo DBG-WGET-$((6*7))\n")
+GUEST_LOOK = ("echo DBG-BEGIN; cat /sys/class/net/eth0/address; ip addr; ip route; ip neigh; "
+              "cat /proc/net/dev /proc/net/tcp; ps; cat /tmp/agent.log /tmp/udhcpc.log; "
+              "dmesg | tail -30; cat /sys/block/xvda/inflight; ls /mnt/disk; "
+              "echo DBG-LS-$((6*7)); wget -q -O- -T 20 http://10.99.0.1:8080/; "
+              "echo DBG-DOM0-$((6*7)); wget -q -O- -T 30 http://127.0.0.1/cgi-bin/id; "
+              "echo DBG-WGET-$((6*7))\n")
+# Then, as a guess at stale state: the link bounced, a new lease.
+GUEST_KICK = ("ip neigh flush dev eth0; ip link set eth0 down; ip link set eth0 up; "
+              "udhcpc -i eth0 -n -q -t 5; ip addr; echo DBG-KICK-$((6*7))\n")
 
 
-def dom0_look():
-    return {" ".join(c): run(*c).stdout[-4000:] for c in DOM0_LOOKS}
+class _Pong(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"dom0 answers\n")
+
+
+@functools.cache
+def dom0_http():
+    """dom0's own answer on the bridge (port 8080), for a guest's look."""
+    server = http.server.ThreadingHTTPServer(("10.99.0.1", 8080), _Pong)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+
+def connect(ip):
+    t = time.monotonic()
+    try:
+        socket.create_connection((ip, 80), 20).close()
+        return "connected in %s s" % since(t)
+    except OSError as e:
+        return "%s after %s s" % (e, since(t))
+
+
+def dom0_look(ip):
+    look = {" ".join(c): run(*c).stdout[-4000:] for c in DOM0_LOOKS}
+    look["tcp 80"] = connect(ip) if ip else None
+    return look
 
 
 def backend_look(domid):
@@ -73,17 +107,17 @@ def backend_look(domid):
                                 "/local/domain/0/backend/vbd/%d", "/local/domain/%d/device"))
 
 
-def guest_look(name, domid, wait=90):
-    """What the guest's console shell (rig/domu/init) prints for GUEST_LOOK."""
+def guest_look(name, domid, say=GUEST_LOOK, until="DBG-WGET-42", wait=90):
+    """What the guest's console shell (rig/domu/init) prints for ``say``."""
     tty = run("xenstore-read", "/local/domain/%d/console/tty" % domid).stdout.strip()
     before = len(console(name))
     try:
         fd = os.open(tty, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
-        os.write(fd, GUEST_LOOK.encode())
+        os.write(fd, say.encode())
         os.close(fd)
     except OSError as e:
         return "no console shell: %s (%r)" % (e, tty)
-    wait_console(name, "DBG-WGET-42", wait, after=before)
+    wait_console(name, until, wait, after=before)
     return console(name)[before:]
 
 
@@ -187,10 +221,17 @@ class NetJob(Job):
 
         each(first, clones)
         each(after, clones)
+        kicked = False
         for c in clones:
             if not answered(c["answer_after"]):
-                c["look"] = {"dom0": dom0_look(), "backends": backend_look(c["domid"]),
-                             "guest": guest_look(c["name"], c["domid"])}
+                dom0_http()
+                c["look"] = {"dom0": dom0_look(c["ip"]), "backends": backend_look(c["domid"]),
+                             "guest": guest_look(c["name"], c["domid"], wait=60)}
+            if not answered(c["answer_after"]) and not kicked:     # one is enough
+                kicked = True
+                c["look"]["kick"] = guest_look(c["name"], c["domid"], GUEST_KICK,
+                                               "DBG-KICK-42", 60)
+                c["look"]["after_kick"] = ask(self.lease_ip(c["macs"][0]))
             c["console_tail"] = console(c["name"])[-3000:]
         answering = [c for c in clones if answered(c["answer"]) and answered(c["answer_after"])]
         self.res["summary"] = summary = {
