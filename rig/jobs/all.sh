@@ -8,5 +8,4 @@ sh "$RIG_PROJECT/rig/jobs/smoke.sh" || rc=1
 sh "$RIG_PROJECT/rig/jobs/grant.sh" || rc=1
 sh "$RIG_PROJECT/rig/jobs/clone.sh" || rc=1
 sh "$RIG_PROJECT/rig/jobs/linux.sh" || rc=1
-sh "$RIG_PROJECT/rig/jobs/net.sh" || rc=1
 exit $rc

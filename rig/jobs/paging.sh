@@ -9,5 +9,4 @@ sh "$RIG_PROJECT/rig/jobs/probe.sh" || rc=1
 XENCLONE_FILL=lazy sh "$RIG_PROJECT/rig/jobs/lazy.sh" || rc=1
 XENCLONE_FILL=lazy sh "$RIG_PROJECT/rig/jobs/linux.sh" || rc=1
 sh "$RIG_PROJECT/rig/jobs/fork.sh" || rc=1
-XENCLONE_FILL=lazy sh "$RIG_PROJECT/rig/jobs/net.sh" || rc=1
 exit $rc
