@@ -1,8 +1,7 @@
 #!/bin/sh
 # Every rig job in one boot (a boot's start-up is paid once):
 # the smoke job, the memory-server domain's grants, the clone job (the long
-# one), the Linux PVH master's, then the net job (its bridge and dnsmasq
-# stay: it goes last).  Exits non-zero if any failed.
+# one), then the Linux PVH master's.  Exits non-zero if any failed.
 rc=0
 sh "$RIG_PROJECT/rig/jobs/smoke.sh" || rc=1
 sh "$RIG_PROJECT/rig/jobs/grant.sh" || rc=1

@@ -2,8 +2,7 @@
 # Every job of the patched Xen's boot (MEM_PAGING, MEM_SHARING and
 # xen/patches): the probe, lazy fill of the project's guest and the Linux
 # job with lazy clones (their daemons set fill = "lazy": no image domains),
-# then the fork job and the net job with lazy clones (last: its bridge and
-# dnsmasq stay).
+# then the fork job.
 rc=0
 sh "$RIG_PROJECT/rig/jobs/probe.sh" || rc=1
 XENCLONE_FILL=lazy sh "$RIG_PROJECT/rig/jobs/lazy.sh" || rc=1
