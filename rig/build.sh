@@ -214,7 +214,9 @@ echo "$DOMU_MODULES" | xargs -n1 basename > "$D/lib/modules/order"
 # reseed helper in C (no python3 here), DHCP hook, HTTP answer.
 gcc -static -O2 -o "$D/bin/xenclone-reseed" "$RIG/domu/xenclone-reseed.c"
 install -m 0755 "$ROOT/guest/identity-agent/xenclone-identity" "$D/bin/"
-install -D -m 0755 "$RIG/domu/net/udhcpc.script" "$D/usr/share/udhcpc/default.script"
+# Where Debian's busybox udhcpc looks for its hook (as Debian's udhcpc
+# package installs it): the agent's udhcpc applies its lease through it.
+install -D -m 0755 "$RIG/domu/net/udhcpc.script" "$D/etc/udhcpc/default.script"
 install -D -m 0755 "$RIG/domu/net/id.cgi" "$D/www/cgi-bin/id"
 mkdir -p "$D/etc" "$D/mnt"
 install -m 0755 "$RIG/domu/init" "$D/init"

@@ -60,12 +60,14 @@ def answered(answer):
 
 # What dom0 and a guest that does not answer say about its network and disk.
 DOM0_LOOKS = (("ip", "-br", "addr"), ("ip", "neigh"), ("bridge", "fdb", "show", "br", "xenbr0"),
-              ("ip", "-s", "link"))
+              ("ip", "-s", "link"), ("cat", "/proc/net/snmp"))
 GUEST_LOOK = ("echo DBG-BEGIN; cat /sys/class/net/eth0/address; ip addr; ip route; ip neigh; "
-              "cat /proc/net/dev /proc/net/tcp; ps; cat /tmp/agent.log /tmp/udhcpc.log; "
-              "dmesg | tail -30; cat /sys/block/xvda/inflight; ls /mnt/disk; "
-              "echo DBG-LS-$((6*7)); wget -q -O- -T 20 http://10.99.0.1:8080/; "
-              "echo DBG-DOM0-$((6*7)); wget -q -O- -T 30 http://127.0.0.1/cgi-bin/id; "
+              "cat /proc/net/dev /proc/net/tcp /proc/net/tcp6 /proc/net/snmp; ps; "
+              "cat /tmp/agent.log /tmp/udhcpc.log; dmesg | tail -30; "
+              "cat /sys/block/xvda/inflight; ls /mnt/disk; echo DBG-LS-$((6*7)); "
+              "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 20 10.99.0.1 8080; "
+              "echo DBG-DOM0-$((6*7)); "
+              "printf 'GET /cgi-bin/id HTTP/1.0\\r\\n\\r\\n' | nc -w 30 127.0.0.1 80; "
               "echo DBG-WGET-$((6*7))\n")
 # Then, as a guess at stale state: the link bounced, a new lease.
 GUEST_KICK = ("ip neigh flush dev eth0; ip link set eth0 down; ip link set eth0 up; "
@@ -168,6 +170,10 @@ class NetJob(Job):
         self.master_ip = line[0].split()[1].split("/")[0] if line and up is not None else None
         self.master = ask(self.master_ip) if self.master_ip else None
         self.res["master_before"] = self.master
+        if self.master_ip and not answered(self.master):
+            self.res["master_look"] = {"dom0": dom0_look(self.master_ip),
+                                       "guest": guest_look(MASTER, int(run(
+                                           "xl", "domid", MASTER).stdout.strip()), wait=60)}
         self.checks["master_up_with_lease"] = answered(self.master) and bool(self.master["ip"])
 
     def bless(self):
