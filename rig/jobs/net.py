@@ -165,9 +165,10 @@ class NetJob(Job):
         p = run("xl", "create", CFG)
         self.res["xl_create"] = {"rc": p.returncode, "stderr": p.stderr[-800:]}
         up = wait_console(MASTER, "XENCLONE-NET-UP", 300)
-        line = [l for l in console(MASTER).splitlines() if l.startswith("XENCLONE-NET-UP")]
+        # The console shell's prompt may come first on the line.
+        said = re.search(r"XENCLONE-NET-UP (\d+\.\d+\.\d+\.\d+)/", console(MASTER))
         self.res["master_console"] = console(MASTER)[-1500:]
-        self.master_ip = line[0].split()[1].split("/")[0] if line and up is not None else None
+        self.master_ip = said.group(1) if said and up is not None else None
         self.master = ask(self.master_ip) if self.master_ip else None
         self.res["master_before"] = self.master
         if self.master_ip and not answered(self.master):
