@@ -73,7 +73,9 @@ VERSIONS=$(apt-cache policy "$KPKG" $XENPKG xen-utils-4.17 busybox-static python
 candidate() { echo "$VERSIONS" | awk -F= -v p="$1" '$1 == p {print $2}'; }
 KEY=$( { echo "$VERSIONS"
          cat "$RIG/build.sh" "$RIG/dom0/init" "$RIG/domu/init" \
-             "$RIG/domu/pvh.cfg" "$ROOT"/libxc_shim/*_build.py \
+             "$RIG/domu/pvh.cfg" "$RIG/domu/pvh-net.cfg" "$RIG"/domu/net/* \
+             "$RIG/domu/xenclone-reseed.c" "$ROOT/guest/identity-agent/xenclone-identity" \
+             "$ROOT"/libxc_shim/*_build.py \
              "$ROOT"/libxc_shim/src/xen/*.[ch] "$ROOT"/libxc_shim/src/linux/*.[ch]; } |
        sha256sum | cut -c1-16)
 OUT=$CACHE/$KEY
@@ -111,12 +113,18 @@ deb() { deb_file "$CACHE/debs" "$1" "$(candidate "$1")"; }
 dpkg-deb -x "$(deb $XENPKG)" "$W/xen"
 # Of the kernel package only vmlinuz and the module dirs dom0 loads (the
 # whole tree is ~400 MB; writing it costs seconds).
-DOM0_MODULES="drivers/xen drivers/virtio fs/9p net/9p fs/netfs fs/fscache"
+# Clones' devices (issue 18): netback and blkback, the bridge and loop
+# devices in dom0; in the domU, its frontends and ext4, loaded in this order.
+DOM0_MODULES="drivers/xen drivers/virtio fs/9p net/9p fs/netfs fs/fscache
+              drivers/net/xen-netback drivers/block/xen-blkback net/bridge net/802 net/llc
+              drivers/block/loop.ko"
+DOMU_MODULES="crypto/crc32c_generic.ko lib/crc16.ko fs/mbcache.ko fs/jbd2/jbd2.ko
+              fs/ext4/ext4.ko drivers/block/xen-blkfront.ko drivers/net/xen-netfront.ko"
 mkdir -p "$W/kernel"
 dpkg-deb --fsys-tarfile "$(deb "$KPKG")" |
     tar -C "$W/kernel" -x --wildcards './boot/vmlinuz-*' './lib/modules/*/modules.order' \
         './lib/modules/*/modules.builtin*' \
-        $(for d in $DOM0_MODULES; do echo "./lib/modules/*/kernel/$d"; done)
+        $(for d in $DOM0_MODULES $DOMU_MODULES; do echo "./lib/modules/*/kernel/$d"; done)
 dpkg-deb -x "$(deb busybox-static)" "$W/busybox"
 zcat "$W"/xen/boot/xen-4.17-amd64.gz > "$OUT.tmp/xen.elf"
 KVER=$(ls "$W/kernel/lib/modules")
@@ -146,7 +154,10 @@ log "xen + kernel $KVER unpacked ($(( $(date +%s) - T0 )) s)"
 # shim rebuilds in seconds.  Bump BASE_REV when changing this stage.
 # python3-cffi-backend: the runtime half of the cffi shim; kmod: modprobe.
 BASE_REV=1
-BASE_PKGS="xen-utils-4.17 xenstore-utils python3 python3-cffi-backend kmod procps"
+# iproute2 (the bridge, vif-bridge), qemu-system-xen (qdisk: clones' qcow2
+# overlays), qemu-utils (qemu-img: snapshots and overlays), e2fsprogs (the
+# domU's disk), dnsmasq-base (the bridge's DHCP).
+BASE_PKGS="xen-utils-4.17 xenstore-utils python3 python3-cffi-backend kmod procps iproute2 qemu-system-xen qemu-utils e2fsprogs dnsmasq-base"
 BASE=$CACHE/base-$(echo "$BASE_REV $BASE_PKGS $VERSIONS $SOURCES" | sha256sum | cut -c1-16).tar
 R=$W/rootfs
 if [ ! -f "$BASE" ]; then
@@ -180,7 +191,7 @@ M=lib/modules/$KVER
 mkdir -p "$R/$M/kernel/drivers" "$R/$M/kernel/fs" "$R/$M/kernel/net"
 cp "$W/kernel/$M"/modules.order "$W/kernel/$M"/modules.builtin* "$R/$M/"
 for d in $DOM0_MODULES; do
-    [ -d "$W/kernel/$M/kernel/$d" ] || continue
+    [ -e "$W/kernel/$M/kernel/$d" ] || continue
     mkdir -p "$R/$M/kernel/$(dirname $d)"
     cp -a "$W/kernel/$M/kernel/$d" "$R/$M/kernel/$d"
 done
@@ -196,12 +207,25 @@ D=$W/domu
 mkdir -p "$D/bin" "$D/dev" "$D/proc" "$D/sys"
 cp "$W/busybox/bin/busybox" "$D/bin/busybox"
 ln -s busybox "$D/bin/sh"
+mkdir -p "$D/lib/modules"
+for m in $DOMU_MODULES; do cp "$W/kernel/$M/kernel/$m" "$D/lib/modules/"; done
+echo "$DOMU_MODULES" | xargs -n1 basename > "$D/lib/modules/order"
+# The net domU's parts (rig/domu/pvh-net.cfg): the identity agent, its
+# reseed helper in C (no python3 here), DHCP hook, HTTP answer.
+gcc -static -O2 -o "$D/bin/xenclone-reseed" "$RIG/domu/xenclone-reseed.c"
+install -m 0755 "$ROOT/guest/identity-agent/xenclone-identity" "$D/bin/"
+# Where Debian's busybox udhcpc looks for its hook (as Debian's udhcpc
+# package installs it): the agent's udhcpc applies its lease through it.
+install -D -m 0755 "$RIG/domu/net/udhcpc.script" "$D/etc/udhcpc/default.script"
+install -D -m 0755 "$RIG/domu/net/id.cgi" "$D/www/cgi-bin/id"
+mkdir -p "$D/etc" "$D/mnt"
 install -m 0755 "$RIG/domu/init" "$D/init"
 # xenstore-read (Debian's xenstore-utils, from the dom0 root) and the shared
 # libraries it loads: the domU reads its own XenStore home with it (a clone
 # prints the clone-id dom0 wrote there).  It talks to /dev/xen/xenbus.
 mkdir -p "$D/usr/bin"
 cp "$R/usr/bin/xenstore" "$D/usr/bin/xenstore-read"
+for verb in write rm watch; do ln "$D/usr/bin/xenstore-read" "$D/usr/bin/xenstore-$verb"; done
 for lib in $(chroot "$R" ldd /usr/bin/xenstore |
              awk '$2 == "=>" {print $3} $1 ~ /^\// {print $1}'); do
     mkdir -p "$D$(dirname "$lib")"
@@ -209,7 +233,7 @@ for lib in $(chroot "$R" ldd /usr/bin/xenstore |
 done
 (cd "$D" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) > "$OUT.tmp/share/domu/initrd.cpio"
 ln "$OUT.tmp/vmlinux" "$OUT.tmp/share/domu/vmlinux"   # same kernel, no copy
-cp "$RIG/domu/pvh.cfg" "$OUT.tmp/share/domu/pvh.cfg"
+cp "$RIG/domu/pvh.cfg" "$RIG/domu/pvh-net.cfg" "$OUT.tmp/share/domu/"
 
 # ---- the cffi Xen shim, for dom0's python ------------------------------------
 # A private copy of libxc_shim/ next to an empty xenclone/, so the project's

@@ -15,13 +15,18 @@ initramfs dom0, and runs rig/jobs/all.sh there, in one boot:
   daemon's CLI (a cooperative suspend), 2 clones that resume and print
   their own clone-id from XenStore, their memory given back through their
   balloon drivers (the operator's target, then real pressure), the master
-  resumed, a PV domU and bad input refused clearly.
+  resumed, a PV domU and bad input refused clearly;
+- net.sh: a Linux master with a vif on dom0's bridge and a disk, 4 clones
+  each with their own MAC, lease, disk overlay and renewed identity,
+  checked over HTTP from dom0 (issue 18).
 
 The project's patched hypervisor (MEM_PAGING, MEM_SHARING, xen/patches) is
 booted second, with the probe, the lazy job and the Linux job again, its
-clones lazy there, then the fork job: Linux clones as VM forks of an image
-domain, against xl save/restore (rig/jobs/paging.sh).  Both boots' figures
-go to bench/results/xen-rig-<time>.json with a ``summary``.
+clones lazy there, then the fork job (Linux clones as VM forks of an image
+domain, against xl save/restore; a 2-vCPU master's fork; forks that write
+under a hog domain's pressure), and the net job with lazy clones
+(rig/jobs/paging.sh).  Both boots' figures go to
+bench/results/xen-rig-<time>.json with a ``summary``.
 
 It runs by default, as CI must; set XENCLONE_SKIP_RIG=1 to skip it (it
 needs root, about 2.5 GiB of RAM for QEMU and a minute or two).
@@ -42,16 +47,13 @@ from twisted.trial import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RIG = os.path.join(ROOT, "rig")
-# Generous but bounded: from scratch (packages, debootstrap) takes about a
-# minute here, the boot with every job 12-15 min quiet (the Linux job 4-5
-# of them), 21 min with benchmarks on the 2 cores (load 3-9).
+# Generous but bounded (the boots' times: rig/README.md).
 BUILD_TIMEOUT = 900
-BOOT_TIMEOUT = 1800
-# Xen from source: ~1.5 min here, more on a loaded machine; then the boot
-# with the probe, the lazy job, the Linux job and the fork job (the fork
-# job alone 9-13 min under TCG).
+BOOT_TIMEOUT = 2100
+# Xen from source, then the boot with the probe, the lazy, Linux, fork and
+# net jobs.
 XEN_BUILD_TIMEOUT = 1800
-PAGING_TIMEOUT = 2400
+PAGING_TIMEOUT = 2700
 
 
 def skip_reason():
@@ -79,7 +81,7 @@ def _run(cmd, timeout):
 JOB_RESULTS = {"smoke": "results.json", "clone": "clone-results.json",
                "xenstore": "xenstore-results.json", "restart": "restart-results.json",
                "grant": "grant-results.json", "memserver": "memserver-results.json",
-               "linux": "linux-results.json"}
+               "linux": "linux-results.json", "net": "net-results.json"}
 RESULTS_DIR = os.path.join(ROOT, "bench", "results")
 
 
@@ -116,14 +118,14 @@ def rig_run():
 @functools.cache
 def paging_run():
     """The second variant: Xen built with MEM_PAGING (cached), booted with
-    the probe, the lazy job and the Linux job.  Returns (xen build, boot,
-    out directory, probe, lazy results, Linux results), each None if
-    missing."""
+    the probe, the lazy job, the Linux job, the fork job and the net job.
+    Returns (xen build, boot, out directory, probe, lazy results, Linux
+    results, fork results, net results), each None if missing."""
     rig_run()     # the stock build first: it fetches the .deb whose config we reuse
     xen = _run([os.path.join(ROOT, "xen", "build.sh"), "--rig"], XEN_BUILD_TIMEOUT)
     out = tempfile.mkdtemp(prefix="xenclone-rig-paging.")
     if xen.returncode != 0:
-        return xen, None, out, None, None, None
+        return xen, None, out, None, None, None, None, None
     # Not --no-build: another worktree's build may have become the cache's
     # current one since rig_run(); boot.sh boots the build of this tree.
     boot = _run([os.path.join(RIG, "boot.sh"),
@@ -134,21 +136,34 @@ def paging_run():
     lazy = _load(os.path.join(out, "lazy-results.json"))
     linux = _load(os.path.join(out, JOB_RESULTS["linux"]))
     forks = _load(os.path.join(out, "fork-results.json"))
+    net = _load(os.path.join(out, JOB_RESULTS["net"]))
     if lazy is not None:
         lazy["restart"] = _load(os.path.join(out, "lazy-restart-results.json"))
     if boot.returncode == 0 and probe and lazy and lazy.get("ok") and (
             lazy["restart"] or {}).get("ok") and linux and linux.get("ok") and forks and (
-            forks.get("ok")):
+            forks.get("ok")) and net and net.get("ok"):
         atexit.register(shutil.rmtree, out, True)
-    return xen, boot, out, probe, lazy, linux, forks
+    return xen, boot, out, probe, lazy, linux, forks, net
 
 
 def _ratio(a, b, digits=2):
     return round(a / b, digits) if a and b else None
 
 
-def rig_summary(stock, lazy, forks):
-    """The figures the issues name, from both boots of one run."""
+NET_FIGURES = ("net_clones_answering", "distinct_ips", "rng_distinct", "disk_isolated",
+               "master_ok", "identity_renewed_s_median", "overlay_create_ms_median")
+
+
+def net_figures(net, prefix=""):
+    """Issue 18's figures from one boot's net job (None where it did not run)."""
+    summary = (net or {}).get("summary") or {}
+    return {prefix + key: summary.get(key) for key in NET_FIGURES}
+
+
+def rig_summary(stock, lazy, forks, net=None, lazy_net=None):
+    """The figures the issues name, from both boots of one run: the net
+    job's on stock Xen under their own names, on the patched boot with
+    ``lazy_`` before them."""
     forks, lazy = forks or {}, lazy or {}
     one = forks.get("one") or {}
     fill = ((lazy.get("numbers") or {}).get("fault_service_us") or {}).get("lazy_alone") or {}
@@ -176,16 +191,19 @@ def rig_summary(stock, lazy, forks):
         "clone_of_clone_shared_pages": forks.get("clone_of_clone_shared_pages"),
         "stock_linux_launch_ms": [c.get("launch_ms") for c in (stock or {}).get("clones", ())],
         "lazy_linux_launch_ms": [c.get("launch_ms") for c in
-                                 (lazy.get("linux") or {}).get("clones", ())]}
+                                 (lazy.get("linux") or {}).get("clones", ())],
+        **net_figures(net), **net_figures(lazy_net, "lazy_")}
 
 
-def write_rig_results(stock, lazy, linux_lazy, forks):
+def write_rig_results(stock, lazy, linux_lazy, forks, net=None, lazy_net=None):
     """bench/results/xen-rig-<time>.json: both boots' job results and the
     summary.  Returns its path."""
     os.makedirs(RESULTS_DIR, exist_ok=True)
     path = os.path.join(RESULTS_DIR, "xen-rig-%s.json" % time.strftime("%Y%m%d-%H%M%S"))
-    doc = {"summary": rig_summary(stock, dict(lazy or {}, linux=linux_lazy), forks),
-           "stock": stock, "paging": {"lazy": lazy, "linux": linux_lazy}, "fork": forks}
+    doc = {"summary": rig_summary(stock, dict(lazy or {}, linux=linux_lazy), forks, net,
+                                  lazy_net),
+           "stock": stock, "paging": {"lazy": lazy, "linux": linux_lazy, "net": lazy_net},
+           "fork": forks, "net": net}
     with open(path, "w") as f:
         json.dump(doc, f, indent=1, sort_keys=True)
     return path
@@ -409,7 +427,7 @@ class _PagingCase:
         if reason:
             raise unittest.SkipTest(reason)
         (self.xen, self.boot, self.out, self.probe, self.lazy, self.linux,
-         self.forks) = paging_run()
+         self.forks, self.net) = paging_run()
 
 
 class XenPagingTests(_PagingCase, unittest.TestCase):
@@ -516,20 +534,86 @@ class XenForkTests(_PagingCase, unittest.TestCase):
         self.assertEqual(failed, [], "failed fork checks (output in %s): %s"
                          % (self.out, forks.get("error", "")))
 
+    def test_pressure_pages_out_and_loses_no_written_page(self):
+        """A hog domain takes the hypervisor below the low watermark while
+        4 forks write: the daemon pages out, every fork's data reads back
+        with the md5 it wrote, and no fork is lost."""
+        pressure = self.requireForks().get("pressure") or {}
+        self.assertEqual(pressure.get("checks"), dict.fromkeys(
+            ("hog_made", "all_wrote", "all_read_back_right", "daemon_paged_out",
+             "no_clone_lost"), True), "pressure step (output in %s): %s" % (
+            self.out, {k: v for k, v in pressure.items() if not k.startswith("stuck")}))
+        self.assertGreater(pressure["paged_out_pages"], 0)
+
     def test_figures_written_with_a_summary(self):
         """bench/results/xen-rig-<time>.json, and the figures the issue
         names measured (kept in the trial log too)."""
         forks = self.requireForks()
         _, _, _, stock = rig_run()
-        path = write_rig_results((stock or {}).get("linux"), self.lazy, self.linux, forks)
+        stock = stock or {}
+        path = write_rig_results(stock.get("linux"), self.lazy, self.linux, forks,
+                                 stock.get("net"), self.net)
         with open(path) as f:
             summary = json.load(f)["summary"]
         Logger().info("rig summary ({path}): {summary}", path=path,
                       summary=json.dumps(summary, sort_keys=True))
         for key in ("fork_launch_over_restore", "restore_id_seen_s", "fork_id_seen_s",
                     "fork_1_clone_s", "fork_8_clones_s", "fork_clones_hv_mib",
-                    "fork_fill_us_median", "paging_fill_us_median"):
+                    "fork_fill_us_median", "paging_fill_us_median", "pressure_ok"):
             self.assertIsNotNone(summary[key], key)
+        self.assertIs(summary["pressure_ok"], True, summary)
+        for key in NET_FIGURES:
+            self.assertIn(key, summary)
+            self.assertIn("lazy_" + key, summary)
         self.assertGreater(summary["fork_launch_over_restore"], 1, summary)
         self.assertGreater(summary["clone_of_clone_shared_pages"], 0, summary)
         self.assertLess(summary["fork_clones_hv_mib"], summary["eager_mib"], summary)
+
+
+def assert_net_job(case, net, out):
+    """Every check of a net job, and issue 18's figures: 4 clones answer
+    at 4 addresses with their own random bytes, each sees only its own
+    file on its disk, the master answers unchanged; the handshake and the
+    overlays timed."""
+    case.assertIsNotNone(net, "no net-results.json (output in %s)" % out)
+    failed = [k for k, ok in net["checks"].items() if not ok]
+    case.assertEqual(failed, [], "failed net checks (output in %s): %s"
+                     % (out, net.get("error", "")))
+    figures = net_figures(net)
+    case.assertEqual((figures["net_clones_answering"], figures["distinct_ips"]), (4, 4), figures)
+    case.assertIs(figures["rng_distinct"], True, figures)
+    case.assertIs(figures["disk_isolated"], True, figures)
+    case.assertIs(figures["master_ok"], True, figures)
+    case.assertGreater(figures["identity_renewed_s_median"], 0, figures)
+    case.assertGreater(figures["overlay_create_ms_median"], 0, figures)
+    Logger().info("rig net figures ({fill}): {figures}", fill=net.get("fill"),
+                  figures=json.dumps(figures, sort_keys=True))
+
+
+class XenNetTests(_RigCase, unittest.TestCase):
+    """Linux clones with a vif and a disk each on stock Xen, filled before
+    run (rig/jobs/net.py, issue 18)."""
+
+    def test_net_job_passes(self):
+        assert_net_job(self, self.requireResults("net"), self.out)
+        self.assertEqual(self.results["net"]["fill"], "before-run")
+
+
+class XenLazyNetTests(_PagingCase, unittest.TestCase):
+    """The same net job on the patched boot, its clones filled lazily."""
+
+    def test_net_job_passes_with_lazy_clones(self):
+        assert_net_job(self, self.net, self.out)
+        self.assertEqual(self.net["fill"], "lazy")
+
+
+class RigSummaryTests(unittest.TestCase):
+    """The summary's net figures, without a rig."""
+
+    def test_net_figures_of_both_boots(self):
+        stock = {"summary": dict({k: 1 for k in NET_FIGURES}, distinct_macs=4)}
+        summary = rig_summary(None, None, None, stock, {"summary": {"distinct_ips": 3}})
+        self.assertEqual({k: summary[k] for k in NET_FIGURES}, {k: 1 for k in NET_FIGURES})
+        self.assertEqual(summary["lazy_distinct_ips"], 3)
+        self.assertIsNone(summary["lazy_master_ok"])
+        self.assertNotIn("distinct_macs", summary)

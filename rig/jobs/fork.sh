@@ -11,7 +11,7 @@ export XENCLONE_LOG=xenclone-fork-daemon.log
 # The pressure step's watermarks on the hypervisor's free memory (fork.py's
 # LOW_WATERMARK_MIB): its hog leaves a little above the low one.
 export XENCLONE_EXTRA_CONF="${XENCLONE_EXTRA_CONF:-low_watermark_mib = 64
-high_watermark_mib = 96}"
+high_watermark_mib = 72}"
 . "$RIG_PROJECT/rig/jobs/daemon.sh"
 JOB=fork
 . "$RIG_PROJECT/rig/jobs/domu.sh"

@@ -289,8 +289,6 @@ class Pager:
         forks = [domid for domid in by_kind[FaultKind.WRITE] if domid in self.forks]
         if forks:
             self.forks.sync(forks, busy=self.evictor.flying)
-        if by_kind[FaultKind.WRITE]:
-            self.log.debug("writes wait for room: {writes}", writes=dict(by_kind[FaultKind.WRITE]))
         for kind, waits in ((FaultKind.WRITE, Waits.WRITE), (FaultKind.FETCH, Waits.FETCH)):
             for domid, pfns in by_kind[kind].items():
                 for pfn in pfns:
@@ -359,8 +357,6 @@ class Pager:
         domid, pfn = request.key
         if domid not in self.clones:
             return
-        self.log.debug("clone {domid}: room for page {pfn} ({waits})", domid=domid, pfn=pfn,
-                       waits=request.waits)
         if request.waits == Waits.WRITE:
             self._let_write(domid, pfn)
         elif request.waits == Waits.FETCH:
