@@ -41,6 +41,20 @@ class WaitingFaultsTests(unittest.TestCase):
         self.assertNotIn((1, 4), f)
         self.assertEqual((f.waiting(1), f.waiting(2)), (0, 1))
 
+    def test_a_write_does_not_replace_a_page_in(self):
+        """A fork may ask room for a page it also asks back in: the page-in
+        gives the page its frame, which the write waits for too, so either
+        order leaves the page-in (and the write is answered with it)."""
+        f = self.faults
+        f.wait_host(1, 4, Waits.PAGE_IN)
+        f.wait_host(1, 4, Waits.WRITE)
+        f.wait_host(1, 5, Waits.WRITE)
+        f.wait_host(1, 5, Waits.PAGE_IN)
+        self.assertEqual(f.counts()[Waits.PAGE_IN], 2)
+        self.assertNotIn(Waits.WRITE, f.counts())
+        self.assertEqual([f.take_host(), f.take_host()],
+                         [FaultRequest(1, 4, Waits.PAGE_IN), FaultRequest(1, 5, Waits.PAGE_IN)])
+
     def test_parked_faults_come_back_once(self):
         f = self.faults
         f.park(1, 8, Waits.EVICTION)

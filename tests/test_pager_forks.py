@@ -31,10 +31,6 @@ class FakeFork(FakeRegion):
         super().__init__(domid, npages)
         self.fill_mode = "fork"
         self.own, self.credits, self.room = [], [], []
-        self.waiting = []       # writes delivered, not yet given room
-
-    def waiting_for_room(self):
-        return list(self.waiting)
 
     def owned(self):
         return list(self.own)
@@ -49,8 +45,6 @@ class FakeFork(FakeRegion):
 
     def unprotect(self, pfn):
         self.room.append(pfn)
-        if pfn in self.waiting:
-            self.waiting.remove(pfn)
         self.write(pfn)
 
 
@@ -102,14 +96,6 @@ class PagerForkTests(unittest.TestCase):
         self.assertEqual(self.f4.room, [9])
         self.assertEqual(self.ledger.kind(4, 9), L.PRIVATE)
         self.assertEqual(self.backend.pageouts, [])
-
-    def test_a_write_held_for_room_that_no_fault_asks_for_is_asked_again(self):
-        """A lost wake-up (the region holds a write for room the pager
-        has no fault for) is found at the next look and served."""
-        self.f4.waiting.append(9)
-        self.clock.advance(INTERVAL)
-        self.assertEqual(self.f4.room, [9])
-        self.assertEqual(self.f4.waiting_for_room(), [])
 
     def test_without_room_a_written_page_is_paged_out_first(self):
         self.f3.write(5, 6, 7)

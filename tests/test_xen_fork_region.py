@@ -158,6 +158,18 @@ class ForkPagedRegionTests(unittest.TestCase):
         self.assertEqual(self.xc.loads, [(9, b"wwww")])
         self.assertEqual(self.region.states()[9], PageState.PRIVATE)
 
+    def test_a_page_in_answers_the_writes_waiting_for_room_on_that_page(self):
+        """A page Xen asks back in and for room at once: loading it gives it
+        its frame, so both rings are answered and no vCPU waits on."""
+        self.region.hold([9])
+        self.paging.queue = [Req(9, False)]
+        self.sharing.queue = [Req(9, False), Req(9, False)]
+        self.assertEqual(self.region.take(), [(5, FaultKind.HOLD, 9), (5, FaultKind.WRITE, 9)])
+        self.region.load_copy(9, b"w" * 4096)
+        self.assertEqual([r.gfn for r in self.paging.answered], [9])
+        self.assertEqual([r.gfn for r in self.sharing.answered], [9, 9])
+        self.assertEqual(self.region.waiting_for_room(), [])
+
     def test_owned_pages_are_xens_list_within_the_guests_memory(self):
         self.assertEqual(self.region.owned(), [2, 5, 7])
 

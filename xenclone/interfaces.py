@@ -265,10 +265,6 @@ class IForkRegion(IFaultRegion):
     def credit(pages):
         """The fork may own ``pages`` more frames than it does now."""
 
-    def waiting_for_room():
-        """The pages whose writes wait for room (delivered as WRITE faults,
-        not yet answered by ``unprotect``)."""
-
 
 class IFaultCounters(Interface):
     """A region whose fault source counts the faults the guest saw."""

@@ -75,7 +75,9 @@ def guest_stack(domid, xenctx="/usr/lib/xen-4.17/bin/xenctx"):
     def name(m):
         a = int(m.group(0), 16)
         i = bisect.bisect_right(addrs, a) - 1
-        return "%s(%s+%#x)" % (m.group(0), syms[i][1], a - addrs[i]) if i >= 0 and addrs[i] else m.group(0)
+        if i < 0 or not addrs[i]:
+            return m.group(0)
+        return "%s(%s+%#x)" % (m.group(0), syms[i][1], a - addrs[i])
     return [re.sub(r"ffffffff[89a-f][0-9a-f]{7}", name, line) for line in out.splitlines()]
 
 

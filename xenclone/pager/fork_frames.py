@@ -32,9 +32,6 @@ class ForkFrames:
     def __bool__(self):
         return bool(self._regions)
 
-    def __iter__(self):
-        return iter(list(self._regions))
-
     def add(self, region):
         self._regions[region.domid] = region
         self._owned[region.domid] = set()

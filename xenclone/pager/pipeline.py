@@ -164,17 +164,8 @@ class Pager:
             self.ledger.set_knobs(region.domid, classes=())
 
     def _look_at_forks(self):
-        """The ledger learns what forks wrote; over budget, evict.  A write
-        a fork's region holds for room that no fault waits for is a lost
-        wake-up: said, and asked again."""
+        """The ledger learns what forks wrote; over budget, evict."""
         self.forks.sync(busy=self.evictor.flying)
-        for domid in list(self.forks):
-            region = self.clones[domid][0]
-            lost = [p for p in region.waiting_for_room() if (domid, p) not in self.faults]
-            if lost:
-                self.log.error("fork {domid}: writes wait for room no fault asks for: {pfns}",
-                               domid=domid, pfns=lost)
-                self.on_faults([(domid, FaultKind.WRITE, p) for p in lost])
         self.rebudget(self.ledger.budget_pages)
 
     def reattach(self, region, image, kinds, paged_out, share=True):

@@ -9,7 +9,8 @@ page, what it waits for) in one of these queues:
     the memory server      per clone (failed fetches)   -> fetched again after a backoff
 
 A page is in a queue at most once; asking again keeps its place (and, on
-the host queue, takes the newer want).  Every operation is O(1) per fault,
+the host queue, takes the newer want, but a page-in stays: it gives the
+page its frame, which is what a write waits for too).  Every operation is O(1) per fault,
 and so is every count: the counts are kept, never summed.  The queues are
 ``OrderedDict``s: taking the oldest of a plain dict again and again walks
 the slots its earlier pops left, quadratic over a drain.
@@ -96,6 +97,8 @@ class WaitingFaults:
     def wait_host(self, domid, pfn, waits):
         key = domid, pfn
         old = self._host.get(key)
+        if old is not None and old.waits == Waits.PAGE_IN and waits == Waits.WRITE:
+            return
         if old is None:
             self._host_of.setdefault(domid, set()).add(pfn)
         else:

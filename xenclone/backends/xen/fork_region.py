@@ -96,6 +96,9 @@ class ForkPagedRegion(TouchFill, PagedRegion):
         waiting on it resume and Xen allocates again."""
         self.credit(max(1, self._credit), fresh=True)
         self._state[pfn] = PageState.PRIVATE
+        self._answer_room(pfn)
+
+    def _answer_room(self, pfn):
         reqs = self._room.pop(pfn, None)
         self.log.debug("fork {domid}: room for page {pfn}: {n} requests answered",
                        domid=self.domid, pfn=pfn, n=len(reqs or ()))
@@ -123,9 +126,11 @@ class ForkPagedRegion(TouchFill, PagedRegion):
 
     def load_copy(self, pfn, data):
         """A page-in takes a frame: room for it first, whatever the
-        credit (the pager decided there is room)."""
+        credit (the pager decided there is room).  The page has its frame
+        then, so a write that waited for room on it goes on too."""
         self.credit(max(1, self._credit), fresh=True)
         super().load_copy(pfn, data)
+        self._answer_room(pfn)
 
     def frames(self):
         """(own frames, frames shared with its image domain, paged out),
